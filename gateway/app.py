@@ -1,0 +1,72 @@
+"""The gateway's long-lived state shared by every connection: settings, chain, policy, storage.
+
+Policy is swapped whole on reload (`reload_rules`), so each transaction takes one snapshot of it at
+MAIL and keeps it to the end; a broken edit is refused and the running policy stays.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from gateway.chain import Chain
+from gateway.config import Settings
+from gateway.plugin import Registry, Services
+from gateway.plugins import builtin_registry
+from gateway.policy import RuleSet, load_rules
+from gateway.quarantine import QuarantineStore
+from gateway.tomlfile import ConfigError, ConfigErrors
+
+log = logging.getLogger("mailgate")
+
+
+class PolicyError(Exception):
+    """Rules that cannot run with this configuration; the message lists every problem."""
+
+
+def load_checked_rules(settings: Settings, registry: Registry) -> RuleSet:
+    """Load rules/ and check them against the configured plugins; raise PolicyError if unfit."""
+    try:
+        rules = load_rules(settings.rules_dir)
+    except (ConfigError, ConfigErrors) as exc:
+        raise PolicyError(str(exc)) from exc
+    problems = registry.check_policy(settings.plugins.order, rules)
+    if problems:
+        raise PolicyError("\n".join(problems))
+    return rules
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    registry: Registry
+    chain: Chain
+    rules: RuleSet
+    store: QuarantineStore
+    connections: dict[str, int] = field(default_factory=dict)
+    total_connections: int = 0
+    shutting_down: bool = False
+
+    @classmethod
+    def create(cls, settings: Settings, registry: Registry | None = None) -> Gateway:
+        registry = registry or builtin_registry()
+        rules = load_checked_rules(settings, registry)
+        chain = Chain.build(registry, Services(settings))
+        return cls(
+            settings=settings,
+            registry=registry,
+            chain=chain,
+            rules=rules,
+            store=QuarantineStore(settings.quarantine_dir),
+        )
+
+    def reload_rules(self) -> bool:
+        """Swap in a fresh policy; on any problem keep the running one and say why."""
+        try:
+            rules = load_checked_rules(self.settings, self.registry)
+        except PolicyError as exc:
+            log.error("rules reload refused, keeping policy %s:\n%s", self.rules.version, exc)
+            return False
+        self.rules = rules
+        log.info("rules reloaded: policy %s", rules.version)
+        return True

@@ -1,0 +1,89 @@
+"""Runs the configured plugins phase by phase, with a time limit each, and records what they found.
+
+The chain fails closed on purpose: a plugin that raises or overruns its time yields
+`<NAME>_ERROR` / `<NAME>_TIMEOUT`, and rules/ says what that means. A plugin that returns a symbol
+it did not declare is treated as an error too, so policy never meets a symbol it cannot score.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+from gateway.config import PluginSettings
+from gateway.plugin import (
+    MessageContext,
+    Phase,
+    Plugin,
+    Registry,
+    Services,
+    error_symbol,
+    timeout_symbol,
+)
+from gateway.text import printable
+from gateway.verdict import Finding
+
+log = logging.getLogger("mailgate.chain")
+
+
+class Chain:
+    """The ordered plugins of one gateway; order is data (config), not code."""
+
+    def __init__(self, plugins: Sequence[Plugin], settings: PluginSettings) -> None:
+        self.plugins = tuple(plugins)
+        self._timeouts = {p.name: settings.timeout_for(p.name) for p in self.plugins}
+        self._by_phase = {
+            phase: tuple(p for p in self.plugins if phase in p.phases) for phase in Phase
+        }
+
+    @classmethod
+    def build(cls, registry: Registry, services: Services) -> Chain:
+        settings = services.settings.plugins
+        plugins = [registry.get(name)(services) for name in settings.order]
+        return cls(plugins, settings)
+
+    async def run(self, phase: Phase, ctx: MessageContext) -> list[Finding]:
+        """Run every plugin of `phase` in order; findings are added to ctx and returned."""
+        found: list[Finding] = []
+        for plugin in self._by_phase[phase]:
+            started = time.perf_counter()
+            findings = await self._run_one(plugin, phase, ctx)
+            elapsed = time.perf_counter() - started
+            ctx.timings[plugin.name] = ctx.timings.get(plugin.name, 0.0) + elapsed
+            ctx.findings.extend(findings)
+            found.extend(findings)
+        return found
+
+    async def _run_one(self, plugin: Plugin, phase: Phase, ctx: MessageContext) -> list[Finding]:
+        timeout = self._timeouts[plugin.name]
+        try:
+            results = await asyncio.wait_for(plugin.check(phase, ctx), timeout)
+        except TimeoutError:
+            log.warning(
+                "qid=%s plugin=%s phase=%s timed out after %gs",
+                ctx.queue_id,
+                plugin.name,
+                phase.value,
+                timeout,
+            )
+            return [Finding(timeout_symbol(plugin.name), detail=f"no answer in {timeout:g}s")]
+        except Exception as exc:  # a plugin bug must not become an accept or a 500
+            log.exception(
+                "qid=%s plugin=%s phase=%s raised", ctx.queue_id, plugin.name, phase.value
+            )
+            return [Finding(error_symbol(plugin.name), detail=printable(type(exc).__name__))]
+        checked: list[Finding] = []
+        for finding in results:
+            if finding.symbol in plugin.symbols:
+                checked.append(finding)
+            else:
+                log.error(
+                    "qid=%s plugin=%s emitted undeclared symbol %s",
+                    ctx.queue_id,
+                    plugin.name,
+                    printable(finding.symbol),
+                )
+                checked.append(Finding(error_symbol(plugin.name), detail="undeclared symbol"))
+        return checked

@@ -1,0 +1,372 @@
+"""Operator settings: config/gateway.toml -> a frozen `Settings`.
+
+Settings are what the operator rarely changes (where to listen, where to deliver, limits, storage).
+Policy that admins tune often lives in rules/ (see policy.py). Every error names the file, the key
+and the line; unknown keys are errors too, since a misspelt limit silently ignored is a limit lost.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.tomlfile import ConfigError, ConfigErrors, TomlFile
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ListenSettings:
+    host: str = "127.0.0.1"
+    port: int = 2525
+    hostname: str = field(default_factory=socket.gethostname)
+    proxy_protocol: bool = False
+    proxy_trusted: tuple[Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """Which recipients this gateway accepts mail for: it must never be an open relay."""
+
+    domains: tuple[str, ...] = ()
+    relay_networks: tuple[Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 100
+    max_line_length: int = 4096
+    max_command_length: int = 512
+    idle_timeout: float = 300.0
+    data_timeout: float = 600.0
+    max_connections: int = 1000
+    max_connections_per_ip: int = 20
+    bare_line_endings: str = "reject"
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    host: str = "127.0.0.1"
+    port: int = 2526
+    connect_timeout: float = 30.0
+    command_timeout: float = 60.0
+    data_timeout: float = 300.0
+    client_identity: str = "xforward"
+    helo_name: str | None = None
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    order: tuple[str, ...] = ("lists", "headers", "limits")
+    timeout: float = 10.0
+    timeouts: Mapping[str, float] = field(default_factory=dict)
+
+    def timeout_for(self, name: str) -> float:
+        return self.timeouts.get(name, self.timeout)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything config/gateway.toml says, validated; paths are absolute."""
+
+    source: Path | None
+    listen: ListenSettings
+    relay: RelaySettings
+    limits: LimitSettings
+    tls: TlsSettings
+    delivery: DeliverySettings
+    plugins: PluginSettings
+    rules_dir: Path
+    quarantine_dir: Path
+    dev_maildir: Path
+    log_level: str = "info"
+
+
+class _Reader:
+    """Pulls typed values out of one TOML table, recording every problem instead of stopping."""
+
+    def __init__(self, doc: TomlFile, errors: list[ConfigError]) -> None:
+        self.doc = doc
+        self.errors = errors
+
+    def table(self, name: str, known: set[str]) -> Mapping[str, Any]:
+        value = self.doc.data.get(name, {})
+        if not isinstance(value, dict):
+            self.errors.append(self.doc.error(name, "must be a table"))
+            return {}
+        for key in value:
+            if key not in known:
+                self.errors.append(
+                    self.doc.error(
+                        f"{name}.{key}", f"unknown setting (known: {', '.join(sorted(known))})"
+                    )
+                )
+        return value
+
+    def get(
+        self,
+        table: Mapping[str, Any],
+        dotted: str,
+        default: T,
+        convert: Callable[[Any], T],
+        expected: str,
+    ) -> T:
+        key = dotted.rpartition(".")[2]
+        if key not in table:
+            return default
+        try:
+            return convert(table[key])
+        except (TypeError, ValueError) as exc:
+            detail = f" ({exc})" if str(exc) else ""
+            self.errors.append(self.doc.error(dotted, f"must be {expected}{detail}"))
+            return default
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("")
+    return value
+
+
+def _port(value: Any) -> int:
+    if _positive_int(value) > 65535:
+        raise ValueError("")
+    return int(value)
+
+
+def _positive_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError("")
+    return float(value)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("")
+    return value
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"got {value!r}")
+        return str(value)
+
+    return convert
+
+
+def _string_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("")
+    return tuple(value)
+
+
+def _domain_list(value: Any) -> tuple[str, ...]:
+    domains = _string_list(value)
+    for domain in domains:
+        bare = domain.removeprefix(".")
+        if not bare or "@" in bare or any(c.isspace() for c in bare):
+            raise ValueError(f"{domain!r} is not a domain")
+    return tuple(d.lower().rstrip(".") for d in domains)
+
+
+def _networks(value: Any) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(v, strict=False) for v in _string_list(value))
+
+
+def _timeouts(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise ValueError("")
+    return {str(k): _positive_float(v) for k, v in value.items()}
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read and validate config/gateway.toml; `None` gives the embedded defaults."""
+    if path is None:
+        base = Path.cwd()
+        return Settings(
+            source=None,
+            listen=ListenSettings(),
+            relay=RelaySettings(domains=("example.com",)),
+            limits=LimitSettings(),
+            tls=TlsSettings(),
+            delivery=DeliverySettings(),
+            plugins=PluginSettings(),
+            rules_dir=base / "rules",
+            quarantine_dir=base / "var" / "quarantine",
+            dev_maildir=base / "var" / "maildir",
+        )
+    path = path.resolve()
+    doc = TomlFile.load(path)
+    errors: list[ConfigError] = []
+    read = _Reader(doc, errors)
+    base = path.parent
+
+    def rel(p: str) -> Path:
+        return (base / p).resolve()
+
+    for top in doc.data:
+        if top not in _TABLES:
+            errors.append(doc.error(top, f"unknown table (known: {', '.join(sorted(_TABLES))})"))
+
+    t = read.table("listen", {"address", "port", "hostname", "proxy_protocol", "proxy_trusted"})
+    defaults = ListenSettings()
+    listen = ListenSettings(
+        host=read.get(t, "listen.address", defaults.host, _string, "an IP address"),
+        port=read.get(t, "listen.port", defaults.port, _port, "a port number (1-65535)"),
+        hostname=read.get(t, "listen.hostname", defaults.hostname, _string, "a host name"),
+        proxy_protocol=read.get(t, "listen.proxy_protocol", False, _bool, "true or false"),
+        proxy_trusted=read.get(
+            t, "listen.proxy_trusted", (), _networks, "a list of networks like 10.0.0.0/8"
+        ),
+    )
+    t = read.table("relay", {"domains", "relay_networks"})
+    relay = RelaySettings(
+        domains=read.get(t, "relay.domains", (), _domain_list, "a list of domain names"),
+        relay_networks=read.get(
+            t, "relay.relay_networks", (), _networks, "a list of networks like 192.0.2.0/24"
+        ),
+    )
+    if not relay.domains and not relay.relay_networks:
+        errors.append(
+            doc.error("relay.domains", "no domains served and no relay networks: nothing to do")
+        )
+    lim = LimitSettings()
+    t = read.table("limits", set(LimitSettings.__dataclass_fields__))
+    limits = LimitSettings(
+        max_message_size=read.get(
+            t, "limits.max_message_size", lim.max_message_size, _positive_int, "bytes (> 0)"
+        ),
+        max_recipients=read.get(
+            t, "limits.max_recipients", lim.max_recipients, _positive_int, "a count (> 0)"
+        ),
+        max_line_length=read.get(
+            t, "limits.max_line_length", lim.max_line_length, _positive_int, "bytes (> 0)"
+        ),
+        max_command_length=read.get(
+            t, "limits.max_command_length", lim.max_command_length, _positive_int, "bytes"
+        ),
+        idle_timeout=read.get(
+            t, "limits.idle_timeout", lim.idle_timeout, _positive_float, "seconds (> 0)"
+        ),
+        data_timeout=read.get(
+            t, "limits.data_timeout", lim.data_timeout, _positive_float, "seconds (> 0)"
+        ),
+        max_connections=read.get(
+            t, "limits.max_connections", lim.max_connections, _positive_int, "a count (> 0)"
+        ),
+        max_connections_per_ip=read.get(
+            t,
+            "limits.max_connections_per_ip",
+            lim.max_connections_per_ip,
+            _positive_int,
+            "a count (> 0)",
+        ),
+        bare_line_endings=read.get(
+            t,
+            "limits.bare_line_endings",
+            lim.bare_line_endings,
+            _one_of("reject", "normalize"),
+            '"reject" or "normalize"',
+        ),
+        shutdown_grace=read.get(
+            t, "limits.shutdown_grace", lim.shutdown_grace, _positive_float, "seconds (> 0)"
+        ),
+    )
+    if limits.max_command_length < 512:
+        errors.append(
+            doc.error("limits.max_command_length", "must be at least 512 (RFC 5321 4.5.3.1.4)")
+        )
+    if limits.max_line_length < 1000:
+        errors.append(
+            doc.error("limits.max_line_length", "must be at least 1000 (RFC 5321 4.5.3.1.6)")
+        )
+    t = read.table("tls", {"cert_file", "key_file"})
+    cert = read.get(t, "tls.cert_file", None, _string, "a file path")
+    key = read.get(t, "tls.key_file", None, _string, "a file path")
+    if (cert is None) != (key is None):
+        errors.append(doc.error("tls", "cert_file and key_file go together"))
+    tls = TlsSettings(cert_file=rel(cert) if cert else None, key_file=rel(key) if key else None)
+    d = DeliverySettings()
+    t = read.table("delivery", set(DeliverySettings.__dataclass_fields__))
+    delivery = DeliverySettings(
+        host=read.get(t, "delivery.host", d.host, _string, "a host name or IP address"),
+        port=read.get(t, "delivery.port", d.port, _port, "a port number (1-65535)"),
+        connect_timeout=read.get(
+            t, "delivery.connect_timeout", d.connect_timeout, _positive_float, "seconds (> 0)"
+        ),
+        command_timeout=read.get(
+            t, "delivery.command_timeout", d.command_timeout, _positive_float, "seconds (> 0)"
+        ),
+        data_timeout=read.get(
+            t, "delivery.data_timeout", d.data_timeout, _positive_float, "seconds (> 0)"
+        ),
+        client_identity=read.get(
+            t,
+            "delivery.client_identity",
+            d.client_identity,
+            _one_of("xforward", "xclient", "none"),
+            '"xforward", "xclient" or "none"',
+        ),
+        helo_name=read.get(t, "delivery.helo_name", None, _string, "a host name"),
+    )
+    p = PluginSettings()
+    t = read.table("plugins", {"order", "timeout", "timeouts"})
+    plugins = PluginSettings(
+        order=read.get(t, "plugins.order", p.order, _string_list, "a list of plugin names"),
+        timeout=read.get(t, "plugins.timeout", p.timeout, _positive_float, "seconds (> 0)"),
+        timeouts=read.get(t, "plugins.timeouts", {}, _timeouts, "a table of plugin name = seconds"),
+    )
+    t = read.table("paths", {"rules", "quarantine", "dev_maildir"})
+    rules_dir = rel(read.get(t, "paths.rules", "../rules", _string, "a directory path"))
+    quarantine_dir = rel(
+        read.get(t, "paths.quarantine", "../var/quarantine", _string, "a directory path")
+    )
+    dev_maildir = rel(
+        read.get(t, "paths.dev_maildir", "../var/maildir", _string, "a directory path")
+    )
+    t = read.table("logging", {"level"})
+    log_level = read.get(
+        t,
+        "logging.level",
+        "info",
+        _one_of("debug", "info", "warning", "error"),
+        '"debug", "info", "warning" or "error"',
+    )
+    if errors:
+        raise ConfigErrors(errors)
+    return Settings(
+        source=path,
+        listen=listen,
+        relay=relay,
+        limits=limits,
+        tls=tls,
+        delivery=delivery,
+        plugins=plugins,
+        rules_dir=rules_dir,
+        quarantine_dir=quarantine_dir,
+        dev_maildir=dev_maildir,
+        log_level=log_level,
+    )
+
+
+_TABLES = {"listen", "relay", "limits", "tls", "delivery", "plugins", "paths", "logging"}

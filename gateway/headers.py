@@ -1,0 +1,108 @@
+"""Header work on the raw message bytes: trace fields we add, verdict fields nobody may forge.
+
+The message is never re-serialised through the email package: relayed mail must stay
+byte-identical apart from the fields added on top, and a parse/re-render round trip would not be.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+from gateway import __version__
+from gateway.plugin import ClientInfo
+from gateway.text import ascii_printable
+from gateway.verdict import Verdict
+
+OUR_PREFIX = b"x-mailgate-"
+_BARE_EOL = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
+
+
+def has_bare_line_endings(raw: bytes) -> bool:
+    """A CR or LF that is not part of CRLF: the raw material of SMTP smuggling."""
+    return _BARE_EOL.search(raw) is not None
+
+
+def normalize_line_endings(raw: bytes) -> bytes:
+    return _BARE_EOL.sub(b"\r\n", raw)
+
+
+def split_header(raw: bytes) -> tuple[list[bytes], bytes]:
+    """Header fields (each with its folded continuation lines and CRLF) and the rest."""
+    fields: list[bytes] = []
+    pos = 0
+    while pos < len(raw):
+        end = raw.find(b"\r\n", pos)
+        if end == -1:
+            end = len(raw) - 2
+        line = raw[pos : end + 2]
+        if line == b"\r\n":
+            break
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line
+        elif _FIELD_NAME.match(line):
+            fields.append(line)
+        else:  # not a header line: the header section ends (malformed, no blank line)
+            break
+        pos = end + 2
+    return fields, raw[pos:]
+
+
+def strip_our_fields(raw: bytes) -> tuple[bytes, int]:
+    """Remove X-Mailgate-* fields a sender put in, so downstream trusts only ours."""
+    if OUR_PREFIX not in raw[:65536].lower():
+        return raw, 0
+    fields, rest = split_header(raw)
+    kept = [f for f in fields if not f.lower().startswith(OUR_PREFIX)]
+    removed = len(fields) - len(kept)
+    if not removed:
+        return raw, 0
+    return b"".join(kept) + rest, removed
+
+
+def _fold(name: str, items: Sequence[str]) -> bytes:
+    """One header field, folded between items so no line passes 78 characters."""
+    lines: list[str] = []
+    current = f"{name}:"
+    for item in items:
+        if len(current) + 1 + len(item) > 78 and current != f"{name}:":
+            lines.append(current)
+            current = "\t" + item
+        else:
+            current = f"{current} {item}"
+    lines.append(current)
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def received_field(
+    client: ClientInfo, hostname: str, queue_id: str, recipients: Sequence[str]
+) -> bytes:
+    """RFC 5321 4.4 trace field; protocol per RFC 3848 (ESMTPS when TLS was used)."""
+    helo = ascii_printable(client.helo or "unknown", 100).replace("(", "").replace(")", "")
+    protocol = ("ESMTP" if client.esmtp else "SMTP") + ("S" if client.tls else "")
+    items = [f"from {helo} ([{client.ip}])", f"by {hostname} (mailgate {__version__})"]
+    if client.tls:
+        items.append(f"({client.tls.version}:{client.tls.cipher}:{client.tls.bits})")
+    items += [f"with {protocol}", f"id {queue_id}"]
+    if len(recipients) == 1:
+        items.append(f"for <{ascii_printable(recipients[0], 200)}>")
+    items[-1] += ";"
+    items.append(format_datetime(datetime.now(UTC)))
+    return _fold("Received", items)
+
+
+def verdict_fields(verdict: Verdict, queue_id: str) -> bytes:
+    """X-Mailgate-* fields: what we decided and why, for the delivery server and the user."""
+    symbols = verdict.symbols_text().split(",") if verdict.findings else ["none"]
+    return (
+        f"X-Mailgate-ID: {queue_id}\r\n"
+        f"X-Mailgate-Action: {verdict.action.value}\r\n"
+        f"X-Mailgate-Score: {verdict.score:g}\r\n"
+    ).encode("ascii") + _fold("X-Mailgate-Symbols", symbols)
+
+
+def prepend_fields(raw: bytes, *fields: bytes) -> bytes:
+    return b"".join(fields) + raw

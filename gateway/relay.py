@@ -1,0 +1,312 @@
+"""The client side toward the delivery server (aiosmtplib), and the mapping of its replies.
+
+Design decision: the downstream connection opens when the client's MAIL is accepted, and every
+RCPT is mirrored to the delivery server at once, so RCPT answers are the delivery server's own
+(unknown users are refused while the sender is still connected: no backscatter, no per-recipient
+loss after DATA). The message itself is sent only after the verdict, and the client hears 250 only
+after the delivery server said 250. One downstream connection follows one client connection and is
+reused for its later transactions (RSET between them).
+
+Reply mapping: the delivery server's 5xx is passed back as 5xx and its 4xx as 4xx (text cleaned);
+a 421, a refused connection, a timeout or a dropped connection become 451 4.4.x.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from gateway.config import DeliverySettings
+from gateway.plugin import ClientInfo
+from gateway.text import ascii_printable, printable
+from gateway.verdict import Replies, SmtpReply
+
+log = logging.getLogger("mailgate.relay")
+
+_STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\s+")
+# MAIL parameters passed on only when the delivery server offers the extension behind them.
+_PASSED_IF_OFFERED = {"SIZE": "size", "BODY": "8bitmime"}
+_XTEXT_SAFE = {c for c in range(33, 127) if c not in (ord("+"), ord("="))}
+
+
+def xtext(value: str) -> str:
+    """RFC 3461 xtext, as XFORWARD and XCLIENT values require."""
+    data = value.encode("utf-8", errors="surrogateescape")
+    return "".join(chr(b) if b in _XTEXT_SAFE else f"+{b:02X}" for b in data)
+
+
+def reply_from_downstream(code: int, message: str) -> SmtpReply:
+    """Turn a delivery server reply into ours: keep code and status, clean the text."""
+    text = message.replace("\r", " ").replace("\n", " ").strip()
+    match = _STATUS.match(text)
+    if match and match.group(1) == str(code)[0]:
+        status = f"{match.group(1)}.{match.group(2)}.{match.group(3)}"
+        text = text[match.end() :]
+    else:
+        status = f"{str(code)[0]}.0.0"
+    if code == 421:  # the delivery server is closing; our client's connection is not
+        return Replies.DOWNSTREAM_UNAVAILABLE
+    if not 200 <= code <= 599:
+        return Replies.DOWNSTREAM_UNAVAILABLE
+    return SmtpReply(code, status, f"delivery server: {ascii_printable(text, 300)}")
+
+
+class DownstreamFailure(Exception):
+    """The delivery server could not be asked or did not answer; `reply` is what to tell."""
+
+    def __init__(self, reply: SmtpReply, detail: str) -> None:
+        super().__init__(detail)
+        self.reply = reply
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    mail_from: str
+    mail_options: Sequence[str]
+
+
+class Downstream:
+    """One SMTP client connection to the delivery server, driven transaction by transaction."""
+
+    def __init__(self, settings: DeliverySettings, local_hostname: str) -> None:
+        self.settings = settings
+        self.local_hostname = settings.helo_name or local_hostname
+        self._client: aiosmtplib.SMTP | None = None
+        self._in_transaction = False
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.is_connected
+
+    async def _connect(self, client: ClientInfo) -> aiosmtplib.SMTP:
+        smtp = aiosmtplib.SMTP(
+            hostname=self.settings.host,
+            port=self.settings.port,
+            local_hostname=self.local_hostname,
+            timeout=self.settings.command_timeout,
+            start_tls=False,
+            use_tls=False,
+        )
+        try:
+            await smtp.connect(timeout=self.settings.connect_timeout)
+            await smtp.ehlo()
+            if self.settings.client_identity == "xclient" and smtp.supports_extension("xclient"):
+                await self._xclient(smtp, client)
+        except BaseException:
+            smtp.close()
+            raise
+        self._client = smtp
+        return smtp
+
+    async def _xclient(self, smtp: aiosmtplib.SMTP, client: ClientInfo) -> None:
+        """XCLIENT makes the delivery server treat the session as the real client's."""
+        offered = set(smtp.esmtp_extensions.get("xclient", "").upper().split())
+        attrs = self._identity(client, offered, queue_id=None)
+        if not attrs:
+            return
+        response = await smtp.execute_command(b"XCLIENT", *[a.encode() for a in attrs])
+        if response.code != 220:
+            raise aiosmtplib.SMTPResponseException(response.code, response.message)
+        await smtp.ehlo()
+
+    @staticmethod
+    def _identity(client: ClientInfo, offered: set[str], queue_id: str | None) -> list[str]:
+        values = {
+            "NAME": "[UNAVAILABLE]",
+            "ADDR": client.ip,
+            "PORT": str(client.port),
+            "PROTO": "ESMTP" if client.esmtp else "SMTP",
+            "HELO": client.helo or "[UNAVAILABLE]",
+            "SOURCE": "REMOTE",
+        }
+        if queue_id:
+            values["IDENT"] = queue_id
+        return [f"{k}={xtext(v)}" for k, v in values.items() if k in offered]
+
+    async def _xforward(self, smtp: aiosmtplib.SMTP, client: ClientInfo, queue_id: str) -> None:
+        """XFORWARD tells the delivery server who the real client was, for its logs and checks."""
+        offered = set(smtp.esmtp_extensions.get("xforward", "").upper().split())
+        attrs = self._identity(client, offered, queue_id)
+        # Postfix limits a command line; send the attributes in short commands.
+        batch: list[str] = []
+        for attr in [*attrs, ""]:
+            if attr and sum(len(a) + 1 for a in batch) + len(attr) < 400:
+                batch.append(attr)
+                continue
+            if batch:
+                response = await smtp.execute_command(b"XFORWARD", *[a.encode() for a in batch])
+                if response.code != 250:
+                    log.warning("delivery server refused XFORWARD: %s", printable(response.message))
+                    return
+            batch = [attr] if attr else []
+
+    async def begin(
+        self, client: ClientInfo, queue_id: str, mail_from: str, options: Sequence[str]
+    ) -> SmtpReply:
+        """Open (or reuse) the connection and send MAIL FROM; returns the reply to give."""
+        try:
+            return await self._begin(client, queue_id, mail_from, options, retry=True)
+        except DownstreamFailure as failure:
+            await self.close()
+            return failure.reply
+
+    async def _begin(
+        self,
+        client: ClientInfo,
+        queue_id: str,
+        mail_from: str,
+        options: Sequence[str],
+        retry: bool,
+    ) -> SmtpReply:
+        reused = self.connected
+        try:
+            smtp = self._client if reused and self._client else await self._connect(client)
+            if self._in_transaction:
+                await smtp.execute_command(b"RSET")
+                self._in_transaction = False
+            if self.settings.client_identity == "xforward" and smtp.supports_extension("xforward"):
+                await self._xforward(smtp, client, queue_id)
+            params = self._mail_params(smtp, options)
+            if params is None:
+                return Replies.SMTPUTF8_UNSUPPORTED
+            sender = "" if mail_from == "<>" else mail_from
+            response = await smtp.execute_command(
+                b"MAIL", f"FROM:<{sender}>".encode("utf-8", "surrogateescape"), *params
+            )
+        except aiosmtplib.SMTPServerDisconnected as exc:
+            if reused and retry:  # an idle pooled connection the server closed: once more
+                await self.close()
+                return await self._begin(client, queue_id, mail_from, options, retry=False)
+            raise self._failure(exc) from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise self._failure(exc) from exc
+        reply = reply_from_downstream(response.code, response.message)
+        if response.code == 250:
+            self._in_transaction = True
+        elif response.code == 421:
+            await self.close()
+        return reply
+
+    def _mail_params(self, smtp: aiosmtplib.SMTP, options: Sequence[str]) -> list[bytes] | None:
+        params: list[bytes] = []
+        for option in options:
+            name = option.partition("=")[0].upper()
+            if name in _PASSED_IF_OFFERED:
+                if smtp.supports_extension(_PASSED_IF_OFFERED[name]):
+                    params.append(option.encode())
+            elif name == "SMTPUTF8":
+                if not smtp.supports_extension("smtputf8"):
+                    return None
+                params.append(b"SMTPUTF8")
+        return params
+
+    async def rcpt(self, address: str) -> SmtpReply:
+        smtp = self._client
+        if smtp is None or not self._in_transaction:
+            return Replies.DOWNSTREAM_UNAVAILABLE
+        try:
+            response = await smtp.execute_command(
+                b"RCPT", f"TO:<{address}>".encode("utf-8", "surrogateescape")
+            )
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            await self.close()
+            return self._failure(exc).reply
+        if response.code == 421:
+            await self.close()
+        return reply_from_downstream(response.code, response.message)
+
+    async def data(self, message: bytes) -> SmtpReply:
+        """Send the message; the reply is 250 only if the delivery server said 250."""
+        smtp = self._client
+        if smtp is None or not self._in_transaction:
+            return Replies.DOWNSTREAM_UNAVAILABLE
+        self._in_transaction = False
+        try:
+            response = await smtp.data(message, timeout=self.settings.data_timeout)
+        except aiosmtplib.SMTPDataError as exc:
+            if exc.code == 421:
+                await self.close()
+            return reply_from_downstream(exc.code, exc.message)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            await self.close()
+            return self._failure(exc).reply
+        return reply_from_downstream(response.code, response.message)
+
+    async def reset(self) -> None:
+        """Abandon the current transaction (message quarantined, refused, or client RSET)."""
+        if not self._in_transaction or self._client is None:
+            return
+        self._in_transaction = False
+        try:
+            response = await self._client.execute_command(b"RSET")
+            if response.code != 250:
+                await self.close()
+        except (aiosmtplib.SMTPException, OSError):
+            await self.close()
+
+    async def close(self) -> None:
+        """Say QUIT if we still can, and drop the connection whatever happens."""
+        smtp, self._client = self._client, None
+        self._in_transaction = False
+        if smtp is None:
+            return
+        try:
+            if smtp.is_connected:
+                await asyncio.wait_for(smtp.quit(), timeout=5)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            pass
+        finally:
+            smtp.close()
+
+    def abort(self) -> None:
+        """Drop the connection without a word: the client vanished and we must not linger."""
+        smtp, self._client = self._client, None
+        self._in_transaction = False
+        if smtp is not None:
+            smtp.close()
+
+    def _failure(self, exc: BaseException) -> DownstreamFailure:
+        where = f"{self.settings.host}:{self.settings.port}"
+        if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+            reply = Replies.DOWNSTREAM_TIMEOUT
+        elif isinstance(exc, aiosmtplib.SMTPResponseException):
+            reply = reply_from_downstream(exc.code, exc.message)
+            if reply.is_positive:
+                reply = Replies.DOWNSTREAM_UNAVAILABLE
+        else:
+            reply = Replies.DOWNSTREAM_UNAVAILABLE
+        log.warning("delivery server %s: %s: %s", where, type(exc).__name__, printable(str(exc)))
+        return DownstreamFailure(reply, str(exc))
+
+
+async def deliver(
+    settings: DeliverySettings,
+    local_hostname: str,
+    client: ClientInfo,
+    queue_id: str,
+    mail_from: str,
+    recipients: Sequence[str],
+    message: bytes,
+) -> tuple[SmtpReply, dict[str, SmtpReply]]:
+    """One whole transaction (release from quarantine, the demo): final reply, refused rcpts."""
+    downstream = Downstream(settings, local_hostname)
+    refused: dict[str, SmtpReply] = {}
+    try:
+        reply = await downstream.begin(client, queue_id, mail_from, [])
+        if not reply.is_positive:
+            return reply, refused
+        for rcpt in recipients:
+            answer = await downstream.rcpt(rcpt)
+            if not answer.is_positive:
+                refused[rcpt] = answer
+        if len(refused) == len(recipients):
+            await downstream.reset()
+            return next(iter(refused.values()), Replies.DOWNSTREAM_UNAVAILABLE), refused
+        return await downstream.data(message), refused
+    finally:
+        await downstream.close()

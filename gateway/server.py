@@ -1,0 +1,97 @@
+"""Run the gateway: listen, serve, reload policy on SIGHUP, drain and stop on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import time
+from collections.abc import Callable
+
+from gateway.app import Gateway
+from gateway.config import Settings
+from gateway.smtp import GatewaySMTP
+from gateway.verdict import Replies
+
+log = logging.getLogger("mailgate")
+
+
+def make_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """Server-side TLS for STARTTLS, offered only when a certificate is configured."""
+    if settings.tls.cert_file is None or settings.tls.key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_NONE  # MX clients rarely present certificates
+    context.load_cert_chain(settings.tls.cert_file, settings.tls.key_file)
+    return context
+
+
+class GatewayServer:
+    """The listening socket and the live connections of one gateway process."""
+
+    def __init__(self, gateway: Gateway, tls_context: ssl.SSLContext | None = None) -> None:
+        self.gateway = gateway
+        self.tls_context = tls_context
+        self.protocols: set[GatewaySMTP] = set()
+        self._server: asyncio.base_events.Server | None = None
+
+    def _factory(self) -> GatewaySMTP:
+        protocol = GatewaySMTP(self.gateway, self.tls_context)
+        self.protocols.add(protocol)
+        original = protocol.connection_lost
+
+        def lost(error: Exception | None) -> None:
+            self.protocols.discard(protocol)
+            original(error)
+
+        protocol.connection_lost = lost  # type: ignore[method-assign]
+        return protocol
+
+    async def start(self) -> tuple[str, int]:
+        listen = self.gateway.settings.listen
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._factory, host=listen.host, port=listen.port, reuse_address=True
+        )
+        host, port = self._server.sockets[0].getsockname()[:2]
+        log.info(
+            "listening on %s:%d as %s; delivering to %s:%d; policy %s",
+            host,
+            port,
+            listen.hostname,
+            self.gateway.settings.delivery.host,
+            self.gateway.settings.delivery.port,
+            self.gateway.rules.version,
+        )
+        return str(host), int(port)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting; idle clients get 421 now, busy ones finish (bounded by `grace`)."""
+        grace = self.gateway.settings.limits.shutdown_grace if grace is None else grace
+        self.gateway.shutting_down = True
+        if self._server is not None:
+            self._server.close()
+        deadline = time.monotonic() + grace
+        while self.protocols and time.monotonic() < deadline:
+            for protocol in list(self.protocols):
+                if protocol.idle and protocol.transport is not None:
+                    protocol._writer.write(str(Replies.SHUTTING_DOWN).encode() + b"\r\n")
+                    protocol.transport.close()
+            await asyncio.sleep(0.05)
+        for protocol in list(self.protocols):
+            if protocol.transport is not None:
+                log.warning("closing connection still busy after %gs of shutdown grace", grace)
+                protocol.transport.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        log.info("stopped")
+
+
+def install_signals(
+    loop: asyncio.AbstractEventLoop, gateway: Gateway, stop: Callable[[], None]
+) -> None:
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload_rules)
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    loop.add_signal_handler(signal.SIGINT, stop)

@@ -1,0 +1,160 @@
+"""End of DATA: inspect once, decide once, act, and write the one log line that explains it.
+
+Acting follows the rule of the whole product: the reply is 250 only when the delivery server said
+250 or the quarantined copy is on disk; every other path is a 4xx or a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from gateway.app import Gateway
+from gateway.headers import (
+    has_bare_line_endings,
+    normalize_line_endings,
+    prepend_fields,
+    received_field,
+    strip_our_fields,
+    verdict_fields,
+)
+from gateway.plugin import MessageContext, Phase
+from gateway.quarantine import StoreError
+from gateway.relay import Downstream
+from gateway.text import quoted
+from gateway.verdict import Action, Replies, SmtpReply, Verdict
+
+log = logging.getLogger("mailgate.message")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: Verdict
+    reply: SmtpReply
+    note: str = ""
+
+
+async def inspect(gateway: Gateway, ctx: MessageContext) -> Verdict:
+    """Run the DATA phase and decide; shared by the live path and `mailgate scan`."""
+    await gateway.chain.run(Phase.DATA, ctx)
+    return ctx.rules.decide(ctx.findings)
+
+
+async def conclude(gateway: Gateway, ctx: MessageContext, downstream: Downstream) -> SmtpReply:
+    """Inspect the complete message, act on the verdict, log, and return the reply to give."""
+    started = time.perf_counter()
+    outcome = await _decide_and_act(gateway, ctx, downstream)
+    log_message(ctx, outcome, time.perf_counter() - started)
+    return outcome.reply
+
+
+async def _decide_and_act(gateway: Gateway, ctx: MessageContext, downstream: Downstream) -> Outcome:
+    if has_bare_line_endings(ctx.raw):
+        if gateway.settings.limits.bare_line_endings == "reject":
+            await downstream.reset()
+            reply = _with_id(Replies.BARE_LINE_ENDING, ctx.queue_id)
+            verdict = replace(
+                ctx.rules.decide(ctx.findings),
+                action=Action.REJECT,
+                reply=reply,
+                reason="bare CR or LF line ending (limits.bare_line_endings = reject)",
+            )
+            return Outcome(verdict, reply)
+        ctx.raw = normalize_line_endings(ctx.raw)
+    ctx.raw, forged = strip_our_fields(ctx.raw)
+    verdict = await inspect(gateway, ctx)
+    note = f"removed {forged} forged X-Mailgate fields" if forged else ""
+    if verdict.action is Action.RELAY:
+        message = prepend_fields(
+            ctx.raw,
+            received_field(
+                ctx.client, gateway.settings.listen.hostname, ctx.queue_id, ctx.rcpt_tos
+            ),
+            verdict_fields(verdict, ctx.queue_id),
+        )
+        answer = await downstream.data(message)
+        if answer.is_positive:
+            reply = SmtpReply(250, "2.0.0", f"OK id={ctx.queue_id} ({answer.text})")
+        else:
+            reply = answer
+        return Outcome(verdict, reply, note)
+    await downstream.reset()
+    if verdict.action is Action.QUARANTINE:
+        return await _quarantine(gateway, ctx, verdict, note)
+    return Outcome(verdict, _with_id(verdict.reply, ctx.queue_id), note)
+
+
+async def _quarantine(
+    gateway: Gateway, ctx: MessageContext, verdict: Verdict, note: str
+) -> Outcome:
+    message = prepend_fields(
+        ctx.raw,
+        received_field(ctx.client, gateway.settings.listen.hostname, ctx.queue_id, ctx.rcpt_tos),
+        verdict_fields(verdict, ctx.queue_id),
+    )
+    try:
+        await asyncio.to_thread(gateway.store.put, ctx.queue_id, message, metadata(ctx, verdict))
+    except StoreError as exc:
+        log.error("qid=%s quarantine failed: %s", ctx.queue_id, exc)
+        return Outcome(verdict, _with_id(Replies.QUARANTINE_FAILED, ctx.queue_id), str(exc))
+    return Outcome(verdict, _with_id(verdict.reply, ctx.queue_id), note)
+
+
+def _with_id(reply: SmtpReply, queue_id: str) -> SmtpReply:
+    return reply.with_text(f"{reply.text} (id={queue_id})")
+
+
+def metadata(ctx: MessageContext, verdict: Verdict) -> Mapping[str, Any]:
+    """What the quarantine keeps beside the message: enough to explain and to release it."""
+    return {
+        "id": ctx.queue_id,
+        "time": time.time(),
+        "client_ip": ctx.client.ip,
+        "helo": ctx.client.helo,
+        "tls": None
+        if ctx.client.tls is None
+        else {"version": ctx.client.tls.version, "cipher": ctx.client.tls.cipher},
+        "mail_from": ctx.mail_from,
+        "rcpt_tos": list(ctx.rcpt_tos),
+        "message_id": next(iter(ctx.header_values("message-id")), None),
+        "size": len(ctx.raw),
+        "action": verdict.action.value,
+        "score": verdict.score,
+        "reason": verdict.reason,
+        "findings": [
+            {"symbol": f.symbol, "score": f.score, "detail": f.finding.detail}
+            for f in verdict.findings
+        ],
+        "policy_version": ctx.rules.version,
+    }
+
+
+def log_message(ctx: MessageContext, outcome: Outcome, elapsed: float) -> None:
+    """One line per message that answers "why was this message rejected?"."""
+    verdict = outcome.verdict
+    timings = ",".join(f"{name}:{sec * 1000:.2f}ms" for name, sec in ctx.timings.items())
+    tls = f"{ctx.client.tls.version}" if ctx.client.tls else "none"
+    fields = [
+        f"qid={ctx.queue_id}",
+        f"client={ctx.client.ip}",
+        f"helo={quoted(ctx.client.helo or '')}",
+        f"tls={tls}",
+        f"from={quoted(ctx.mail_from or '')}",
+        f"rcpt={quoted(','.join(ctx.rcpt_tos), 400)}",
+        f"msgid={quoted(next(iter(ctx.header_values('message-id')), ''))}",
+        f"size={len(ctx.raw)}",
+        f"action={verdict.action.value}",
+        f"score={verdict.score:g}",
+        f"reason={quoted(verdict.reason)}",
+        f"symbols={verdict.symbols_text() or '-'}",
+        f"reply={quoted(str(outcome.reply))}",
+        f"time={elapsed * 1000:.1f}ms",
+        f"plugins={timings or '-'}",
+    ]
+    if outcome.note:
+        fields.append(f"note={quoted(outcome.note)}")
+    log.info(" ".join(fields))
