@@ -1,0 +1,299 @@
+"""Test harness: a real downstream SMTP server with fault injection, and a real running gateway.
+
+The downstream (`RecordingSink`) is aiosmtpd in its own thread and event loop, like a separate
+mail server; it records what it received byte for byte and can be told to misbehave (refuse,
+defer, stall, drop the connection), after the fake MTA of GNU Mailman's testing/mta.py.
+The gateway runs on the test's own event loop on an ephemeral loopback port, so tests talk to it
+with aiosmtplib, or with smtplib through asyncio.to_thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.app import Gateway
+from gateway.config import (
+    DeliverySettings,
+    LimitSettings,
+    ListenSettings,
+    PluginSettings,
+    RelaySettings,
+    Settings,
+    TlsSettings,
+)
+from gateway.server import GatewayServer
+
+REPO = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class Delivered:
+    """One message as the downstream server received it."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    content: bytes
+    mail_options: list[str]
+    xforward: dict[str, str]
+
+
+@dataclass
+class SinkBehaviour:
+    """What the downstream does next; tests flip these to inject faults."""
+
+    mail_reply: str | None = None
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    data_reply: str | None = None
+    data_delay: float = 0.0
+    drop_after_data: bool = False
+    offer_xforward: bool = True
+    offer_smtputf8: bool = True
+
+
+class _SinkSMTP(SMTP):
+    line_length_limit = 1 << 20
+
+    async def smtp_XFORWARD(self, arg: str) -> None:
+        handler: RecordingSink = self.event_handler
+        for item in (arg or "").split():
+            key, _, value = item.partition("=")
+            handler.pending_xforward[key.upper()] = value
+        await self.push("250 2.0.0 Ok")
+
+
+class _SinkController(Controller):
+    def factory(self) -> SMTP:
+        return _SinkSMTP(self.handler, **self.SMTP_kwargs)
+
+
+class RecordingSink:
+    """aiosmtpd handler: records deliveries, replies as `behaviour` says."""
+
+    def __init__(self) -> None:
+        self.behaviour = SinkBehaviour()
+        self.delivered: list[Delivered] = []
+        self.pending_xforward: dict[str, str] = {}
+        self.connections = 0
+        self.commands: list[str] = []
+        self._lock = threading.Lock()
+        self.controller: Any = None
+        self.port = 0
+
+    # -- aiosmtpd hooks -------------------------------------------------------------------
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        lines = [r[4:] for r in responses]
+        if not self.behaviour.offer_smtputf8:
+            lines = [line for line in lines if line != "SMTPUTF8"]
+        if self.behaviour.offer_xforward:
+            lines.insert(-1, "XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT")
+        return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        self.commands.append(f"MAIL {address}")
+        if self.behaviour.mail_reply:
+            return self.behaviour.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        self.commands.append(f"RCPT {address}")
+        reply = self.behaviour.rcpt_replies.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.commands.append("RSET")
+        return "250 2.0.0 Ok"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.commands.append("DATA")
+        behaviour = self.behaviour
+        if behaviour.data_delay:
+            await asyncio.sleep(behaviour.data_delay)
+        if behaviour.drop_after_data:
+            server.transport.close()
+            return "421 4.3.0 dropped"  # never reaches the client: the connection is gone
+        if behaviour.data_reply:
+            return behaviour.data_reply
+        with self._lock:
+            self.delivered.append(
+                Delivered(
+                    mail_from=envelope.mail_from,
+                    rcpt_tos=list(envelope.rcpt_tos),
+                    content=bytes(envelope.original_content),
+                    mail_options=list(envelope.mail_options),
+                    xforward=dict(self.pending_xforward),
+                )
+            )
+        self.pending_xforward = {}
+        return "250 2.0.0 Ok: queued as SINK1"
+
+    # -- control --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.controller = _SinkController(
+            self,
+            hostname=LOOPBACK,
+            port=self.port,
+            server_hostname="sink.test",
+            enable_SMTPUTF8=True,
+            data_size_limit=None,
+        )
+        self.controller.start()
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[Delivered]:
+        deadline = time.monotonic() + timeout
+        while len(self.delivered) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return list(self.delivered)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def make_settings(tmp_path: Path, delivery_port: int, **changes: Any) -> Settings:
+    """Settings for a test gateway: loopback, ephemeral port, a private copy of rules/.
+
+    `changes` replace fields of the sections by name, e.g. limits={"max_recipients": 2}.
+    """
+    rules = tmp_path / "rules"
+    if not rules.exists():
+        shutil.copytree(REPO / "rules", rules)
+    sections: dict[str, Any] = {
+        "listen": ListenSettings(host=LOOPBACK, port=0, hostname="mx.gateway.test"),
+        "relay": RelaySettings(domains=("example.com", ".sub.example.org")),
+        "limits": LimitSettings(idle_timeout=30, data_timeout=30, shutdown_grace=2),
+        "tls": TlsSettings(),
+        "delivery": DeliverySettings(
+            host=LOOPBACK,
+            port=delivery_port,
+            connect_timeout=2,
+            command_timeout=2,
+            data_timeout=2,
+        ),
+        "plugins": PluginSettings(),
+    }
+    for name, value in changes.items():
+        if name in sections and isinstance(value, dict):
+            sections[name] = dataclasses.replace(sections[name], **value)
+        elif name in sections:
+            sections[name] = value
+    return Settings(
+        source=None,
+        rules_dir=rules,
+        quarantine_dir=tmp_path / "quarantine",
+        dev_maildir=tmp_path / "maildir",
+        **sections,
+    )
+
+
+@dataclass
+class RunningGateway:
+    gateway: Gateway
+    server: GatewayServer
+    host: str
+    port: int
+
+    @property
+    def settings(self) -> Settings:
+        return self.gateway.settings
+
+
+@pytest.fixture
+def sink() -> Iterator[RecordingSink]:
+    recording = RecordingSink()
+    recording.start()
+    try:
+        yield recording
+    finally:
+        recording.stop()
+
+
+GatewayFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_gateway(tmp_path: Path, sink: RecordingSink) -> AsyncIterator[GatewayFactory]:
+    """Start gateways on this test's loop: `await start_gateway(limits={...})`."""
+    running: list[RunningGateway] = []
+
+    async def start(settings: Settings | None = None, **changes: Any) -> RunningGateway:
+        if settings is None:
+            settings = make_settings(tmp_path, sink.port, **changes)
+        gateway = Gateway.create(settings)
+        server = GatewayServer(gateway)
+        host, port = await server.start()
+        item = RunningGateway(gateway, server, host, port)
+        running.append(item)
+        return item
+
+    yield start
+    for item in running:
+        await item.server.stop(grace=1)
+
+
+@pytest.fixture
+async def gw(start_gateway: GatewayFactory) -> RunningGateway:
+    """A gateway with the default test settings, relaying to `sink`."""
+    result: RunningGateway = await start_gateway()
+    return result
+
+
+def message(
+    subject: str = "hello",
+    sender: str = "alice@example.net",
+    to: str = "bob@example.com",
+    body: bytes = b"Hello Bob.\r\n",
+    extra: bytes = b"",
+) -> bytes:
+    """A small well-formed RFC 5322 message with CRLF line endings."""
+    return (
+        (
+            f"From: Alice <{sender}>\r\n"
+            f"To: Bob <{to}>\r\n"
+            f"Subject: {subject}\r\n"
+            "Date: Fri, 27 Nov 2026 10:00:00 +0000\r\n"
+            "Message-ID: <test-1@example.net>\r\n"
+        ).encode()
+        + extra
+        + b"\r\n"
+        + body
+    )
