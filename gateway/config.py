@@ -239,6 +239,14 @@ def load_settings(path: Path | None) -> Settings:
             t, "listen.proxy_trusted", (), _networks, "a list of networks like 10.0.0.0/8"
         ),
     )
+    if listen.proxy_protocol and not listen.proxy_trusted:
+        errors.append(
+            doc.error(
+                "listen.proxy_trusted",
+                "proxy_protocol needs the load balancers' networks here; "
+                "otherwise any client could claim any address",
+            )
+        )
     t = read.table("relay", {"domains", "relay_networks"})
     relay = RelaySettings(
         domains=read.get(t, "relay.domains", (), _domain_list, "a list of domain names"),

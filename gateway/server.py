@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import ssl
@@ -76,9 +77,12 @@ class GatewayServer:
         deadline = time.monotonic() + grace
         while self.protocols and time.monotonic() < deadline:
             for protocol in list(self.protocols):
-                if protocol.idle and protocol.transport is not None:
-                    protocol._writer.write(str(Replies.SHUTTING_DOWN).encode() + b"\r\n")
-                    protocol.transport.close()
+                transport = protocol.transport
+                if protocol.idle and transport is not None and not transport.is_closing():
+                    # A TLS transport mid-teardown may refuse the write: closing is what's left.
+                    with contextlib.suppress(AttributeError, RuntimeError, OSError):
+                        transport.write(str(Replies.SHUTTING_DOWN).encode() + b"\r\n")
+                    transport.close()
             await asyncio.sleep(0.05)
         for protocol in list(self.protocols):
             if protocol.transport is not None:
