@@ -31,6 +31,9 @@ def load_checked_rules(settings: Settings, registry: Registry) -> RuleSet:
     except (ConfigError, ConfigErrors) as exc:
         raise PolicyError(str(exc)) from exc
     problems = registry.check_policy(settings.plugins.order, rules)
+    for name in settings.plugins.timeouts:
+        if name not in settings.plugins.order:
+            problems.append(f"plugins.timeouts names {name!r}, which is not in plugins.order")
     if problems:
         raise PolicyError("\n".join(problems))
     return rules

@@ -75,15 +75,20 @@ class Chain:
             )
             return [Finding(error_symbol(plugin.name), detail=printable(type(exc).__name__))]
         checked: list[Finding] = []
+        # A plugin bug may also return something that is not a sequence of Findings (None, a
+        # bare string): that must become <NAME>_ERROR too, not an exception out of the chain.
+        if isinstance(results, str | bytes) or not isinstance(results, Sequence):
+            log.error("qid=%s plugin=%s returned %s", ctx.queue_id, plugin.name, type(results))
+            return [Finding(error_symbol(plugin.name), detail="malformed result")]
         for finding in results:
-            if finding.symbol in plugin.symbols:
+            if isinstance(finding, Finding) and finding.symbol in plugin.symbols:
                 checked.append(finding)
             else:
                 log.error(
                     "qid=%s plugin=%s emitted undeclared symbol %s",
                     ctx.queue_id,
                     plugin.name,
-                    printable(finding.symbol),
+                    printable(str(getattr(finding, "symbol", type(finding).__name__))),
                 )
                 checked.append(Finding(error_symbol(plugin.name), detail="undeclared symbol"))
         return checked

@@ -38,11 +38,22 @@ def _config_path(arg: str | None) -> Path | None:
     return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
 
 
+class SafeFormatter(logging.Formatter):
+    """Escape control characters in every log line, tracebacks included.
+
+    Our own log calls pass client values through gateway.text, but a traceback carries the raw
+    exception text, which may quote a header value (a plugin's `int(value)`...): without this an
+    escape sequence in a message could reach the admin's terminal through the log.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(printable(line, 20_000) for line in super().format(record).split("\n"))
+
+
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     # aiosmtpd logs every command line at INFO; our own log line per message says what matters.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
 

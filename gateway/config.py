@@ -8,6 +8,7 @@ and the line; unknown keys are errors too, since a misspelt limit silently ignor
 from __future__ import annotations
 
 import ipaddress
+import math
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -79,6 +80,17 @@ class PluginSettings:
 
 
 @dataclass(frozen=True)
+class DnsSettings:
+    """The one resolver every DNS check uses (SPF, DKIM, DMARC). Defaults stay on loopback:
+    point `nameservers` at your recursive resolver."""
+
+    nameservers: tuple[str, ...] = ("127.0.0.1",)
+    port: int = 53
+    timeout: float = 5.0  # seconds per query, retransmissions and TCP fallback included
+    cache_size: int = 10000  # answers kept (LRU); 0 disables the cache
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything config/gateway.toml says, validated; paths are absolute."""
 
@@ -93,6 +105,7 @@ class Settings:
     quarantine_dir: Path
     dev_maildir: Path
     log_level: str = "info"
+    dns: DnsSettings = field(default_factory=DnsSettings)
 
 
 class _Reader:
@@ -148,8 +161,11 @@ def _port(value: Any) -> int:
 
 
 def _positive_float(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    # `nan <= 0` is false, and asyncio.wait_for(..., nan) never times out: refuse nan and inf.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ValueError("")
+    if not math.isfinite(value):
+        raise ValueError("not a finite number")
     return float(value)
 
 
@@ -191,6 +207,19 @@ def _domain_list(value: Any) -> tuple[str, ...]:
 
 def _networks(value: Any) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(v, strict=False) for v in _string_list(value))
+
+
+def _ip_addresses(value: Any) -> tuple[str, ...]:
+    addresses = _string_list(value)
+    if not addresses:
+        raise ValueError("at least one")
+    return tuple(str(ipaddress.ip_address(v)) for v in addresses)
+
+
+def _cache_size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("")
+    return value
 
 
 def _timeouts(value: Any) -> dict[str, float]:
@@ -352,6 +381,16 @@ def load_settings(path: Path | None) -> Settings:
     dev_maildir = rel(
         read.get(t, "paths.dev_maildir", "../var/maildir", _string, "a directory path")
     )
+    ds = DnsSettings()
+    t = read.table("dns", set(DnsSettings.__dataclass_fields__))
+    dns = DnsSettings(
+        nameservers=read.get(
+            t, "dns.nameservers", ds.nameservers, _ip_addresses, "a list of IP addresses"
+        ),
+        port=read.get(t, "dns.port", ds.port, _port, "a port number (1-65535)"),
+        timeout=read.get(t, "dns.timeout", ds.timeout, _positive_float, "seconds (> 0)"),
+        cache_size=read.get(t, "dns.cache_size", ds.cache_size, _cache_size, "a count (>= 0)"),
+    )
     t = read.table("logging", {"level"})
     log_level = read.get(
         t,
@@ -374,7 +413,8 @@ def load_settings(path: Path | None) -> Settings:
         quarantine_dir=quarantine_dir,
         dev_maildir=dev_maildir,
         log_level=log_level,
+        dns=dns,
     )
 
 
-_TABLES = {"listen", "relay", "limits", "tls", "delivery", "plugins", "paths", "logging"}
+_TABLES = {"listen", "relay", "limits", "tls", "delivery", "plugins", "paths", "logging", "dns"}

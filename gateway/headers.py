@@ -30,6 +30,21 @@ def normalize_line_endings(raw: bytes) -> bytes:
     return _BARE_EOL.sub(b"\r\n", raw)
 
 
+def has_nul(raw: bytes) -> bool:
+    """A NUL byte: smuggling material too, though no bare CR or LF is involved.
+
+    NUL is never legal in SMTP content (RFC 5321 2.3.8; RFC 6152 excludes it from 8BITMIME), and a
+    delivery server that drops it or stops a line at it (C strings) reads CRLF NUL "." CRLF as the
+    end of DATA (SEC Consult, 2023). Without this check that sequence was relayed untouched.
+    """
+    return b"\x00" in raw
+
+
+def strip_nul(raw: bytes) -> bytes:
+    """Drop NUL bytes (what Postfix's `message_strip_characters = \\0` does)."""
+    return raw.replace(b"\x00", b"")
+
+
 def split_header(raw: bytes) -> tuple[list[bytes], bytes]:
     """Header fields (each with its folded continuation lines and CRLF) and the rest."""
     fields: list[bytes] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -51,7 +52,8 @@ class AddressList:
         return cls(frozenset(addresses), frozenset(domains), tuple(parents))
 
     def matches(self, address: str) -> bool:
-        address = address.lower()
+        # A trailing dot names the same domain (DNS root): it must not slip past the list.
+        address = address.lower().rstrip(".")
         if address in self.addresses:
             return True
         domain = address.rpartition("@")[2]
@@ -115,7 +117,9 @@ class RuleSet:
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # TOML has nan and inf; a nan threshold or total compares false with everything, so every
+    # message would relay whatever its score (and inf - inf is nan): refuse them at load.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError
     return float(value)
 
@@ -227,7 +231,7 @@ def load_rules(directory: Path) -> RuleSet:
         try:
             scores[symbol] = _number(value)
         except ValueError:
-            errors.append(scores_doc.error(key, f"score must be a number, got {value!r}"))
+            errors.append(scores_doc.error(key, f"score must be a finite number, got {value!r}"))
 
     actions_doc = docs["actions.toml"]
     _unknown_tables(actions_doc, {"thresholds", "forced"}, errors)
@@ -240,7 +244,7 @@ def load_rules(directory: Path) -> RuleSet:
         try:
             limits[key] = _number(thresholds.get(key, default))
         except ValueError:
-            errors.append(actions_doc.error(f"thresholds.{key}", "must be a number"))
+            errors.append(actions_doc.error(f"thresholds.{key}", "must be a finite number"))
             limits[key] = default
     if limits["quarantine"] > limits["reject"]:
         errors.append(

@@ -28,7 +28,8 @@ from gateway.verdict import Replies, SmtpReply
 
 log = logging.getLogger("mailgate.relay")
 
-_STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\s+")
+# The enhanced code may end the reply ("553 5.1.8"): keep it then too.
+_STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
 # MAIL parameters passed on only when the delivery server offers the extension behind them.
 _PASSED_IF_OFFERED = {"SIZE": "size", "BODY": "8bitmime"}
 _XTEXT_SAFE = {c for c in range(33, 127) if c not in (ord("+"), ord("="))}
@@ -51,7 +52,9 @@ def reply_from_downstream(code: int, message: str) -> SmtpReply:
         status = f"{str(code)[0]}.0.0"
     if code == 421:  # the delivery server is closing; our client's connection is not
         return Replies.DOWNSTREAM_UNAVAILABLE
-    if not 200 <= code <= 599:
+    # 2xx, 4xx, 5xx only: a 1xx/3xx here (e.g. "354" to MAIL) is a broken server; it must be
+    # a retry-later, neither a "positive" (code < 400) nor a ValueError from SmtpReply.
+    if code // 100 not in (2, 4, 5):
         return Replies.DOWNSTREAM_UNAVAILABLE
     return SmtpReply(code, status, f"delivery server: {ascii_printable(text, 300)}")
 
@@ -112,7 +115,11 @@ class Downstream:
         response = await smtp.execute_command(b"XCLIENT", *[a.encode() for a in attrs])
         if response.code != 220:
             raise aiosmtplib.SMTPResponseException(response.code, response.message)
-        await smtp.ehlo()
+        # The EHLO that must follow XCLIENT sets the HELO name again: repeat the client's own
+        # (when it is a plain ASCII token), or the delivery server would log ours.
+        helo = client.helo or ""
+        plain = helo.isascii() and helo.isprintable() and helo and " " not in helo
+        await smtp.ehlo(hostname=helo if plain else None)
 
     @staticmethod
     def _identity(client: ClientInfo, offered: set[str], queue_id: str | None) -> list[str]:

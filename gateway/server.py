@@ -9,6 +9,7 @@ import signal
 import ssl
 import time
 from collections.abc import Callable
+from typing import cast
 
 from gateway.app import Gateway
 from gateway.config import Settings
@@ -81,7 +82,9 @@ class GatewayServer:
                 if protocol.idle and transport is not None and not transport.is_closing():
                     # A TLS transport mid-teardown may refuse the write: closing is what's left.
                     with contextlib.suppress(AttributeError, RuntimeError, OSError):
-                        transport.write(str(Replies.SHUTTING_DOWN).encode() + b"\r\n")
+                        # aiosmtpd types `transport` as BaseTransport (no write): mypy needs this.
+                        writer = cast(asyncio.WriteTransport, transport)
+                        writer.write(str(Replies.SHUTTING_DOWN).encode() + b"\r\n")
                     transport.close()
             await asyncio.sleep(0.05)
         for protocol in list(self.protocols):

@@ -288,6 +288,8 @@ class ConnectionHandler:
         if ctx is None:
             return "503 5.5.1 Error: need MAIL command"
         self.busy = True
+        if isinstance(server, GatewaySMTP):
+            server.allow_processing_time()
         try:
             ctx.raw = bytes(envelope.original_content or b"")
             return str(await conclude(self.gateway, ctx, self.downstream))
@@ -368,7 +370,14 @@ class GatewaySMTP(SMTP):
     async def push(self, status: Any) -> None:
         if not self._greeted:
             self._greeted = True
-            refusal = await self.handler.on_connect(self.session)
+            try:
+                refusal = await self.handler.on_connect(self.session)
+            except Exception as error:
+                # The greeting is sent before aiosmtpd's command loop, whose handler would catch
+                # this: the client got no reply and hung until the idle timeout. Log it as
+                # handle_exception does and refuse for now (RFC 5321 3.1: 421 at the greeting).
+                await self.handler.handle_exception(error)
+                refusal = SmtpReply(421, "4.3.0", Replies.INTERNAL_ERROR.text)
             if refusal is not None:
                 self._writer.write(str(refusal).encode("ascii") + b"\r\n")
                 if self.transport is not None:
@@ -396,15 +405,29 @@ class GatewaySMTP(SMTP):
         await self.push("503 5.5.1 Error: authentication not enabled")
 
     async def smtp_DATA(self, arg: str) -> None:
-        # The idle timer is not reset while DATA streams in: give the whole message its own
-        # budget, then room for inspection and the delivery server's answer.
-        settings = self.gateway.settings
-        self._reset_timeout(settings.limits.data_timeout + settings.delivery.data_timeout + 60)
+        # The idle timer is not reset while DATA streams in: the whole transfer gets
+        # limits.data_timeout, and handle_DATA (allow_processing_time) then gives inspection and
+        # the delivery server their time. One timer of data_timeout + delivery.data_timeout + 60 s
+        # for both let a client stall mid-DATA for minutes whatever data_timeout said.
+        self._reset_timeout(self.gateway.settings.limits.data_timeout)
         await super().smtp_DATA(arg)
         self._reset_timeout()
+        handler = self.handler
+        if handler.ctx is not None and (self.envelope is None or self.envelope.mail_from is None):
+            # aiosmtpd refused the message itself (552 too much mail data, 500 line too long) and
+            # reset its envelope without calling handle_DATA: end our transaction as well, or the
+            # connection looks busy to shutdown and the delivery server is left mid-transaction.
+            handler.ctx = None
+            await handler.downstream.reset()
         if self.gateway.shutting_down and self.transport is not None:
             await super().push(str(Replies.SHUTTING_DOWN))
             self.transport.close()
+
+    def allow_processing_time(self) -> None:
+        """The message is in; the client now waits for us: plugins, then the delivery server."""
+        settings = self.gateway.settings
+        plugins = sum(settings.plugins.timeout_for(p.name) for p in self.gateway.chain.plugins)
+        self._reset_timeout(plugins + settings.delivery.data_timeout + 60)
 
     def connection_lost(self, error: Exception | None) -> None:
         self.handler.on_disconnect()

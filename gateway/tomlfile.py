@@ -16,6 +16,7 @@ from typing import Any
 
 _TABLE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(?:#.*)?$")
 _KEY = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_.\-"' ]+?)\s*=""")
+_AT_LINE = re.compile(r"\(at line (\d+), column \d+\)")
 
 
 class ConfigError(Exception):
@@ -66,9 +67,16 @@ class TomlFile:
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
+            # Python 3.11-3.13's TOMLDecodeError has no `lineno` (added in 3.14): the position is
+            # only in the text, "... (at line 3, column 7)". Without this the error named no line.
             line = getattr(exc, "lineno", None)
+            if line is None:
+                found = _AT_LINE.search(str(exc))
+                line = int(found.group(1)) if found else None
             message = getattr(exc, "msg", str(exc))
-            raise ConfigError(path, None, line, f"not valid TOML: {message}") from None
+            raise ConfigError(
+                path, _key_at(text, line), line, f"not valid TOML: {message}"
+            ) from None
         return cls(path, data, _key_lines(text))
 
     def line_of(self, dotted: str) -> int | None:
@@ -98,3 +106,21 @@ def _key_lines(text: str) -> dict[str, int]:
             dotted = ".".join([*table, *_split_key(key_match.group(1))])
             lines.setdefault(dotted, number)
     return lines
+
+
+def _key_at(text: str, line: int | None) -> str | None:
+    """The dotted key (or table) written on `line`, to name it in a syntax error; best effort."""
+    if line is None:
+        return None
+    table: list[str] = []
+    for number, content in enumerate(text.splitlines()[:line], start=1):
+        table_match = _TABLE.match(content)
+        if table_match:
+            table = _split_key(table_match.group(1))
+            if number == line:
+                return ".".join(table) or None
+            continue
+        if number == line:
+            key_match = _KEY.match(content)
+            return ".".join([*table, *_split_key(key_match.group(1))]) if key_match else None
+    return None

@@ -16,9 +16,11 @@ from typing import Any
 from gateway.app import Gateway
 from gateway.headers import (
     has_bare_line_endings,
+    has_nul,
     normalize_line_endings,
     prepend_fields,
     received_field,
+    strip_nul,
     strip_our_fields,
     verdict_fields,
 )
@@ -53,18 +55,24 @@ async def conclude(gateway: Gateway, ctx: MessageContext, downstream: Downstream
 
 
 async def _decide_and_act(gateway: Gateway, ctx: MessageContext, downstream: Downstream) -> Outcome:
-    if has_bare_line_endings(ctx.raw):
+    # A NUL is treated like a bare CR or LF: CRLF NUL "." CRLF is a smuggling sequence too.
+    nul = has_nul(ctx.raw)
+    if nul or has_bare_line_endings(ctx.raw):
         if gateway.settings.limits.bare_line_endings == "reject":
             await downstream.reset()
-            reply = _with_id(Replies.BARE_LINE_ENDING, ctx.queue_id)
+            problem = "NUL character" if nul else "bare CR or LF line ending"
+            reply = Replies.BARE_LINE_ENDING
+            if nul:
+                reply = reply.with_text("Message has a NUL character (RFC 5321 2.3.8)")
+            reply = _with_id(reply, ctx.queue_id)
             verdict = replace(
                 ctx.rules.decide(ctx.findings),
                 action=Action.REJECT,
                 reply=reply,
-                reason="bare CR or LF line ending (limits.bare_line_endings = reject)",
+                reason=f"{problem} (limits.bare_line_endings = reject)",
             )
             return Outcome(verdict, reply)
-        ctx.raw = normalize_line_endings(ctx.raw)
+        ctx.raw = normalize_line_endings(strip_nul(ctx.raw))
     ctx.raw, forged = strip_our_fields(ctx.raw)
     verdict = await inspect(gateway, ctx)
     note = f"removed {forged} forged X-Mailgate fields" if forged else ""

@@ -8,6 +8,7 @@ remains of a crash before the client was told 250, and is never listed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -45,8 +46,15 @@ class QuarantineStore:
             _write_durably(tmp / f"{entry_id}.json", meta, document.encode("ascii"))
             _fsync_dir(self.directory)
         except OSError as exc:
-            for leftover in (tmp / f"{entry_id}.eml", tmp / f"{entry_id}.json"):
-                leftover.unlink(missing_ok=True)
+            # The client will hear 4xx and send again under a new id: leave no trace of this
+            # attempt, neither temp files nor a final .eml (or .json) that did land.
+            leftovers = [tmp / f"{entry_id}.eml", tmp / f"{entry_id}.json"]
+            leftovers += [self.directory / f"{entry_id}.json", self.directory / f"{entry_id}.eml"]
+            for leftover in leftovers:
+                # Best effort: when the folder itself is unusable (ENOTDIR, EACCES, EROFS) the
+                # unlink fails too, and that must not replace the StoreError callers handle.
+                with contextlib.suppress(OSError):
+                    leftover.unlink(missing_ok=True)
             raise StoreError(f"cannot store in {self.directory}: {exc.strerror or exc}") from exc
         return eml
 
