@@ -1,0 +1,58 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from postfix_instance import PostfixInstance, find_postfix
+
+
+def _postfix_unavailable(reason: str) -> None:
+    """Skip on a developer machine without Postfix, but fail in CI, which installs it.
+
+    A silent skip in CI would let every end-to-end test "pass" without running.
+    """
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason} (CI is set, and .ci/run is supposed to provide it)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def postfix_scratch_dir() -> Iterator[Path]:
+    """An empty directory that a private Postfix instance can use, removed afterwards.
+
+    Skips (or fails in CI) when Postfix cannot run here, so tests that build their own
+    `PostfixInstance` (e.g. with `extra_main_cf`) get the same treatment as `postfix` users.
+    Not tmp_path: pytest's base temp dir is mode 0700, and Postfix's daemons, once they have
+    dropped root, must be able to reach the Maildirs and the data directory.
+    """
+    if find_postfix() is None:
+        _postfix_unavailable("the postfix command is not installed (apt-get install postfix)")
+    if os.geteuid() != 0:
+        _postfix_unavailable("a private Postfix instance can only be started as root")
+    scratch = Path(tempfile.mkdtemp(prefix="mailgate-postfix-"))
+    try:
+        scratch.chmod(0o711)
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.fixture
+def postfix(postfix_scratch_dir: Path) -> Iterator[PostfixInstance]:
+    """A started private Postfix on 127.0.0.1:<free port>, delivering example.com to Maildirs.
+
+    Function-scoped: a start takes well under a second, and every test gets empty Maildirs and
+    a fresh log, so delivery counts and log searches never see another test's mail.
+    """
+    with PostfixInstance(postfix_scratch_dir) as instance:
+        yield instance
+
+
+# The gateway harness (recording downstream, running gateway) lives in tests/harness.py.
+pytest_plugins = ("harness",)
