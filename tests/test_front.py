@@ -83,6 +83,39 @@ async def test_proxy_v1_from_trusted_balancer_gives_the_real_client(
     assert b"([198.51.100.23])" in delivered.content.split(b"\r\n\r\n")[0]
 
 
+def proxy_v2_header(src: str, src_port: int) -> bytes:
+    """A PROXY protocol v2 header (binary, PROXY command, TCP over IPv4)."""
+    import ipaddress as ip
+    import struct
+
+    signature = b"\r\n\r\n\x00\r\nQUIT\n"
+    addresses = ip.IPv4Address(src).packed + ip.IPv4Address("127.0.0.1").packed
+    addresses += struct.pack("!HH", src_port, 25)
+    return signature + bytes([0x21, 0x11]) + struct.pack("!H", len(addresses)) + addresses
+
+
+async def test_proxy_v2_from_trusted_balancer_gives_the_real_client(
+    start_gateway: GatewayFactory, sink: RecordingSink
+) -> None:
+    gw: RunningGateway = await start_gateway(**PROXY_SETTINGS)
+    greeting, replies = await converse(
+        gw,
+        proxy_v2_header("203.0.113.9", 41000),
+        [
+            b"EHLO client.example.net\r\n",
+            b"MAIL FROM:<alice@example.net>\r\n",
+            b"RCPT TO:<bob@example.com>\r\n",
+            b"DATA\r\n",
+            message() + b".\r\n",
+        ],
+    )
+    assert greeting.startswith(b"220 ")
+    assert replies[4].startswith(b"250 2.0.0"), replies
+    [delivered] = sink.wait_for(1)
+    assert delivered.xforward["ADDR"] == "203.0.113.9"
+    assert delivered.xforward["PORT"] == "41000"
+
+
 async def test_proxy_header_from_untrusted_peer_is_refused(
     start_gateway: GatewayFactory, sink: RecordingSink
 ) -> None:
