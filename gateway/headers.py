@@ -98,7 +98,8 @@ def received_field(
     """RFC 5321 4.4 trace field; protocol per RFC 3848 (ESMTPS when TLS was used)."""
     helo = ascii_printable(client.helo or "unknown", 100).replace("(", "").replace(")", "")
     protocol = ("ESMTP" if client.esmtp else "SMTP") + ("S" if client.tls else "")
-    items = [f"from {helo} ([{client.ip}])", f"by {hostname} (mailgate {__version__})"]
+    literal = f"IPv6:{client.ip}" if ":" in client.ip else client.ip  # RFC 5321 4.1.3
+    items = [f"from {helo} ([{literal}])", f"by {hostname} (mailgate {__version__})"]
     if client.tls:
         items.append(f"({client.tls.version}:{client.tls.cipher}:{client.tls.bits})")
     items += [f"with {protocol}", f"id {queue_id}"]

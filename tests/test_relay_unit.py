@@ -422,3 +422,16 @@ async def test_deliver_to_a_closed_port_is_451_441() -> None:
     )
     assert reply == Replies.DOWNSTREAM_UNAVAILABLE
     assert refused == {}
+
+
+def test_received_field_writes_ipv6_address_literals() -> None:
+    from gateway.headers import received_field
+    from gateway.plugin import ClientInfo
+
+    field = received_field(
+        ClientInfo(ip="2001:db8::7", port=1, helo="h.example", esmtp=True),
+        "mx.test",
+        "ABCDEF123456",
+        ["a@example.com"],
+    )
+    assert field.startswith(b"Received: from h.example ([IPv6:2001:db8::7])")
