@@ -1,0 +1,138 @@
+"""A tiny authoritative DNS server on loopback for the bench zone `bench.test` (UDP and TCP).
+
+Run as its own process (`python3 -m bench.dnsd --port P`) so the gateway's DNS checks (SPF today)
+run over the wire exactly as in production, without a query leaving the machine and without its
+CPU being counted against the gateway. It serves synthetic data only, never anything from the
+corpus:
+
+    <anything>.senders.bench.test  TXT "v=spf1 include:_spf.bench.test -all"   (envelope senders)
+    _spf.bench.test                TXT "v=spf1 ip4:127.0.0.0/8 -all"           (the "provider")
+    loadgen.bench.test             TXT "v=spf1 ip4:127.0.0.1 -all", A 127.0.0.1 (the HELO name)
+
+Other names under bench.test are NXDOMAIN, known names asked for another type are NODATA (both
+with an SOA, so they may be cached); a name outside bench.test is REFUSED and logged as a WARNING,
+which the bench reports. Each load-generator message uses its own sender domain (bench.load.
+sender_domain), so every SPF check of the MAIL FROM domain is a cache miss at the gateway and a
+real query here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import struct
+from collections.abc import Sequence
+from typing import cast
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+ZONE = dns.name.from_text("bench.test.")
+SENDERS = dns.name.from_text("senders.bench.test.")
+TTL = 300
+LOOPBACK = "127.0.0.1"
+SENDER_SPF = '"v=spf1 include:_spf.bench.test -all"'
+RECORDS: dict[tuple[dns.name.Name, dns.rdatatype.RdataType], str] = {
+    (dns.name.from_text("_spf.bench.test."), dns.rdatatype.TXT): '"v=spf1 ip4:127.0.0.0/8 -all"',
+    (dns.name.from_text("loadgen.bench.test."), dns.rdatatype.TXT): '"v=spf1 ip4:127.0.0.1 -all"',
+    (dns.name.from_text("loadgen.bench.test."), dns.rdatatype.A): "127.0.0.1",
+}
+KNOWN = {name for name, _ in RECORDS}
+SOA = "ns.bench.test. hostmaster.bench.test. 1 3600 600 86400 60"
+
+log = logging.getLogger("bench.dnsd")
+
+
+def answer(wire: bytes) -> bytes | None:
+    try:
+        query = dns.message.from_wire(wire)
+    except Exception:  # garbage on a bench socket: nothing to answer
+        return None
+    response = dns.message.make_response(query)
+    if len(query.question) != 1:
+        response.set_rcode(dns.rcode.FORMERR)
+        return response.to_wire()
+    question = query.question[0]
+    name, rdtype = question.name, question.rdtype
+    if not name.is_subdomain(ZONE):
+        log.warning("query outside the bench zone refused: %s", name)
+        response.set_rcode(dns.rcode.REFUSED)
+        return response.to_wire()
+    response.flags |= dns.flags.AA
+    text = RECORDS.get((name, rdtype))
+    is_sender = name.is_subdomain(SENDERS) and name != SENDERS
+    if text is None and is_sender and rdtype == dns.rdatatype.TXT:
+        text = SENDER_SPF
+    if text is not None:
+        response.answer.append(
+            dns.rrset.from_text(name, TTL, dns.rdataclass.IN, dns.rdatatype.RdataType(rdtype), text)
+        )
+    else:
+        if not (is_sender or name in KNOWN or name == ZONE):
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        response.authority.append(dns.rrset.from_text(ZONE, TTL, "IN", "SOA", SOA))
+    return response.to_wire()
+
+
+class UdpServer(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The selector transport is not a DatagramTransport subclass, but has its interface.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        reply = answer(data)
+        if reply is not None:
+            self.transport.sendto(reply, addr)
+
+
+async def handle_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            size = struct.unpack("!H", await reader.readexactly(2))[0]
+            reply = answer(await reader.readexactly(size))
+            if reply is None:
+                break
+            writer.write(struct.pack("!H", len(reply)) + reply)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def serve(host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    udp, _ = await loop.create_datagram_endpoint(UdpServer, local_addr=(host, port))
+    tcp = await asyncio.start_server(handle_tcp, host, port, reuse_address=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    udp.close()
+    tcp.close()
+    await tcp.wait_closed()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m bench.dnsd", description=__doc__)
+    parser.add_argument("--host", default=LOOPBACK)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    if args.host != LOOPBACK:
+        parser.error("the bench DNS server listens on loopback only")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(serve(args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,290 @@
+"""The processes under test: the sink and the gateways, started, probed, measured and stopped.
+
+CPU time and peak memory come from /proc (Linux), so the bench needs no extra dependency:
+`/proc/<pid>/stat` fields 14 and 15 (utime, stime, all threads of the process, in clock ticks)
+and `VmHWM` in `/proc/<pid>/status` (the resident set's high-water mark).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+REPO = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1
+
+
+class ProcessError(Exception):
+    """A process under test did not start, or died; the message carries its log tail."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (every thread), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # After "pid (comm) ", fields[0] is field 3 (state): utime is field 14, stime field 15.
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def self_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def machine_cpu_seconds() -> float:
+    """CPU time the whole machine spent busy (every core, every process, the kernel)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """VmHWM from /proc/<pid>/status: the most resident memory the process ever had."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@dataclass
+class Child:
+    """One process under test, its log file, and the loopback port it serves."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    log_file: IO[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def peak_rss(self) -> int:
+        return peak_rss_bytes(self.pid)
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+    def log_problems(self) -> int:
+        """Lines the process logged at WARNING or above (the bench expects none)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return 0
+        return sum(
+            1
+            for line in text.splitlines()
+            if " WARNING " in line or " ERROR " in line or "Traceback" in line
+        )
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM, wait up to `grace`, then SIGKILL; only ever this one process id."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=grace)
+        self.log_file.close()
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Measure the working tree, whatever is installed.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("MAILGATE_CONFIG", None)
+    return env
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the bench dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(name: str, argv: Sequence[str], port: int, workdir: Path) -> Child:
+    log_path = workdir / f"{name}.log"
+    log_file = log_path.open("wb")
+    try:
+        popen = subprocess.Popen(
+            list(argv),
+            cwd=workdir,
+            env=_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+    except BaseException:
+        log_file.close()
+        raise
+    return Child(name, popen, port, log_path, log_file)
+
+
+def start_sink(workdir: Path) -> Child:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.sink", "--host", LOOPBACK, "--port", str(port)]
+    return spawn("sink", argv, port, workdir)
+
+
+def start_dns(workdir: Path) -> Child:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.dnsd", "--host", LOOPBACK, "--port", str(port)]
+    return spawn("dns", argv, port, workdir)
+
+
+def _gateway_has_dns_settings() -> bool:
+    from gateway.config import Settings
+
+    return "dns" in {f.name for f in dataclasses.fields(Settings)}
+
+
+def _toml_list(items: Sequence[str]) -> str:
+    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+
+
+def write_gateway_config(
+    workdir: Path,
+    name: str,
+    listen_port: int,
+    sink_port: int,
+    dns_port: int,
+    order: Sequence[str],
+) -> Path:
+    """A private config and rules/ copy: loopback ports, this plugin order, the shipped policy."""
+    home = workdir / name
+    (home / "config").mkdir(parents=True)
+    shutil.copytree(REPO / "rules", home / "rules")
+    config = home / "config" / "gateway.toml"
+    dns = ""
+    if _gateway_has_dns_settings():
+        dns = f"""
+[dns]
+nameservers = ["{LOOPBACK}"]
+port = {dns_port}
+timeout = 5
+"""
+    config.write_text(
+        f"""# written by python3 -m bench for scenario {name}
+[listen]
+address = "{LOOPBACK}"
+port = {listen_port}
+hostname = "mailgate.bench.test"
+
+[relay]
+domains = ["example.com"]
+
+[limits]
+max_connections = 10000
+max_connections_per_ip = 10000   # every bench connection comes from 127.0.0.1
+shutdown_grace = 2
+
+[delivery]
+host = "{LOOPBACK}"
+port = {sink_port}
+connect_timeout = 10
+command_timeout = 30
+data_timeout = 30
+
+[plugins]
+order = {_toml_list(order)}
+{dns}
+[paths]
+rules = "../rules"
+quarantine = "../quarantine"
+dev_maildir = "../maildir"
+
+[logging]
+level = "info"
+"""
+    )
+    return config
+
+
+def start_gateway(
+    workdir: Path,
+    name: str,
+    sink_port: int,
+    dns_port: int,
+    order: Sequence[str],
+    profile: Path | None = None,
+) -> Child:
+    """`python3 -m gateway --config <tmp> serve` in its own process, optionally under cProfile."""
+    port = free_port()
+    config = write_gateway_config(workdir, name, port, sink_port, dns_port, order)
+    python = [sys.executable]
+    if profile is not None:
+        python += ["-m", "cProfile", "-o", str(profile)]
+    argv = [*python, "-m", "gateway", "--config", str(config), "serve"]
+    return spawn(name, argv, port, workdir)
+
+
+async def wait_ready(child: Child, limit: float = 15.0, smtp: bool = True) -> None:
+    """Poll until the child accepts a connection (and greets with 220, for SMTP servers);
+    raise with its log if it dies or is not ready in time."""
+    deadline = time.monotonic() + limit
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        if child.popen.poll() is not None:
+            raise ProcessError(
+                f"{child.name} exited with status {child.popen.returncode}:\n{child.log_tail()}"
+            )
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(LOOPBACK, child.port), 2
+            )
+        except (OSError, TimeoutError) as exc:
+            last = exc
+            await asyncio.sleep(0.05)
+            continue
+        if not smtp:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+        try:
+            greeting = await asyncio.wait_for(reader.readline(), 5)
+            writer.write(b"QUIT\r\n")
+            await writer.drain()
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(reader.readline(), 5)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        if greeting.startswith(b"220"):
+            return
+        raise ProcessError(f"{child.name} greeted with {greeting!r}:\n{child.log_tail()}")
+    raise ProcessError(f"{child.name} not ready after {limit:g}s ({last}):\n{child.log_tail()}")

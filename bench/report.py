@@ -1,0 +1,306 @@
+"""Per-run records, per-scenario summaries and their ratios, the printed table and the JSON.
+
+Ratios are what the bench is for: absolute numbers move with the machine, the ratios between
+scenarios measured in the same run much less. Throughput ratios are the median of per-round
+paired ratios (each round runs every scenario once, back to back), which cancels slow drift of
+the machine; latencies are pooled over rounds.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.load import FAILED, KEPT, RELAYED
+
+DIRECT = "direct"
+PASS = "pass-through"
+FULL = "full chain"
+
+
+@dataclass
+class RunRecord:
+    """One scenario in one round."""
+
+    scenario: str
+    round: int
+    sent: int
+    answered: int
+    wall: float
+    latencies: list[float]
+    outcomes: Counter[str]
+    errors: list[str]
+    truncated: bool
+    gateway_cpu: float | None
+    sink_cpu: float
+    dns_cpu: float
+    loadgen_cpu: float
+    machine_cpu: float
+
+    @property
+    def throughput(self) -> float:
+        return self.answered / self.wall if self.wall > 0 else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "round": self.round,
+            "sent": self.sent,
+            "answered": self.answered,
+            "wall_s": self.wall,
+            "messages_per_s": self.throughput,
+            "latency_p50_ms": percentile(self.latencies, 50) * 1000,
+            "latency_p99_ms": percentile(self.latencies, 99) * 1000,
+            "outcomes": dict(self.outcomes),
+            "errors": self.errors,
+            "truncated": self.truncated,
+            "gateway_cpu_s": self.gateway_cpu,
+            "sink_cpu_s": self.sink_cpu,
+            "dns_cpu_s": self.dns_cpu,
+            "loadgen_cpu_s": self.loadgen_cpu,
+            "machine_cpu_s": self.machine_cpu,
+        }
+
+
+@dataclass
+class Summary:
+    """One scenario over all rounds, with its ratios to direct and to pass-through."""
+
+    name: str
+    description: str
+    runs: list[RunRecord]
+    peak_rss: int | None = None
+    ratio_direct: float | None = None
+    ratio_pass: float | None = None
+    added_p50: float | None = None
+    added_p99: float | None = None
+    cpu_ratio_pass: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def answered(self) -> int:
+        return sum(r.answered for r in self.runs)
+
+    @property
+    def throughputs(self) -> list[float]:
+        return [r.throughput for r in self.runs]
+
+    @property
+    def throughput(self) -> float:
+        return statistics.median(self.throughputs) if self.runs else 0.0
+
+    @property
+    def spread(self) -> float | None:
+        """Half the min-max range of per-round throughput, relative to the median."""
+        values = self.throughputs
+        if len(values) < 2 or not self.throughput:
+            return None
+        return (max(values) - min(values)) / 2 / self.throughput
+
+    @property
+    def latencies(self) -> list[float]:
+        return [x for r in self.runs for x in r.latencies]
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.latencies, 50)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.latencies, 99)
+
+    def _per_message(self, total: float | None) -> float | None:
+        return None if total is None or not self.answered else total / self.answered
+
+    @property
+    def gateway_cpu(self) -> float | None:
+        """Gateway CPU seconds per answered message."""
+        values = [r.gateway_cpu for r in self.runs]
+        if any(v is None for v in values):
+            return None
+        return self._per_message(sum(v for v in values if v is not None))
+
+    @property
+    def sink_cpu(self) -> float | None:
+        return self._per_message(sum(r.sink_cpu for r in self.runs))
+
+    @property
+    def dns_cpu(self) -> float | None:
+        return self._per_message(sum(r.dns_cpu for r in self.runs))
+
+    @property
+    def loadgen_cpu(self) -> float | None:
+        return self._per_message(sum(r.loadgen_cpu for r in self.runs))
+
+    def _ours(self) -> float:
+        return sum(
+            (r.gateway_cpu or 0.0) + r.sink_cpu + r.dns_cpu + r.loadgen_cpu for r in self.runs
+        )
+
+    def busy(self, cores: int) -> float:
+        """Share of the machine's CPU the bench's own processes used during the measured runs."""
+        wall = sum(r.wall for r in self.runs)
+        return self._ours() / (wall * cores) if wall else 0.0
+
+    def other(self, cores: int) -> float:
+        """Share of the machine's CPU used by anything else (other programs, kernel softirq)."""
+        wall = sum(r.wall for r in self.runs)
+        machine = sum(r.machine_cpu for r in self.runs)
+        return max(0.0, machine - self._ours()) / (wall * cores) if wall else 0.0
+
+    @property
+    def outcomes(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for run in self.runs:
+            total.update(run.outcomes)
+        return total
+
+    @property
+    def errors(self) -> list[str]:
+        return [e for r in self.runs for e in r.errors]
+
+    @property
+    def truncated(self) -> bool:
+        return any(r.truncated for r in self.runs)
+
+    def as_json(self, cores: int) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "answered": self.answered,
+            "messages_per_s": self.throughput,
+            "messages_per_s_rounds": self.throughputs,
+            "latency_p50_ms": self.p50 * 1000,
+            "latency_p99_ms": self.p99 * 1000,
+            "throughput_vs_direct": self.ratio_direct,
+            "throughput_vs_pass_through": self.ratio_pass,
+            "added_latency_p50_ms": _ms(self.added_p50),
+            "added_latency_p99_ms": _ms(self.added_p99),
+            "gateway_cpu_ms_per_message": _ms(self.gateway_cpu),
+            "gateway_cpu_vs_pass_through": self.cpu_ratio_pass,
+            "gateway_peak_rss_bytes": self.peak_rss,
+            "sink_cpu_ms_per_message": _ms(self.sink_cpu),
+            "dns_cpu_ms_per_message": _ms(self.dns_cpu),
+            "loadgen_cpu_ms_per_message": _ms(self.loadgen_cpu),
+            "machine_busy": self.busy(cores),
+            "machine_other": self.other(cores),
+            "outcomes": dict(self.outcomes),
+            "errors": self.errors,
+            "truncated": self.truncated,
+            **self.extra,
+        }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else value * 1000
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile with linear interpolation between closest ranks; 0 when empty."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def _paired_ratio(a: Summary, b: Summary) -> float | None:
+    """Median over rounds of a's throughput / b's throughput in the same round."""
+    by_round = {r.round: r.throughput for r in b.runs}
+    ratios = [r.throughput / by_round[r.round] for r in a.runs if by_round.get(r.round, 0.0) > 0.0]
+    return statistics.median(ratios) if ratios else None
+
+
+def compute_ratios(summaries: Mapping[str, Summary]) -> None:
+    direct, passthrough = summaries.get(DIRECT), summaries.get(PASS)
+    for summary in summaries.values():
+        if direct is not None and direct.runs:
+            summary.ratio_direct = _paired_ratio(summary, direct)
+            summary.added_p50 = summary.p50 - direct.p50
+            summary.added_p99 = summary.p99 - direct.p99
+        if passthrough is not None and passthrough.runs:
+            summary.ratio_pass = _paired_ratio(summary, passthrough)
+            mine, base = summary.gateway_cpu, passthrough.gateway_cpu
+            if mine is not None and base:
+                summary.cpu_ratio_pass = mine / base
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _outcomes(counts: Counter[str]) -> str:
+    order = [RELAYED, KEPT, "4xx", "5xx", FAILED]
+    return " ".join(f"{name}={counts[name]}" for name in order if counts.get(name))
+
+
+def table(summaries: Sequence[Summary], cores: int) -> str:
+    headers = [
+        "scenario",
+        "msg/s",
+        "±",
+        "x direct",
+        "x pass",
+        "p50 ms",
+        "p99 ms",
+        "+p50 ms",
+        "+p99 ms",
+        "gw CPU ms/msg",
+        "x pass",
+        "gw peak RSS",
+        "busy",
+        "other",
+        "outcomes",
+    ]
+    rows: list[list[str]] = []
+    for s in summaries:
+        rows.append(
+            [
+                s.name,
+                f"{s.throughput:.0f}",
+                _fmt(None if s.spread is None else s.spread * 100, ".0f", "%"),
+                _fmt(s.ratio_direct, ".2f"),
+                _fmt(s.ratio_pass, ".2f"),
+                f"{s.p50 * 1000:.2f}",
+                f"{s.p99 * 1000:.2f}",
+                _fmt(_ms(s.added_p50), "+.2f"),
+                _fmt(_ms(s.added_p99), "+.2f"),
+                _fmt(_ms(s.gateway_cpu), ".3f"),
+                _fmt(s.cpu_ratio_pass, ".2f"),
+                _fmt(None if s.peak_rss is None else s.peak_rss / 2**20, ".1f", " MiB"),
+                f"{s.busy(cores) * 100:.0f}%",
+                f"{s.other(cores) * 100:.0f}%",
+                _outcomes(s.outcomes),
+            ]
+        )
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    left = {0, len(headers) - 1}
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i in left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    out = [line(headers), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def cpu_table(summaries: Sequence[Summary]) -> str:
+    """Where the CPU went, per message, for every process in the run."""
+    out = ["CPU ms per message   gateway     sink      dns  loadgen"]
+    for s in summaries:
+        out.append(
+            f"  {s.name:<18}"
+            f"{_fmt(_ms(s.gateway_cpu), '8.3f'):>8} "
+            f"{_fmt(_ms(s.sink_cpu), '8.3f'):>8} "
+            f"{_fmt(_ms(s.dns_cpu), '8.3f'):>8} "
+            f"{_fmt(_ms(s.loadgen_cpu), '8.3f'):>8}"
+        )
+    return "\n".join(out)
