@@ -34,6 +34,11 @@ def load_checked_rules(settings: Settings, registry: Registry) -> RuleSet:
     for name in settings.plugins.timeouts:
         if name not in settings.plugins.order:
             problems.append(f"plugins.timeouts names {name!r}, which is not in plugins.order")
+    if rules.tls.requires_anything and settings.tls.cert_file is None:
+        problems.append(
+            f"{rules.source_of('tls')}: requires TLS of some clients, but [tls] has no "
+            "cert_file and key_file: STARTTLS is not offered, so they could never comply"
+        )
     if problems:
         raise PolicyError("\n".join(problems))
     return rules

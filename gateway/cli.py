@@ -76,12 +76,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     if loaded is None:
         return 1
     settings, gateway = loaded
-    from gateway.server import make_tls_context
+    from gateway.tlscli import tls_errors, tls_warnings
 
-    try:
-        make_tls_context(settings)
-    except (OSError, ValueError) as exc:
-        print(f"mailgate: TLS certificate or key unusable: {exc}", file=sys.stderr)
+    for warning in tls_warnings(settings):
+        print(f"mailgate: warning: {warning}", file=sys.stderr)
+    tls_problems = tls_errors(settings)
+    for problem in tls_problems:
+        print(f"mailgate: {problem}", file=sys.stderr)
+    if tls_problems:
         return 1
     source = settings.source or "embedded defaults"
     print(f"config OK: {source}")
@@ -102,12 +104,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if loaded is None:
         return 1
     settings, gateway = loaded
+    from gateway.tlscli import tls_errors
+
+    tls_problems = tls_errors(settings)
+    for problem in tls_problems:
+        print(f"mailgate: {problem}", file=sys.stderr)
+    if tls_problems:
+        return 1
     _setup_logging(settings.log_level)
     return asyncio.run(_serve(settings, gateway, dev=args.dev, demo=args.demo))
 
 
 async def _serve(settings: Settings, gateway: Gateway, dev: bool, demo: bool) -> int:
-    from gateway.server import GatewayServer, install_signals, make_tls_context
+    from gateway.server import GatewayServer, install_signals
+    from gateway.tls import ServerTls, delivery_tls
 
     sink_controller: Any = None
     sink: Any = None
@@ -123,11 +133,12 @@ async def _serve(settings: Settings, gateway: Gateway, dev: bool, demo: bool) ->
             settings.delivery.port,
             settings.dev_maildir,
         )
-    server = GatewayServer(gateway, make_tls_context(settings))
+    delivery_tls(settings.delivery)  # an unreadable CA file stops us here, not per connection
+    server = GatewayServer(gateway, ServerTls.load(settings.tls))
     stop = asyncio.Event()
     try:
         host, port = await server.start()
-        install_signals(asyncio.get_running_loop(), gateway, stop.set)
+        install_signals(asyncio.get_running_loop(), gateway, stop.set, server.tls)
         if demo:
             await _send_demo(settings, host, port, sink)
         await stop.wait()
@@ -303,6 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--helo", default="client.example.net", help="client HELO name")
     scan.add_argument("--json", action="store_true", help="machine-readable output")
     scan.set_defaults(func=cmd_scan)
+
+    from gateway.quarantine.cli import add_quarantine_parser
+
+    add_quarantine_parser(sub)
+
+    from gateway.tlscli import add_commands as add_tls_commands
+
+    add_tls_commands(sub)
+
+    from gateway.classifier.cli import add_commands as add_model_commands
+
+    add_model_commands(sub)
     return parser
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import ipaddress
 import math
 import socket
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.mime.limits import ClamavSettings, MimeSettings
 from gateway.tomlfile import ConfigError, ConfigErrors, TomlFile
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -52,10 +54,20 @@ class LimitSettings:
     shutdown_grace: float = 30.0
 
 
+# Forward secrecy only, AEAD first; the CBC suites stay for old MTAs on TLS 1.2, since the
+# alternative for them is plaintext. TLS 1.3 suites are OpenSSL's own (all strong).
+DEFAULT_CIPHERS = (
+    "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:ECDHE+AES:"
+    "!aNULL:!eNULL:!EXPORT:!MD5:!DSS:!RC4:!3DES:!DES"
+)
+
+
 @dataclass(frozen=True)
 class TlsSettings:
     cert_file: Path | None = None
     key_file: Path | None = None
+    min_version: str = "TLSv1.2"  # or "TLSv1.3"
+    ciphers: str = DEFAULT_CIPHERS  # OpenSSL cipher string for TLS 1.2
 
 
 @dataclass(frozen=True)
@@ -67,11 +79,20 @@ class DeliverySettings:
     data_timeout: float = 300.0
     client_identity: str = "xforward"
     helo_name: str | None = None
+    tls: str = "none"  # STARTTLS toward the delivery server: none, opportunistic, required
+    tls_ca_file: Path | None = None  # verify its certificate (chain and name) against this CA
+    tls_fingerprints: tuple[str, ...] = ()  # or pin it: SHA-256 of the certificate, lowercase hex
+    tls_server_name: str | None = None  # the name to verify (default: host)
+
+    @property
+    def tls_verified(self) -> bool:
+        """Whether TLS to the delivery server authenticates it (a CA file or a pinned key)."""
+        return self.tls != "none" and (self.tls_ca_file is not None or bool(self.tls_fingerprints))
 
 
 @dataclass(frozen=True)
 class PluginSettings:
-    order: tuple[str, ...] = ("lists", "headers", "limits")
+    order: tuple[str, ...] = ("lists", "headers", "limits", "mime", "attachments")
     timeout: float = 10.0
     timeouts: Mapping[str, float] = field(default_factory=dict)
 
@@ -91,6 +112,20 @@ class DnsSettings:
 
 
 @dataclass(frozen=True)
+class QuarantineSettings:
+    """How long quarantined messages are kept; the gateway deletes expired ones hourly."""
+
+    retention_days: int = 30  # 0: keep until an admin deletes or purges them
+
+
+@dataclass(frozen=True)
+class ClassifierSettings:
+    """The spam model the `classifier` plugin loads at start-up (its .json card sits beside it)."""
+
+    model: Path = field(default_factory=lambda: Path.cwd() / "models" / "spam.npz")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything config/gateway.toml says, validated; paths are absolute."""
 
@@ -106,6 +141,10 @@ class Settings:
     dev_maildir: Path
     log_level: str = "info"
     dns: DnsSettings = field(default_factory=DnsSettings)
+    quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
+    mime: MimeSettings = field(default_factory=MimeSettings)
+    clamav: ClamavSettings = field(default_factory=ClamavSettings)
+    classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
 
 
 class _Reader:
@@ -216,10 +255,36 @@ def _ip_addresses(value: Any) -> tuple[str, ...]:
     return tuple(str(ipaddress.ip_address(v)) for v in addresses)
 
 
+def _days(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 36500:
+        raise ValueError("")
+    return value
+
+
 def _cache_size(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError("")
     return value
+
+
+def _ciphers(value: Any) -> str:
+    text = _string(value)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(text)
+    except ssl.SSLError:
+        raise ValueError("OpenSSL accepts no cipher from it") from None
+    return text
+
+
+def _fingerprints(value: Any) -> tuple[str, ...]:
+    """SHA-256 certificate fingerprints, as `openssl x509 -fingerprint -sha256` prints them."""
+    out = []
+    for entry in _string_list(value):
+        digest = entry.replace(":", "").strip().lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"{entry!r} is not 64 hex digits")
+        out.append(digest)
+    return tuple(out)
 
 
 def _timeouts(value: Any) -> dict[str, float]:
@@ -337,14 +402,26 @@ def load_settings(path: Path | None) -> Settings:
         errors.append(
             doc.error("limits.max_line_length", "must be at least 1000 (RFC 5321 4.5.3.1.6)")
         )
-    t = read.table("tls", {"cert_file", "key_file"})
+    t = read.table("tls", {"cert_file", "key_file", "min_version", "ciphers"})
     cert = read.get(t, "tls.cert_file", None, _string, "a file path")
     key = read.get(t, "tls.key_file", None, _string, "a file path")
     if (cert is None) != (key is None):
         errors.append(doc.error("tls", "cert_file and key_file go together"))
-    tls = TlsSettings(cert_file=rel(cert) if cert else None, key_file=rel(key) if key else None)
+    tls = TlsSettings(
+        cert_file=rel(cert) if cert else None,
+        key_file=rel(key) if key else None,
+        min_version=read.get(
+            t,
+            "tls.min_version",
+            TlsSettings.min_version,
+            _one_of("TLSv1.2", "TLSv1.3"),
+            '"TLSv1.2" or "TLSv1.3"',
+        ),
+        ciphers=read.get(t, "tls.ciphers", DEFAULT_CIPHERS, _ciphers, "an OpenSSL cipher string"),
+    )
     d = DeliverySettings()
     t = read.table("delivery", set(DeliverySettings.__dataclass_fields__))
+    ca_file = read.get(t, "delivery.tls_ca_file", None, _string, "a file path")
     delivery = DeliverySettings(
         host=read.get(t, "delivery.host", d.host, _string, "a host name or IP address"),
         port=read.get(t, "delivery.port", d.port, _port, "a port number (1-65535)"),
@@ -365,7 +442,26 @@ def load_settings(path: Path | None) -> Settings:
             '"xforward", "xclient" or "none"',
         ),
         helo_name=read.get(t, "delivery.helo_name", None, _string, "a host name"),
+        tls=read.get(
+            t,
+            "delivery.tls",
+            d.tls,
+            _one_of("none", "opportunistic", "required"),
+            '"none", "opportunistic" or "required"',
+        ),
+        tls_ca_file=rel(ca_file) if ca_file else None,
+        tls_fingerprints=read.get(
+            t, "delivery.tls_fingerprints", (), _fingerprints, "a list of SHA-256 fingerprints"
+        ),
+        tls_server_name=read.get(t, "delivery.tls_server_name", None, _string, "a host name"),
     )
+    if delivery.tls == "none" and (delivery.tls_ca_file or delivery.tls_fingerprints):
+        errors.append(
+            doc.error(
+                "delivery.tls",
+                'a CA file or fingerprints verify TLS: set tls = "opportunistic" or "required"',
+            )
+        )
     p = PluginSettings()
     t = read.table("plugins", {"order", "timeout", "timeouts"})
     plugins = PluginSettings(
@@ -391,6 +487,17 @@ def load_settings(path: Path | None) -> Settings:
         timeout=read.get(t, "dns.timeout", ds.timeout, _positive_float, "seconds (> 0)"),
         cache_size=read.get(t, "dns.cache_size", ds.cache_size, _cache_size, "a count (>= 0)"),
     )
+    t = read.table("quarantine", set(QuarantineSettings.__dataclass_fields__))
+    quarantine = QuarantineSettings(
+        retention_days=read.get(
+            t, "quarantine.retention_days", 30, _days, "a number of days (0: keep them)"
+        )
+    )
+    mime, clamav = _mime_and_clamav(read, plugins)
+    t = read.table("classifier", {"model"})
+    classifier = ClassifierSettings(
+        model=rel(read.get(t, "classifier.model", "../models/spam.npz", _string, "a file path"))
+    )
     t = read.table("logging", {"level"})
     log_level = read.get(
         t,
@@ -414,7 +521,40 @@ def load_settings(path: Path | None) -> Settings:
         dev_maildir=dev_maildir,
         log_level=log_level,
         dns=dns,
+        quarantine=quarantine,
+        mime=mime,
+        clamav=clamav,
+        classifier=classifier,
     )
 
 
 _TABLES = {"listen", "relay", "limits", "tls", "delivery", "plugins", "paths", "logging", "dns"}
+_TABLES.add("quarantine")
+_TABLES.update({"mime", "clamav"})
+_TABLES.add("classifier")
+
+
+def _mime_and_clamav(read: _Reader, plugins: PluginSettings) -> tuple[MimeSettings, ClamavSettings]:
+    """[mime] budgets (all positive numbers) and [clamav]: where clamd listens."""
+    defaults = MimeSettings()
+    t = read.table("mime", set(MimeSettings.__dataclass_fields__))
+    values: dict[str, Any] = {}
+    for key in MimeSettings.__dataclass_fields__:
+        default = getattr(defaults, key)
+        if isinstance(default, float):
+            values[key] = read.get(t, f"mime.{key}", default, _positive_float, "seconds (> 0)")
+        else:
+            values[key] = read.get(t, f"mime.{key}", default, _positive_int, "a number (> 0)")
+    c = ClamavSettings()
+    t = read.table("clamav", set(ClamavSettings.__dataclass_fields__))
+    clamav = ClamavSettings(
+        address=read.get(t, "clamav.address", None, _string, 'a socket path or "host:port"'),
+        timeout=read.get(t, "clamav.timeout", c.timeout, _positive_float, "seconds (> 0)"),
+        chunk_size=read.get(t, "clamav.chunk_size", c.chunk_size, _positive_int, "bytes (> 0)"),
+        max_stream=read.get(t, "clamav.max_stream", c.max_stream, _positive_int, "bytes (> 0)"),
+    )
+    if "clamav" in plugins.order and clamav.address is None:
+        read.errors.append(
+            read.doc.error("clamav.address", "the clamav plugin is enabled: say where clamd is")
+        )
+    return MimeSettings(**values), clamav

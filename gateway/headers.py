@@ -12,7 +12,10 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from gateway import __version__
-from gateway.plugin import ClientInfo
+from gateway.authresults import authentication_results, authserv_id_of
+from gateway.plugin import ClientInfo, MessageContext
+from gateway.rfc5322 import header_end, scan_header, unfold
+from gateway.spfcheck import received_spf
 from gateway.text import ascii_printable
 from gateway.verdict import Verdict
 
@@ -76,6 +79,41 @@ def strip_our_fields(raw: bytes) -> tuple[bytes, int]:
     if not removed:
         return raw, 0
     return b"".join(kept) + rest, removed
+
+
+def strip_authentication_results(raw: bytes, authserv_id: str) -> tuple[bytes, int]:
+    """Remove Authentication-Results fields that claim our authserv-id (RFC 8601 5).
+
+    The header section is scanned leniently (gateway.rfc5322), so a forged field is found even
+    with whitespace before its colon, odd case, folding, comments before the authserv-id, or
+    after a line that is not a field: downstream then sees only the results we wrote.
+    """
+    ours = authserv_id.lower().rstrip(".")
+    if b"authentication-results" not in raw[: header_end(raw)].lower():
+        return raw, 0
+    doomed = [
+        f
+        for f in scan_header(raw)
+        if f.name == "authentication-results" and authserv_id_of(unfold(f.value)) == ours
+    ]
+    if not doomed:
+        return raw, 0
+    out, pos = [], 0
+    for f in doomed:
+        out.append(raw[pos : f.start])
+        pos = f.end
+    out.append(raw[pos:])
+    return b"".join(out), len(doomed)
+
+
+def auth_fields(ctx: MessageContext, authserv_id: str) -> bytes:
+    """Authentication-Results with our authserv-id (always), and Received-SPF when SPF ran."""
+    fields = authentication_results(
+        authserv_id, spf=ctx.spf, dkim=ctx.dkim, arc=ctx.arc, dmarc=ctx.dmarc
+    )
+    if ctx.spf is not None:
+        fields += received_spf(ctx.spf.mailfrom, authserv_id)
+    return fields
 
 
 def _fold(name: str, items: Sequence[str]) -> bytes:

@@ -17,8 +17,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import ClassVar, Protocol
 
+from gateway.arccheck import ArcResult
 from gateway.config import Settings
+from gateway.dkimcheck import DkimResult
+from gateway.dmarccheck import DmarcResult
+from gateway.dns import Resolver
+from gateway.mime.model import MimeReport
 from gateway.policy import RuleSet
+from gateway.spfcheck import SpfResult
 from gateway.verdict import Finding
 
 
@@ -76,6 +82,12 @@ class MessageContext:
     raw: bytes = b""
     findings: list[Finding] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    spf: SpfResult | None = None  # set by the spf plugin at MAIL; DMARC reads it
+    dkim: DkimResult | None = None  # set by the dkim plugin at DATA; DMARC reads it
+    arc: ArcResult | None = None  # set by the arc plugin at DATA; DMARC may use it to override
+    dmarc: DmarcResult | None = None  # set by the dmarc plugin at DATA
+    # the message parsed once (gateway.plugins.mime.mime_report): attachments, clamav read it
+    mime: MimeReport | None = None
 
     @cached_property
     def headers(self) -> email.message.Message:
@@ -88,10 +100,11 @@ class MessageContext:
 
 
 class Services:
-    """Shared, long-lived things a plugin may need (settings now; the DNS resolver later)."""
+    """Shared, long-lived things a plugin may need: settings, the one DNS resolver."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, resolver: Resolver | None = None) -> None:
         self.settings = settings
+        self.resolver = resolver or Resolver.from_settings(settings.dns)
 
 
 class Plugin(Protocol):

@@ -18,12 +18,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.authpolicy import AuthPolicy, load_auth_policy
+from gateway.mime.policy import AttachmentPolicy, load_attachment_policy
 from gateway.tomlfile import ConfigError, ConfigErrors, TomlFile
 from gateway.verdict import Action, Finding, ForcedAction, SmtpReply, Verdict, combine
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-RULE_FILES = ("scores.toml", "actions.toml", "lists.toml")
+# tls.toml is optional (no file: nothing required), so a rules/ written before it still loads;
+# so is auth.toml (no file: no trusted ARC sealers), and attachments.toml (no file: defaults).
+RULE_FILES = (
+    "scores.toml",
+    "actions.toml",
+    "lists.toml",
+    "tls.toml",
+    "auth.toml",
+    "attachments.toml",
+)
+_OPTIONAL_RULE_FILES = frozenset({"tls.toml", "auth.toml", "attachments.toml"})
 _SYMBOL = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
 _REPLY = re.compile(r"^([245]\d\d) ([245]\.\d{1,3}\.\d{1,3}) (\S.{0,300})$")
 
@@ -84,6 +96,46 @@ class Lists:
     sender_block: AddressList = AddressList()
 
 
+TLS_REFUSALS = {
+    "tempfail": SmtpReply(451, "4.7.1", "TLS required: use STARTTLS, then try again"),
+    "reject": SmtpReply(550, "5.7.1", "TLS required: use STARTTLS"),
+}
+
+
+@dataclass(frozen=True)
+class TlsPolicy:
+    """rules/tls.toml: who must use STARTTLS, and what refusing them at MAIL or RCPT answers.
+
+    A client network (or `all`) is known at connect, so RFC 3207's `530 5.7.0` answers every
+    command but EHLO, STARTTLS, NOOP and QUIT; a sender or recipient domain is only known at MAIL
+    or RCPT, where `refusal` (451 4.7.1 by default, or 550 5.7.1) is given.
+    """
+
+    require_all: bool = False
+    client_networks: NetworkList = NetworkList()
+    sender_domains: AddressList = AddressList()
+    recipient_domains: AddressList = AddressList()
+    refusal: SmtpReply = TLS_REFUSALS["tempfail"]
+
+    @property
+    def requires_anything(self) -> bool:
+        return bool(
+            self.require_all
+            or self.client_networks.networks
+            or self.sender_domains != AddressList()
+            or self.recipient_domains != AddressList()
+        )
+
+    def required_for_client(self, ip: str) -> bool:
+        return self.require_all or self.client_networks.matches(ip)
+
+    def required_for_sender(self, address: str) -> bool:
+        return "@" in address and self.sender_domains.matches(address)
+
+    def required_for_recipient(self, address: str) -> bool:
+        return self.recipient_domains.matches(address)
+
+
 @dataclass(frozen=True)
 class RuleSet:
     """One consistent version of the policy. Never mutated: reloads replace it."""
@@ -97,6 +149,9 @@ class RuleSet:
     loaded_at: float
     directory: Path | None = None
     _where: Mapping[str, str] = field(default_factory=dict)
+    tls: TlsPolicy = TlsPolicy()
+    attachments: AttachmentPolicy = field(default_factory=AttachmentPolicy)  # attachments.toml
+    auth: AuthPolicy = field(default_factory=AuthPolicy)
 
     def decide(self, findings: list[Finding]) -> Verdict:
         return combine(findings, self.scores, self.forced, self.quarantine_at, self.reject_at)
@@ -210,6 +265,8 @@ def load_rules(directory: Path) -> RuleSet:
     digest = hashlib.sha256()
     for name in RULE_FILES:
         path = directory / name
+        if name in _OPTIONAL_RULE_FILES and not path.exists():
+            continue
         try:
             docs[name] = TomlFile.load(path)
             digest.update(path.read_bytes())
@@ -287,6 +344,11 @@ def load_rules(directory: Path) -> RuleSet:
         sender_allow=AddressList.parse(_string_list(lists_doc, sender, "sender.allow", errors)),
         sender_block=AddressList.parse(_string_list(lists_doc, sender, "sender.block", errors)),
     )
+    tls = _tls_policy(docs["tls.toml"], errors) if "tls.toml" in docs else TlsPolicy()
+    attachments = AttachmentPolicy()
+    if "attachments.toml" in docs:
+        attachments = load_attachment_policy(docs["attachments.toml"], errors)
+    auth = load_auth_policy(docs["auth.toml"], errors) if "auth.toml" in docs else AuthPolicy()
     if errors:
         raise ConfigErrors(errors)
     return RuleSet(
@@ -299,4 +361,49 @@ def load_rules(directory: Path) -> RuleSet:
         loaded_at=time.time(),
         directory=directory,
         _where=where,
+        tls=tls,
+        attachments=attachments,
+        auth=auth,
+    )
+
+
+def _domains(
+    doc: TomlFile, table: dict[str, Any], dotted: str, errors: list[ConfigError]
+) -> AddressList:
+    entries = _string_list(doc, table, dotted, errors)
+    for entry in entries:
+        bare = entry.strip().removeprefix(".")
+        if not bare or "@" in bare or any(c.isspace() for c in bare):
+            errors.append(doc.error(dotted, f"{entry!r} is not a domain (or .domain)"))
+    return AddressList.parse([e.rstrip(".") for e in entries])
+
+
+def _tls_policy(doc: TomlFile, errors: list[ConfigError]) -> TlsPolicy:
+    _unknown_tables(doc, {"require_tls"}, errors)
+    table = _table(doc, "require_tls", errors)
+    known = {"all", "client_networks", "sender_domains", "recipient_domains", "action"}
+    for key in table:
+        if key not in known:
+            errors.append(doc.error(f"require_tls.{key}", f"known: {', '.join(sorted(known))}"))
+    require_all = table.get("all", False)
+    if not isinstance(require_all, bool):
+        errors.append(doc.error("require_tls.all", "must be true or false"))
+        require_all = False
+    action = table.get("action", "tempfail")
+    if action not in TLS_REFUSALS:
+        errors.append(
+            doc.error("require_tls.action", f'must be "tempfail" or "reject", got {action!r}')
+        )
+        action = "tempfail"
+    return TlsPolicy(
+        require_all=require_all,
+        client_networks=_networks(
+            doc,
+            _string_list(doc, table, "require_tls.client_networks", errors),
+            "require_tls.client_networks",
+            errors,
+        ),
+        sender_domains=_domains(doc, table, "require_tls.sender_domains", errors),
+        recipient_domains=_domains(doc, table, "require_tls.recipient_domains", errors),
+        refusal=TLS_REFUSALS[action],
     )

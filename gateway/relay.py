@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ import aiosmtplib
 from gateway.config import DeliverySettings
 from gateway.plugin import ClientInfo
 from gateway.text import ascii_printable, printable
+from gateway.tls import TlsReplies, delivery_tls
 from gateway.verdict import Replies, SmtpReply
 
 log = logging.getLogger("mailgate.relay")
@@ -81,6 +83,9 @@ class Downstream:
         self.local_hostname = settings.helo_name or local_hostname
         self._client: aiosmtplib.SMTP | None = None
         self._in_transaction = False
+        self.tls = delivery_tls(settings)
+        self.tls_version: str | None = None  # of the open connection; None: plaintext
+        self.tls_verified = False  # the open connection authenticated the server (CA or pin)
 
     @property
     def connected(self) -> bool:
@@ -98,6 +103,7 @@ class Downstream:
         try:
             await smtp.connect(timeout=self.settings.connect_timeout)
             await smtp.ehlo()
+            await self._starttls(smtp)
             if self.settings.client_identity == "xclient" and smtp.supports_extension("xclient"):
                 await self._xclient(smtp, client)
         except BaseException:
@@ -105,6 +111,40 @@ class Downstream:
             raise
         self._client = smtp
         return smtp
+
+    async def _starttls(self, smtp: aiosmtplib.SMTP) -> None:
+        """STARTTLS as [delivery] tls says; DownstreamFailure (a 4xx) rather than a downgrade."""
+        self.tls_version, self.tls_verified = None, False
+        tls = self.tls
+        if tls.context is None:
+            return
+        where = f"{self.settings.host}:{self.settings.port}"
+        if not smtp.supports_extension("starttls"):
+            if tls.mode == "required":
+                log.warning("delivery server %s does not offer STARTTLS (tls = required)", where)
+                raise DownstreamFailure(TlsReplies.DOWNSTREAM_NO_STARTTLS, "no STARTTLS")
+            return  # opportunistic: plaintext, as the server offers nothing else
+        try:
+            await smtp.starttls(tls_context=tls.context, server_hostname=tls.server_name)
+        except aiosmtplib.SMTPResponseException as exc:
+            # It offered STARTTLS, then refused it (454): nothing was encrypted yet.
+            log.warning("delivery server %s refused STARTTLS: %s", where, printable(str(exc)))
+            raise DownstreamFailure(TlsReplies.DOWNSTREAM_TLS_FAILED, str(exc)) from exc
+        except ssl.SSLCertVerificationError as exc:
+            log.warning("delivery server %s certificate not verified: %s", where, exc)
+            raise DownstreamFailure(TlsReplies.DOWNSTREAM_NOT_VERIFIED, str(exc)) from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            log.warning("delivery server %s TLS handshake failed: %s", where, printable(str(exc)))
+            raise DownstreamFailure(TlsReplies.DOWNSTREAM_TLS_FAILED, str(exc)) from exc
+        ssl_object = smtp.get_transport_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        problem = tls.check_peer(der)
+        if problem is not None:
+            log.warning("delivery server %s: %s", where, problem)
+            raise DownstreamFailure(TlsReplies.DOWNSTREAM_NOT_VERIFIED, problem)
+        self.tls_version = ssl_object.version() if ssl_object is not None else "unknown"
+        self.tls_verified = tls.verified
+        await smtp.ehlo()  # RFC 3207 4.2: forget what was said in plaintext, ask again
 
     async def _xclient(self, smtp: aiosmtplib.SMTP, client: ClientInfo) -> None:
         """XCLIENT makes the delivery server treat the session as the real client's."""
@@ -178,6 +218,10 @@ class Downstream:
                 self._in_transaction = False
             if self.settings.client_identity == "xforward" and smtp.supports_extension("xforward"):
                 await self._xforward(smtp, client, queue_id)
+            if "REQUIRETLS" in (o.upper() for o in options):
+                refusal = self._requiretls_refusal(smtp)
+                if refusal is not None:
+                    return refusal
             params = self._mail_params(smtp, options)
             if params is None:
                 return Replies.SMTPUTF8_UNSUPPORTED
@@ -210,7 +254,25 @@ class Downstream:
                 if not smtp.supports_extension("smtputf8"):
                     return None
                 params.append(b"SMTPUTF8")
+            elif name == "REQUIRETLS":  # only reached over verified TLS that offers it
+                params.append(b"REQUIRETLS")
         return params
+
+    def _requiretls_refusal(self, smtp: aiosmtplib.SMTP) -> SmtpReply | None:
+        """RFC 8689 4.2.1: relay only over verified TLS to a server that offers REQUIRETLS."""
+        if not self.tls_verified:
+            problem = "the connection is not verified TLS"
+        elif not smtp.supports_extension("requiretls"):
+            problem = "it does not offer REQUIRETLS"
+        else:
+            return None
+        log.info(
+            "REQUIRETLS message refused: delivery server %s:%d: %s",
+            self.settings.host,
+            self.settings.port,
+            problem,
+        )
+        return TlsReplies.REQUIRETLS_UNSUPPORTED
 
     async def rcpt(self, address: str) -> SmtpReply:
         smtp = self._client
@@ -299,12 +361,17 @@ async def deliver(
     mail_from: str,
     recipients: Sequence[str],
     message: bytes,
+    mail_options: Sequence[str] = (),
 ) -> tuple[SmtpReply, dict[str, SmtpReply]]:
-    """One whole transaction (release from quarantine, the demo): final reply, refused rcpts."""
+    """One whole transaction (release from quarantine, the demo): final reply, refused rcpts.
+
+    `mail_options` are the client's MAIL parameters (SMTPUTF8, BODY=8BITMIME), passed on as in
+    a live transaction.
+    """
     downstream = Downstream(settings, local_hostname)
     refused: dict[str, SmtpReply] = {}
     try:
-        reply = await downstream.begin(client, queue_id, mail_from, [])
+        reply = await downstream.begin(client, queue_id, mail_from, mail_options)
         if not reply.is_positive:
             return reply, refused
         for rcpt in recipients:

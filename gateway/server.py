@@ -13,7 +13,9 @@ from typing import cast
 
 from gateway.app import Gateway
 from gateway.config import Settings
+from gateway.quarantine.maintenance import run_maintenance
 from gateway.smtp import GatewaySMTP
+from gateway.tls import ServerTls, server_context
 from gateway.verdict import Replies
 
 log = logging.getLogger("mailgate")
@@ -21,26 +23,26 @@ log = logging.getLogger("mailgate")
 
 def make_tls_context(settings: Settings) -> ssl.SSLContext | None:
     """Server-side TLS for STARTTLS, offered only when a certificate is configured."""
-    if settings.tls.cert_file is None or settings.tls.key_file is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.verify_mode = ssl.CERT_NONE  # MX clients rarely present certificates
-    context.load_cert_chain(settings.tls.cert_file, settings.tls.key_file)
-    return context
+    return server_context(settings.tls)
 
 
 class GatewayServer:
     """The listening socket and the live connections of one gateway process."""
 
-    def __init__(self, gateway: Gateway, tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, gateway: Gateway, tls_context: ssl.SSLContext | ServerTls | None = None
+    ) -> None:
         self.gateway = gateway
-        self.tls_context = tls_context
+        # A ServerTls is reloadable (SIGHUP): each new connection takes its current context.
+        self.tls = (
+            tls_context if isinstance(tls_context, ServerTls) else ServerTls.fixed(tls_context)
+        )
         self.protocols: set[GatewaySMTP] = set()
         self._server: asyncio.base_events.Server | None = None
+        self._maintenance: asyncio.Task[None] | None = None  # quarantine expiry, hourly
 
     def _factory(self) -> GatewaySMTP:
-        protocol = GatewaySMTP(self.gateway, self.tls_context)
+        protocol = GatewaySMTP(self.gateway, self.tls.context)
         self.protocols.add(protocol)
         original = protocol.connection_lost
 
@@ -58,6 +60,7 @@ class GatewayServer:
             self._factory, host=listen.host, port=listen.port, reuse_address=True
         )
         host, port = self._server.sockets[0].getsockname()[:2]
+        self._maintenance = asyncio.create_task(run_maintenance(self.gateway.store))
         log.info(
             "listening on %s:%d as %s; delivering to %s:%d; policy %s",
             host,
@@ -73,6 +76,8 @@ class GatewayServer:
         """Stop accepting; idle clients get 421 now, busy ones finish (bounded by `grace`)."""
         grace = self.gateway.settings.limits.shutdown_grace if grace is None else grace
         self.gateway.shutting_down = True
+        if self._maintenance is not None:
+            self._maintenance.cancel()
         if self._server is not None:
             self._server.close()
         deadline = time.monotonic() + grace
@@ -97,8 +102,16 @@ class GatewayServer:
 
 
 def install_signals(
-    loop: asyncio.AbstractEventLoop, gateway: Gateway, stop: Callable[[], None]
+    loop: asyncio.AbstractEventLoop,
+    gateway: Gateway,
+    stop: Callable[[], None],
+    tls: ServerTls | None = None,
 ) -> None:
-    loop.add_signal_handler(signal.SIGHUP, gateway.reload_rules)
+    def reload() -> None:
+        gateway.reload_rules()
+        if tls is not None:
+            tls.reload()
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, stop)
     loop.add_signal_handler(signal.SIGINT, stop)

@@ -14,9 +14,10 @@ import collections
 import logging
 import re
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from gateway.access import check_recipient
 from gateway.app import Gateway
@@ -24,8 +25,9 @@ from gateway.plugin import ClientInfo, MessageContext, Phase, TlsInfo, new_queue
 from gateway.policy import NetworkList
 from gateway.relay import Downstream
 from gateway.text import printable, quoted
+from gateway.tls import TlsReplies
 from gateway.transaction import conclude
-from gateway.verdict import Finding, Replies, SmtpReply, Verdict
+from gateway.verdict import Action, Finding, Replies, SmtpReply, Verdict
 
 log = logging.getLogger("mailgate.smtp")
 
@@ -77,6 +79,7 @@ class ConnectionHandler:
         self.ctx: MessageContext | None = None
         self.counted_ip: str | None = None
         self.busy = False
+        self.tls_required = False  # rules/tls.toml names this client: 530 until STARTTLS
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -109,6 +112,7 @@ class ConnectionHandler:
         self.connect_findings = await gateway.chain.run(Phase.CONNECT, ctx)
         verdict = ctx.rules.forced_now(ctx.findings)
         if verdict is None:
+            self.tls_required = ctx.rules.tls.required_for_client(self.client.ip)
             return None
         self._log_refusal(ctx, Phase.CONNECT, verdict)
         # RFC 5321 3.1: a refusing greeting is 554 (permanent) or 421 (temporary).
@@ -191,6 +195,10 @@ class ConnectionHandler:
         # AUTH: this is an MX, not a submission server.
         lines = [r[4:] for r in responses if not r[4:].upper().startswith(("AUTH", "HELP"))]
         lines += ["PIPELINING", "ENHANCEDSTATUSCODES"]
+        # RFC 8689: offered only inside TLS, and only when we can keep the promise: verified TLS
+        # to the delivery server (which must offer REQUIRETLS too; checked at MAIL).
+        if self.client.tls is not None and self.gateway.settings.delivery.tls_verified:
+            lines.append("REQUIRETLS")
         return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
 
     # -- transaction --------------------------------------------------------------------------
@@ -209,6 +217,9 @@ class ConnectionHandler:
         ctx.queue_id = new_queue_id()
         ctx.mail_from = address
         ctx.mail_options = list(mail_options)
+        refusal = self._tls_refusal_at_mail(ctx)
+        if refusal is not None:
+            return refusal
         await self.gateway.chain.run(Phase.MAIL, ctx)
         verdict = ctx.rules.forced_now(ctx.findings)
         if verdict is not None:
@@ -254,6 +265,10 @@ class ConnectionHandler:
                 refusal.text,
             )
             return str(refusal)
+        if self.client.tls is None and ctx.rules.tls.required_for_recipient(address):
+            return self._refuse_for_tls(
+                ctx, Phase.RCPT, ctx.rules.tls.refusal, f"TLS required for recipient {address}"
+            )
         before = len(ctx.findings)
         ctx.rcpt_tos.append(address)
         await self.gateway.chain.run(Phase.RCPT, ctx)
@@ -305,6 +320,17 @@ class ConnectionHandler:
             self.busy = False
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # A failed handshake (no common protocol or cipher, a client that gave up): aiosmtpd
+            # closes the connection. The client's business, not an error of ours.
+            log.info(
+                "client=%s TLS handshake failed: %s",
+                self.client.ip,
+                printable(str(error.__cause__ or error)),
+            )
+            self.downstream.abort()
+            self.ctx = None
+            return str(Replies.INTERNAL_ERROR)
         log.error(
             "client=%s unexpected %s: %s",
             self.client.ip,
@@ -315,6 +341,35 @@ class ConnectionHandler:
         self.downstream.abort()
         self.ctx = None
         return str(Replies.INTERNAL_ERROR)
+
+    def _tls_refusal_at_mail(self, ctx: MessageContext) -> str | None:
+        """REQUIRETLS (RFC 8689) and rules/tls.toml sender domains, before anything else."""
+        sender = ctx.mail_from or ""
+        if "REQUIRETLS" in (o.upper() for o in ctx.mail_options):
+            if self.client.tls is None:
+                return self._refuse_for_tls(
+                    ctx, Phase.MAIL, TlsReplies.REQUIRETLS_NEEDS_TLS, "REQUIRETLS without TLS"
+                )
+            if not self.gateway.settings.delivery.tls_verified:
+                return self._refuse_for_tls(
+                    ctx,
+                    Phase.MAIL,
+                    TlsReplies.REQUIRETLS_UNSUPPORTED,
+                    "REQUIRETLS: [delivery] TLS is not verified (no tls_ca_file or fingerprints)",
+                )
+        if self.client.tls is None and ctx.rules.tls.required_for_sender(sender):
+            return self._refuse_for_tls(
+                ctx, Phase.MAIL, ctx.rules.tls.refusal, "TLS required for sender domain"
+            )
+        return None
+
+    def _refuse_for_tls(
+        self, ctx: MessageContext, phase: Phase, reply: SmtpReply, reason: str
+    ) -> str:
+        action = Action.REJECT if reply.code >= 500 else Action.TEMPFAIL
+        verdict = Verdict(action=action, score=0.0, findings=(), reply=reply, reason=reason)
+        self._log_refusal(ctx, phase, verdict)
+        return str(reply.with_text(f"{reply.text} (id={ctx.queue_id})"))
 
     def _log_refusal(self, ctx: MessageContext, phase: Phase, verdict: Verdict) -> None:
         log.info(
@@ -352,6 +407,7 @@ class GatewaySMTP(SMTP):
         self.handler = ConnectionHandler(gateway)
         self._greeted = False
         self._in_helo = False
+        self._in_mail = False
         super().__init__(
             self.handler,
             data_size_limit=limits.max_message_size,
@@ -383,6 +439,11 @@ class GatewaySMTP(SMTP):
                 if self.transport is not None:
                     self.transport.close()
                 return
+            if self.handler.tls_required:
+                # RFC 3207 4: aiosmtpd then answers every command but EHLO, STARTTLS, NOOP and
+                # QUIT with 530 (5.7.0 added by with_status) until TLS is active.
+                self.require_starttls = True
+                log.info("client=%s must use STARTTLS (rules/tls.toml)", self.handler.client.ip)
         elif isinstance(status, str) and not self._in_helo:
             status = with_status(status)
         await super().push(status)
@@ -403,6 +464,24 @@ class GatewaySMTP(SMTP):
 
     async def smtp_AUTH(self, arg: str) -> None:
         await self.push("503 5.5.1 Error: authentication not enabled")
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self._in_mail = True
+        try:
+            await super().smtp_MAIL(arg)
+        finally:
+            self._in_mail = False
+
+    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
+        # aiosmtpd answers 555 to a MAIL parameter it does not know. REQUIRETLS (RFC 8689) is
+        # ours: take it out of what aiosmtpd checks; it stays in the mail_options handle_MAIL
+        # gets, which refuses or honours it.
+        result: dict[str, str | bool] | None = super()._getparams(params)
+        if result is None or not self._in_mail:
+            return result
+        if result.pop("REQUIRETLS", True) is not True:
+            return None  # REQUIRETLS=value: 501 syntax error
+        return result
 
     async def smtp_DATA(self, arg: str) -> None:
         # The idle timer is not reset while DATA streams in: the whole transfer gets

@@ -15,17 +15,20 @@ from typing import Any
 
 from gateway.app import Gateway
 from gateway.headers import (
+    auth_fields,
     has_bare_line_endings,
     has_nul,
     normalize_line_endings,
     prepend_fields,
     received_field,
+    strip_authentication_results,
     strip_nul,
     strip_our_fields,
     verdict_fields,
 )
 from gateway.plugin import MessageContext, Phase
 from gateway.quarantine import StoreError
+from gateway.quarantine.model import DAY, decode_header_text, raw_header_values
 from gateway.relay import Downstream
 from gateway.text import quoted
 from gateway.verdict import Action, Replies, SmtpReply, Verdict
@@ -74,14 +77,18 @@ async def _decide_and_act(gateway: Gateway, ctx: MessageContext, downstream: Dow
             return Outcome(verdict, reply)
         ctx.raw = normalize_line_endings(strip_nul(ctx.raw))
     ctx.raw, forged = strip_our_fields(ctx.raw)
+    ctx.raw, forged_ar = strip_authentication_results(ctx.raw, gateway.settings.listen.hostname)
     verdict = await inspect(gateway, ctx)
     note = f"removed {forged} forged X-Mailgate fields" if forged else ""
+    if forged_ar:
+        note = (note + "; " if note else "") + f"removed {forged_ar} forged Authentication-Results"
     if verdict.action is Action.RELAY:
         message = prepend_fields(
             ctx.raw,
             received_field(
                 ctx.client, gateway.settings.listen.hostname, ctx.queue_id, ctx.rcpt_tos
             ),
+            auth_fields(ctx, gateway.settings.listen.hostname),
             verdict_fields(verdict, ctx.queue_id),
         )
         answer = await downstream.data(message)
@@ -102,6 +109,7 @@ async def _quarantine(
     message = prepend_fields(
         ctx.raw,
         received_field(ctx.client, gateway.settings.listen.hostname, ctx.queue_id, ctx.rcpt_tos),
+        auth_fields(ctx, gateway.settings.listen.hostname),
         verdict_fields(verdict, ctx.queue_id),
     )
     try:
@@ -118,17 +126,25 @@ def _with_id(reply: SmtpReply, queue_id: str) -> SmtpReply:
 
 def metadata(ctx: MessageContext, verdict: Verdict) -> Mapping[str, Any]:
     """What the quarantine keeps beside the message: enough to explain and to release it."""
+    now = time.time()
+    retention = ctx.settings.quarantine.retention_days
     return {
         "id": ctx.queue_id,
-        "time": time.time(),
+        "time": now,
+        "expires": now + retention * DAY if retention else None,
         "client_ip": ctx.client.ip,
+        "client_port": ctx.client.port,
         "helo": ctx.client.helo,
         "tls": None
         if ctx.client.tls is None
         else {"version": ctx.client.tls.version, "cipher": ctx.client.tls.cipher},
         "mail_from": ctx.mail_from,
         "rcpt_tos": list(ctx.rcpt_tos),
+        "mail_options": list(ctx.mail_options),
         "message_id": next(iter(ctx.header_values("message-id")), None),
+        # Decoded (RFC 2047) for display and search; untrusted like every header.
+        "from": decode_header_text(raw_header_values(ctx.raw, "from")),
+        "subject": decode_header_text(raw_header_values(ctx.raw, "subject")),
         "size": len(ctx.raw),
         "action": verdict.action.value,
         "score": verdict.score,

@@ -55,4 +55,4 @@ def postfix(postfix_scratch_dir: Path) -> Iterator[PostfixInstance]:
 
 
 # The gateway harness (recording downstream, running gateway) lives in tests/harness.py.
-pytest_plugins = ("harness",)
+pytest_plugins = ("harness", "dns_fixtures", "tls_fixtures", "quarantine_fixtures")

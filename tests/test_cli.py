@@ -181,7 +181,7 @@ def test_scan_json(tmp_path: Path) -> None:
         "rcpt": ["a@example.com", "b@example.com"],
     }
     assert data["line_endings_normalized"] is True
-    assert set(data["plugin_ms"]) == {"lists", "headers", "limits"}
+    assert set(data["plugin_ms"]) == {"lists", "headers", "limits", "mime", "attachments"}
 
 
 def test_scan_unreadable_file_exit_1(tmp_path: Path) -> None:
@@ -233,6 +233,7 @@ def test_scan_never_prints_raw_escape_or_bell(tmp_path: Path, as_json: bool) -> 
         assert {f["symbol"] for f in data["findings"]} == {
             "HDR_DUPLICATE_FIELD",
             "HDR_MESSAGE_ID_MISSING",
+            "MIME_8BIT_IN_7BIT",  # raw 8-bit bytes in the Subject, no MIME declaration
         }
     else:
         out = result.stdout.decode("utf-8")

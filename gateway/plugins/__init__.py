@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 from gateway.plugin import PluginClass, Registry
+from gateway.plugins.arc import ArcCheck
+from gateway.plugins.attachments import AttachmentInspection
+from gateway.plugins.clamav import ClamavScan
+from gateway.plugins.classifier import SpamClassifier
+from gateway.plugins.dkim import DkimCheck
+from gateway.plugins.dmarc import DmarcCheck
 from gateway.plugins.headers import HeaderSanity
 from gateway.plugins.limits import MessageLimits
 from gateway.plugins.lists import AllowBlockLists
+from gateway.plugins.mime import MimeStructure
+from gateway.plugins.spf import SpfCheck
+from gateway.plugins.tls import TlsSymbols
 
 
 def builtin_registry() -> Registry:
     """A fresh registry of every plugin shipped with mailgate."""
     registry = Registry()
-    builtins: tuple[PluginClass, ...] = (AllowBlockLists, HeaderSanity, MessageLimits)
+    builtins: tuple[PluginClass, ...] = (
+        AllowBlockLists,
+        ArcCheck,
+        AttachmentInspection,
+        ClamavScan,
+        SpamClassifier,
+        DkimCheck,
+        DmarcCheck,
+        HeaderSanity,
+        MessageLimits,
+        MimeStructure,
+        SpfCheck,
+        TlsSymbols,
+    )
     for plugin in builtins:
         registry.register(plugin)
     return registry

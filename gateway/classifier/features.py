@@ -1,0 +1,755 @@
+"""Features of a message: what its reader sees and what its sender controls, as tokens per field.
+
+Fields (each hashed into its own space by `vectorize`):
+
+- `subject`: words of the decoded Subject (list tags that a mailing list added are dropped).
+- `body`: words and word pairs of the text parts, HTML turned into text.
+- `url`: every URL of the body (text and HTML attributes): host, registered domain, TLD, scheme,
+  path words, and shape traits (IP host, port, user info, encoded host).
+- `header`: traits of the header section a sender controls: the mail program, hop count, From /
+  Reply-To / envelope sender disagreement, Message-ID shape, date anomalies, recipients count,
+  MIME structure, charsets, transfer encodings, attachment types, HTML traits, body statistics.
+
+Deliberately absent: anything the collecting side adds or only a mailing list adds (Received lines
+of the collector, X-Spam-*, List-*, X-Mailman-*, Delivered-To, X-Loop, Sender, Errors-To,
+Precedence, X-Keywords, Status...), so a model learns spam rather than the corpus it came from.
+Header *names* are never features, only the traits computed below from a fixed set of fields.
+
+Parsing is bounded (bytes read, parts walked, characters kept) and never raises: a message the
+parser cannot handle yields an `parse:error` trait and whatever was extracted before it.
+"""
+
+from __future__ import annotations
+
+import email.header
+import email.message
+import email.parser
+import email.policy
+import email.utils
+import html
+import itertools
+import logging
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+log = logging.getLogger("mailgate.classifier")
+
+Fields = dict[str, list[str]]
+FIELDS = ("subject", "body", "url", "header")
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """How tokens are made; stored in the model card so training and inference agree."""
+
+    # Regular expressions (matched against lower-cased text) removed before tokenising: names of
+    # the corpus collector (its host names, the recipient's redacted address) that would
+    # otherwise teach the model the corpus instead of spam. Empty for an admin's own mail.
+    redact: tuple[str, ...] = ()
+    # Received lines matching any of these are the collector's own hops and are not counted.
+    collector_received: tuple[str, ...] = ()
+    body_bigrams: bool = False
+    max_bytes: int = 512 * 1024  # of the raw message parsed
+    max_parts: int = 64  # MIME parts walked
+    max_part_chars: int = 64 * 1024  # characters kept from one text part
+    max_text_chars: int = 128 * 1024  # characters of body text tokenised in all
+    max_tokens: int = 8000  # body words kept
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "redact": list(self.redact),
+            "collector_received": list(self.collector_received),
+            "body_bigrams": self.body_bigrams,
+            "max_bytes": self.max_bytes,
+            "max_parts": self.max_parts,
+            "max_part_chars": self.max_part_chars,
+            "max_text_chars": self.max_text_chars,
+            "max_tokens": self.max_tokens,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> FeatureSettings:
+        """Settings from a model card; raises ValueError on anything unexpected."""
+        if not isinstance(data, dict):
+            raise ValueError("features.settings must be an object")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown feature settings: {', '.join(sorted(unknown))}")
+        kwargs: dict[str, Any] = {}
+        for key in ("redact", "collector_received"):
+            value = data.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"features.settings.{key} must be a list of strings")
+            for pattern in value:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(f"bad pattern {pattern!r} in {key}: {exc}") from None
+            kwargs[key] = tuple(value)
+        if "body_bigrams" in data:
+            if not isinstance(data["body_bigrams"], bool):
+                raise ValueError("features.settings.body_bigrams must be true or false")
+            kwargs["body_bigrams"] = data["body_bigrams"]
+        for key in ("max_bytes", "max_parts", "max_part_chars", "max_text_chars", "max_tokens"):
+            if key in data:
+                value = data[key]
+                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                    raise ValueError(f"features.settings.{key} must be a positive integer")
+                kwargs[key] = value
+        return cls(**kwargs)
+
+
+@dataclass
+class _Compiled:
+    redact: re.Pattern[str] | None
+    collector: re.Pattern[str] | None
+
+
+_COMPILED: dict[FeatureSettings, _Compiled] = {}
+
+
+def _compiled(settings: FeatureSettings) -> _Compiled:
+    found = _COMPILED.get(settings)
+    if found is None:
+        found = _Compiled(
+            redact=re.compile("|".join(settings.redact)) if settings.redact else None,
+            collector=(
+                re.compile("|".join(settings.collector_received), re.I)
+                if settings.collector_received
+                else None
+            ),
+        )
+        _COMPILED[settings] = found
+    return found
+
+
+# -- small helpers -------------------------------------------------------------------------------
+
+_WORD = re.compile(r"[^\W\d_][^\W_]{1,24}|\d{1,12}(?:[.,]\d{1,6})*|[$€£¥!]")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+_SUBJECT_TAGS = re.compile(r"^\s*(?:(?:re|fwd?|aw)\s*:\s*)*(?:\[[^\]\n]{1,40}\]\s*)+", re.I)
+_REPLY_PREFIX = re.compile(r"^\s*(?:re|fwd?|aw)\s*:", re.I)
+_ADDR_DOMAIN = re.compile(r"@([A-Za-z0-9.-]+)")
+_URL = re.compile(r"(?:https?://|www\.)[^\s<>\"'()\[\]{}\\^`|]{1,500}", re.I)
+_HTML_ATTR_URL = re.compile(r"(?:href|src|action)\s*=\s*[\"']?\s*([^\"'\s>]{1,1000})", re.I)
+_HTML_TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9]{0,15})\b[^<>]{0,2000}>")
+_HTML_ANY_TAG = re.compile(r"<[^<>]{0,2000}>")
+_HTML_HINT = re.compile(r"<\s*(?:html|body|table|font|div|p|br|a\s|img)\b", re.I)
+_HIDDEN = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*[01]px", re.I)
+_IPV4 = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
+_NUMERIC_BLOB = re.compile(r"\d{4,}")
+_FOOTER_SEP = re.compile(r"^(?:_{20,}|-{20,})\s*$", re.M)
+_FOOTER_HINT = re.compile(r"mailing list|listinfo|sponsored by|unsubscribe", re.I)
+_WS = re.compile(r"\s+")
+_NON_LETTERS = re.compile(r"[\W\d_]+")
+_NON_UPPER = re.compile(r"[^A-Z\u00c0-\u00d6\u00d8-\u00de\u0391-\u03a9\u0410-\u042f]+")
+_ASCII = re.compile(r"[\x00-\x7f]+")
+# Second-level labels under which registrations happen (co.uk, com.au...): a short list is enough
+# for a feature (the registered domain of an URL), this is no public-suffix authority.
+_SLD = {"co", "com", "net", "org", "gov", "ac", "edu", "ne", "or", "go", "gob", "nic"}
+_FREEMAIL = {
+    "yahoo",
+    "hotmail",
+    "aol",
+    "msn",
+    "gmail",
+    "excite",
+    "netscape",
+    "juno",
+    "lycos",
+    "mail",
+    "email",
+    "usa",
+    "altavista",
+    "earthlink",
+    "compuserve",
+    "outlook",
+    "live",
+    "gmx",
+    "web",
+}
+_LIST_FIELDS = ("list-id", "list-post", "list-unsubscribe", "x-mailman-version", "x-beenthere")
+
+
+def _bucket(n: float, edges: Iterable[float]) -> str:
+    """The index of the first edge `n` is below: a coarse, stable value for a trait token."""
+    for i, edge in enumerate(edges):
+        if n < edge:
+            return str(i)
+    return "top"
+
+
+def _decode_header(value: Any) -> str:
+    """An RFC 2047 header value as text; never raises (unknown charsets become latin-1)."""
+    text = str(value) if value is not None else ""
+    if "=?" not in text:
+        return text
+    try:
+        chunks = email.header.decode_header(text)
+    except Exception:
+        return text
+    out = []
+    for chunk, charset in chunks:
+        if isinstance(chunk, str):
+            out.append(chunk)
+            continue
+        try:
+            out.append(chunk.decode(charset or "latin-1", errors="replace"))
+        except LookupError:
+            out.append(chunk.decode("latin-1"))
+    return "".join(out)
+
+
+def _domain_of(address: str) -> str:
+    found = _ADDR_DOMAIN.search(address)
+    return found.group(1).lower().strip(".") if found else ""
+
+
+def registered_domain(host: str) -> str:
+    labels = [x for x in host.lower().strip(".").split(".") if x]
+    if len(labels) <= 2:
+        return ".".join(labels)
+    if labels[-2] in _SLD or (len(labels[-1]) == 2 and len(labels[-2]) <= 2):
+        return ".".join(labels[-3:])
+    return ".".join(labels[-2:])
+
+
+def _date_tuple(value: str) -> tuple[datetime | None, list[str]]:
+    """Parse a Date-style value; the datetime (UTC) and the anomalies seen."""
+    anomalies: list[str] = []
+    parsed = email.utils.parsedate_tz(value)
+    if parsed is None:
+        return None, ["date:unparseable"]
+    year = parsed[0]
+    if year < 1000:  # "102" for 2002: a Y2K bug of bulk mail tools
+        anomalies.append("date:year_3digit")
+        year += 1900
+    offset = parsed[9]
+    if offset is None:
+        anomalies.append("date:no_zone")
+        offset = 0
+    elif abs(offset) > 14 * 3600 or offset % 900:
+        anomalies.append("date:bad_zone")
+        offset = 0
+    if not re.match(r"\s*[A-Za-z]{3},", value):
+        anomalies.append("date:no_weekday")
+    try:
+        naive = datetime(year, parsed[1], parsed[2], parsed[3], parsed[4], min(parsed[5], 59))
+    except (ValueError, OverflowError):
+        return None, [*anomalies, "date:invalid"]
+    stamp = naive.replace(tzinfo=UTC).timestamp() - offset
+    try:
+        return datetime.fromtimestamp(stamp, UTC), anomalies
+    except (ValueError, OverflowError, OSError):
+        return None, [*anomalies, "date:invalid"]
+
+
+def received_time(value: str) -> datetime | None:
+    """The timestamp of one Received field (after its last ';')."""
+    _, sep, stamp = value.rpartition(";")
+    if not sep:
+        return None
+    when, _ = _date_tuple(stamp.strip())
+    return when
+
+
+def _payload_text(part: email.message.Message, limit: int) -> str:
+    """A text part decoded (transfer encoding, then charset); never raises."""
+    try:
+        data = part.get_payload(decode=True)
+    except Exception:
+        data = None
+    if not isinstance(data, bytes):
+        raw = part.get_payload()
+        return raw[:limit] if isinstance(raw, str) else ""
+    data = data[: limit * 4]
+    charset = "latin-1"
+    try:
+        charset = part.get_content_charset() or "latin-1"
+        text = data.decode(charset, errors="replace")
+    except (LookupError, ValueError, TypeError):
+        text = data.decode("latin-1")
+    return text[:limit]
+
+
+def body_start(raw: bytes) -> int:
+    """Offset of the body: after the first empty line (CRLF or LF); len(raw) if none."""
+    ends = [i + n for i, n in ((raw.find(b"\r\n\r\n"), 4), (raw.find(b"\n\n"), 2)) if i >= 0]
+    return min(ends) if ends else len(raw)
+
+
+def _cut_block(text: str, start: str, end: str) -> str:
+    """Remove every `start`...`end` block (case-insensitive) in linear time; an open block runs
+    to the end of the text."""
+    lower = text.lower()
+    out: list[str] = []
+    pos = 0
+    while True:
+        i = lower.find(start, pos)
+        if i < 0:
+            out.append(text[pos:])
+            break
+        out.append(text[pos:i])
+        j = lower.find(end, i + len(start))
+        if j < 0:
+            break
+        pos = j + len(end)
+        if not end.endswith(">"):  # "</script >": skip to the end of the closing tag
+            close = lower.find(">", pos, pos + 100)
+            pos = close + 1 if close >= 0 else pos
+        out.append(" ")
+    return "".join(out)
+
+
+def html_to_text(markup: str) -> str:
+    """Visible text of HTML: scripts, styles and comments dropped, tags removed, entities decoded.
+
+    Regular expressions bounded per match and linear scans only: hostile markup costs time in
+    proportion to its length, never more.
+    """
+    text = _cut_block(markup, "<!--", "-->")
+    text = _cut_block(text, "<script", "</script")
+    text = _cut_block(text, "<style", "</style")
+    text = _HTML_ANY_TAG.sub(" ", text)
+    return html.unescape(text)
+
+
+def _url_tokens(url: str, out: list[str], hosts: set[str]) -> None:
+    lower = url.lower().strip(".,;:!?)")
+    if lower.startswith("www."):
+        scheme, rest = "http", lower
+    else:
+        scheme, _, rest = lower.partition("://")
+        if not rest:
+            return
+    out.append(f"scheme:{scheme}")
+    hostport, _, path = rest.partition("/")
+    hostport = hostport.split("?", 1)[0].split("#", 1)[0]
+    if "@" in hostport:
+        out.append("userinfo")
+        hostport = hostport.rpartition("@")[2]
+    host, colon, _ = hostport.partition(":")
+    if colon:
+        out.append("port")
+    if "%" in host:
+        out.append("host_encoded")
+    host = host.strip(".")
+    if not host:
+        return
+    if _IPV4.match(host):
+        out.append("host_ip")
+        hosts.add(host)
+        return
+    hosts.add(host)
+    reg = registered_domain(host)
+    out.append(f"host:{host}")
+    out.append(f"dom:{reg}")
+    out.append(f"tld:{host.rpartition('.')[2]}")
+    if host.count(".") >= 4:
+        out.append("host_deep")
+    for word in re.findall(r"[a-z][a-z0-9]{2,19}", path[:200]):
+        out.append(f"path:{word}")
+    if "?" in path:
+        out.append("query")
+    if _NUMERIC_BLOB.search(path):
+        out.append("path_digits")
+
+
+# -- extraction ----------------------------------------------------------------------------------
+
+
+def extract(
+    raw: bytes,
+    settings: FeatureSettings,
+    envelope_from: str | None = None,
+    arrival: datetime | None = None,
+) -> Fields:
+    """Tokens per field for one message; never raises.
+
+    `envelope_from` is the SMTP MAIL FROM (the Return-Path field stands in for it when training
+    on stored mail); `arrival` is when the message reached us (else the newest Received
+    timestamp that is not the collector's), for date anomalies.
+    """
+    fields: Fields = {name: [] for name in FIELDS}
+    try:
+        _extract(raw, settings, envelope_from, arrival, fields)
+    except Exception as exc:  # hostile MIME must give a feature, never an exception
+        log.debug("feature extraction stopped: %s", type(exc).__name__)
+        fields["header"].append("parse:error")
+    return fields
+
+
+def _extract(
+    raw: bytes,
+    settings: FeatureSettings,
+    envelope_from: str | None,
+    arrival: datetime | None,
+    fields: Fields,
+) -> None:
+    compiled = _compiled(settings)
+    redact = compiled.redact
+
+    def clean(text: str) -> str:
+        """The text lower-cased, with the collector's names removed."""
+        lowered = text.lower()
+        return redact.sub(" ", lowered) if redact is not None else lowered
+
+    traits = fields["header"]
+    if len(raw) > settings.max_bytes:
+        traits.append("size:cut")
+        raw = raw[: settings.max_bytes]
+    traits.append(f"size:{_bucket(len(raw), (1000, 2000, 4000, 8000, 16000, 50000, 200000))}")
+    msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
+    defects = len(msg.defects)
+    if defects:
+        traits.append("mime:defects")
+
+    # -- header traits ---------------------------------------------------------------------------
+    def first(name: str) -> str:
+        value = msg.get(name)
+        return _decode_header(value) if value is not None else ""
+
+    is_list = any(msg.get(name) is not None for name in _LIST_FIELDS)
+    subject = first("subject")
+    if is_list:  # "[ILUG] ..." tags are the list's, not the sender's
+        subject = _SUBJECT_TAGS.sub(lambda m: "re: " if "re" in m.group(0).lower() else "", subject)
+    if _REPLY_PREFIX.match(subject):
+        traits.append("subj:reply")
+    _subject_traits(subject, traits)
+    fields["subject"] = _words(clean(subject), 200)
+
+    from_value = first("from")
+    from_name, from_addr = email.utils.parseaddr(from_value)
+    from_addr = clean(from_addr)
+    from_dom = _domain_of(from_addr)
+    if not from_value:
+        traits.append("from:missing")
+    elif not from_dom:
+        traits.append("from:no_domain")
+    else:
+        traits.append(f"from:tld:{from_dom.rpartition('.')[2]}")
+        reg = registered_domain(from_dom)
+        if reg.split(".")[0] in _FREEMAIL:
+            traits.append("from:freemail")
+        if reg:
+            traits.append(f"from:dom:{reg}")
+    local = from_addr.partition("@")[0]
+    if len(re.findall(r"\d", local)) >= 3:
+        traits.append("from:local_digits")
+    if len(local) > 20:
+        traits.append("from:local_long")
+    if not from_name:
+        traits.append("from:no_name")
+    else:
+        if "@" in from_name:
+            traits.append("from:name_has_address")
+        if from_name.isupper() and len(from_name) > 3:
+            traits.append("from:name_caps")
+        for word in _words(clean(from_name), 8):
+            traits.append(f"from:name:{word}")
+
+    reply_to = clean(first("reply-to"))
+    if reply_to:
+        rdom = _domain_of(reply_to)
+        traits.append("replyto:present")
+        if from_dom and rdom and registered_domain(rdom) != registered_domain(from_dom):
+            traits.append("replyto:other_domain")
+        if reply_to.strip() and from_addr and from_addr not in reply_to:
+            traits.append("replyto:other_address")
+    envelope = envelope_from
+    if envelope is None:
+        envelope = first("return-path")
+    envelope = clean(envelope)
+    if envelope.strip("<> ") == "" and (envelope_from is not None or "<" in envelope):
+        traits.append("env:null")
+    else:
+        edom = _domain_of(envelope)
+        if from_dom and edom:
+            if registered_domain(edom) != registered_domain(from_dom):
+                traits.append("env:other_domain")
+            elif from_addr and from_addr not in envelope:
+                traits.append("env:same_domain_other_address")
+
+    to_all = msg.get_all("to", []) + msg.get_all("cc", [])
+    recipients = email.utils.getaddresses([str(v) for v in to_all][:50])
+    traits.append(f"rcpt:{_bucket(len(recipients), (1, 2, 3, 6, 11, 30))}")
+    if not msg.get_all("to"):
+        traits.append("to:missing")
+    elif any("undisclosed" in str(v).lower() for v in msg.get_all("to", [])):
+        traits.append("to:undisclosed")
+    if from_addr and any(addr.lower() == from_addr for _, addr in recipients):
+        traits.append("to:is_from")
+
+    mailer = first("x-mailer") or first("user-agent")
+    if not mailer:
+        traits.append("mailer:none")
+    else:
+        product = re.sub(r"[\d.]+", "", mailer.lower())
+        for word in re.findall(r"[a-z]{3,15}", product)[:3]:
+            traits.append(f"mailer:{word}")
+    if msg.get("x-msmail-priority") is not None or msg.get("x-priority") is not None:
+        traits.append("priority:set")
+        if "high" in first("x-msmail-priority").lower() or first("x-priority").strip()[:1] == "1":
+            traits.append("priority:high")
+
+    msgid = first("message-id").strip()
+    if not msgid:
+        traits.append("msgid:missing")
+    else:
+        mdom = _domain_of(msgid).rstrip(">")
+        if not mdom:
+            traits.append("msgid:no_domain")
+        elif from_dom and registered_domain(mdom) != registered_domain(from_dom):
+            traits.append("msgid:other_domain")
+        if not (msgid.startswith("<") and msgid.endswith(">")):
+            traits.append("msgid:no_brackets")
+
+    # Hops: the sender's side only (the collector's own Received lines are skipped).
+    collector = compiled.collector
+    hops = 0
+    newest: datetime | None = None
+    for value in msg.get_all("received", [])[:100]:
+        text = str(value)
+        if collector is not None and collector.search(text):
+            continue
+        hops += 1
+        if newest is None:
+            newest = received_time(text)
+    traits.append(f"hops:{_bucket(hops, (1, 2, 3, 4, 6, 9))}")
+
+    date_value = first("date")
+    reference = arrival or newest
+    if not date_value:
+        traits.append("date:missing")
+    else:
+        when, anomalies = _date_tuple(date_value)
+        traits.extend(anomalies)
+        if when is not None and reference is not None:
+            skew = (when - reference).total_seconds()
+            if skew > 3600:
+                traits.append("date:future")
+            elif skew < -7 * 86400:
+                traits.append("date:past_week")
+            elif skew < -86400:
+                traits.append("date:past_day")
+
+    # -- body ------------------------------------------------------------------------------------
+    texts: list[str] = []
+    markup: list[str] = []
+    visible: list[str] = []  # the text of each markup chunk
+    parts = 0
+    html_parts = 0
+    plain_parts = 0
+    for part in msg.walk():
+        parts += 1
+        if parts > settings.max_parts:
+            traits.append("mime:many_parts")
+            break
+        ctype = part.get_content_type()
+        maintype = part.get_content_maintype()
+        if maintype == "multipart":
+            traits.append(f"mime:{ctype}")
+            continue
+        cte = str(part.get("content-transfer-encoding", "")).strip().lower()
+        filename = None
+        try:
+            filename = part.get_filename()
+        except Exception:
+            traits.append("mime:bad_filename")
+        disposition = str(part.get("content-disposition", "")).lower()
+        if filename or "attachment" in disposition or maintype not in ("text", "message"):
+            traits.append(f"att:type:{ctype}")
+            if filename:
+                ext = filename.rpartition(".")[2].lower() if "." in filename else "none"
+                traits.append(f"att:ext:{ext[:8]}")
+            if maintype != "text":
+                continue
+        if maintype == "message":
+            traits.append(f"mime:{ctype}")
+            continue
+        if cte:
+            traits.append(f"cte:{ctype}:{cte[:20]}")
+        charset = part.get_content_charset()
+        if charset:
+            traits.append(f"charset:{charset[:20]}")
+        text = _payload_text(part, settings.max_part_chars)
+        if ctype == "text/html" or (ctype == "text/plain" and _HTML_HINT.search(text[:4000])):
+            html_parts += 1
+            if ctype != "text/html":
+                traits.append("html:in_plain")
+            markup.append(text)
+            visible.append(html_to_text(text))
+            texts.append(visible[-1])
+        else:
+            plain_parts += 1
+            texts.append(text)
+    traits.append(f"parts:{_bucket(parts, (2, 3, 4, 6, 10))}")
+    if not any(t.strip() for t in texts) and msg.get_content_maintype() == "multipart":
+        # A broken multipart (boundary never found): readers show the raw body, so do we.
+        traits.append("mime:no_parts_found")
+        text = raw[body_start(raw) :][: settings.max_part_chars].decode("latin-1")
+        if _HTML_HINT.search(text[:4000]):
+            html_parts += 1
+            markup.append(text)
+            text = html_to_text(text)
+            visible.append(text)
+        texts.append(text)
+    if html_parts and not plain_parts:
+        traits.append("html:only")
+
+    body = "\n".join(texts)[: settings.max_text_chars]
+    if is_list:
+        body = _cut_footer(body)
+    _body_traits(body, traits)
+    body = clean(body)
+    urls: list[str] = []
+    hosts: set[str] = set()
+    url_tokens = fields["url"]
+    for url in _URL.findall(body)[:200]:
+        urls.append(url)
+        _url_tokens(url, url_tokens, hosts)
+    for chunk, shown in zip(markup, visible, strict=True):
+        _html_traits(chunk, shown, traits)
+        for url in _HTML_ATTR_URL.findall(chunk)[:200]:
+            lowered = url.lower()
+            if lowered.startswith("mailto:"):
+                url_tokens.append("mailto")
+                dom = _domain_of(lowered)
+                if dom:
+                    url_tokens.append(f"mailto:{registered_domain(clean(dom))}")
+            elif lowered.startswith(("http", "www.")):
+                _url_tokens(clean(url), url_tokens, hosts)
+            elif lowered.startswith("cid:"):
+                url_tokens.append("cid")
+    traits.append(f"urls:{_bucket(len(hosts), (1, 2, 3, 5, 10))}")
+    if from_dom and any(registered_domain(h) == registered_domain(from_dom) for h in hosts):
+        traits.append("urls:from_domain")
+    words = _words(body, settings.max_tokens)
+    if settings.body_bigrams:
+        words += [f"{a} {b}" for a, b in itertools.pairwise(words)]
+    fields["body"] = words
+
+
+def _words(text: str, limit: int) -> list[str]:
+    words = _WORD.findall(text)[:limit]
+    if _CJK.search(text):  # scripts written without spaces: character pairs stand for words
+        out: list[str] = []
+        for word in words:
+            if _CJK.search(word):
+                out.extend(word[i : i + 2] for i in range(max(1, len(word) - 1)))
+            else:
+                out.append(word)
+        return out[:limit]
+    return words
+
+
+def _cut_footer(body: str) -> str:
+    """Drop a mailing list's footer (a rule line followed by list or sponsor boilerplate)."""
+    for sep in _FOOTER_SEP.finditer(body):
+        if _FOOTER_HINT.search(body, sep.end(), sep.end() + 400):
+            return body[: sep.start()]
+    return body
+
+
+def _subject_traits(subject: str, traits: list[str]) -> None:
+    if not subject.strip():
+        traits.append("subj:empty")
+        return
+    letters = [c for c in subject if c.isalpha()]
+    if letters:
+        upper = sum(c.isupper() for c in letters) / len(letters)
+        traits.append(f"subj:caps:{_bucket(upper, (0.2, 0.5, 0.8))}")
+    if "!" in subject:
+        traits.append("subj:bang")
+    if "$" in subject:
+        traits.append("subj:dollar")
+    if re.search(r"\s{3,}\S+\s*$", subject) or re.search(r"[\s-]\d{3,}\s*$", subject):
+        traits.append("subj:trailing_id")
+    if any(ord(c) > 127 for c in subject):
+        traits.append("subj:non_ascii")
+
+
+def _html_traits(markup: str, shown: str, traits: list[str]) -> None:
+    tags: dict[str, int] = {}
+    for _, name in _HTML_TAG.findall(markup[:200_000]):
+        lowered = name.lower()
+        tags[lowered] = tags.get(lowered, 0) + 1
+    for name in ("img", "font", "table", "form", "script", "iframe", "a", "center", "map"):
+        n = tags.get(name, 0)
+        if n:
+            traits.append(f"html:{name}:{_bucket(n, (2, 5, 20))}")
+    if _HIDDEN.search(markup):
+        traits.append("html:hidden")
+    if re.search(r"[a-z]<!--[^>]{0,100}-->[a-z]", markup, re.I):
+        traits.append("html:comment_in_word")
+    if re.search(r"color\s*=\s*[\"']?#?(?:fff|ffffff|white)\b", markup, re.I):
+        traits.append("html:white_text")
+    if len(shown.split(None, 20)) <= 20:
+        traits.append("html:little_text")
+
+
+def _body_traits(body: str, traits: list[str]) -> None:
+    n = len(body)
+    traits.append(f"body:len:{_bucket(n, (100, 300, 1000, 3000, 10000, 30000))}")
+    if not n:
+        return
+    head = body[:8000]
+    letters = len(_NON_LETTERS.sub("", head))
+    if letters:
+        upper = len(_NON_UPPER.sub("", head)) / letters
+        traits.append(f"body:caps:{_bucket(upper, (0.05, 0.1, 0.2, 0.4))}")
+    bangs = body.count("!")
+    traits.append(f"body:bang:{_bucket(bangs, (1, 3, 10))}")
+    dollars = body.count("$")
+    traits.append(f"body:dollar:{_bucket(dollars, (1, 3, 10))}")
+    if re.search(r"\n\s*>", body[:20000]):
+        traits.append("body:quoted")
+    non_ascii = len(_ASCII.sub("", head)) / max(1, len(head))
+    traits.append(f"body:nonascii:{_bucket(non_ascii, (0.01, 0.1, 0.3))}")
+    lines = body.count("\n") + 1
+    traits.append(f"body:linelen:{_bucket(math.log2(1 + n / lines), (4, 5, 6, 7, 8))}")
+
+
+@dataclass
+class MessageTimes:
+    """When a message was written (Date) and when it arrived (newest Received / mbox line)."""
+
+    date: datetime | None = None
+    arrival: datetime | None = None
+    anomalies: list[str] = field(default_factory=list)
+
+
+def message_times(raw: bytes) -> MessageTimes:
+    """Dates used to order a corpus in time; never raises."""
+    out = MessageTimes()
+    try:
+        head = raw[: min(body_start(raw), 65536)]
+        msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
+            head, headersonly=True
+        )
+        date = msg.get("date")
+        if date is not None:
+            out.date, out.anomalies = _date_tuple(_decode_header(date))
+        for value in msg.get_all("received", [])[:3]:
+            when = received_time(str(value))
+            if when is not None:
+                out.arrival = when
+                break
+        if out.arrival is None and raw.startswith(b"From "):
+            line = raw.split(b"\n", 1)[0].decode("latin-1")
+            parts = line.split()
+            if len(parts) >= 7:
+                when, _ = _date_tuple(" ".join(parts[2:7]) + " +0000")
+                out.arrival = when
+    except Exception:
+        pass
+    return out
+
+
+def collapse_ws(text: str) -> str:
+    return _WS.sub(" ", text).strip()

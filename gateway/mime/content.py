@@ -1,0 +1,558 @@
+"""What each attachment really is: names, true type, archives opened in memory, documents.
+
+Input is the `MimeReport` (every leaf of every reading). For each leaf and, recursively, each
+archive member: every name a client may show is checked (executable and script extensions,
+double extensions, bidi controls), the content's true type comes from libmagic (python-magic),
+and the two are compared with each other and with the declared Content-Type. Archives (zip, tar,
+gzip, bzip2, xz) are opened in memory only, with limits on depth, members, expanded bytes and
+compression ratio; documents go to `office`, `pdf` and `html`. Findings are facts; what policy
+does with them (rules/attachments.toml) is the attachments plugin's job.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import io
+import lzma
+import re
+import tarfile
+import time
+import zipfile
+import zlib
+from dataclasses import dataclass
+
+import magic
+
+from gateway.mime import html, office, pdf
+from gateway.mime.filetypes import (
+    DISK_IMAGE_EXTENSIONS,
+    EXECUTABLE_EXTENSIONS,
+    SCRIPT_EXTENSIONS,
+    FileFacts,
+)
+from gateway.mime.limits import DEFAULT_LIMITS, MimeSettings
+from gateway.mime.model import BudgetExceeded, Deadline, Leaf, MimeReport
+from gateway.mime.symbols import ATTACHMENT_SYMBOLS
+from gateway.verdict import Finding
+
+_DANGEROUS_EXTENSIONS = EXECUTABLE_EXTENSIONS | SCRIPT_EXTENSIONS | DISK_IMAGE_EXTENSIONS
+
+_EXTENSION_FAMILY: dict[str, str] = {
+    **{e: "executable" for e in EXECUTABLE_EXTENSIONS},
+    **{e: "script" for e in SCRIPT_EXTENSIONS},
+    **{e: "disk_image" for e in DISK_IMAGE_EXTENSIONS},
+    **{
+        e: "office"
+        for e in [
+            "doc",
+            "docx",
+            "docm",
+            "dot",
+            "dotx",
+            "dotm",
+            "xls",
+            "xlsx",
+            "xlsm",
+            "xlsb",
+            "xlt",
+            "xltx",
+            "xltm",
+            "xla",
+            "xlam",
+            "ppt",
+            "pptx",
+            "pptm",
+            "pps",
+            "ppsx",
+            "ppsm",
+            "pot",
+            "potx",
+            "potm",
+            "rtf",
+            "odt",
+            "ods",
+            "odp",
+            "slk",
+        ]
+    },
+    **{
+        e: "image"
+        for e in ["jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp", "ico", "heic"]
+    },
+    **{e: "archive" for e in ["zip", "tar", "gz", "tgz", "bz2", "xz", "7z", "rar"]},
+    **{e: "html" for e in ["html", "htm", "shtml", "xhtml", "svg"]},
+    **{e: "audio" for e in ["mp3", "wav", "ogg", "m4a"]},
+    **{e: "video" for e in ["mp4", "avi", "mov", "mkv", "webm"]},
+    "pdf": "pdf",
+    "txt": "text",
+}
+_MIME_FAMILY: dict[str, str] = {
+    "application/vnd.microsoft.portable-executable": "executable",
+    "application/x-dosexec": "executable",
+    "application/x-msdownload": "executable",
+    "application/x-executable": "executable",
+    "application/x-sharedlib": "executable",
+    "application/x-pie-executable": "executable",
+    "application/x-mach-binary": "executable",
+    "application/x-msi": "executable",
+    "application/x-ms-shortcut": "executable",
+    "application/java-archive": "executable",
+    "text/x-shellscript": "script",
+    "text/x-msdos-batch": "script",
+    "application/javascript": "script",
+    "text/javascript": "script",
+    "application/x-iso9660-image": "disk_image",
+    "application/x-virtualbox-vhd": "disk_image",
+    "application/x-virtualbox-vhdx": "disk_image",
+    "application/x-qemu-disk": "disk_image",
+    "application/x-apple-diskimage": "disk_image",
+    "application/zip": "archive",
+    "application/x-zip-compressed": "archive",
+    "application/x-tar": "archive",
+    "application/gzip": "archive",
+    "application/x-gzip": "archive",
+    "application/x-bzip2": "archive",
+    "application/x-xz": "archive",
+    "application/x-7z-compressed": "archive",
+    "application/x-rar": "archive",
+    "application/vnd.rar": "archive",
+    "application/x-rar-compressed": "archive",
+    "application/vnd.ms-cab-compressed": "archive",
+    "application/x-lzh-compressed": "archive",
+    "application/x-arj": "archive",
+    "application/zstd": "archive",
+    "application/pdf": "pdf",
+    "text/html": "html",
+    "image/svg+xml": "html",
+    "text/rtf": "office",
+    "application/rtf": "office",
+    "application/x-sylk": "office",
+    "application/msword": "office",
+    "application/encrypted": "office",
+    "application/x-ole-storage": "office",
+    "application/cdfv2": "office",
+}
+_OFFICE_PREFIXES = (
+    "application/vnd.openxmlformats-officedocument",
+    "application/vnd.ms-",
+    "application/vnd.oasis.opendocument",
+)
+# (name family, content family) pairs that are normal: OOXML is zip, old Word saved HTML...
+_COMPATIBLE = frozenset(
+    {
+        ("office", "archive"),
+        ("office", "html"),
+        ("office", "text"),
+        ("text", "html"),
+        ("text", "script"),
+        ("html", "text"),
+        ("archive", "office"),
+        ("executable", "archive"),  # jar, appx, msix are zips
+        ("script", "text"),
+        ("script", "html"),  # hta
+    }
+)
+_BENIGN_DECLARED = frozenset({"image", "audio", "video", "text", "pdf"})
+_DANGEROUS_CONTENT = frozenset({"executable", "disk_image", "archive", "office", "script"})
+_RISKY_FAMILIES = {
+    "ATT_EXECUTABLE": "executable",
+    "ATT_SCRIPT": "script",
+    "ATT_DISK_IMAGE": "disk_image",
+}
+_BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069\u061c]")
+_PASSWORD_HINT = re.compile(
+    r"\b(?:password|passwort|passcode|pass|pwd|pw|mot de passe|contraseña|senha|пароль|密码)\b"
+    r"\s*(?:is|ist|:|=|-)?\s*[:=]?\s*[\"'“«]?([^\s\"'”»<>]{3,32})",
+    re.I,
+)
+_MAGIC_BYTES = 1024 * 1024
+_MIN_BOMB_BYTES = 1024 * 1024
+_MAX_PASSWORDS = 8
+
+_magic = magic.Magic(mime=True)
+
+
+def _eicar() -> bytes:
+    # built from two halves so this source file is not itself a signature hit
+    return b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+EICAR = _eicar()
+
+
+def true_type(data: bytes) -> str:
+    """libmagic's MIME type of the content ("application/x-empty" for nothing)."""
+    try:
+        return str(_magic.from_buffer(data[:_MAGIC_BYTES])).lower()
+    except Exception:  # libmagic refuses some inputs; unknown is not an error
+        return "application/octet-stream"
+
+
+def family_of(mime_type: str) -> str:
+    mime_type = mime_type.lower()
+    family = _MIME_FAMILY.get(mime_type)
+    if family:
+        return family
+    if mime_type.startswith(_OFFICE_PREFIXES):
+        return "office"
+    for prefix in ("image", "audio", "video", "text"):
+        if mime_type.startswith(prefix + "/"):
+            return prefix
+    return "other"
+
+
+def extensions(name: str) -> list[str]:
+    """Extensions as Windows sees them: after a NUL the name ends; trailing dots, spaces go."""
+    name = name.split("\x00")[0].strip().rstrip(". ")
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    parts = [p.strip().lower() for p in base.split(".")[1:]]
+    return [p for p in parts if p]
+
+
+@dataclass(frozen=True)
+class ContentReport:
+    findings: tuple[Finding, ...]
+    files: tuple[FileFacts, ...]
+    complete: bool
+    elapsed: float
+
+    def symbols(self) -> set[str]:
+        return {f.symbol for f in self.findings}
+
+
+class _Scanner:
+    def __init__(self, report: MimeReport, limits: MimeSettings) -> None:
+        self.report = report
+        self.limits = limits
+        self.deadline = Deadline(limits.scan_time_budget, "ATT_LIMIT_TIME")
+        self.details: dict[str, list[str]] = {}
+        self.files: list[FileFacts] = []
+        self.members = 0
+        self.expanded = 0
+        self._passwords: list[str] | None = None
+        self.seen: set[bytes] = set()
+
+    def add(self, symbol: str, detail: str = "") -> None:
+        assert symbol in ATTACHMENT_SYMBOLS, symbol
+        details = self.details.setdefault(symbol, [])
+        if detail and detail not in details and len(details) < 5:
+            details.append(detail[:120])
+
+    def findings(self) -> tuple[Finding, ...]:
+        return tuple(
+            Finding(symbol, detail="; ".join(details)[:300])
+            for symbol, details in self.details.items()
+        )
+
+    @property
+    def passwords(self) -> list[str]:
+        if self._passwords is None:
+            text = self.report.body_text(256 * 1024)
+            text = re.sub(r"<[^>]{0,500}>", " ", text)
+            found: list[str] = []
+            for match in _PASSWORD_HINT.finditer(text):
+                word = match.group(1).strip(".,;:!?)")
+                if word and word not in found:
+                    found.append(word)
+                if len(found) >= _MAX_PASSWORDS:
+                    break
+            self._passwords = found
+        return self._passwords
+
+    # -- names -----------------------------------------------------------------------------
+
+    def check_names(self, names: tuple[str, ...], where: str) -> None:
+        for name in names:
+            if _BIDI.search(name):
+                self.add("ATT_RTLO", f"{where}: {name.encode('unicode_escape').decode()[:80]}")
+            exts = extensions(_BIDI.sub("", name))
+            if len(exts) >= 2 and exts[-1] in _DANGEROUS_EXTENSIONS and len(exts[-2]) <= 5:
+                self.add("ATT_DOUBLE_EXTENSION", f"{where}: {name[:80]}")
+            if "\x00" in name:
+                self.add("ATT_NAME_AMBIGUOUS", f"{where}: NUL in name")
+        distinct = {n.replace("\\", "/").rsplit("/", 1)[-1].strip().lower() for n in names}
+        if len(distinct) > 1:
+            self.add("ATT_NAME_AMBIGUOUS", f"{where}: {' | '.join(sorted(distinct))[:100]}")
+
+    # -- files -----------------------------------------------------------------------------
+
+    def scan_leaf(self, leaf: Leaf) -> None:
+        where = leaf.path if leaf.reading == 0 else f"{leaf.path} (2nd reading)"
+        if leaf.names:
+            self.check_names(leaf.names, where)
+        if leaf.kind == "raw":
+            return  # the unparsed message: nothing a client shows as a file (clamd scans it)
+        declared = leaf.content_type if leaf.kind in ("part", "body") else None
+        self.scan_file(leaf.data, leaf.name, declared, where, 0, leaf.is_attachment, leaf.names[1:])
+
+    def name_checks(self, name: str, label: str) -> str:
+        """Symbols a name alone deserves; returns its last extension as Windows reads it."""
+        exts = extensions(_BIDI.sub("", name))
+        ext = exts[-1] if exts else ""
+        for symbol, ext_set in (
+            ("ATT_EXECUTABLE", EXECUTABLE_EXTENSIONS),
+            ("ATT_SCRIPT", SCRIPT_EXTENSIONS),
+            ("ATT_DISK_IMAGE", DISK_IMAGE_EXTENSIONS),
+        ):
+            if ext in ext_set:
+                self.add(symbol, label)
+        return ext
+
+    def scan_file(
+        self,
+        data: bytes,
+        name: str | None,
+        declared: str | None,
+        where: str,
+        depth: int,
+        is_file: bool,
+        aliases: tuple[str, ...] = (),
+    ) -> None:
+        self.deadline.check()
+        digest = hashlib.sha256(data).digest() + (name or "").encode("utf-8", "replace")
+        if digest in self.seen:
+            return
+        self.seen.add(digest)
+        label = f"{where} {name}" if name else where
+        if data[:68] == EICAR and not data[68:128].strip(b" \t\r\n\x1a"):
+            self.add("ATT_EICAR_TEST", label)
+        mime_type = true_type(data)
+        family = family_of(mime_type)
+        exts = extensions(_BIDI.sub("", name)) if name else []
+        ext = exts[-1] if exts else ""
+        name_family = _EXTENSION_FAMILY.get(ext)
+        for symbol, fam in _RISKY_FAMILIES.items():
+            if family == fam and (is_file or depth > 0 or fam != "script"):
+                self.add(symbol, f"{label} ({mime_type})")
+        all_exts = {ext} | {self.name_checks(other, f"{where} {other}") for other in aliases}
+        if name:
+            self.name_checks(name, label)
+        if (
+            name_family
+            and family in _DANGEROUS_CONTENT | {"pdf", "html"}
+            and name_family != family
+            and (name_family, family) not in _COMPATIBLE
+        ):
+            self.add("ATT_NAME_MISMATCH", f"{label}: .{ext} is {mime_type}")
+        declared_family = family_of(declared) if declared else ""
+        if (
+            declared_family in _BENIGN_DECLARED
+            and family in _DANGEROUS_CONTENT
+            and (declared_family, family) not in _COMPATIBLE
+        ):
+            self.add("ATT_CTYPE_MISMATCH", f"{label}: declared {declared}, is {mime_type}")
+        encrypted = macros = False
+        if family == "archive" or (family == "executable" and data[:2] == b"PK"):
+            encrypted = self.archive(data, mime_type, name, where, depth)
+        elif (
+            family == "office"
+            or office.is_office(data)
+            or (family in ("text", "other") and office.is_office_text(data, ext))
+        ):
+            result = office.inspect(data, name or "document")
+            for symbol, detail in result.findings:
+                self.add(symbol, f"{label}: {detail}" if detail != name else label)
+            encrypted, macros = result.encrypted, result.macros
+        elif family == "pdf":
+            for symbol in pdf.inspect(data):
+                self.add(symbol, label)
+        if family == "html" or (declared == "text/html" and family == "text"):
+            for symbol, detail in html.inspect(data).items():
+                self.add(symbol, f"{label}: {detail}")
+        if is_file or depth > 0:
+            self.files.append(
+                FileFacts(
+                    origin=where,
+                    name=name,
+                    extension=ext,
+                    family=family,
+                    mime_type=mime_type,
+                    size=len(data),
+                    archive_depth=depth,
+                    encrypted=encrypted,
+                    macros=macros,
+                    extensions=tuple(sorted(all_exts - {""})),
+                )
+            )
+
+    # -- archives --------------------------------------------------------------------------
+
+    def archive(
+        self, data: bytes, mime_type: str, name: str | None, where: str, depth: int
+    ) -> bool:
+        """Open an archive and scan its members; True if some member stayed locked."""
+        label = f"{where} {name}" if name else where
+        if depth >= self.limits.max_archive_depth:
+            self.add(
+                "ARCHIVE_TOO_DEEP", f"{label}: more than {self.limits.max_archive_depth} levels"
+            )
+            return False
+        inner = f"{where}/{name}" if name else where
+        try:
+            if data[:4] == b"PK\x03\x04" or mime_type in ("application/zip",):
+                return self.zip(data, label, inner, depth)
+            elif mime_type == "application/x-tar":
+                self.tar(data, label, inner, depth)
+            elif mime_type in ("application/gzip", "application/x-gzip"):
+                self.compressed(data, "gzip", name, inner, depth)
+            elif mime_type == "application/x-bzip2":
+                self.compressed(data, "bzip2", name, inner, depth)
+            elif mime_type == "application/x-xz":
+                self.compressed(data, "xz", name, inner, depth)
+            else:
+                self.add("ARCHIVE_UNSUPPORTED", f"{label} ({mime_type})")
+        except BudgetExceeded:
+            raise
+        except Exception as exc:  # a malformed archive is a finding, never a crash
+            self.add("ARCHIVE_CORRUPT", f"{label}: {type(exc).__name__}")
+        return False
+
+    def _member_budget(self, label: str) -> None:
+        self.members += 1
+        if self.members > self.limits.max_archive_members:
+            raise BudgetExceeded("ARCHIVE_TOO_MANY_MEMBERS", f"{label}: more than budget")
+
+    def _read_limit(self, compressed: int) -> int:
+        ratio_cap = max(_MIN_BOMB_BYTES, compressed * self.limits.max_archive_ratio)
+        remaining = self.limits.max_archive_bytes - self.expanded
+        return max(0, min(self.limits.max_member_bytes, ratio_cap, remaining))
+
+    def _expanded(self, size: int, limit: int, label: str) -> bool:
+        """Account expanded bytes; False (and ARC_BOMB) when a member went past its limit."""
+        self.expanded += min(size, limit)
+        if size > limit:
+            self.add("ARCHIVE_BOMB", f"{label}: expands past {limit} bytes")
+            return False
+        return True
+
+    def _path_checks(self, member: str, label: str) -> None:
+        path = member.replace("\\", "/")
+        parts = path.split("/")
+        if path.startswith("/") or re.match(r"^[A-Za-z]:", path) or ".." in parts:
+            self.add("ARCHIVE_PATH_TRAVERSAL", f"{label}: {member[:80]}")
+
+    def zip(self, data: bytes, label: str, inner: str, depth: int) -> bool:
+        locked = False
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for info in archive.infolist():
+                self.deadline.check()
+                self._member_budget(label)
+                self._path_checks(info.filename, label)
+                mode = (info.external_attr >> 16) & 0o170000
+                if info.create_system == 3 and mode == 0o120000:
+                    self.add("ARCHIVE_SYMLINK", f"{label}: {info.filename[:80]}")
+                    continue
+                if info.is_dir():
+                    continue
+                self.check_names((info.filename,), label)
+                limit = self._read_limit(info.compress_size)
+                if info.file_size > limit:
+                    self.add(
+                        "ARCHIVE_BOMB", f"{label}: {info.filename[:60]} declares {info.file_size}"
+                    )
+                    continue
+                content = self._zip_read(archive, info, label, limit)
+                if content is None:
+                    locked = True
+                    continue
+                if not self._expanded(len(content), limit, f"{label}: {info.filename[:60]}"):
+                    continue
+                self.scan_file(content, info.filename, None, inner, depth + 1, True)
+        return locked
+
+    def _zip_read(
+        self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, label: str, limit: int
+    ) -> bytes | None:
+        if not info.flag_bits & 0x1:
+            with archive.open(info) as member:
+                return member.read(limit + 1)
+        self.add("ARCHIVE_ENCRYPTED", f"{label}: {info.filename[:80]}")
+        for password in self.passwords:
+            try:
+                with archive.open(info, pwd=password.encode("utf-8")) as member:
+                    content = member.read(limit + 1)
+                if len(content) <= limit and zlib.crc32(content) != info.CRC:
+                    continue
+            except (RuntimeError, zipfile.BadZipFile, zlib.error, NotImplementedError, ValueError):
+                continue
+            self.add("ARCHIVE_PASSWORD_IN_BODY", f"{label}: opened with a password from the text")
+            return content
+        if self.passwords:
+            self.add("ARCHIVE_PASSWORD_IN_BODY", f"{label}: the text offers a password")
+        return None
+
+    def tar(self, data: bytes, label: str, inner: str, depth: int) -> None:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+            for info in archive:
+                self.deadline.check()
+                self._member_budget(label)
+                self._path_checks(info.name, label)
+                if info.issym() or info.islnk():
+                    self.add("ARCHIVE_SYMLINK", f"{label}: {info.name[:80]}")
+                    continue
+                if not info.isfile():
+                    continue
+                self.check_names((info.name,), label)
+                limit = self._read_limit(len(data))
+                handle = archive.extractfile(info)
+                if handle is None:
+                    continue
+                content = handle.read(limit + 1)
+                if self._expanded(len(content), limit, f"{label}: {info.name[:60]}"):
+                    self.scan_file(content, info.name, None, inner, depth + 1, True)
+
+    def compressed(self, data: bytes, kind: str, name: str | None, inner: str, depth: int) -> None:
+        label = f"{inner} ({kind})"
+        self._member_budget(label)
+        limit = self._read_limit(len(data))
+        out = bytearray()
+        rest = data
+        while rest and len(out) <= limit:
+            self.deadline.check()
+            want = limit + 1 - len(out)
+            if kind == "gzip":
+                gz = zlib.decompressobj(wbits=47)
+                out += gz.decompress(rest, want)
+                rest = gz.unused_data if not gz.unconsumed_tail else b""
+            elif kind == "bzip2":
+                bzd = bz2.BZ2Decompressor()
+                out += bzd.decompress(rest, want)
+                rest = bzd.unused_data if bzd.eof else b""
+            else:
+                xzd = lzma.LZMADecompressor()
+                out += xzd.decompress(rest, want)
+                rest = xzd.unused_data if xzd.eof else b""
+            rest = rest.lstrip(b"\x00")
+        if not self._expanded(len(out), limit, label):
+            return
+        inner_name = None
+        if name:
+            lower = name.lower()
+            for suffix, replacement in ((".tgz", ".tar"), (".gz", ""), (".bz2", ""), (".xz", "")):
+                if lower.endswith(suffix):
+                    inner_name = name[: len(name) - len(suffix)] + replacement
+                    break
+        self.scan_file(bytes(out), inner_name, None, inner, depth + 1, True)
+
+
+def scan(report: MimeReport, limits: MimeSettings = DEFAULT_LIMITS) -> ContentReport:
+    """The content scan of every leaf of `report`; never raises, stops at its budgets."""
+    started = time.monotonic()
+    scanner = _Scanner(report, limits)
+    complete = True
+    try:
+        for leaf in report.leaves:
+            scanner.scan_leaf(leaf)
+    except BudgetExceeded as exc:
+        complete = False
+        scanner.add(exc.symbol, exc.detail)
+    except Exception as exc:  # a bug on hostile input must not pass the message unscanned
+        complete = False
+        scanner.add("ATT_UNSCANNABLE", f"scan failed: {type(exc).__name__}")
+    return ContentReport(
+        findings=scanner.findings(),
+        files=tuple(scanner.files),
+        complete=complete,
+        elapsed=time.monotonic() - started,
+    )

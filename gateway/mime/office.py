@@ -1,0 +1,262 @@
+"""Office documents in memory: VBA and Excel 4 macros, DDE, embedded OLE, links, encryption.
+
+oletools does the format work (olevba, msodde, oleobj; msoffcrypto for encryption) on bytes: no
+document is written to disk. Documents encrypted with Excel's well-known default password
+("VelvetSweatshop", which opens without a prompt) are decrypted in memory and inspected too.
+oletools is imported with its import-time deprecation warnings silenced; its loggers stay quiet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import msoffcrypto
+    import olefile
+    from oletools import msodde, oleobj, olevba, rtfobj
+
+for _name in ("olevba", "msodde", "oleobj", "ooxml", "xls_parser", "rtfobj", "crypto", "olefile"):
+    logging.getLogger(_name).setLevel(logging.CRITICAL + 1)
+
+_EXCEL_DEFAULT_PASSWORD = "VelvetSweatshop"
+_VBA_TYPES = frozenset({"OLE", "OpenXML", "Word2003_XML", "FlatOPC_XML", "MHTML", "SLK", "PPT"})
+_DDE_FIELD = re.compile(r"DDE(?:AUTO)?\b", re.I)
+_XML_OBJECT = re.compile(rb"<o:OLEObject\b|/embeddings/|<w:binData\b[^>]*\.bin", re.I)
+_DDE_FORMULA = re.compile(rb"""(?:^|[\s,;"'>=])[=+\-@]\s*[\w.]+\s*\|\s*['"]""", re.M)
+_XML_DDE = re.compile(
+    rb"""instrText[^>]*>\s*(?:&quot;|")?\s*DDE(?:AUTO)?\b|instr=["']\s*DDE(?:AUTO)?\b|ddeLink""",
+    re.I,
+)
+_REL = re.compile(rb"<Relationship\b[^>]*>", re.I)
+_REL_TYPE = re.compile(rb"""Type=["'][^"']*/([A-Za-z]+)["']""")
+_EXTERNAL_TYPES = frozenset(
+    {"attachedTemplate", "oleObject", "frame", "subDocument", "externalLinkPath", "package"}
+)
+_MAX_TEXT_SCAN = 8 * 1024 * 1024
+_MAX_RTF_PARSE = 1024 * 1024
+_RTF_DDE = re.compile(rb"(?<!\\)\\fldinst[^}]{0,200}?DDE(?:AUTO)?\b", re.I)
+_RTF_OBJECT = re.compile(rb"(?<!\\)\\obj(?:data|emb|link|autlink|ocx)\b", re.I)
+
+
+@dataclass
+class OfficeResult:
+    findings: list[tuple[str, str]] = field(default_factory=list)
+    encrypted: bool = False
+    macros: bool = False
+
+    def add(self, symbol: str, detail: str) -> None:
+        if (symbol, detail) not in self.findings:
+            self.findings.append((symbol, detail))
+
+
+def is_office(data: bytes) -> bool:
+    return _is_ole(data) or data.startswith((b"{\\rt", b"ID;P")) or _is_ooxml(data)
+
+
+_OFFICE_TEXT_EXTENSIONS = frozenset({"csv", "xml", "slk", "iqy", "dif", "mht", "mhtml"})
+_OFFICE_XML = re.compile(
+    rb"<\?mso-application|schemas-microsoft-com:office|schemas\.microsoft\.com/office", re.I
+)
+
+
+def is_office_text(data: bytes, extension: str) -> bool:
+    """Text formats Office opens (CSV, SYLK, Office XML, MHT): they carry DDE and macros too."""
+    return extension in _OFFICE_TEXT_EXTENSIONS or bool(_OFFICE_XML.search(data[:65536]))
+
+
+def _is_ole(data: bytes) -> bool:
+    # olefile.isOleFile treats short bytes as a file name: never hand it bytes
+    return len(data) >= 1536 and data.startswith(olefile.MAGIC)
+
+
+def _is_ooxml(data: bytes) -> bool:
+    if not data.startswith(b"PK"):
+        return False
+    head = data[:65536]
+    return b"[Content_Types].xml" in head or b"mimetypeapplication/vnd.oasis" in head
+
+
+def inspect(data: bytes, name: str, depth: int = 0) -> OfficeResult:
+    """Everything oletools can tell about one document; exceptions mean 'cannot tell'."""
+    result = OfficeResult()
+    _inspect(data, name, result, depth)
+    return result
+
+
+def _inspect(data: bytes, name: str, result: OfficeResult, depth: int) -> None:
+    decrypted = _encryption(data, name, result)
+    if decrypted is not None and depth == 0:
+        _inspect(decrypted, name, result, depth + 1)
+        return
+    if result.encrypted:
+        return
+    _macros(data, name, result)
+    _dde(data, result)
+    _embedded(data, name, result)
+
+
+def _encryption(data: bytes, name: str, result: OfficeResult) -> bytes | None:
+    if not (_is_ole(data) or _is_ooxml(data)):
+        return None
+    try:
+        office = msoffcrypto.OfficeFile(io.BytesIO(data))
+        encrypted = bool(office.is_encrypted())
+    except Exception:
+        return None
+    if not encrypted:
+        return None
+    result.encrypted = True
+    result.add("DOC_ENCRYPTED", name)
+    try:
+        office.load_key(password=_EXCEL_DEFAULT_PASSWORD)
+        out = io.BytesIO()
+        office.decrypt(out)
+    except Exception:
+        return None
+    result.encrypted = False  # opens without a password: the content is inspected
+    return out.getvalue()
+
+
+def _macros(data: bytes, name: str, result: OfficeResult) -> None:
+    parser: Any = None
+    try:
+        parser = olevba.VBA_Parser(name or "attachment", data=data, relaxed=True)
+        if parser.type not in _VBA_TYPES:
+            return
+        if parser.detect_vba_macros():
+            result.macros = True
+            result.add("DOC_VBA_MACRO", name)
+            for kind, keyword, _description in parser.analyze_macros() or []:
+                if kind == "AutoExec":
+                    result.add("DOC_VBA_AUTOEXEC", f"{name}: {keyword}"[:120])
+                    break
+        if parser.detect_xlm_macros():
+            result.macros = True
+            result.add("DOC_XLM_MACRO", name)
+    except Exception:
+        pass
+    finally:
+        if parser is not None:
+            with contextlib.suppress(Exception):
+                parser.close()
+    names = _zip_names(data)
+    if any(n.lower().startswith("xl/macrosheets/") for n in names):
+        result.macros = True
+        result.add("DOC_XLM_MACRO", name)
+
+
+def _zip_names(data: bytes) -> list[str]:
+    if not _is_ooxml(data):
+        return []
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return archive.namelist()[:10000]
+    except Exception:
+        return []
+
+
+def _zip_texts(data: bytes, pattern: str) -> Iterator[tuple[str, bytes]]:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            budget = _MAX_TEXT_SCAN
+            for info in archive.infolist()[:10000]:
+                if budget <= 0:
+                    return
+                if re.search(pattern, info.filename, re.I) and info.file_size <= budget:
+                    with archive.open(info) as member:
+                        text = member.read(budget)
+                    budget -= len(text)
+                    yield info.filename, text
+    except Exception:
+        return
+
+
+def _dde(data: bytes, result: OfficeResult) -> None:
+    text = ""
+    excel = False
+    try:
+        if _is_ole(data):
+            with olefile.OleFileIO(data) as ole:
+                text = msodde.process_doc(ole)
+            if not text:
+                text, excel = msodde.process_xls(data), True
+        elif data.startswith(b"{\\rt"):
+            if len(data) > _MAX_RTF_PARSE:  # oletools' RTF parser is pure Python: ~1 s/MiB
+                if _RTF_DDE.search(data):
+                    result.add("DOC_DDE", "RTF field")
+                return
+            text = msodde.process_rtf(io.BytesIO(data))
+        elif _is_ooxml(data):
+            for _name, xml in _zip_texts(data, r"\.xml$"):
+                if _XML_DDE.search(xml):
+                    result.add("DOC_DDE", _name)
+                    return
+            text, excel = msodde.process_xlsx(io.BytesIO(data)), True
+        else:
+            head = data[:_MAX_TEXT_SCAN]
+            if _XML_DDE.search(head) or _DDE_FORMULA.search(head):
+                result.add("DOC_DDE", "field or formula")
+            return
+    except Exception:
+        return
+    cleaned = text.replace("\x00", "") if isinstance(text, str) else ""
+    for line in cleaned.splitlines():
+        # Word fields: only DDE and DDEAUTO run commands; Excel SupBook links are DDE/OLE links
+        if _DDE_FIELD.match(line.strip()) or (excel and line.strip()):
+            result.add("DOC_DDE", line.strip()[:100])
+            return
+
+
+def _embedded(data: bytes, name: str, result: OfficeResult) -> None:
+    try:
+        if _is_ole(data):
+            with olefile.OleFileIO(data) as ole:
+                for path in ole.listdir(streams=True, storages=True):
+                    if path[-1] == "\x01Ole10Native" or (path[0] == "ObjectPool" and len(path) > 1):
+                        result.add("DOC_OLE_EMBEDDED", "/".join(path[:2]).strip("\x01"))
+                        return
+            found = sum(
+                1
+                for ole in oleobj.find_ole(name or "doc", data)
+                if ole is not None and not ole.exists("PROJECT") and not ole.exists("VBA")
+            )
+            if found > 1:
+                result.add("DOC_OLE_EMBEDDED", "PowerPoint object")
+            return
+        if data.startswith(b"{\\rt"):
+            if len(data) > _MAX_RTF_PARSE:
+                if _RTF_OBJECT.search(data):
+                    result.add("DOC_OLE_EMBEDDED", "RTF object")
+                return
+            parser = rtfobj.RtfObjParser(data)
+            parser.parse()
+            if parser.objects:
+                result.add("DOC_OLE_EMBEDDED", f"{len(parser.objects)} RTF objects")
+            return
+        if not _is_ooxml(data):
+            if _XML_OBJECT.search(data[:_MAX_TEXT_SCAN]):
+                result.add("DOC_OLE_EMBEDDED", "object in Office XML")
+            return
+        names = _zip_names(data)
+        for member in names:
+            lower = member.lower()
+            if "/embeddings/" in lower or (lower.startswith("object ") and "/" not in lower):
+                result.add("DOC_OLE_EMBEDDED", member[:100])
+                break
+        for _name, xml in _zip_texts(data, r"\.rels$"):
+            for rel in _REL.findall(xml):
+                kind = _REL_TYPE.search(rel)
+                if b"External" in rel and kind and kind.group(1).decode() in _EXTERNAL_TYPES:
+                    result.add("DOC_EXTERNAL_LINK", kind.group(1).decode())
+                    return
+    except Exception:
+        return

@@ -1,0 +1,161 @@
+"""DMARC (RFC 7489) at DATA: does the author's domain (the From a reader sees) authenticate?
+
+The author is read by gateway.rfc5322 (every From a reader might see; several or malformed ones
+are findings of their own, and then every domain is evaluated and the strictest outcome counts);
+the evaluation is gateway.dmarccheck, with SPF from `ctx.spf`, DKIM from `ctx.dkim` and ARC from
+`ctx.arc`, so put "spf", "dkim" and "arc" before "dmarc" in plugins.order. (Without the dkim
+plugin, DMARC verifies the signatures itself, without their findings; without spf, SPF gives no
+alignment.)
+
+Symbols: DMARC_PASS; a failure is DMARC_REJECT, DMARC_QUARANTINE or DMARC_NONE_POLICY after the
+record's p/sp and pct; DMARC_NO_RECORD, DMARC_TEMPERROR, DMARC_PERMERROR; DMARC_ARC_OVERRIDE when
+a trusted sealer's valid ARC chain vouches for a failing message (then no policy symbol is
+emitted, so the forced action does not apply). rules/actions.toml forces DMARC_REJECT to a 550,
+DMARC_QUARANTINE to quarantine and DMARC_TEMPERROR to a 4xx; admins soften them there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+from gateway.arccheck import ArcVerdict
+from gateway.dkimcheck import DkimVerifier
+from gateway.dmarccheck import (
+    DmarcEvaluator,
+    DmarcPolicy,
+    DmarcResult,
+    DmarcVerdict,
+    DomainEvaluation,
+    arc_vouches,
+    organizational_domain,
+)
+from gateway.plugin import MessageContext, Phase, Services
+from gateway.rfc5322 import author_info
+from gateway.text import printable
+from gateway.verdict import Finding
+
+_FROM_SYMBOLS = {
+    "multiple": "DMARC_FROM_MULTIPLE",
+    "multiple_addresses": "DMARC_FROM_MULTIPLE_ADDRESSES",
+    "group": "DMARC_FROM_GROUP",
+    "malformed": "DMARC_FROM_MALFORMED",
+}
+_FAIL_SYMBOLS = {
+    DmarcPolicy.REJECT: "DMARC_REJECT",
+    DmarcPolicy.QUARANTINE: "DMARC_QUARANTINE",
+    DmarcPolicy.NONE: "DMARC_NONE_POLICY",
+}
+
+
+class DmarcCheck:
+    name: ClassVar[str] = "dmarc"
+    phases: ClassVar[frozenset[Phase]] = frozenset({Phase.DATA})
+    symbols: ClassVar[Mapping[str, str]] = {
+        "DMARC_PASS": "the author domain authenticated (aligned SPF or DKIM pass)",
+        "DMARC_REJECT": "DMARC failed and the domain's policy is reject",
+        "DMARC_QUARANTINE": "DMARC failed; policy quarantine (or reject lowered by pct)",
+        "DMARC_NONE_POLICY": "DMARC failed; the domain's policy is none (monitoring only)",
+        "DMARC_NO_RECORD": "the author domain publishes no DMARC record",
+        "DMARC_TEMPERROR": "DMARC could not be decided: DNS timeout or SERVFAIL",
+        "DMARC_PERMERROR": "the author domain's DMARC record is unusable",
+        "DMARC_BAD_FROM": "no usable From address or domain: DMARC cannot be applied",
+        "DMARC_FROM_MULTIPLE": "more than one From field (every domain evaluated, strictest wins)",
+        "DMARC_FROM_MULTIPLE_ADDRESSES": "several addresses in From (strictest domain wins)",
+        "DMARC_FROM_GROUP": "RFC 6854 group syntax in From (CERT/CC VU#517845)",
+        "DMARC_FROM_MALFORMED": "From is not well formed (name, route, stray text, hidden address)",
+        "DMARC_FROM_DISPLAY_ADDRESS": "the From display name shows an address of another domain",
+        "DMARC_AUTH_UNALIGNED": "SPF or DKIM passed, but only for a domain unrelated to From",
+        "DMARC_ARC_OVERRIDE": "DMARC failed, but a trusted ARC sealer vouches (forwarded mail)",
+    }
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        lifetime = services.settings.plugins.timeout_for(self.name) * 0.9
+        self.evaluator = DmarcEvaluator(services.resolver, lifetime=lifetime)
+        self._dkim = DkimVerifier(services.resolver, lifetime=lifetime)
+
+    async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
+        author = author_info(ctx.raw)
+        dkim = ctx.dkim if ctx.dkim is not None else await self._dkim.verify(ctx.raw)
+        result = await self.evaluator.evaluate(author, ctx.spf, dkim)
+        trusted = ctx.rules.auth.trusts_sealer
+        arc_pending = (
+            ctx.arc is not None
+            and ctx.arc.verdict is ArcVerdict.TEMPERROR
+            and ctx.arc.newest is not None
+            and trusted(ctx.arc.newest.seal_domain)
+        )
+        evaluations = tuple(
+            _override(ev, arc_vouches(ctx.arc, trusted, ev.domain), arc_pending)
+            for ev in result.evaluations
+        )
+        result = DmarcResult(author, evaluations)
+        ctx.dmarc = result
+        return dmarc_findings(result)
+
+
+def _override(ev: DomainEvaluation, sealer: str, arc_pending: bool) -> DomainEvaluation:
+    """A failure a trusted sealer vouches for is overridden; a reject or quarantine whose trusted
+    ARC chain could not be checked (key lookup timed out) is a temperror: the retry decides."""
+    if ev.verdict is not DmarcVerdict.FAIL:
+        return ev
+    if sealer:
+        return dataclasses.replace(ev, arc_override=sealer)
+    if arc_pending and ev.applied is not DmarcPolicy.NONE:
+        reason = "the trusted ARC chain could not be checked (temporary DNS error)"
+        return dataclasses.replace(ev, verdict=DmarcVerdict.TEMPERROR, reason=reason)
+    return ev
+
+
+def dmarc_findings(result: DmarcResult) -> list[Finding]:
+    author = result.author
+    found: list[Finding] = []
+    problems = author.problems
+    if "missing" in problems or "no_address" in problems:
+        found.append(
+            Finding("DMARC_BAD_FROM", detail=problems.get("missing") or problems["no_address"])
+        )
+    for kind, symbol in _FROM_SYMBOLS.items():
+        if kind in problems:
+            found.append(Finding(symbol, detail=printable(problems[kind], 120)))
+    for shown, actual in author.display_addresses:
+        shown_domain = shown.rpartition("@")[2].rstrip(".").lower()
+        if organizational_domain(shown_domain) != organizational_domain(actual):
+            found.append(
+                Finding(
+                    "DMARC_FROM_DISPLAY_ADDRESS",
+                    detail=printable(f"{shown} shown, {actual} sent", 160),
+                )
+            )
+            break
+    for ev in result.evaluations:
+        found.append(_evaluation_finding(ev))
+    if any(ev.unaligned_auth for ev in result.evaluations):
+        found.append(Finding("DMARC_AUTH_UNALIGNED"))
+    return found
+
+
+def _evaluation_finding(ev: DomainEvaluation) -> Finding:
+    detail = ev.domain
+    if ev.reason:
+        detail += f": {ev.reason}"
+    if ev.verdict is DmarcVerdict.FAIL:
+        if ev.arc_override:
+            return Finding(
+                "DMARC_ARC_OVERRIDE",
+                detail=printable(f"{detail} (sealed by {ev.arc_override})", 200),
+            )
+        policy = ev.applied or DmarcPolicy.NONE
+        if ev.sampled_out and ev.policy is not None:
+            detail += f" (pct={ev.record.pct if ev.record else 100}: {ev.policy.value} lowered)"
+        return Finding(_FAIL_SYMBOLS[policy], detail=printable(detail, 200))
+    symbol = {
+        DmarcVerdict.PASS: "DMARC_PASS",
+        DmarcVerdict.NONE: "DMARC_NO_RECORD",
+        DmarcVerdict.TEMPERROR: "DMARC_TEMPERROR",
+        DmarcVerdict.PERMERROR: "DMARC_PERMERROR",
+        DmarcVerdict.BAD_DOMAIN: "DMARC_BAD_FROM",
+    }[ev.verdict]
+    return Finding(symbol, detail=printable(detail, 200))

@@ -1,0 +1,45 @@
+"""MIME structure at end of DATA: the message parsed once, defects and ambiguities as symbols.
+
+The parse (gateway.mime.parse) runs in a worker thread with its own time budget, so a large or
+hostile message does not stall the event loop; its result is kept on `ctx.mime` for the
+attachments and clamav plugins, whichever of them runs first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+from gateway.mime.model import MimeReport
+from gateway.mime.parse import analyze
+from gateway.mime.symbols import MIME_SYMBOLS
+from gateway.plugin import MessageContext, Phase, Services
+from gateway.verdict import Finding
+
+# Below this size the walk takes well under a millisecond: a thread hop would cost more.
+_INLINE_BYTES = 32 * 1024
+
+
+async def mime_report(ctx: MessageContext) -> MimeReport:
+    """The one parse of this message, made on first use and shared through `ctx.mime`."""
+    if ctx.mime is None:
+        limits = ctx.settings.mime
+        if len(ctx.raw) <= _INLINE_BYTES:
+            ctx.mime = analyze(ctx.raw, limits)
+        else:
+            ctx.mime = await asyncio.to_thread(analyze, ctx.raw, limits)
+    return ctx.mime
+
+
+class MimeStructure:
+    name: ClassVar[str] = "mime"
+    phases: ClassVar[frozenset[Phase]] = frozenset({Phase.DATA})
+    symbols: ClassVar[Mapping[str, str]] = MIME_SYMBOLS
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
+        report = await mime_report(ctx)
+        return list(report.findings)

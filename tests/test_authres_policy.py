@@ -1,0 +1,96 @@
+"""rules/auth.toml (trusted ARC sealers) and the shipped policy for the authentication plugins."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from auth_helpers import AUTH_ORDER
+from harness import REPO
+
+from gateway.authpolicy import AuthPolicy
+from gateway.config import PluginSettings, load_settings
+from gateway.plugins import builtin_registry
+from gateway.policy import load_rules
+from gateway.tomlfile import ConfigErrors
+from gateway.verdict import Action
+
+
+def rules_with_auth(tmp_path: Path, body: str) -> Path:
+    rules = tmp_path / "rules"
+    if not rules.exists():
+        shutil.copytree(REPO / "rules", rules)
+    (rules / "auth.toml").write_text(body, encoding="utf-8")
+    return rules
+
+
+def test_shipped_rules_score_every_auth_symbol() -> None:
+    assert builtin_registry().check_policy(AUTH_ORDER, load_rules(REPO / "rules")) == []
+
+
+def test_auth_plugins_are_not_in_the_default_order() -> None:
+    """Without a resolver configured, every DKIM/DMARC lookup would temperror (and defer)."""
+    for order in (
+        PluginSettings().order,
+        load_settings(REPO / "config/gateway.toml").plugins.order,
+    ):
+        assert not {"dkim", "arc", "dmarc"} & set(order)
+
+
+def test_default_policy_honours_dmarc_and_defers_dns_failures() -> None:
+    rules = load_rules(REPO / "rules")
+    reject = rules.forced["DMARC_REJECT"]
+    assert reject.action is Action.REJECT and reject.reply is not None
+    assert (reject.reply.code, reject.reply.status) == (550, "5.7.1")
+    assert rules.forced["DMARC_QUARANTINE"].action is Action.QUARANTINE
+    for symbol in ("DMARC_TEMPERROR", "DKIM_TEMPERROR", "ARC_TEMPERROR", "DKIM_ERROR"):
+        assert rules.forced[symbol].action is Action.TEMPFAIL
+    assert "DMARC_ARC_OVERRIDE" not in rules.forced
+    assert rules.auth == AuthPolicy()
+
+
+def test_rules_without_auth_toml_still_load(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", rules)
+    (rules / "auth.toml").unlink()
+    assert load_rules(rules).auth == AuthPolicy()
+
+
+def test_trusted_sealers(tmp_path: Path) -> None:
+    body = '[arc]\ntrusted_sealers = ["lists.example.org", ".Forward.Example."]\n'
+    policy = load_rules(rules_with_auth(tmp_path, body)).auth
+    assert policy.trusted_sealers == ("lists.example.org", ".forward.example")
+    assert policy.trusts_sealer("LISTS.example.org.")
+    assert not policy.trusts_sealer("evil.lists.example.org")
+    assert policy.trusts_sealer("forward.example") and policy.trusts_sealer("a.b.forward.example")
+    assert not policy.trusts_sealer("notforward.example")
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "problem"),
+    [
+        ('trusted_sealers = ["not a domain"]', "arc.trusted_sealers", "is not a domain name"),
+        ('trusted_sealers = ["localhost"]', "arc.trusted_sealers", "is not a domain name"),
+        ("trusted_sealers = [1]", "arc.trusted_sealers", "must be a list of domain names"),
+        ('trusted_sealers = "lists.example.org"', "arc.trusted_sealers", "must be a list"),
+        ("trusted = []", "arc.trusted", "unknown key"),
+    ],
+)
+def test_auth_policy_errors_name_file_key_and_line(
+    tmp_path: Path, line: str, key: str, problem: str
+) -> None:
+    rules = rules_with_auth(tmp_path, f"# policy\n[arc]\n{line}\n")
+    with pytest.raises(ConfigErrors) as caught:
+        load_rules(rules)
+    [error] = caught.value.errors
+    assert (error.path, error.key, error.line) == (str(rules / "auth.toml"), key, 3)
+    assert problem in error.problem
+
+
+def test_unknown_table_in_auth_toml(tmp_path: Path) -> None:
+    rules = rules_with_auth(tmp_path, "[arc]\n\n[dmarc]\np = 1\n")
+    with pytest.raises(ConfigErrors) as caught:
+        load_rules(rules)
+    [error] = caught.value.errors
+    assert (error.key, error.line) == ("dmarc", 3)

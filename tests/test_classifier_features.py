@@ -1,0 +1,239 @@
+"""Classifier features: what they see, what they leave out; hostile MIME never breaks them."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from classifier_data import CORPUS, REPO, SA_FEATURES, corpus_files
+
+from gateway.classifier import corpus
+from gateway.classifier.features import (
+    FIELDS,
+    FeatureSettings,
+    extract,
+    html_to_text,
+    message_times,
+    registered_domain,
+)
+from gateway.classifier.vectorize import VectorSpec, hashed_counts, weighted
+
+MIME = REPO.parent / "shared" / "mime"
+
+
+def msg(headers: str, body: str = "Hello there, see you soon.\r\n") -> bytes:
+    return (headers.replace("\n", "\r\n") + "\r\n" + body).encode("utf-8")
+
+
+PLAIN = msg(
+    "From: Alice Example <alice@example.net>\n"
+    "To: bob@example.com\n"
+    "Subject: Lunch tomorrow?\n"
+    "Date: Wed, 04 Sep 2002 10:00:00 +0100\n"
+    "Message-ID: <1@example.net>\n"
+)
+
+
+def test_fields_of_a_plain_message() -> None:
+    fields = extract(PLAIN, FeatureSettings())
+    assert set(fields) == set(FIELDS)
+    assert fields["subject"] == ["lunch", "tomorrow"]
+    assert "hello" in fields["body"]
+    assert "from:dom:example.net" in fields["header"]
+    assert "mailer:none" in fields["header"]
+    assert not any(t.startswith("date:") for t in fields["header"])
+
+
+def test_sender_traits_disagreement_and_date_anomalies() -> None:
+    raw = msg(
+        "From: PRIZE DEPT <winner123456@freemail.example>\n"
+        "Reply-To: claims@other.example\n"
+        "Subject: You WON $1,000,000!!!      8841\n"
+        "Date: Sat, 24 Aug 102 09:42:10 -1600\n"
+        "X-Mailer: Microsoft Outlook Express 5.00.2919.6700\n"
+        "Message-ID: <abc@elsewhere.example>\n"
+        "Content-Type: text/html\n",
+        "<html><body><font color=#ffffff>hidden</font><a href='http://1.2.3.4:8080/x?id=1'>"
+        'CLICK</a> <a href="http://user@www.sub.deep.spam.co.uk/win/prize">here</a>'
+        "</body></html>",
+    )
+    fields = extract(raw, FeatureSettings(), envelope_from="bounce@third.example")
+    h = set(fields["header"])
+    assert {"replyto:other_domain", "env:other_domain", "msgid:other_domain"} <= h
+    assert {"date:year_3digit", "date:bad_zone", "from:local_digits", "from:name_caps"} <= h
+    assert {"subj:bang", "subj:dollar", "subj:trailing_id", "html:only", "html:white_text"} <= h
+    assert "mailer:microsoft" in h and "mailer:outlook" in h
+    u = set(fields["url"])
+    assert {"host_ip", "port", "userinfo", "dom:spam.co.uk", "tld:uk", "path:prize"} <= u
+    assert "click" in fields["body"] and "hidden" in fields["body"]
+    assert "font" not in fields["body"]  # tags are not words
+
+
+def test_null_envelope_sender() -> None:
+    assert "env:null" in extract(PLAIN, FeatureSettings(), envelope_from="")["header"]
+
+
+def test_collector_names_and_hops_are_left_out() -> None:
+    raw = msg(
+        "Return-Path: <list-admin@lists.example.org>\n"
+        "Received: from phobos [127.0.0.1] by localhost with IMAP (fetchmail-5.9.0)\n"
+        "Received: from relay.example.org by dogma.slashnull.org; Thu, 22 Aug 2002 12:34:53 +0100\n"
+        "Received: from origin.example.org by relay.example.org; Thu, 22 Aug 2002 12:30:00 +0100\n"
+        "From: a@example.org\n"
+        "Subject: [ILUG] Re: kernel question\n"
+        "List-Id: <ilug.linux.ie>\n"
+        "Date: Thu, 22 Aug 2002 12:00:00 +0100\n",
+        "Mail zzzz@spamassassin.taint.org about the kernel.\r\n"
+        "___________________________________________\r\n"
+        "ILUG mailing list\r\nhttp://www.linux.ie/mailman/listinfo/ilug\r\n",
+    )
+    fields = extract(raw, SA_FEATURES)
+    assert "hops:1" in fields["header"]  # only the sender's own hop is counted
+    everything = " ".join(t for f in fields.values() for t in f)
+    assert "taint" not in everything and "zzzz" not in everything
+    assert fields["subject"] == ["re", "kernel", "question"]  # the list's tag is dropped
+    assert "listinfo" not in everything and "mailing" not in fields["body"]  # footer dropped
+    plain = extract(raw, FeatureSettings())
+    assert "hops:3" in plain["header"]
+
+
+def test_subject_tags_stay_when_no_list_added_them() -> None:
+    raw = msg("From: a@b.example\nSubject: [ADV] cheap stuff\n")
+    assert extract(raw, FeatureSettings())["subject"] == ["adv", "cheap", "stuff"]
+
+
+def test_broken_multipart_falls_back_to_the_raw_body() -> None:
+    raw = msg(
+        "From: a@b.example\nSubject: x\nMIME-Version: 1.0\n"
+        'Content-Type: multipart/alternative; boundary="=Multipart Boundary 0925"\n',
+        "--= Multipart Boundary 0925\r\nContent-Type: text/plain\r\n\r\n"
+        "<html><body>Printer cartridges cheap</body></html>\r\n",
+    )
+    fields = extract(raw, FeatureSettings())
+    assert "mime:no_parts_found" in fields["header"]
+    assert "cartridges" in fields["body"]
+
+
+def test_attachments_and_charsets() -> None:
+    raw = msg(
+        "From: a@b.example\nSubject: invoice\nMIME-Version: 1.0\n"
+        'Content-Type: multipart/mixed; boundary="B"\n',
+        "--B\r\nContent-Type: text/plain; charset=koi8-r\r\n\r\n\xd0\xd2\xc9\xd7\xc5\xd4\r\n"
+        '--B\r\nContent-Type: application/octet-stream; name="invoice.pdf.exe"\r\n'
+        "Content-Transfer-Encoding: base64\r\n\r\n"
+        "TVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAA\r\n--B--\r\n",
+    )
+    h = extract(raw, FeatureSettings())["header"]
+    assert "att:ext:exe" in h and "att:type:application/octet-stream" in h
+    assert "charset:koi8-r" in h and "mime:multipart/mixed" in h
+
+
+def test_cjk_text_becomes_character_pairs() -> None:
+    raw = msg("From: a@b.example\nSubject: =?utf-8?b?5pyq5om/6Ku+5bqD5ZGK?=\n")
+    assert extract(raw, FeatureSettings())["subject"] == ["未承", "承諾", "諾広", "広告"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\r\n\r\n",
+        b"no headers at all, just text",
+        b"Subject: =?bogus-charset?q?=FF=FE?=\r\n\r\nx",
+        b"Content-Type: text/plain; charset=no-such-charset\r\n\r\n\xff\xfe body",
+        b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!not base64",
+        b'Content-Type: multipart/mixed; boundary="' + b"x" * 5000 + b'"\r\n\r\n--x\r\n',
+        b"Content-Type: multipart/mixed; boundary=a\r\n\r\n"
+        + b"--a\r\nContent-Type: multipart/mixed; boundary=a\r\n\r\n" * 500,
+        b"From: " + b"<" * 20000 + b"\r\nDate: " + b"9" * 5000 + b"\r\n\r\n",
+        b"Received: ;" + b" " * 10000 + b"\r\nDate: Mon, 99 Foo 99999 99:99:99 +9999\r\n\r\n",
+        b"Content-Type: text/html\r\n\r\n" + b"<script" * 50000,
+        b"Content-Type: text/html\r\n\r\n" + b"<!--" * 50000 + b"<a href=" * 20000,
+        b"Subject: \x00\x01\x02\r\n\r\n\x00" * 100,
+    ],
+)
+def test_hostile_input_never_raises(raw: bytes) -> None:
+    started = time.perf_counter()
+    fields = extract(raw, FeatureSettings())
+    assert set(fields) == set(FIELDS)
+    assert time.perf_counter() - started < 2.0
+    index, value = weighted(hashed_counts(fields, VectorSpec(bits=12)), VectorSpec(bits=12), None)
+    assert len(index) == len(value)
+
+
+def test_size_is_bounded() -> None:
+    big = PLAIN + b"word " * 2_000_000  # 10 MB
+    started = time.perf_counter()
+    fields = extract(big, FeatureSettings())
+    assert time.perf_counter() - started < 2.0
+    assert "size:cut" in fields["header"]
+    assert len(fields["body"]) <= FeatureSettings().max_tokens
+
+
+def test_html_to_text_is_linear_on_unclosed_blocks() -> None:
+    started = time.perf_counter()
+    html_to_text("<style" * 100_000 + "<!--" * 100_000)
+    assert time.perf_counter() - started < 1.0
+    assert html_to_text("a<script>x</script>b &amp; <b>c</b>").split() == ["a", "b", "&", "c"]
+
+
+def test_every_shared_mime_sample_and_a_corpus_slice_extract() -> None:
+    files = [p for p in MIME.rglob("*") if p.is_file() and p.stat().st_size < 5_000_000]
+    files += corpus_files("spam_2", 0, 30) + corpus_files("hard_ham", 0, 30)
+    assert len(files) > 60
+    for path in files:
+        fields = extract(path.read_bytes(), SA_FEATURES)
+        assert set(fields) == set(FIELDS), path
+
+
+def test_registered_domain() -> None:
+    assert registered_domain("www.Example.COM.") == "example.com"
+    assert registered_domain("a.b.example.co.uk") == "example.co.uk"
+    assert registered_domain("localhost") == "localhost"
+
+
+def test_time_order_prefers_a_plausible_date_and_distrusts_forged_ones() -> None:
+    good = msg(
+        "Received: from a by b; Thu, 22 Aug 2002 12:00:00 +0000\n"
+        "Date: Thu, 22 Aug 2002 11:00:00 +0000\n"
+    )
+    forged = msg(
+        "Received: from a by b; Thu, 22 Aug 2002 12:00:00 +0000\n"
+        "Date: Mon, 1 Jan 1980 00:00:00 +0000\n"
+    )
+    times = message_times(good)
+    assert times.date == datetime(2002, 8, 22, 11, tzinfo=UTC)
+    assert times.arrival == datetime(2002, 8, 22, 12, tzinfo=UTC)
+    assert corpus.sort_time(good) == datetime(2002, 8, 22, 11, tzinfo=UTC).timestamp()
+    assert corpus.sort_time(forged) == datetime(2002, 8, 22, 12, tzinfo=UTC).timestamp()
+    mbox_only = b"From someone@example.net  Thu Aug 22 12:36:23 2002\n" + msg("Subject: x\n")
+    assert corpus.sort_time(mbox_only) == datetime(2002, 8, 22, 12, 36, 23, tzinfo=UTC).timestamp()
+    import math
+
+    assert math.isnan(corpus.sort_time(b"Subject: no dates\r\n\r\n"))
+
+
+def test_corpus_files_are_bytes_and_cmds_is_skipped() -> None:
+    names = [name for name, _ in corpus.iter_source(CORPUS / "hard_ham")]
+    assert "cmds" not in names and len(names) == 250
+
+
+def test_maildir_and_mbox_sources(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    (maildir / "cur" / "1.host:2,S").write_bytes(PLAIN)
+    (maildir / "new" / "2.host").write_bytes(PLAIN)
+    (maildir / "tmp" / "3.host").write_bytes(PLAIN)  # being delivered: not a message yet
+    assert len(list(corpus.iter_source(maildir))) == 2
+    mbox = tmp_path / "box.mbox"
+    mbox.write_bytes(
+        b"From a@example.net Thu Aug 22 12:36:23 2002\n"
+        + PLAIN.replace(b"\r\n", b"\n")
+        + b"\nFrom b@example.net Thu Aug 22 12:37:23 2002\n"
+        + PLAIN.replace(b"\r\n", b"\n")
+    )
+    found = list(corpus.iter_source(mbox))
+    assert len(found) == 2 and all(b"Lunch tomorrow" in raw for _, raw in found)

@@ -1,0 +1,196 @@
+"""The `classifier` plugin in the chain, and the `mailgate model` commands.
+
+The plugin loads its model once when the gateway is built: a broken model file stops start-up
+(and `mailgate check`) with an error naming the file, instead of failing mail later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from classifier_data import CORPUS, REPO, SHIPPED, corpus_files, slice_dir
+from harness import make_settings
+
+from gateway.app import Gateway
+from gateway.classifier.model import ModelError, card_path_for
+from gateway.cli import main
+from gateway.config import ClassifierSettings, PluginSettings, Settings
+from gateway.headers import normalize_line_endings
+from gateway.plugin import ClientInfo, MessageContext
+from gateway.plugins.classifier import spam_weight
+from gateway.transaction import inspect
+from gateway.verdict import Action, Verdict
+
+
+def settings_with(
+    tmp_path: Path, model: Path, order: tuple[str, ...] = ("classifier",)
+) -> Settings:
+    base = make_settings(tmp_path, 1, plugins=PluginSettings(order=order))
+    return dataclasses.replace(base, classifier=ClassifierSettings(model=model))
+
+
+async def run(
+    gateway: Gateway, raw: bytes, mail_from: str = "sender@example.net"
+) -> tuple[MessageContext, Verdict]:
+    ctx = MessageContext(
+        client=ClientInfo(ip="192.0.2.1", port=0), rules=gateway.rules, settings=gateway.settings
+    )
+    ctx.mail_from = mail_from
+    ctx.rcpt_tos.append("bob@example.com")
+    ctx.raw = normalize_line_endings(raw)
+    return ctx, await inspect(gateway, ctx)
+
+
+def test_spam_weight() -> None:
+    assert spam_weight(0.5, 0.5, 0.9) == 0.0
+    assert spam_weight(0.7, 0.5, 0.9) == pytest.approx(0.5)
+    assert spam_weight(0.95, 0.5, 0.9) == 1.0
+    assert spam_weight(0.6, 0.5, 0.5) == 1.0
+
+
+async def test_shipped_model_in_the_chain(tmp_path: Path) -> None:
+    gateway = Gateway.create(settings_with(tmp_path, SHIPPED))
+    thresholds = gateway.chain.plugins[0].model.thresholds  # type: ignore[attr-defined]
+    spam_symbols = []
+    for path in corpus_files("spam_2", 1200, 6):
+        ctx, _ = await run(gateway, path.read_bytes())
+        spam_symbols += [f.symbol for f in ctx.findings]
+        for f in ctx.findings:
+            assert f.symbol in ("ML_SPAM", "ML_HAM") and "p=" in f.detail
+            assert 0.0 < f.weight <= 1.0
+    assert spam_symbols.count("ML_SPAM") >= 5
+    ham_symbols = []
+    for path in corpus_files("easy_ham_2", 1200, 6):
+        ctx, verdict = await run(gateway, path.read_bytes())
+        ham_symbols += [f.symbol for f in ctx.findings]
+        assert verdict.action is Action.RELAY
+    assert "ML_SPAM" not in ham_symbols and ham_symbols.count("ML_HAM") >= 5
+    assert 0.5 <= thresholds.spam <= 1.0
+
+
+async def test_the_classifier_alone_quarantines_only_past_its_spam_threshold(
+    tmp_path: Path,
+) -> None:
+    gateway = Gateway.create(settings_with(tmp_path, SHIPPED))
+    model = gateway.chain.plugins[0].model  # type: ignore[attr-defined]
+    for path in corpus_files("spam", 0, 10):
+        raw = path.read_bytes()
+        _, verdict = await run(gateway, raw)
+        p = model.score(normalize_line_endings(raw), envelope_from="sender@example.net").probability
+        quarantined = verdict.action is Action.QUARANTINE
+        assert quarantined == (p >= model.thresholds.spam)
+
+
+def test_classifier_failure_is_advisory() -> None:
+    from gateway.policy import load_rules
+
+    rules = load_rules(REPO / "rules")
+    assert rules.scores["CLASSIFIER_ERROR"] == 0.0 and rules.scores["CLASSIFIER_TIMEOUT"] == 0.0
+    assert "CLASSIFIER_ERROR" not in rules.forced and "CLASSIFIER_TIMEOUT" not in rules.forced
+    assert rules.scores["ML_SPAM"] > 0 > rules.scores["ML_HAM"]
+
+
+def _broken_model(tmp_path: Path) -> Path:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    npz = folder / "spam.npz"
+    data = bytearray(SHIPPED.read_bytes())
+    data[1000] ^= 0x01
+    npz.write_bytes(bytes(data))
+    card_path_for(npz).write_bytes(card_path_for(SHIPPED).read_bytes())
+    return npz
+
+
+def test_a_corrupt_model_stops_start_up(tmp_path: Path) -> None:
+    npz = _broken_model(tmp_path)
+    with pytest.raises(ModelError, match="sha256"):
+        Gateway.create(settings_with(tmp_path, npz))
+    with pytest.raises(ModelError, match="model card not found"):
+        Gateway.create(settings_with(tmp_path, tmp_path / "nowhere" / "spam.npz"))
+    # Not in plugins.order: the model is not loaded at all.
+    Gateway.create(settings_with(tmp_path, npz, order=("headers",)))
+
+
+def test_mailgate_check_reports_a_corrupt_model(tmp_path: Path) -> None:
+    npz = _broken_model(tmp_path)
+    config = tmp_path / "config" / "gateway.toml"
+    config.parent.mkdir()
+    text = (REPO / "config" / "gateway.toml").read_text()
+    text, changed = re.subn(r"(?m)^order = \[.*\]$", 'order = ["classifier"]', text)
+    assert changed == 1
+    text += f'\n[classifier]\nmodel = "{npz}"\n'
+    config.write_text(text)
+    (tmp_path / "rules").symlink_to(REPO / "rules")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(config), "check"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 1
+    assert "configuration error" in err and str(npz) in err and "sha256" in err
+    assert "Traceback" not in err
+
+
+# -- mailgate model train | eval | info ----------------------------------------------------------
+
+
+def test_model_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ham = slice_dir(tmp_path, "easy_ham", 0, 40)
+    spam = slice_dir(tmp_path, "spam", 0, 30)
+    out = tmp_path / "m" / "spam.npz"
+    argv = ["model", "train", "--ham", str(ham), "--spam", str(spam), "--out", str(out)]
+    assert main([*argv, "--preset", "spamassassin", "--folds", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "verified" in printed and "time hold-out" in printed
+    card = json.loads(card_path_for(out).read_text())
+    assert card["features"]["settings"]["redact"]  # the preset left collector names out
+    assert card["metrics"]["time_holdout"]["test_messages"] == 21
+
+    assert main(["model", "info", "--model", str(out)]) == 0
+    assert "70 messages (40 ham, 30 spam, 0 admin labels)" in capsys.readouterr().out
+
+    eval_ham = slice_dir(tmp_path, "easy_ham_2", 0, 20)
+    eval_spam = slice_dir(tmp_path, "spam_2", 0, 20)
+    sources = ["--ham", str(eval_ham), "--spam", str(eval_spam)]
+    assert main(["model", "eval", "--model", str(out), *sources, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["messages"] == 40 and 0.5 <= report["roc_auc"] <= 1.0
+    assert set(report["confusion"]) >= {"spam_caught", "ham_flagged", "threshold"}
+
+    recipe = ["--ham", str(ham), "--spam", str(spam), "--recipe", "--folds", "2"]
+    assert main(["model", "eval", "--model", str(out), *recipe]) == 0
+    text = capsys.readouterr().out
+    assert "time-ordered hold-out" in text and "fold 2" in text
+
+
+def test_model_commands_refuse_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["model", "train", "--ham", str(CORPUS / "hard_ham")]) == 1  # no spam at all
+    assert "both ham and spam" in capsys.readouterr().err
+    assert main(["model", "info", "--model", str(tmp_path / "none.npz")]) == 1
+    assert "model card not found" in capsys.readouterr().err
+
+
+def test_model_info_escapes_a_hostile_card(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    npz = tmp_path / "spam.npz"
+    npz.write_bytes(SHIPPED.read_bytes())
+    card = json.loads(card_path_for(SHIPPED).read_text())
+    card["version"] = "\x1b[2J\x1b[31mowned"
+    card["training"]["sources"] = ["junk", {"label": "\x1b]0;title\x07", "path": 3}]
+    card["extra_metrics"] = {"how": "text", "odd": {"one_minus_roca_pct": "NaN"}}
+    card_path_for(npz).write_text(json.dumps(card))
+    assert main(["model", "info", "--model", str(npz)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\\x1b[2J" in out and "odd: (1-ROCA)% n/a" in out

@@ -1,0 +1,247 @@
+"""Release over real sockets: client -> gateway (quarantines) -> CLI release -> delivery server.
+
+What the delivery server receives must be byte for byte what the client sent, with only the trace
+fields the gateway adds on top, under the original envelope; releasing twice sends once; a
+release the delivery server refuses leaves the message in quarantine and says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from harness import GatewayFactory, RecordingSink, RunningGateway, free_port, message
+from quarantine_fixtures import CliResult, QuarantineCli, Sent, run_cli, send, write_config
+
+from gateway.headers import split_header
+from gateway.quarantine import SqliteStore
+from gateway.quarantine.release import release
+
+# The fields the gateway puts on top of a message (Received, the verdict, authentication results).
+TRACE_FIELDS = {b"received", b"authentication-results", b"arc-seal", b"arc-message-signature"}
+TRACE_FIELDS |= {b"arc-authentication-results"}
+
+# (what the client sends, what the gateway keeps of it, sender, recipients, MAIL options)
+CASES = [
+    (message(subject="plain"),) * 2 + ("alice@example.net", ("bob@example.com",), ()),
+    (
+        message(subject="8bit", body="Grüße aus Köln.\r\n".encode()),
+        message(subject="8bit", body="Grüße aus Köln.\r\n".encode()),
+        "alice@example.net",
+        ("bob@example.com", "carol@deep.sub.example.org"),
+        ("BODY=8BITMIME",),
+    ),
+    (
+        "Subject: Grüße\r\nFrom: jörg@example.net\r\n\r\nhallo\r\n".encode(),
+        "Subject: Grüße\r\nFrom: jörg@example.net\r\n\r\nhallo\r\n".encode(),
+        "jörg@example.net",
+        ("bob@example.com",),
+        ("SMTPUTF8", "BODY=8BITMIME"),
+    ),
+    (
+        message(subject="dots", body=b".leading dot\r\n..two dots\r\n.\tdot tab\r\nend\r\n"),
+        message(subject="dots", body=b".leading dot\r\n..two dots\r\n.\tdot tab\r\nend\r\n"),
+        "alice@example.net",
+        ("bob@example.com",),
+        (),
+    ),
+    (
+        message(subject="forged", extra=b"X-Mailgate-Action: relay\r\nX-Mailgate-Score: -99\r\n"),
+        message(subject="forged"),  # the sender's X-Mailgate-* fields are never kept
+        "alice@example.net",
+        ("bob@example.com",),
+        (),
+    ),
+    (message(subject="bounce"),) * 2 + ("", ("bob@example.com",), ()),
+]
+
+
+def check_delivered(content: bytes, kept: bytes, qid: str, stored: bytes) -> None:
+    """Exactly the stored file; that is the trace fields on top of what the client sent."""
+    assert content == stored
+    assert content.endswith(kept)
+    trace = content[: len(content) - len(kept)]
+    fields, rest = split_header(trace + b"\r\n")
+    assert rest == b"\r\n"
+    names = [f.split(b":")[0].lower() for f in fields]
+    assert names[0] == b"received"
+    assert all(n in TRACE_FIELDS or n.startswith(b"x-mailgate-") for n in names), names
+    assert f"X-Mailgate-ID: {qid}\r\n".encode() in fields
+    assert b"X-Mailgate-Action: quarantine\r\n" in fields
+
+
+async def quarantine_cases(gw: RunningGateway) -> list[Sent]:
+    sent = []
+    for raw, _, sender, rcpts, options in CASES:
+        reply = await send(gw, raw, sender=sender, rcpts=rcpts, mail_options=options)
+        assert reply.code == 250, reply
+        assert reply.text.startswith("2.0.0 Message accepted"), reply
+        sent.append(reply)
+    return sent
+
+
+async def test_every_quarantined_message_is_released_byte_identical_with_its_envelope(
+    start_gateway: GatewayFactory, sink: RecordingSink, quarantine_all: Path, qcli: QuarantineCli
+) -> None:
+    gw: RunningGateway = await start_gateway()
+    sent = await quarantine_cases(gw)
+    assert sink.delivered == []
+    store = SqliteStore(gw.settings.quarantine_dir, create=False)
+    stored = {s.qid: store.get(s.qid)[0] for s in sent}
+
+    result = await asyncio.to_thread(qcli, "release", "--since", "1h")
+    assert result.code == 0, result
+    assert f"{len(CASES)} released," in result.text
+
+    delivered = sink.wait_for(len(CASES))
+    assert len(delivered) == len(CASES)
+    by_qid = {d.xforward["IDENT"]: d for d in delivered}
+    for reply, (_, kept, sender, rcpts, options) in zip(sent, CASES, strict=True):
+        got = by_qid[reply.qid]
+        check_delivered(got.content, kept, reply.qid, stored[reply.qid])
+        assert got.mail_from == (sender or "<>")
+        assert got.rcpt_tos == list(rcpts)
+        assert ("SMTPUTF8" in got.mail_options) == ("SMTPUTF8" in options)
+        assert got.xforward["ADDR"] == "127.0.0.1"  # the original client, for the server's log
+        assert got.xforward["HELO"] == "client.example.net"
+    listed = json.loads((await asyncio.to_thread(qcli, "list", "--json")).text)
+    assert {e["status"] for e in listed["entries"]} == {"released"}
+    assert all(e["release_note"].startswith("delivered to ") for e in listed["entries"])
+
+
+async def test_release_is_idempotent_and_again_sends_again(
+    start_gateway: GatewayFactory, sink: RecordingSink, quarantine_all: Path, qcli: QuarantineCli
+) -> None:
+    gw: RunningGateway = await start_gateway()
+    qid = (await send(gw, message(subject="once"))).qid
+    first = await asyncio.to_thread(qcli, "release", qid)
+    assert first.code == 0
+    assert f"{qid}  released: delivered to 1 of 1 recipients: 250 " in first.text
+    second = await asyncio.to_thread(qcli, "release", qid.lower())
+    assert second.code == 0
+    assert f"{qid}  skipped: {qid} was released at " in second.text
+    assert len(sink.wait_for(1)) == 1
+    again = await asyncio.to_thread(qcli, "release", qid, "--again")
+    assert again.code == 0
+    assert len(sink.wait_for(2)) == 2
+    assert sink.delivered[0].content == sink.delivered[1].content
+
+
+async def test_concurrent_releases_of_one_entry_deliver_once(
+    start_gateway: GatewayFactory, sink: RecordingSink, quarantine_all: Path
+) -> None:
+    gw: RunningGateway = await start_gateway()
+    qid = (await send(gw, message(subject="race"))).qid
+    sink.behaviour.data_delay = 0.3  # both releases overlap for sure
+    stores = [SqliteStore(gw.settings.quarantine_dir, create=False) for _ in range(4)]
+    results = await asyncio.gather(*(release(s, gw.settings, qid) for s in stores))
+    assert sorted(r.outcome for r in results) == ["released", "skipped", "skipped", "skipped"]
+    assert len(sink.wait_for(1)) == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        ("data", "452 4.3.1 delivery server: Insufficient system storage"),
+        ("mail", "451 4.7.1 delivery server: greylisted"),
+        ("down", "451 4.4.1 Delivery server unavailable"),
+    ],
+)
+async def test_a_failed_release_stays_in_quarantine_and_says_why(
+    start_gateway: GatewayFactory,
+    sink: RecordingSink,
+    quarantine_all: Path,
+    qcli: QuarantineCli,
+    tmp_path: Path,
+    fault: str,
+    expected: str,
+) -> None:
+    gw: RunningGateway = await start_gateway()
+    qid = (await send(gw, message(subject="retry me"))).qid
+    command: QuarantineCli = qcli
+    if fault == "data":
+        sink.behaviour.data_reply = "452 4.3.1 Insufficient system storage"
+    elif fault == "mail":
+        sink.behaviour.mail_reply = "451 4.7.1 greylisted"
+    else:
+        down = write_config(
+            tmp_path / "down.toml",
+            quarantine=gw.settings.quarantine_dir,
+            rules=gw.settings.rules_dir,
+            delivery_port=free_port(),
+        )
+
+        def elsewhere(*args: str | Path) -> CliResult:
+            return run_cli("--config", down, "quarantine", *args)
+
+        command = elsewhere
+
+    failed = await asyncio.to_thread(command, "release", qid)
+    assert failed.code == 1
+    text = failed.text
+    assert f"{qid}  failed: release failed, still in quarantine: " in text
+    assert expected in text
+    assert "0 released, 0 released to some recipients only, 0 skipped, 1 failed" in text
+    shown = await asyncio.to_thread(qcli, "show", qid)
+    assert "  status      quarantined;" in shown.text
+    assert expected in shown.text  # the last try is recorded with the entry
+    assert sink.delivered == []
+
+    sink.behaviour = type(sink.behaviour)()
+    retried = await asyncio.to_thread(qcli, "release", qid)
+    assert retried.code == 0, retried
+    assert len(sink.wait_for(1)) == 1
+
+
+async def test_release_to_other_recipients_and_partial_refusal(
+    start_gateway: GatewayFactory, sink: RecordingSink, quarantine_all: Path, qcli: QuarantineCli
+) -> None:
+    gw: RunningGateway = await start_gateway()
+    one = (await send(gw, message(subject="redirect"))).qid
+    two = await send(gw, message(subject="partly"), rcpts=("bob@example.com", "x@example.com"))
+    redirected = await asyncio.to_thread(
+        qcli, "release", one, "--to", "postmaster@example.com", "--to", "audit@example.com"
+    )
+    assert redirected.code == 0
+    [got] = sink.wait_for(1)
+    assert got.rcpt_tos == ["postmaster@example.com", "audit@example.com"]
+
+    sink.behaviour.rcpt_replies["x@example.com"] = "550 5.1.1 No such user"
+    partly = await asyncio.to_thread(qcli, "release", two.qid)
+    assert partly.code == 1  # not everybody got it: the admin should look
+    assert "partial: delivered to 1 of 2 recipients: 250 " in partly.text
+    assert "refused: <x@example.com> 550 5.1.1 delivery server: No such user" in partly.text
+    assert sink.wait_for(2)[1].rcpt_tos == ["bob@example.com"]
+    bad = await asyncio.to_thread(qcli, "release", one, "--to", "not an address")
+    assert bad.code == 2
+
+
+async def test_bulk_release_by_selection_with_a_dry_run_first(
+    start_gateway: GatewayFactory, sink: RecordingSink, quarantine_all: Path, qcli: QuarantineCli
+) -> None:
+    gw: RunningGateway = await start_gateway()
+    mine = [(await send(gw, message(subject=f"m{i}"), sender="x@y.example")).qid for i in range(3)]
+    other = (await send(gw, message(subject="other"), sender="z@example.net")).qid
+
+    dry = await asyncio.to_thread(qcli, "release", "--from", "x@y.example", "--since", "1d", "-n")
+    assert dry.code == 2  # no such option: argparse refuses, nothing happens
+    dry = await asyncio.to_thread(
+        qcli, "release", "--from", "x@y.example", "--since", "1d", "--dry-run"
+    )
+    assert dry.code == 0, dry
+    for qid in mine:
+        assert f"{qid}  from <x@y.example>  would release to <bob@example.com>" in dry.text
+    assert other not in dry.text
+    assert "dry run: 3 entries selected, nothing sent" in dry.text
+    assert sink.commands == [] or "DATA" not in sink.commands[-1:]
+    assert sink.delivered == []
+
+    done = await asyncio.to_thread(qcli, "release", "--from", "@y.example", "--since", "1d")
+    assert done.code == 0
+    assert "3 released, 0 released to some recipients only, 0 skipped, 0 failed" in done.text
+    assert sorted(d.xforward["IDENT"] for d in sink.wait_for(3)) == sorted(mine)
+    nothing = await asyncio.to_thread(qcli, "release")
+    assert nothing.code == 2
+    assert b"name entries by ID" in nothing.err
