@@ -238,3 +238,8 @@ def test_feedback_export_is_what_model_training_reads(tmp_path: Path, qcli: Quar
         ("spam", message(subject="old 1")),
         ("ham", message(subject="old 1")),
     ]
+    # `mailgate model train --feedback` also takes the quarantine folder itself.
+    direct = corpus.feedback_sources(tmp_path / "quarantine")
+    assert [(label, path.read_bytes()) for label, path in direct] == [
+        (label, path.read_bytes()) for label, path in pairs
+    ]

@@ -65,8 +65,9 @@ def add_commands(sub: Any) -> None:
         action="append",
         default=[],
         metavar="PATH",
-        help="admin labels: a folder with ham/ and spam/ inside, or a JSONL file of "
-        '{"label": "ham"|"spam", "path": "msg.eml"} lines (repeatable)',
+        help="admin labels: the quarantine folder (labels from `quarantine learn`), a folder "
+        'with ham/ and spam/ inside, or a JSONL file of {"label": "ham"|"spam", "path": '
+        '"msg.eml"} lines as `quarantine feedback --jsonl` writes (repeatable)',
     )
     train.add_argument("--out", default="models/spam.npz", help="model file (card beside it)")
     train.add_argument(

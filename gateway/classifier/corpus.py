@@ -114,7 +114,13 @@ def load(
 def feedback_sources(path: Path) -> list[tuple[str, Path]]:
     """Admin labels: a folder holding ham/ and spam/ (each a folder, Maildir or mbox), or a JSONL
     file with one {"label": "ham"|"spam", "path": "message.eml"} per line (paths relative to the
-    file). This is what `mailgate quarantine learn` exports."""
+    file). This is what `mailgate quarantine feedback --jsonl` exports. The quarantine folder itself
+    works too: its index holds the labels recorded by `mailgate quarantine learn`."""
+    from gateway.quarantine.sqlite import INDEX_DIR, INDEX_FILE, SqliteStore
+
+    if (path / INDEX_DIR / INDEX_FILE).is_file():
+        store = SqliteStore(path, create=False)
+        return [(f.label, path / f.message_path) for f in store.feedback()]
     if path.is_dir():
         found = [(name, path / name) for name in ("ham", "spam") if (path / name).exists()]
         if not found:
