@@ -1,8 +1,8 @@
 """Hostile mail cannot break or spoof what `mailgate quarantine` prints.
 
 Terminal escapes (ESC, BEL, C1 CSI/OSC, CR) and bidi overrides in the Subject, the From, file
-names, HTML and the envelope; invalid UTF-8 everywhere; 10,000 recipients; a 100 MB message (over SMTP, stored, shown,
-extracted and released intact).
+names, HTML and the envelope; invalid UTF-8 everywhere; 10,000 recipients; a 100 MB message
+(over SMTP, stored, shown, extracted and released intact).
 The messages come in over real sockets where the gateway lets them; the 10,000 recipients are
 stored through the gateway's own `metadata()` (an SMTP transaction with 10,000 RCPTs mirrored to
 the delivery server would take the suite's whole time budget).
