@@ -7,7 +7,10 @@ import io
 import struct
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
+
+import py7zr
 
 from gateway.mime.content import ContentReport, scan
 from gateway.mime.limits import DEFAULT_LIMITS, MimeSettings
@@ -58,6 +61,85 @@ def tar_of(members: dict[str, bytes], symlinks: dict[str, str] | None = None) ->
             info.linkname = target
             archive.addfile(info)
     return out.getvalue()
+
+
+def sevenzip_of(
+    members: dict[str, bytes], password: str | None = None, header_encryption: bool = False
+) -> bytes:
+    out = io.BytesIO()
+    with py7zr.SevenZipFile(
+        out, "w", password=password, header_encryption=header_encryption
+    ) as archive:
+        for name, data in members.items():
+            archive.writestr(data, name)
+    return out.getvalue()
+
+
+# -- RAR5, written by hand ---------------------------------------------------------------------
+# There is no pure-Python RAR writer (RAR compression is proprietary) and no .rar sample in
+# ../shared or in the rarfile package, so these are built from the RAR 5.0 format description
+# (rarlab.com/technote.htm): signature, then blocks of CRC32, vint size, vint type, vint flags,
+# [vint extra size], [vint data size], fields, extra records; data follows its header. Members
+# are stored (method 0) unless they only need to *declare* a size, like a bomb: the gateway
+# lists RAR, it never decompresses it, so the data area is never read.
+
+RAR5_SIGNATURE = b"Rar!\x1a\x07\x01\x00"
+
+
+def _vint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _rar5_block(kind: int, fields: bytes, extra: bytes = b"", data: bytes | None = None) -> bytes:
+    flags = (0x01 if extra else 0) | (0x02 if data is not None else 0)
+    head = _vint(kind) + _vint(flags)
+    if extra:
+        head += _vint(len(extra))
+    if data is not None:
+        head += _vint(len(data))
+    head += fields + extra
+    sized = _vint(len(head)) + head
+    return struct.pack("<I", zlib.crc32(sized)) + sized + (data or b"")
+
+
+def rar5_member(
+    name: str, data: bytes, declared_size: int | None = None, encrypted: bool = False
+) -> bytes:
+    """A file block: stored `data`, or `declared_size` claimed (method 5) over `data`."""
+    size = len(data) if declared_size is None else declared_size
+    method = 0 if declared_size is None else 5
+    raw = name.encode()
+    fields = (
+        _vint(0x04)  # file flags: data CRC32 present
+        + _vint(size)
+        + _vint(0x20)  # Windows attributes: archive
+        + struct.pack("<I", zlib.crc32(data))
+        + _vint(method << 7)
+        + _vint(0)  # host OS: Windows
+        + _vint(len(raw))
+        + raw
+    )
+    extra = b""
+    if encrypted:  # file encryption record: AES-256, KDF 2^15, salt, IV (never decrypted here)
+        record = _vint(0x01) + _vint(0) + _vint(0) + bytes([15]) + b"S" * 16 + b"I" * 16
+        extra = _vint(len(record)) + record
+    return _rar5_block(2, fields, extra, data)
+
+
+def rar5_of(*members: bytes, header_encryption: bool = False) -> bytes:
+    """A RAR5 archive of `rar5_member` blocks; with header encryption, only the encryption
+    header is readable and the rest (main header, file headers) is opaque ciphertext."""
+    if header_encryption:
+        encryption = _rar5_block(4, _vint(0) + _vint(0) + bytes([15]) + b"S" * 16)
+        return RAR5_SIGNATURE + encryption + b"\x8e" * 16 + bytes(range(64))
+    main = _rar5_block(1, _vint(0))
+    end = _rar5_block(5, _vint(0))
+    return RAR5_SIGNATURE + main + b"".join(members) + end
 
 
 def oletools_sample(relative: str) -> bytes:

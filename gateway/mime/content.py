@@ -4,8 +4,11 @@ Input is the `MimeReport` (every leaf of every reading). For each leaf and, recu
 archive member: every name a client may show is checked (executable and script extensions,
 double extensions, bidi controls), the content's true type comes from libmagic (python-magic),
 and the two are compared with each other and with the declared Content-Type. Archives (zip, tar,
-gzip, bzip2, xz) are opened in memory only, with limits on depth, members, expanded bytes and
-compression ratio; documents go to `office`, `pdf` and `html`. Findings are facts; what policy
+gzip, bzip2, xz, 7z) are opened in memory only, with limits on depth, members, expanded bytes and
+compression ratio; RAR archives are only listed (names, declared sizes, encryption: rarfile
+parses the headers in pure Python, and extracting RAR would need an external unrar tool, which
+is never run), so their members' content is not inspected. Documents go to `office`, `pdf` and
+`html`. Findings are facts; what policy
 does with them (rules/attachments.toml) is the attachments plugin's job.
 """
 
@@ -23,6 +26,10 @@ import zlib
 from dataclasses import dataclass
 
 import magic
+import py7zr
+import py7zr.exceptions
+import py7zr.io
+import rarfile
 
 from gateway.mime import html, office, pdf
 from gateway.mime.filetypes import (
@@ -169,6 +176,10 @@ _PASSWORD_HINT = re.compile(
 _MAGIC_BYTES = 1024 * 1024
 _MIN_BOMB_BYTES = 1024 * 1024
 _MAX_PASSWORDS = 8
+_MAX_7Z_PASSWORDS = 3  # each 7z try derives an AES key (2^19 SHA-256 rounds)
+_7Z_MAGIC = b"7z\xbc\xaf\x27\x1c"
+_RAR_MAGIC = b"Rar!\x1a\x07"
+_RAR_TYPES = ("application/x-rar", "application/vnd.rar", "application/x-rar-compressed")
 
 _magic = magic.Magic(mime=True)
 
@@ -400,6 +411,10 @@ class _Scanner:
                 self.compressed(data, "bzip2", name, inner, depth)
             elif mime_type == "application/x-xz":
                 self.compressed(data, "xz", name, inner, depth)
+            elif data[:6] == _7Z_MAGIC:
+                return self.sevenzip(data, label, inner, depth)
+            elif data[:6] == _RAR_MAGIC or mime_type in _RAR_TYPES:
+                return self.rar(data, label, inner, depth)
             else:
                 self.add("ARCHIVE_UNSUPPORTED", f"{label} ({mime_type})")
         except BudgetExceeded:
@@ -502,6 +517,162 @@ class _Scanner:
                 if self._expanded(len(content), limit, f"{label}: {info.name[:60]}"):
                     self.scan_file(content, info.name, None, inner, depth + 1, True)
 
+    def sevenzip(self, data: bytes, label: str, inner: str, depth: int) -> bool:
+        """7z: list, then decompress in memory (never to disk) the members the budgets allow.
+
+        py7zr decodes a member to its declared size, so declared sizes are checked first; the
+        archive's total is also capped (max_extract_size) because a solid block decodes the
+        members before a wanted one too, and every write checks the deadline.
+        """
+        password: str | None = None
+        try:
+            archive = py7zr.SevenZipFile(io.BytesIO(data))
+        except py7zr.exceptions.PasswordRequired:  # header encryption: even names are hidden
+            self.add("ARCHIVE_ENCRYPTED", f"{label}: names encrypted too")
+            for password in self._7z_passwords(label):
+                try:
+                    archive = py7zr.SevenZipFile(io.BytesIO(data), password=password)
+                except Exception:  # a wrong key decodes the header into garbage
+                    continue
+                self._opened(label)
+                break
+            else:
+                return True
+        with archive:
+            infos = archive.list()
+            locked = archive.needs_password() and password is None
+        if locked:
+            self.add("ARCHIVE_ENCRYPTED", label)
+        budget = min(
+            self.limits.max_archive_bytes - self.expanded,
+            max(_MIN_BOMB_BYTES, len(data) * self.limits.max_archive_ratio),
+        )
+        wanted: dict[str, int] = {}
+        planned = 0
+        for info in infos:
+            self.deadline.check()
+            self._member_budget(label)
+            self._path_checks(info.filename, label)
+            if info.is_symlink:
+                self.add("ARCHIVE_SYMLINK", f"{label}: {info.filename[:80]}")
+                continue
+            if info.is_directory:
+                continue
+            self.check_names((info.filename,), label)
+            # by name now, as members that stay locked or too big are never decoded
+            self.name_checks(info.filename, f"{inner} {info.filename}")
+            # solid blocks have no per-member compressed size: the ratio is the whole archive's
+            size = int(info.uncompressed or 0)
+            limit = max(0, min(self.limits.max_member_bytes, budget - planned))
+            if size > limit:
+                self.add("ARCHIVE_BOMB", f"{label}: {info.filename[:60]} declares {size}")
+                continue
+            name = info.filename.replace("\\", "/")
+            if name.startswith("/") or ".." in name.split("/"):
+                continue  # py7zr refuses such output names; the path finding is enough
+            planned += size
+            wanted.setdefault(info.filename, size)
+        if not wanted:
+            return locked
+        if not locked:
+            contents = self._7z_read(data, password, wanted, budget, label)
+        else:
+            for password in self._7z_passwords(label):
+                try:
+                    contents = self._7z_read(data, password, wanted, budget, label)
+                except BudgetExceeded:
+                    raise
+                except Exception:  # wrong password: LZMA, CRC or stream errors
+                    continue
+                self._opened(label)
+                break
+            else:
+                return True
+        if contents is None:
+            return False
+        for name, content in contents:
+            limit = wanted.get(name, max(wanted.values()))
+            if self._expanded(len(content), limit, f"{label}: {name[:60]}"):
+                self.scan_file(content, name, None, inner, depth + 1, True)
+        return False
+
+    def _7z_passwords(self, label: str) -> list[str]:
+        """Passwords from the message text to try on a 7z (each try derives an AES key)."""
+        if self.passwords:
+            self.add("ARCHIVE_PASSWORD_IN_BODY", f"{label}: the text offers a password")
+        return self.passwords[:_MAX_7Z_PASSWORDS]
+
+    def _opened(self, label: str) -> None:
+        self.add("ARCHIVE_PASSWORD_IN_BODY", f"{label}: opened with a password from the text")
+
+    def _7z_read(
+        self, data: bytes, password: str | None, wanted: dict[str, int], budget: int, label: str
+    ) -> list[tuple[str, bytes]] | None:
+        factory = _MemoryFactory(max(wanted.values(), default=0), self.deadline)
+        with py7zr.SevenZipFile(io.BytesIO(data), password=password) as archive:
+            archive.max_extract_size = budget
+            try:
+                archive.extract(targets=list(wanted), factory=factory)
+            except py7zr.exceptions.DecompressionBombError:
+                self.add("ARCHIVE_BOMB", f"{label}: expands past {budget} bytes")
+                return None
+        return [(writer.name, bytes(writer.buffer)) for writer in factory.writers]
+
+    def rar(self, data: bytes, label: str, inner: str, depth: int) -> bool:
+        """RAR: a listing only (names, declared sizes, encryption), never extracted.
+
+        rarfile reads the headers in pure Python; the members' content would need the external
+        unrar tool, which is not used, so content types and nested archives stay unknown. Members
+        are recorded with family "other" so rules/attachments.toml still acts on their names.
+        """
+        with rarfile.RarFile(io.BytesIO(data)) as archive:
+            infos: list[rarfile.RarInfo] = archive.infolist()
+            if archive.needs_password() and not infos:  # header encryption: names hidden too
+                self.add("ARCHIVE_ENCRYPTED", f"{label}: names encrypted too")
+                if self.passwords:
+                    self.add("ARCHIVE_PASSWORD_IN_BODY", f"{label}: the text offers a password")
+                return True
+            error = archive.strerror()
+            if error:
+                self.add("ARCHIVE_CORRUPT", f"{label}: {error}")
+        locked = False
+        for info in infos:
+            self.deadline.check()
+            self._member_budget(label)
+            member = str(info.filename)
+            self._path_checks(member, label)
+            if info.is_symlink():
+                self.add("ARCHIVE_SYMLINK", f"{label}: {member[:80]}")
+                continue
+            if info.is_dir():
+                continue
+            self.check_names((member,), label)
+            ext = self.name_checks(member, f"{label} {member}")
+            encrypted = bool(info.needs_password())
+            if encrypted:
+                self.add("ARCHIVE_ENCRYPTED", f"{label}: {member[:80]}")
+                locked = True
+            size = int(info.file_size or 0)
+            limit = self._read_limit(int(info.compress_size or 0))
+            if size > limit:
+                self.add("ARCHIVE_BOMB", f"{label}: {member[:60]} declares {size}")
+            self.files.append(
+                FileFacts(
+                    origin=inner,
+                    name=member,
+                    extension=ext,
+                    family="other",  # content unknown: RAR members are listed, not read
+                    mime_type="application/octet-stream",
+                    size=size,
+                    archive_depth=depth + 1,
+                    encrypted=encrypted,
+                    extensions=(ext,) if ext else (),
+                )
+            )
+        if locked and self.passwords:
+            self.add("ARCHIVE_PASSWORD_IN_BODY", f"{label}: the text offers a password")
+        return locked
+
     def compressed(self, data: bytes, kind: str, name: str | None, inner: str, depth: int) -> None:
         label = f"{inner} ({kind})"
         self._member_budget(label)
@@ -534,6 +705,47 @@ class _Scanner:
                     inner_name = name[: len(name) - len(suffix)] + replacement
                     break
         self.scan_file(bytes(out), inner_name, None, inner, depth + 1, True)
+
+
+class _MemoryWriter(py7zr.io.Py7zIO):
+    """One 7z member decoded into memory, kept to `limit` + 1 bytes."""
+
+    def __init__(self, name: str, limit: int, deadline: Deadline) -> None:
+        self.name = name
+        self.limit = limit
+        self.deadline = deadline
+        self.buffer = bytearray()
+
+    def write(self, s: bytes | bytearray) -> int:
+        self.deadline.check()
+        room = self.limit + 1 - len(self.buffer)
+        if room > 0:
+            self.buffer += s[:room]
+        return len(s)
+
+    def read(self, size: int | None = None) -> bytes:
+        return bytes(self.buffer if size is None else self.buffer[:size])
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def flush(self) -> None:
+        return None
+
+    def size(self) -> int:
+        return len(self.buffer)
+
+
+class _MemoryFactory(py7zr.io.WriterFactory):
+    def __init__(self, limit: int, deadline: Deadline) -> None:
+        self.limit = limit
+        self.deadline = deadline
+        self.writers: list[_MemoryWriter] = []
+
+    def create(self, filename: str) -> py7zr.io.Py7zIO:
+        writer = _MemoryWriter(filename, self.limit, self.deadline)
+        self.writers.append(writer)
+        return writer
 
 
 def scan(report: MimeReport, limits: MimeSettings = DEFAULT_LIMITS) -> ContentReport:

@@ -46,14 +46,23 @@ ATTACHMENT_SYMBOLS: dict[str, str] = {
     "ATT_UNSCANNABLE": "an attachment whose content could not be inspected",
     "ATT_LIMIT_TIME": "the attachment scan took longer than its time budget",
     # archives
-    "ARCHIVE_ENCRYPTED": "an encrypted archive (its content cannot be scanned)",
+    "ARCHIVE_ENCRYPTED": (
+        "an encrypted archive or member (its content cannot be scanned); a 7z or RAR with"
+        " encrypted headers hides even its member names"
+    ),
     "ARCHIVE_PASSWORD_IN_BODY": "an encrypted archive whose password is in the message text",
-    "ARCHIVE_BOMB": "an archive member that expands past the ratio or size limits (zip bomb)",
+    "ARCHIVE_BOMB": (
+        "an archive member that expands past the ratio or size limits (zip bomb), or declares"
+        " a size past them (7z and RAR: the sizes in the listing)"
+    ),
     "ARCHIVE_TOO_DEEP": "archives nested deeper than the limit",
     "ARCHIVE_TOO_MANY_MEMBERS": "more archive members than the limit",
     "ARCHIVE_PATH_TRAVERSAL": "an archive member with an absolute path or '..' component",
     "ARCHIVE_SYMLINK": "an archive member that is a symbolic or hard link",
-    "ARCHIVE_UNSUPPORTED": "an archive format that is not opened here (7z, rar, cab...)",
+    "ARCHIVE_UNSUPPORTED": (
+        "an archive format that is not opened here (cab, arj, lzh...); RAR is listed (names,"
+        " declared sizes, encryption) but never extracted, so its members' content is unknown"
+    ),
     "ARCHIVE_CORRUPT": "an archive that cannot be read",
     # documents
     "DOC_VBA_MACRO": "an Office document with VBA macros",
