@@ -12,6 +12,13 @@ record's p/sp and pct; DMARC_NO_RECORD, DMARC_TEMPERROR, DMARC_PERMERROR; DMARC_
 a trusted sealer's valid ARC chain vouches for a failing message (then no policy symbol is
 emitted, so the forced action does not apply). rules/actions.toml forces DMARC_REJECT to a 550,
 DMARC_QUARANTINE to quarantine and DMARC_TEMPERROR to a 4xx; admins soften them there.
+
+From tricks aimed at how a reader renders or parses the field (Shen et al., "Weak Links in
+Authentication Chains", USENIX Security 2021): DMARC_FROM_MALFORMED; DMARC_FROM_DISPLAY_ADDRESS
+(a display name showing another organisation's address, lookalike "@" signs folded);
+DMARC_FROM_INVISIBLE (bidi overrides, zero-width characters); DMARC_FROM_HOMOGLYPH (a domain of
+mixed scripts or lookalike letters); DMARC_FROM_LOCAL_ADDRESS and DMARC_FROM_COMMENT_ADDRESS (an
+address in a quoted local part or in a comment: its domain's policy is applied too).
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ _FROM_SYMBOLS = {
     "multiple_addresses": "DMARC_FROM_MULTIPLE_ADDRESSES",
     "group": "DMARC_FROM_GROUP",
     "malformed": "DMARC_FROM_MALFORMED",
+    "invisible": "DMARC_FROM_INVISIBLE",
+    "homoglyph": "DMARC_FROM_HOMOGLYPH",
+    "local_address": "DMARC_FROM_LOCAL_ADDRESS",
+    "comment_address": "DMARC_FROM_COMMENT_ADDRESS",
 }
 _FAIL_SYMBOLS = {
     DmarcPolicy.REJECT: "DMARC_REJECT",
@@ -66,6 +77,10 @@ class DmarcCheck:
         "DMARC_FROM_GROUP": "RFC 6854 group syntax in From (CERT/CC VU#517845)",
         "DMARC_FROM_MALFORMED": "From is not well formed (name, route, stray text, hidden address)",
         "DMARC_FROM_DISPLAY_ADDRESS": "the From display name shows an address of another domain",
+        "DMARC_FROM_INVISIBLE": "bidi override or zero-width characters in From (UI spoofing)",
+        "DMARC_FROM_HOMOGLYPH": "the From domain imitates another (mixed scripts, lookalikes)",
+        "DMARC_FROM_LOCAL_ADDRESS": "an address inside the From local part (its domain evaluated)",
+        "DMARC_FROM_COMMENT_ADDRESS": "an address in a From comment (its domain evaluated)",
         "DMARC_AUTH_UNALIGNED": "SPF or DKIM passed, but only for a domain unrelated to From",
         "DMARC_ARC_OVERRIDE": "DMARC failed, but a trusted ARC sealer vouches (forwarded mail)",
     }
