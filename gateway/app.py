@@ -51,6 +51,7 @@ class Gateway:
     chain: Chain
     rules: RuleSet
     store: QuarantineStore
+    services: Services | None = None
     connections: dict[str, int] = field(default_factory=dict)
     total_connections: int = 0
     shutting_down: bool = False
@@ -59,14 +60,24 @@ class Gateway:
     def create(cls, settings: Settings, registry: Registry | None = None) -> Gateway:
         registry = registry or builtin_registry()
         rules = load_checked_rules(settings, registry)
-        chain = Chain.build(registry, Services(settings))
+        services = Services(settings)
+        chain = Chain.build(registry, services)
         return cls(
             settings=settings,
             registry=registry,
             chain=chain,
             rules=rules,
             store=QuarantineStore(settings.quarantine_dir),
+            services=services,
         )
+
+    async def aclose(self) -> None:
+        """Release shared services at shutdown: DNS lookups still in flight are cancelled, so
+        no task or UDP/TCP socket outlives the server (and no ResourceWarning is raised)."""
+        if self.services is not None:
+            close = getattr(self.services.resolver, "aclose", None)
+            if close is not None:
+                await close()
 
     def reload_rules(self) -> bool:
         """Swap in a fresh policy; on any problem keep the running one and say why."""

@@ -1,8 +1,10 @@
 """rules/auth.toml: sender-authentication policy that is not a score or a forced action.
 
-Today one table: `[arc] trusted_sealers`, the ARC sealers (RFC 8617) whose valid chain may
-override a DMARC failure caused by forwarding (mailing lists, forwarding services). Validated like
-the rest of rules/: every problem names the file, the key and the line.
+Two tables: `[arc] trusted_sealers`, the ARC sealers (RFC 8617) whose valid chain may override a
+DMARC failure caused by forwarding (mailing lists, forwarding services); `[spf]
+distrust_includes`, shared sending services whose SPF pass gives no DMARC credit (see
+`AuthPolicy.distrusted_include`). Validated like the rest of rules/: every problem names the file,
+the key and the line.
 
 What a DMARC result *does* (reject, quarantine, nothing) is not here: it is the forced actions and
 scores of the DMARC_* symbols in actions.toml and scores.toml, where admins soften it.
@@ -20,6 +22,10 @@ from gateway.tomlfile import ConfigError, TomlFile
 _LDH = re.compile(
     r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+"
 )
+# SPF include targets are DNS names, not host names: "_spf.shared.example" is the usual form.
+_DNS_NAME = re.compile(
+    r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?)+"
+)
 
 
 @dataclass(frozen=True)
@@ -28,47 +34,88 @@ class AuthPolicy:
     below example.org, and example.org itself), lower case, no final dot."""
 
     trusted_sealers: tuple[str, ...] = ()
+    distrust_includes: tuple[str, ...] = ()
 
     def trusts_sealer(self, domain: str) -> bool:
-        name = domain.lower().rstrip(".")
-        for entry in self.trusted_sealers:
-            if entry.startswith("."):
-                if name == entry[1:] or name.endswith(entry):
-                    return True
-            elif name == entry:
+        return _listed(domain, self.trusted_sealers)
+
+    def distrusted_include(self, mechanism: str) -> str:
+        """The include's domain when an SPF pass came through a distrusted include, else "".
+
+        The forwarder attack (Shen et al., "Weak Links in Authentication Chains", USENIX
+        Security 2021): bank.example's SPF record says "include:_spf.shared.example" because the
+        bank sends through a shared hosting, relay or forwarding service; any other customer of
+        that service can send "MAIL FROM:<x@bank.example>" with "From: x@bank.example" from the
+        service's IPs, SPF passes and aligns, and DMARC passes. A receiving gateway cannot tell
+        that customer from the bank: the SPF pass is genuine by the bank's own record. All it
+        can do is give such a pass no weight: strict alignment, and DKIM first (the shared
+        service cannot sign as bank.example without the bank's key). `mechanism` is the
+        top-level mechanism that matched (pyspf reports "include:<domain>" for a pass via an
+        include, whatever nesting lies below it), so entries name the domains bank records
+        include, e.g. "_spf.shared.example" (that domain) or ".shared.example" (any below it).
+        """
+        term = mechanism.strip().lower().lstrip("+")
+        if not term.startswith("include:"):
+            return ""
+        domain = term.removeprefix("include:")
+        return domain if _listed(domain, self.distrust_includes) else ""
+
+
+def _listed(domain: str, entries: Sequence[str]) -> bool:
+    """`domain` is an entry, or below a ".domain" entry (or that domain itself)."""
+    name = domain.lower().rstrip(".")
+    for entry in entries:
+        if entry.startswith("."):
+            if name == entry[1:] or name.endswith(entry):
                 return True
-        return False
+        elif name == entry:
+            return True
+    return False
 
 
 def load_auth_policy(doc: TomlFile, errors: list[ConfigError]) -> AuthPolicy:
     """Parse and validate rules/auth.toml; problems are appended to `errors`."""
+    known = {"arc": "trusted_sealers", "spf": "distrust_includes"}
     for key in doc.data:
-        if key != "arc":
-            errors.append(doc.error(key, "unknown table (known: arc)"))
-    table: Any = doc.data.get("arc", {})
-    if not isinstance(table, dict):
-        errors.append(doc.error("arc", "must be a table"))
-        return AuthPolicy()
-    for key in table:
-        if key != "trusted_sealers":
-            errors.append(doc.error(f"arc.{key}", "unknown key (known: trusted_sealers)"))
-    entries = table.get("trusted_sealers", [])
-    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-        errors.append(doc.error("arc.trusted_sealers", "must be a list of domain names"))
-        return AuthPolicy()
-    return AuthPolicy(trusted_sealers=_sealers(doc, entries, errors))
+        if key not in known:
+            errors.append(doc.error(key, "unknown table (known: arc, spf)"))
+    lists: dict[str, tuple[str, ...]] = {}
+    for name, list_key in known.items():
+        table: Any = doc.data.get(name, {})
+        if not isinstance(table, dict):
+            errors.append(doc.error(name, "must be a table"))
+            continue
+        for key in table:
+            if key != list_key:
+                errors.append(doc.error(f"{name}.{key}", f"unknown key (known: {list_key})"))
+        entries = table.get(list_key, [])
+        where = f"{name}.{list_key}"
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            errors.append(doc.error(where, "must be a list of domain names"))
+            continue
+        pattern = _DNS_NAME if name == "spf" else _LDH
+        lists[list_key] = _domains(doc, where, entries, errors, pattern)
+    return AuthPolicy(
+        trusted_sealers=lists.get("trusted_sealers", ()),
+        distrust_includes=lists.get("distrust_includes", ()),
+    )
 
 
-def _sealers(doc: TomlFile, entries: Sequence[str], errors: list[ConfigError]) -> tuple[str, ...]:
+def _domains(
+    doc: TomlFile,
+    where: str,
+    entries: Sequence[str],
+    errors: list[ConfigError],
+    pattern: re.Pattern[str],
+) -> tuple[str, ...]:
     out: list[str] = []
     for raw in entries:
         entry = raw.strip().lower().rstrip(".")
         bare = entry.removeprefix(".")
-        if not _LDH.fullmatch(bare):
+        if not pattern.fullmatch(bare):
             errors.append(
                 doc.error(
-                    "arc.trusted_sealers",
-                    f"{raw!r} is not a domain name (or .domain for every domain below it)",
+                    where, f"{raw!r} is not a domain name (or .domain for every domain below it)"
                 )
             )
             continue

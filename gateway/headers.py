@@ -106,6 +106,50 @@ def strip_authentication_results(raw: bytes, authserv_id: str) -> tuple[bytes, i
     return b"".join(out), len(doomed)
 
 
+def strip_received_spf(raw: bytes, receiver: str) -> tuple[bytes, int]:
+    """Remove Received-SPF fields that name us as their receiver (RFC 7208 9.1 "receiver=").
+
+    A sender can write "Received-SPF: pass ... receiver=<our hostname>" above the message; a
+    downstream filter or MUA reading the topmost Received-SPF (or any that names us) would then
+    take the sender's word for our check. Like forged Authentication-Results, such fields go,
+    found with the same lenient scan (odd case, whitespace before the colon, folding, comments).
+    Received-SPF fields of other receivers (earlier hops) are kept.
+    """
+    ours = receiver.lower().rstrip(".")
+    if b"received-spf" not in raw[: header_end(raw)].lower():
+        return raw, 0
+    doomed = [
+        f
+        for f in scan_header(raw)
+        if f.name == "received-spf" and ours in _spf_receivers(unfold(f.value))
+    ]
+    if not doomed:
+        return raw, 0
+    out, pos = [], 0
+    for f in doomed:
+        out.append(raw[pos : f.start])
+        pos = f.end
+    out.append(raw[pos:])
+    return b"".join(out), len(doomed)
+
+
+# "receiver=" as a key (after start, whitespace, ";" or "("), its value a token or quoted-string.
+_SPF_RECEIVER = re.compile(r'(?:^|[\s;(])receiver\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;()"]+))', re.I)
+_SPF_COMMENT_RECEIVER = re.compile(r"\(\s*([^\s()]+)\s*:", re.I)
+
+
+def _spf_receivers(value: str) -> set[str]:
+    """Every host a Received-SPF value might be read as naming as its receiver: the key-value
+    "receiver=" (quoted or not) and the RFC 7208 comment's leading "(host: ...)"."""
+    found: set[str] = set()
+    for match in _SPF_RECEIVER.finditer(value):
+        text = match.group(1) if match.group(1) is not None else match.group(2)
+        found.add(re.sub(r"\\(.)", r"\1", text).strip().lower().rstrip("."))
+    for match in _SPF_COMMENT_RECEIVER.finditer(value):
+        found.add(match.group(1).lower().rstrip("."))
+    return found
+
+
 def auth_fields(ctx: MessageContext, authserv_id: str) -> bytes:
     """Authentication-Results with our authserv-id (always), and Received-SPF when SPF ran."""
     fields = authentication_results(

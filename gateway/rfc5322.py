@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import email.header
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -326,9 +327,97 @@ def loose_domains(text: str) -> list[str]:
     return found
 
 
+def shown_text(text: str) -> str:
+    """What a renderer may show for `text`: encoded-words decoded, compatibility forms folded
+    (NFKC: a fullwidth "\uff20" or small "\ufe6b" is an "@", fullwidth letters are ASCII),
+    invisible format characters (bidi controls, zero-width spaces: category Cf) dropped."""
+    folded = unicodedata.normalize("NFKC", decode_words(text))
+    return "".join(c for c in folded if unicodedata.category(c) != "Cf")
+
+
 def addresses_in(text: str) -> list[str]:
-    """Address-looking strings in `text` (after decoding encoded-words)."""
-    return _LOOSE_ADDRESS.findall(decode_words(text))
+    """Address-looking strings in `text` as a renderer may show it (see `shown_text`)."""
+    return _LOOSE_ADDRESS.findall(shown_text(text))
+
+
+def invisible_characters(text: str) -> list[str]:
+    """Format characters (Unicode category Cf: RTL/LTR overrides and isolates, zero-width
+    space/joiners, soft hyphen) in `text`, after decoding encoded-words, as U+XXXX."""
+    found: list[str] = []
+    for c in decode_words(text):
+        if unicodedata.category(c) == "Cf":
+            code = f"U+{ord(c):04X}"
+            if code not in found:
+                found.append(code)
+    return found
+
+
+def comments_in(value: str) -> list[str]:
+    """The text of every comment (outermost parentheses, outside quoted-strings) in `value`."""
+    out: list[str] = []
+    i, n = 0, len(value)
+    while i < n:
+        c = value[i]
+        if c == "\\":
+            i += 2
+        elif c == '"':
+            i += 1
+            while i < n and value[i] != '"':
+                i += 2 if value[i] == "\\" else 1
+            i += 1
+        elif c == "(":
+            depth, start, i = 1, i + 1, i + 1
+            while i < n and depth:
+                if value[i] == "\\":
+                    i += 1
+                elif value[i] == "(":
+                    depth += 1
+                elif value[i] == ")":
+                    depth -= 1
+                i += 1
+            out.append(value[start : i - 1 if not depth else i])
+        else:
+            i += 1
+    return out
+
+
+# Lower-case letters of other scripts that render like ASCII ones (the common part of Unicode's
+# confusables). Small-capital lookalikes (Cyrillic "\u0432", "\u043a", "\u043d", "\u0442") are
+# left out, so real words such as "\u0432\u043a\u043e\u043d\u0442\u0430\u043a\u0442\u0435"
+# are not flagged; a whole-script imitation ("\u0441\u043e\u0440\u0435" for "cope") still is.
+_CONFUSABLE = str.maketrans(
+    "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0455\u0456\u0458\u04bb\u0501\u051b\u051d"
+    "\u0261\u04cf\u03b1\u03b9\u03ba\u03bd\u03bf\u03c1\u03c5\u03c7",
+    "aeopcyxsijhdqwglaikvopux",
+)
+
+
+def _script(c: str) -> str:
+    try:
+        return unicodedata.name(c).split(" ")[0]
+    except ValueError:
+        return "?"
+
+
+def homoglyph_reason(domain: str) -> str:
+    """Why `domain` (U-labels or xn-- A-labels) imitates another domain, or "" if it does not:
+    a label mixing scripts (Latin with Cyrillic or Greek...), or a label of other scripts'
+    letters that all render as ASCII ones ("\u0430pple" for "apple")."""
+    for label in domain.lower().rstrip(".").split("."):
+        if label.startswith("xn--"):
+            try:
+                label = label.encode("ascii").decode("idna")
+            except (UnicodeError, ValueError):
+                continue
+        if label.isascii():
+            continue
+        scripts = {_script(c) for c in label if c.isalpha()}
+        if len(scripts) > 1:
+            return f"label {label!r} mixes scripts ({', '.join(sorted(scripts))})"
+        skeleton = unicodedata.normalize("NFKC", label).translate(_CONFUSABLE)
+        if skeleton.isascii():
+            return f"label {label!r} renders as {skeleton!r}"
+    return ""
 
 
 # -- the author (RFC5322.From) ------------------------------------------------------------------
@@ -348,6 +437,12 @@ class AuthorInfo:
         group             RFC 6854 group syntax
         no_address        no mailbox at all (empty field, empty group)
         malformed         not well formed (syntax error, route, odd field name, stray lines)
+        invisible         bidi controls or zero-width characters (RTL override: "moc.knab")
+        homoglyph         an author domain imitating another (mixed scripts, lookalike letters)
+        local_address     an address inside the local part ("a@bank.example"@evil.example)
+        comment_address   an address inside a comment (a@evil.example (a@bank.example))
+
+    Domains of addresses in a local part or a comment are evaluated too: some reader shows them.
 
     `display_addresses` pairs each address shown in a display name with the domain of the
     mailbox it names (the caller decides whether they belong to the same organisation).
@@ -401,6 +496,23 @@ def author_info(message: bytes) -> AuthorInfo:
         hidden = any("@" in decode_words(w) for w in _ENCODED_WORD.findall(value))
         if hidden and (not parsed.mailboxes or parsed.errors):
             loose_everything = True
+    for value in values:
+        invisible = invisible_characters(value)
+        if invisible:
+            problems["invisible"] = "invisible characters in From: " + " ".join(invisible[:4])
+        for comment in comments_in(value):
+            for address in addresses_in(comment):
+                problems["comment_address"] = f"address in a comment: {address}"
+                _add(domains, address)
+    for box in mailboxes:
+        for address in addresses_in(box.local):
+            problems["local_address"] = f"address in the local part: {box.local}@{box.domain}"
+            _add(domains, address)
+    for domain in domains:
+        reason = homoglyph_reason(domain)
+        if reason:
+            problems["homoglyph"] = f"{domain}: {reason}"
+            break
     if "malformed" in problems or loose_everything:
         for value in values:
             for domain in loose_domains(value):
@@ -416,3 +528,9 @@ def author_info(message: bytes) -> AuthorInfo:
         for address in addresses_in(box.display)
     )
     return AuthorInfo(tuple(values), tuple(mailboxes), tuple(domains), problems, shown)
+
+
+def _add(domains: list[str], address: str) -> None:
+    domain = address.rpartition("@")[2].rstrip(".-").lower()
+    if domain and domain not in domains:
+        domains.append(domain)

@@ -98,6 +98,8 @@ class GatewayServer:
                 protocol.transport.close()
         if self._server is not None:
             await self._server.wait_closed()
+        # After the connections: a transaction finishing within the grace may still need DNS.
+        await self.gateway.aclose()
         log.info("stopped")
 
 

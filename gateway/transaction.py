@@ -24,6 +24,7 @@ from gateway.headers import (
     strip_authentication_results,
     strip_nul,
     strip_our_fields,
+    strip_received_spf,
     verdict_fields,
 )
 from gateway.plugin import MessageContext, Phase
@@ -78,10 +79,13 @@ async def _decide_and_act(gateway: Gateway, ctx: MessageContext, downstream: Dow
         ctx.raw = normalize_line_endings(strip_nul(ctx.raw))
     ctx.raw, forged = strip_our_fields(ctx.raw)
     ctx.raw, forged_ar = strip_authentication_results(ctx.raw, gateway.settings.listen.hostname)
+    ctx.raw, forged_spf = strip_received_spf(ctx.raw, gateway.settings.listen.hostname)
     verdict = await inspect(gateway, ctx)
     note = f"removed {forged} forged X-Mailgate fields" if forged else ""
     if forged_ar:
         note = (note + "; " if note else "") + f"removed {forged_ar} forged Authentication-Results"
+    if forged_spf:
+        note = (note + "; " if note else "") + f"removed {forged_spf} forged Received-SPF"
     if verdict.action is Action.RELAY:
         message = prepend_fields(
             ctx.raw,

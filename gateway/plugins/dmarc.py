@@ -12,12 +12,27 @@ record's p/sp and pct; DMARC_NO_RECORD, DMARC_TEMPERROR, DMARC_PERMERROR; DMARC_
 a trusted sealer's valid ARC chain vouches for a failing message (then no policy symbol is
 emitted, so the forced action does not apply). rules/actions.toml forces DMARC_REJECT to a 550,
 DMARC_QUARANTINE to quarantine and DMARC_TEMPERROR to a 4xx; admins soften them there.
+
+From tricks aimed at how a reader renders or parses the field (Shen et al., "Weak Links in
+Authentication Chains", USENIX Security 2021): DMARC_FROM_MALFORMED; DMARC_FROM_DISPLAY_ADDRESS
+(a display name showing another organisation's address, lookalike "@" signs folded);
+DMARC_FROM_INVISIBLE (bidi overrides, zero-width characters); DMARC_FROM_HOMOGLYPH (a domain of
+mixed scripts or lookalike letters); DMARC_FROM_LOCAL_ADDRESS and DMARC_FROM_COMMENT_ADDRESS (an
+address in a quoted local part or in a comment: its domain's policy is applied too).
+
+Forwarder and shared-hosting attacks (same paper): a spoofed From whose SPF passes because the
+client is a shared service the spoofed domain's record includes. By the domain's own record that
+pass is genuine, so a receiving gateway cannot refute it; it can only refuse it weight. DKIM
+comes first (the service cannot sign as the domain), strict alignment (aspf=s, published by the
+domain) narrows what aligns, and rules/auth.toml `[spf] distrust_includes` names includes whose
+SPF pass gives no DMARC credit: DMARC then needs an aligned DKIM pass, and DMARC_SPF_DISTRUSTED
+says why the SPF pass did not count (see gateway.authpolicy.AuthPolicy.distrusted_include).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
 from gateway.arccheck import ArcVerdict
@@ -33,6 +48,7 @@ from gateway.dmarccheck import (
 )
 from gateway.plugin import MessageContext, Phase, Services
 from gateway.rfc5322 import author_info
+from gateway.spfcheck import SpfResult, SpfVerdict
 from gateway.text import printable
 from gateway.verdict import Finding
 
@@ -41,6 +57,10 @@ _FROM_SYMBOLS = {
     "multiple_addresses": "DMARC_FROM_MULTIPLE_ADDRESSES",
     "group": "DMARC_FROM_GROUP",
     "malformed": "DMARC_FROM_MALFORMED",
+    "invisible": "DMARC_FROM_INVISIBLE",
+    "homoglyph": "DMARC_FROM_HOMOGLYPH",
+    "local_address": "DMARC_FROM_LOCAL_ADDRESS",
+    "comment_address": "DMARC_FROM_COMMENT_ADDRESS",
 }
 _FAIL_SYMBOLS = {
     DmarcPolicy.REJECT: "DMARC_REJECT",
@@ -66,8 +86,13 @@ class DmarcCheck:
         "DMARC_FROM_GROUP": "RFC 6854 group syntax in From (CERT/CC VU#517845)",
         "DMARC_FROM_MALFORMED": "From is not well formed (name, route, stray text, hidden address)",
         "DMARC_FROM_DISPLAY_ADDRESS": "the From display name shows an address of another domain",
+        "DMARC_FROM_INVISIBLE": "bidi override or zero-width characters in From (UI spoofing)",
+        "DMARC_FROM_HOMOGLYPH": "the From domain imitates another (mixed scripts, lookalikes)",
+        "DMARC_FROM_LOCAL_ADDRESS": "an address inside the From local part (its domain evaluated)",
+        "DMARC_FROM_COMMENT_ADDRESS": "an address in a From comment (its domain evaluated)",
         "DMARC_AUTH_UNALIGNED": "SPF or DKIM passed, but only for a domain unrelated to From",
         "DMARC_ARC_OVERRIDE": "DMARC failed, but a trusted ARC sealer vouches (forwarded mail)",
+        "DMARC_SPF_DISTRUSTED": "SPF passed via a distrusted shared include: no DMARC credit",
     }
 
     def __init__(self, services: Services) -> None:
@@ -79,7 +104,8 @@ class DmarcCheck:
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         author = author_info(ctx.raw)
         dkim = ctx.dkim if ctx.dkim is not None else await self._dkim.verify(ctx.raw)
-        result = await self.evaluator.evaluate(author, ctx.spf, dkim)
+        spf, distrusted = _distrust(ctx.spf, ctx.rules.auth.distrusted_include)
+        result = await self.evaluator.evaluate(author, spf, dkim)
         trusted = ctx.rules.auth.trusts_sealer
         arc_pending = (
             ctx.arc is not None
@@ -93,7 +119,26 @@ class DmarcCheck:
         )
         result = DmarcResult(author, evaluations)
         ctx.dmarc = result
-        return dmarc_findings(result)
+        found = dmarc_findings(result)
+        if distrusted:
+            detail = f"{distrusted} (include of {spf.mailfrom.domain if spf else ''})"
+            found.append(Finding("DMARC_SPF_DISTRUSTED", detail=printable(detail, 200)))
+        return found
+
+
+def _distrust(
+    spf: SpfResult | None, distrusted_include: Callable[[str], str]
+) -> tuple[SpfResult | None, str]:
+    """SPF as DMARC should see it: a pass via a distrusted include (rules/auth.toml) becomes
+    neutral, so it gives no alignment credit; the include's domain is returned with it."""
+    if spf is None or spf.mailfrom.result is not SpfVerdict.PASS:
+        return spf, ""
+    include = distrusted_include(spf.mailfrom.mechanism)
+    if not include:
+        return spf, ""
+    reason = f"pass via distrusted include:{include}"
+    mailfrom = dataclasses.replace(spf.mailfrom, result=SpfVerdict.NEUTRAL, reason=reason)
+    return dataclasses.replace(spf, mailfrom=mailfrom), include
 
 
 def _override(ev: DomainEvaluation, sealer: str, arc_pending: bool) -> DomainEvaluation:
