@@ -54,13 +54,16 @@ class Gateway:
     connections: dict[str, int] = field(default_factory=dict)
     total_connections: int = 0
     shutting_down: bool = False
+    services: Services | None = None  # what the plugins share (the DNS resolver): for metrics
 
     @classmethod
     def create(cls, settings: Settings, registry: Registry | None = None) -> Gateway:
         registry = registry or builtin_registry()
         rules = load_checked_rules(settings, registry)
-        chain = Chain.build(registry, Services(settings))
+        services = Services(settings)
+        chain = Chain.build(registry, services)
         return cls(
+            services=services,
             settings=settings,
             registry=registry,
             chain=chain,
