@@ -166,3 +166,9 @@ def test_sigterm_stops_every_process_within_the_grace(cluster: Cluster) -> None:
     assert time.monotonic() - started < GRACE
     assert not [pid for pid in pids if _alive(pid)]
     assert cluster.log_text().count("stopped") >= 3  # both workers, then the supervisor
+
+
+def test_sighup_reaches_every_worker(cluster: Cluster) -> None:
+    cluster.proc.send_signal(signal.SIGHUP)
+    text = cluster.wait_log(r"mailgate\[worker \d+ pid \d+\]: rules reloaded", 2)
+    assert len(set(re.findall(r"mailgate\[worker (\d+) pid \d+\]: rules reloaded", text))) == 2
