@@ -10,6 +10,7 @@ passed, workers send nothing more and the run is marked truncated.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -56,6 +57,14 @@ def senders(count: int, tag: str) -> list[str]:
     return [f"loadgen@{sender_domain(i, tag)}" for i in range(count)]
 
 
+def client_tls() -> ssl.SSLContext:
+    """The load generator's side of STARTTLS: encrypt, trust the bench's self-signed certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def _classify(code: int, text: str) -> str:
     if 200 <= code < 300:
         return RELAYED if SINK_TOKEN in text else KEPT
@@ -87,7 +96,7 @@ async def _send(smtp: aiosmtplib.SMTP, sender: str, message: bytes, result: Load
     return True
 
 
-async def _connect(port: int) -> aiosmtplib.SMTP:
+async def _connect(port: int, tls: ssl.SSLContext | None = None) -> aiosmtplib.SMTP:
     smtp = aiosmtplib.SMTP(
         hostname=LOOPBACK,
         port=port,
@@ -98,6 +107,9 @@ async def _connect(port: int) -> aiosmtplib.SMTP:
     )
     await smtp.connect()
     await smtp.ehlo()
+    if tls is not None:
+        await smtp.starttls(tls_context=tls)
+        await smtp.ehlo()
     return smtp
 
 
@@ -107,6 +119,7 @@ async def _worker(
     per_connection: int,
     deadline: float,
     result: LoadResult,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     pos = 0
     while pos < len(share):
@@ -116,7 +129,7 @@ async def _worker(
         chunk = share[pos : pos + per_connection]
         pos += len(chunk)
         try:
-            smtp = await _connect(port)
+            smtp = await _connect(port, tls)
         except (aiosmtplib.SMTPException, OSError) as exc:
             result.outcomes[FAILED] += len(chunk)
             if len(result.errors) < 10:
@@ -144,14 +157,16 @@ async def run_load(
     connections: int,
     per_connection: int,
     time_limit: float,
+    tls: ssl.SSLContext | None = None,
 ) -> LoadResult:
-    """Send every (sender, message) once over `connections` concurrent workers; bounded by time."""
+    """Send every (sender, message) once over `connections` concurrent workers; bounded by time;
+    with `tls`, every connection does STARTTLS (then EHLO again) before its first message."""
     result = LoadResult()
     shares = [messages[i::connections] for i in range(connections)]
     deadline = time.monotonic() + time_limit
     started = time.perf_counter()
     workers = asyncio.gather(
-        *(_worker(port, share, per_connection, deadline, result) for share in shares if share)
+        *(_worker(port, share, per_connection, deadline, result, tls) for share in shares if share)
     )
     try:
         # Past the deadline a worker sends nothing new, but a stuck command may still wait for

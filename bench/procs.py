@@ -47,6 +47,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def children_of(parent: int) -> list[int]:
+    """Live child processes of `parent`, from /proc/<pid>/stat (field 4, the parent pid)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
+                found.append(int(entry.name))
+    return found
+
+
 def self_cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
@@ -81,11 +94,24 @@ class Child:
     def pid(self) -> int:
         return self.popen.pid
 
+    def pids(self) -> list[int]:
+        """This process and its direct children (a supervisor's workers)."""
+        return [self.pid, *children_of(self.pid)]
+
     def cpu(self) -> float:
-        return cpu_seconds(self.pid)
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += cpu_seconds(pid)
+        return total
 
     def peak_rss(self) -> int:
-        return peak_rss_bytes(self.pid)
+        """The largest peak RSS of one process (with workers: the fattest worker)."""
+        peaks = [0]
+        for pid in self.pids():
+            with contextlib.suppress(OSError, ValueError):
+                peaks.append(peak_rss_bytes(pid))
+        return max(peaks)
 
     def log_tail(self, lines: int = 25) -> str:
         try:
@@ -182,8 +208,11 @@ def write_gateway_config(
     sink_port: int,
     dns_port: int,
     order: Sequence[str],
+    workers: int = 1,
+    tls: tuple[Path, Path] | None = None,
 ) -> Path:
-    """A private config and rules/ copy: loopback ports, this plugin order, the shipped policy."""
+    """A private config and rules/ copy: loopback ports, this plugin order, the shipped policy;
+    `workers` processes, and STARTTLS with `tls` (certificate, key) when given."""
     home = workdir / name
     (home / "config").mkdir(parents=True)
     shutil.copytree(REPO / "rules", home / "rules")
@@ -196,13 +225,15 @@ nameservers = ["{LOOPBACK}"]
 port = {dns_port}
 timeout = 5
 """
+    tls_table = f'[tls]\ncert_file = "{tls[0]}"\nkey_file = "{tls[1]}"\n' if tls else ""
     config.write_text(
         f"""# written by python3 -m bench for scenario {name}
 [listen]
 address = "{LOOPBACK}"
 port = {listen_port}
 hostname = "mailgate.bench.test"
-
+{f"workers = {workers}" if workers > 1 else ""}
+{tls_table}
 [relay]
 domains = ["example.com"]
 
@@ -226,6 +257,9 @@ rules = "../rules"
 quarantine = "../quarantine"
 dev_maildir = "../maildir"
 
+[classifier]
+model = "{REPO / "models" / "spam.npz"}"
+
 [logging]
 level = "info"
 """
@@ -240,10 +274,12 @@ def start_gateway(
     dns_port: int,
     order: Sequence[str],
     profile: Path | None = None,
+    workers: int = 1,
+    tls: tuple[Path, Path] | None = None,
 ) -> Child:
     """`python3 -m gateway --config <tmp> serve` in its own process, optionally under cProfile."""
     port = free_port()
-    config = write_gateway_config(workdir, name, port, sink_port, dns_port, order)
+    config = write_gateway_config(workdir, name, port, sink_port, dns_port, order, workers, tls)
     python = [sys.executable]
     if profile is not None:
         python += ["-m", "cProfile", "-o", str(profile)]

@@ -55,6 +55,7 @@ class Gateway:
     connections: dict[str, int] = field(default_factory=dict)
     total_connections: int = 0
     shutting_down: bool = False
+    services: Services | None = None  # what the plugins share (the DNS resolver): for metrics
 
     @classmethod
     def create(cls, settings: Settings, registry: Registry | None = None) -> Gateway:
@@ -63,6 +64,7 @@ class Gateway:
         services = Services(settings)
         chain = Chain.build(registry, services)
         return cls(
+            services=services,
             settings=settings,
             registry=registry,
             chain=chain,

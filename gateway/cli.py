@@ -50,9 +50,11 @@ class SafeFormatter(logging.Formatter):
         return "\n".join(printable(line, 20_000) for line in super().format(record).split("\n"))
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, worker: int | None = None) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # A worker names itself on every line: which process handled which message.
+    name = "%(name)s" if worker is None else f"%(name)s[worker {worker} pid %(process)d]"
+    handler.setFormatter(SafeFormatter(f"%(asctime)s %(levelname)s {name}: %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     # aiosmtpd logs every command line at INFO; our own log line per message says what matters.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
@@ -111,39 +113,88 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"mailgate: {problem}", file=sys.stderr)
     if tls_problems:
         return 1
-    _setup_logging(settings.log_level)
-    return asyncio.run(_serve(settings, gateway, dev=args.dev, demo=args.demo))
+    worker: int | None = args.worker
+    _setup_logging(settings.log_level, worker)
+    if worker is None and settings.listen.workers > 1:
+        return asyncio.run(_supervise(settings, dev=args.dev, demo=args.demo))
+    return asyncio.run(_serve(settings, gateway, dev=args.dev, demo=args.demo, worker=worker))
 
 
-async def _serve(settings: Settings, gateway: Gateway, dev: bool, demo: bool) -> int:
-    from gateway.server import GatewayServer, install_signals
-    from gateway.tls import ServerTls, delivery_tls
+def _start_sink(settings: Settings) -> tuple[Any, Any]:
+    from gateway.devsink import start_dev_sink
+
+    sink_controller, sink = start_dev_sink(
+        settings.delivery.host, settings.delivery.port, settings.dev_maildir
+    )
+    logging.getLogger("mailgate").info(
+        "dev sink on %s:%d writing to %s",
+        settings.delivery.host,
+        settings.delivery.port,
+        settings.dev_maildir,
+    )
+    return sink_controller, sink
+
+
+async def _supervise(settings: Settings, dev: bool, demo: bool) -> int:
+    """`workers = N`: the dev sink runs here, once; the workers serve."""
+    from gateway.supervisor import Supervisor, wait_listening
 
     sink_controller: Any = None
     sink: Any = None
     if dev or demo:
-        from gateway.devsink import start_dev_sink
-
-        sink_controller, sink = start_dev_sink(
-            settings.delivery.host, settings.delivery.port, settings.dev_maildir
-        )
-        logging.getLogger("mailgate").info(
-            "dev sink on %s:%d writing to %s",
-            settings.delivery.host,
-            settings.delivery.port,
-            settings.dev_maildir,
-        )
-    delivery_tls(settings.delivery)  # an unreadable CA file stops us here, not per connection
-    server = GatewayServer(gateway, ServerTls.load(settings.tls))
-    stop = asyncio.Event()
+        sink_controller, sink = _start_sink(settings)
+    supervisor = Supervisor(settings)
     try:
+        task = asyncio.create_task(supervisor.run())
+        listen = settings.listen
+        if demo and await wait_listening(listen.host, listen.port):
+            await _send_demo(settings, listen.host, listen.port, sink)
+        return await task
+    finally:
+        if sink_controller is not None:
+            sink_controller.stop()
+
+
+async def _serve(
+    settings: Settings, gateway: Gateway, dev: bool, demo: bool, worker: int | None = None
+) -> int:
+    from gateway.server import GatewayServer, install_signals
+    from gateway.supervisor import watch_parent
+    from gateway.tls import ServerTls, delivery_tls
+
+    sink_controller: Any = None
+    sink: Any = None
+    if worker is not None:
+        dev = demo = False  # the supervisor runs the sink
+    if dev or demo:
+        sink_controller, sink = _start_sink(settings)
+    delivery_tls(settings.delivery)  # an unreadable CA file stops us here, not per connection
+    server = GatewayServer(gateway, ServerTls.load(settings.tls), maintenance=not worker)
+    stop = asyncio.Event()
+    watcher: asyncio.Task[None] | None = None
+    metrics: Any = None
+    if settings.metrics.host is not None:
+        from gateway.metrics import MetricsServer
+
+        # One endpoint per worker, on consecutive ports: worker i on port + i.
+        metrics_port = settings.metrics.port + (worker or 0)
+        metrics = MetricsServer(gateway, settings.metrics.host, metrics_port)
+    try:
+        if metrics is not None:
+            await metrics.start()
         host, port = await server.start()
         install_signals(asyncio.get_running_loop(), gateway, stop.set, server.tls)
+        if worker is not None:
+            watcher = asyncio.create_task(watch_parent(stop))
         if demo:
             await _send_demo(settings, host, port, sink)
         await stop.wait()
         await server.stop()
     finally:
+        if watcher is not None:
+            watcher.cancel()
+        if metrics is not None:
+            await metrics.stop()
         if sink_controller is not None:
             sink_controller.stop()
     return 0
@@ -299,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="like --dev, and send one message through the gateway at start-up",
     )
+    serve.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="validate config and rules, then exit")

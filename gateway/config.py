@@ -30,6 +30,20 @@ class ListenSettings:
     hostname: str = field(default_factory=socket.gethostname)
     proxy_protocol: bool = False
     proxy_trusted: tuple[Network, ...] = ()
+    workers: int = 1  # > 1: a supervisor runs this many processes sharing the port (SO_REUSEPORT)
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus metrics over HTTP; off unless [metrics] address is set. With N workers, worker
+    i (from 0) serves on port + i: one endpoint per process, no shared multiprocess directory."""
+
+    host: str | None = None
+    port: int = 9325
+
+    @property
+    def enabled(self) -> bool:
+        return self.host is not None
 
 
 @dataclass(frozen=True)
@@ -145,6 +159,7 @@ class Settings:
     mime: MimeSettings = field(default_factory=MimeSettings)
     clamav: ClamavSettings = field(default_factory=ClamavSettings)
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 class _Reader:
@@ -322,7 +337,9 @@ def load_settings(path: Path | None) -> Settings:
         if top not in _TABLES:
             errors.append(doc.error(top, f"unknown table (known: {', '.join(sorted(_TABLES))})"))
 
-    t = read.table("listen", {"address", "port", "hostname", "proxy_protocol", "proxy_trusted"})
+    t = read.table(
+        "listen", {"address", "port", "hostname", "proxy_protocol", "proxy_trusted", "workers"}
+    )
     defaults = ListenSettings()
     listen = ListenSettings(
         host=read.get(t, "listen.address", defaults.host, _string, "an IP address"),
@@ -332,6 +349,7 @@ def load_settings(path: Path | None) -> Settings:
         proxy_trusted=read.get(
             t, "listen.proxy_trusted", (), _networks, "a list of networks like 10.0.0.0/8"
         ),
+        workers=read.get(t, "listen.workers", 1, _positive_int, "a number of processes (>= 1)"),
     )
     if listen.proxy_protocol and not listen.proxy_trusted:
         errors.append(
@@ -498,6 +516,11 @@ def load_settings(path: Path | None) -> Settings:
     classifier = ClassifierSettings(
         model=rel(read.get(t, "classifier.model", "../models/spam.npz", _string, "a file path"))
     )
+    t = read.table("metrics", {"address"})
+    metrics = MetricsSettings()
+    address = read.get(t, "metrics.address", None, _host_port, '"host:port", like "127.0.0.1:9325"')
+    if address is not None:
+        metrics = MetricsSettings(host=address[0], port=address[1])
     t = read.table("logging", {"level"})
     log_level = read.get(
         t,
@@ -525,6 +548,7 @@ def load_settings(path: Path | None) -> Settings:
         mime=mime,
         clamav=clamav,
         classifier=classifier,
+        metrics=metrics,
     )
 
 
@@ -532,6 +556,16 @@ _TABLES = {"listen", "relay", "limits", "tls", "delivery", "plugins", "paths", "
 _TABLES.add("quarantine")
 _TABLES.update({"mime", "clamav"})
 _TABLES.add("classifier")
+_TABLES.add("metrics")
+
+
+def _host_port(value: Any) -> tuple[str, int]:
+    host, sep, port = _string(value).rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host:
+        raise ValueError("")
+    ipaddress.ip_address(host)
+    return host, _port(int(port))
 
 
 def _mime_and_clamav(read: _Reader, plugins: PluginSettings) -> tuple[MimeSettings, ClamavSettings]:

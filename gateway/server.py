@@ -30,9 +30,13 @@ class GatewayServer:
     """The listening socket and the live connections of one gateway process."""
 
     def __init__(
-        self, gateway: Gateway, tls_context: ssl.SSLContext | ServerTls | None = None
+        self,
+        gateway: Gateway,
+        tls_context: ssl.SSLContext | ServerTls | None = None,
+        maintenance: bool = True,
     ) -> None:
         self.gateway = gateway
+        self.maintenance = maintenance  # quarantine expiry: one worker runs it, not all of them
         # A ServerTls is reloadable (SIGHUP): each new connection takes its current context.
         self.tls = (
             tls_context if isinstance(tls_context, ServerTls) else ServerTls.fixed(tls_context)
@@ -56,11 +60,17 @@ class GatewayServer:
     async def start(self) -> tuple[str, int]:
         listen = self.gateway.settings.listen
         loop = asyncio.get_running_loop()
+        # With workers, every process binds the same address: the kernel spreads connections.
         self._server = await loop.create_server(
-            self._factory, host=listen.host, port=listen.port, reuse_address=True
+            self._factory,
+            host=listen.host,
+            port=listen.port,
+            reuse_address=True,
+            reuse_port=listen.workers > 1 or None,
         )
         host, port = self._server.sockets[0].getsockname()[:2]
-        self._maintenance = asyncio.create_task(run_maintenance(self.gateway.store))
+        if self.maintenance:
+            self._maintenance = asyncio.create_task(run_maintenance(self.gateway.store))
         log.info(
             "listening on %s:%d as %s; delivering to %s:%d; policy %s",
             host,

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from gateway import metrics
 from gateway.app import Gateway
 from gateway.headers import (
     auth_fields,
@@ -42,6 +43,7 @@ class Outcome:
     verdict: Verdict
     reply: SmtpReply
     note: str = ""
+    relay_class: str = ""  # the delivery server's answer to DATA: "2xx", "4xx", "5xx"
 
 
 async def inspect(gateway: Gateway, ctx: MessageContext) -> Verdict:
@@ -100,7 +102,7 @@ async def _decide_and_act(gateway: Gateway, ctx: MessageContext, downstream: Dow
             reply = SmtpReply(250, "2.0.0", f"OK id={ctx.queue_id} ({answer.text})")
         else:
             reply = answer
-        return Outcome(verdict, reply, note)
+        return Outcome(verdict, reply, note, f"{answer.code // 100}xx")
     await downstream.reset()
     if verdict.action is Action.QUARANTINE:
         return await _quarantine(gateway, ctx, verdict, note)
@@ -186,3 +188,4 @@ def log_message(ctx: MessageContext, outcome: Outcome, elapsed: float) -> None:
     if outcome.note:
         fields.append(f"note={quoted(outcome.note)}")
     log.info(" ".join(fields))
+    metrics.record(ctx, outcome, elapsed)

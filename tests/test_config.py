@@ -190,3 +190,30 @@ def test_proxy_protocol_needs_trusted_networks(tmp_path: Path) -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         load_settings(tmp_path / "absent.toml")
+
+
+def test_workers_and_metrics_address(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path, BASE))
+    assert settings.listen.workers == 1 and not settings.metrics.enabled
+    text = BASE.replace("port = 2525", "port = 2525\nworkers = 3")
+    text += '\n[metrics]\naddress = "127.0.0.1:9400"\n'
+    settings = load_settings(write_config(tmp_path, text))
+    assert settings.listen.workers == 3
+    assert (settings.metrics.host, settings.metrics.port) == ("127.0.0.1", 9400)
+
+
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [
+        ("listen.workers", "workers = 0"),
+        ("metrics.address", '[metrics]\naddress = "localhost"\n'),
+        ("metrics.address", '[metrics]\naddress = "127.0.0.1:99999"\n'),
+    ],
+)
+def test_bad_workers_or_metrics_refused(tmp_path: Path, key: str, text: str) -> None:
+    if key.startswith("listen."):
+        text = BASE.replace("port = 2525", f"port = 2525\n{text}")
+    else:
+        text = BASE + "\n" + text
+    errors = errors_of(write_config(tmp_path, text))
+    assert [e.key for e in errors] == [key], [str(e) for e in errors]

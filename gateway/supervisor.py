@@ -1,0 +1,130 @@
+"""`[listen] workers = N`: a supervisor process running N gateway workers on one port.
+
+Each worker is a fresh interpreter (`python -m gateway --config ... serve --worker I`), never a fork
+of a running event loop; each binds the listening address with SO_REUSEPORT and the kernel spreads
+connections across them. The supervisor restarts a worker that dies (with backoff), forwards SIGHUP
+(reload rules and certificates) to every worker, and on SIGTERM/SIGINT asks them to drain and stop,
+waiting up to the shutdown grace before killing what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from gateway.config import Settings
+
+log = logging.getLogger("mailgate")
+
+BACKOFF_START = 0.1  # seconds before the first restart; doubles while workers keep dying fast
+BACKOFF_MAX = 10.0
+STABLE_AFTER = 10.0  # a worker that lived this long resets the backoff
+
+
+def worker_command(config: Path | None, index: int) -> list[str]:
+    command = [sys.executable, "-m", "gateway"]
+    if config is not None:
+        command += ["--config", str(config)]
+    return [*command, "serve", "--worker", str(index)]
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.count = settings.listen.workers
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.stopping = asyncio.Event()
+        self.restarts = 0
+
+    async def _spawn(self, index: int) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            *worker_command(self.settings.source, index), stdin=asyncio.subprocess.DEVNULL
+        )
+        self.procs[index] = proc
+        log.info("worker %d started: pid %d", index, proc.pid)
+        return proc
+
+    async def _keep(self, index: int) -> None:
+        """Run worker `index`; restart it whenever it dies, until we are stopping."""
+        backoff = BACKOFF_START
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            proc = await self._spawn(index)
+            code = await proc.wait()
+            if self.stopping.is_set():
+                log.info("worker %d (pid %d) stopped: exit %d", index, proc.pid, code)
+                return
+            if time.monotonic() - started >= STABLE_AFTER:
+                backoff = BACKOFF_START
+            log.error(
+                "worker %d (pid %d) died (exit %d); restarting in %.1fs",
+                index,
+                proc.pid,
+                code,
+                backoff,
+            )
+            self.restarts += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def signal_all(self, signum: int) -> None:
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signum)
+
+    def stop(self) -> None:
+        if not self.stopping.is_set():
+            log.info("stopping %d workers", self.count)
+            self.stopping.set()
+            self.signal_all(signal.SIGTERM)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.signal_all, signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        log.info("supervisor pid %d: starting %d workers", os.getpid(), self.count)
+        keepers = [asyncio.create_task(self._keep(i)) for i in range(self.count)]
+        await self.stopping.wait()
+        grace = self.settings.limits.shutdown_grace + 5.0
+        _, pending = await asyncio.wait(keepers, timeout=grace)
+        if pending:
+            log.warning("workers still running %gs after SIGTERM: killing them", grace)
+            self.signal_all(signal.SIGKILL)
+            await asyncio.wait(pending, timeout=5.0)
+        log.info("stopped")
+        return 0
+
+
+async def wait_listening(host: str, port: int, within: float = 30.0) -> bool:
+    """True once something accepts on host:port (the workers are up)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+    return False
+
+
+async def watch_parent(stop: asyncio.Event) -> None:
+    """A worker whose supervisor vanished (kill -9) stops instead of holding the port."""
+    parent = os.getppid()
+    while not stop.is_set():
+        await asyncio.sleep(1.0)
+        if os.getppid() != parent:
+            log.warning("supervisor (pid %d) is gone: stopping", parent)
+            stop.set()

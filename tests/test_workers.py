@@ -1,0 +1,174 @@
+"""`[listen] workers = 2` as real processes: a supervisor, two workers sharing the port through
+SO_REUSEPORT, both serving; a worker killed with -9 is restarted and mail keeps flowing; SIGTERM
+stops every process within the shutdown grace."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import smtplib
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from harness import LOOPBACK, REPO, free_port, message
+from test_signals import mailgate_command, set_key
+
+GRACE = 5.0
+WORKER_PID = re.compile(r"mailgate\.message\[worker (\d+) pid (\d+)\]: qid=")
+
+
+@dataclass
+class Cluster:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    maildir: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def wait_log(self, pattern: str, count: int = 1, timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_text()
+            if len(re.findall(pattern, text)) >= count:
+                return text
+            assert self.proc.poll() is None, f"mailgate exited:\n{text}"
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} (x{count}) not logged in {timeout}s:\n{self.log_text()}")
+
+    def worker_pids(self) -> dict[int, int]:
+        """Worker index -> its latest pid, from the supervisor's log."""
+        found = re.findall(r"worker (\d+) started: pid (\d+)", self.log_text())
+        return {int(i): int(p) for i, p in found}
+
+    def send(self, n: int) -> None:
+        client = smtplib.SMTP(LOOPBACK, self.port, local_hostname="client.example.net", timeout=5)
+        client.ehlo()
+        client.sendmail("sender@example.net", ["user@example.com"], message(subject=f"workers {n}"))
+        client.quit()
+
+    def handled_by(self) -> set[int]:
+        return {int(pid) for _, pid in WORKER_PID.findall(self.log_text())}
+
+
+def _wait_for_workers(cluster: Cluster, count: int) -> None:
+    if count == 1:
+        cluster.wait_log(r"mailgate: listening on", 1)
+    else:
+        cluster.wait_log(r"mailgate\[worker \d+ pid \d+\]: listening on", count)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with running(tmp_path, workers=2) as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def running(tmp_path: Path, workers: int, extra: str = "") -> Iterator[Cluster]:
+    """`mailgate serve --dev` with `workers`, `extra` appended to the config; ready when every
+    worker has logged that it listens."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    shutil.copytree(REPO / "rules", tmp_path / "rules")
+    port, delivery_port = free_port(), free_port()
+    text = (REPO / "config" / "gateway.toml").read_text(encoding="utf-8")
+    for table, key, value in [
+        ("listen", "address", f'"{LOOPBACK}"'),
+        ("listen", "port", str(port)),
+        ("delivery", "host", f'"{LOOPBACK}"'),
+        ("delivery", "port", str(delivery_port)),
+        ("limits", "shutdown_grace", str(GRACE)),
+        ("paths", "rules", '"../rules"'),
+        ("paths", "quarantine", '"../quarantine"'),
+        ("paths", "dev_maildir", '"../maildir"'),
+    ]:
+        text = set_key(text, table, key, value)
+    text = set_key(text, "listen", "workers", str(workers)) + extra
+    config = etc / "gateway.toml"
+    config.write_text(text, encoding="utf-8")
+    log = tmp_path / "mailgate.log"
+    env = {k: v for k, v in os.environ.items() if k != "MAILGATE_CONFIG"}
+    with open(log, "wb") as err, open(tmp_path / "stdout.log", "wb") as out:
+        proc = subprocess.Popen(
+            [*mailgate_command(), "--config", str(config), "serve", "--dev"],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+        )
+    cluster = Cluster(proc, port, log, tmp_path / "maildir")
+    try:
+        _wait_for_workers(cluster, workers)
+        yield cluster
+    finally:
+        pids = list(cluster.worker_pids().values())
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=GRACE + 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        for pid in pids:  # never leave a worker behind holding the port
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of the (still running) supervisor counts as gone.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+
+def test_two_workers_both_serve(cluster: Cluster) -> None:
+    pids = set(cluster.worker_pids().values())
+    assert len(pids) == 2
+    sent = 0
+    while cluster.handled_by() != pids and sent < 60:
+        cluster.send(sent)
+        sent += 1
+        cluster.wait_log(WORKER_PID.pattern, sent)
+    assert cluster.handled_by() == pids, cluster.log_text()
+
+
+def test_killed_worker_is_restarted_and_mail_flows(cluster: Cluster) -> None:
+    before = cluster.worker_pids()
+    os.kill(before[0], signal.SIGKILL)
+    text = cluster.wait_log(r"worker 0 started: pid \d+", 2)
+    assert "worker 0 (pid" in text and "died" in text
+    after = cluster.worker_pids()
+    assert after[0] != before[0] and after[1] == before[1]
+    _wait_for_workers(cluster, 3)
+    for n in range(6):
+        cluster.send(n)
+    cluster.wait_log(WORKER_PID.pattern, 6)
+
+
+def test_sigterm_stops_every_process_within_the_grace(cluster: Cluster) -> None:
+    pids = list(cluster.worker_pids().values())
+    started = time.monotonic()
+    cluster.proc.send_signal(signal.SIGTERM)
+    assert cluster.proc.wait(timeout=GRACE + 10) == 0
+    assert time.monotonic() - started < GRACE
+    assert not [pid for pid in pids if _alive(pid)]
+    assert cluster.log_text().count("stopped") >= 3  # both workers, then the supervisor
+
+
+def test_sighup_reaches_every_worker(cluster: Cluster) -> None:
+    cluster.proc.send_signal(signal.SIGHUP)
+    text = cluster.wait_log(r"mailgate\[worker \d+ pid \d+\]: rules reloaded", 2)
+    assert len(set(re.findall(r"mailgate\[worker (\d+) pid \d+\]: rules reloaded", text))) == 2
