@@ -51,11 +51,11 @@ class Gateway:
     chain: Chain
     rules: RuleSet
     store: QuarantineStore
-    services: Services | None = None
     connections: dict[str, int] = field(default_factory=dict)
     total_connections: int = 0
     shutting_down: bool = False
-    services: Services | None = None  # what the plugins share (the DNS resolver): for metrics
+    # What the plugins share (the DNS resolver): closed at shutdown, read by metrics.
+    services: Services | None = None
 
     @classmethod
     def create(cls, settings: Settings, registry: Registry | None = None) -> Gateway:
@@ -64,7 +64,6 @@ class Gateway:
         services = Services(settings)
         chain = Chain.build(registry, services)
         return cls(
-            services=services,
             settings=settings,
             registry=registry,
             chain=chain,
