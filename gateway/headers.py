@@ -13,6 +13,7 @@ from email.utils import format_datetime
 
 from gateway import __version__
 from gateway.authresults import authentication_results, authserv_id_of
+from gateway.folding import fold_items
 from gateway.plugin import ClientInfo, MessageContext
 from gateway.rfc5322 import header_end, scan_header, unfold
 from gateway.spfcheck import received_spf
@@ -160,20 +161,6 @@ def auth_fields(ctx: MessageContext, authserv_id: str) -> bytes:
     return fields
 
 
-def _fold(name: str, items: Sequence[str]) -> bytes:
-    """One header field, folded between items so no line passes 78 characters."""
-    lines: list[str] = []
-    current = f"{name}:"
-    for item in items:
-        if len(current) + 1 + len(item) > 78 and current != f"{name}:":
-            lines.append(current)
-            current = "\t" + item
-        else:
-            current = f"{current} {item}"
-    lines.append(current)
-    return ("\r\n".join(lines) + "\r\n").encode("ascii")
-
-
 def received_field(
     client: ClientInfo, hostname: str, queue_id: str, recipients: Sequence[str]
 ) -> bytes:
@@ -189,7 +176,7 @@ def received_field(
         items.append(f"for <{ascii_printable(recipients[0], 200)}>")
     items[-1] += ";"
     items.append(format_datetime(datetime.now(UTC)))
-    return _fold("Received", items)
+    return fold_items("Received", items)
 
 
 def verdict_fields(verdict: Verdict, queue_id: str) -> bytes:
@@ -199,7 +186,7 @@ def verdict_fields(verdict: Verdict, queue_id: str) -> bytes:
         f"X-Mailgate-ID: {queue_id}\r\n"
         f"X-Mailgate-Action: {verdict.action.value}\r\n"
         f"X-Mailgate-Score: {verdict.score:g}\r\n"
-    ).encode("ascii") + _fold("X-Mailgate-Symbols", symbols)
+    ).encode("ascii") + fold_items("X-Mailgate-Symbols", symbols)
 
 
 def prepend_fields(raw: bytes, *fields: bytes) -> bytes:

@@ -47,6 +47,7 @@ from typing import Any
 import spf as pyspf
 
 from gateway.dns import DnsResult, DnsStatus, Resolver, normalize_name
+from gateway.folding import fold_items
 from gateway.text import printable
 
 log = logging.getLogger("mailgate.spf")
@@ -551,18 +552,4 @@ def received_spf(check: SpfEvaluation, receiver: str) -> bytes:
     pairs.append(("identity", check.identity.value))
     items += [f"{key}={_value(value)};" for key, value in pairs]
     items[-1] = items[-1].removesuffix(";")
-    return _fold("Received-SPF", items)
-
-
-def _fold(name: str, items: Sequence[str]) -> bytes:
-    """One header field, folded between items so lines stay near 78 characters."""
-    lines: list[str] = []
-    current = f"{name}:"
-    for item in items:
-        if len(current) + 1 + len(item) > 78 and current != f"{name}:":
-            lines.append(current)
-            current = "\t" + item
-        else:
-            current = f"{current} {item}"
-    lines.append(current)
-    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+    return fold_items("Received-SPF", items)
