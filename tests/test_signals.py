@@ -45,6 +45,33 @@ def set_key(text: str, table: str, key: str, value: str) -> str:
     raise AssertionError(f"[{table}] {key} not found in the shipped config")
 
 
+def write_served_config(
+    tmp_path: Path, changes: list[tuple[str, str, str]] | None = None, extra: str = ""
+) -> tuple[Path, int]:
+    """tmp_path/etc/gateway.toml from the shipped config: loopback on free ports, a copy of
+    rules/ and quarantine and Maildir folders beside it. Returns (config, listening port)."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    shutil.copytree(REPO / "rules", tmp_path / "rules")
+    port, delivery_port = free_port(), free_port()
+    text = (REPO / "config" / "gateway.toml").read_text(encoding="utf-8")
+    for table, key, value in [
+        ("listen", "address", f'"{LOOPBACK}"'),
+        ("listen", "port", str(port)),
+        ("delivery", "host", f'"{LOOPBACK}"'),
+        ("delivery", "port", str(delivery_port)),
+        ("limits", "shutdown_grace", str(GRACE)),
+        ("paths", "rules", '"../rules"'),
+        ("paths", "quarantine", '"../quarantine"'),
+        ("paths", "dev_maildir", '"../maildir"'),
+        *(changes or []),
+    ]:
+        text = set_key(text, table, key, value)
+    config = etc / "gateway.toml"
+    config.write_text(text + extra, encoding="utf-8")
+    return config, port
+
+
 @dataclass
 class Served:
     proc: subprocess.Popen[bytes]
@@ -103,24 +130,7 @@ def _wait_for_banner(proc: subprocess.Popen[bytes], port: int, log: Path) -> Non
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    shutil.copytree(REPO / "rules", tmp_path / "rules")
-    port, delivery_port = free_port(), free_port()
-    text = (REPO / "config" / "gateway.toml").read_text(encoding="utf-8")
-    for table, key, value in [
-        ("listen", "address", f'"{LOOPBACK}"'),
-        ("listen", "port", str(port)),
-        ("delivery", "host", f'"{LOOPBACK}"'),
-        ("delivery", "port", str(delivery_port)),
-        ("limits", "shutdown_grace", str(GRACE)),
-        ("paths", "rules", '"../rules"'),
-        ("paths", "quarantine", '"../quarantine"'),
-        ("paths", "dev_maildir", '"../maildir"'),
-    ]:
-        text = set_key(text, table, key, value)
-    config = etc / "gateway.toml"
-    config.write_text(text, encoding="utf-8")
+    config, port = write_served_config(tmp_path)
     log = tmp_path / "mailgate.log"
     env = {k: v for k, v in os.environ.items() if k != "MAILGATE_CONFIG"}
     with open(log, "wb") as err, open(tmp_path / "stdout.log", "wb") as out:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import smtplib
 import subprocess
@@ -17,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import LOOPBACK, REPO, free_port, message
-from test_signals import mailgate_command, set_key
+from harness import LOOPBACK, message
+from test_signals import mailgate_command, write_served_config
 
 GRACE = 5.0
 WORKER_PID = re.compile(r"mailgate\.message\[worker (\d+) pid (\d+)\]: qid=")
@@ -76,25 +75,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 def running(tmp_path: Path, workers: int, extra: str = "") -> Iterator[Cluster]:
     """`mailgate serve --dev` with `workers`, `extra` appended to the config; ready when every
     worker has logged that it listens."""
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    shutil.copytree(REPO / "rules", tmp_path / "rules")
-    port, delivery_port = free_port(), free_port()
-    text = (REPO / "config" / "gateway.toml").read_text(encoding="utf-8")
-    for table, key, value in [
-        ("listen", "address", f'"{LOOPBACK}"'),
-        ("listen", "port", str(port)),
-        ("delivery", "host", f'"{LOOPBACK}"'),
-        ("delivery", "port", str(delivery_port)),
-        ("limits", "shutdown_grace", str(GRACE)),
-        ("paths", "rules", '"../rules"'),
-        ("paths", "quarantine", '"../quarantine"'),
-        ("paths", "dev_maildir", '"../maildir"'),
-    ]:
-        text = set_key(text, table, key, value)
-    text = set_key(text, "listen", "workers", str(workers)) + extra
-    config = etc / "gateway.toml"
-    config.write_text(text, encoding="utf-8")
+    config, port = write_served_config(tmp_path, [("listen", "workers", str(workers))], extra)
     log = tmp_path / "mailgate.log"
     env = {k: v for k, v in os.environ.items() if k != "MAILGATE_CONFIG"}
     with open(log, "wb") as err, open(tmp_path / "stdout.log", "wb") as out:
