@@ -202,6 +202,26 @@ class _Reader:
             return default
 
 
+# A section's schema: field -> (converter, what the value must be); defaults come from the class.
+Schema = Mapping[str, tuple[Callable[[Any], Any], str]]
+
+
+def _read_section(
+    read: _Reader, name: str, cls: Callable[..., T], schema: Schema, keys: Mapping[str, str]
+) -> T:
+    """Build `cls` from table `name`: each field read (and checked) per `schema`; `keys` gives the
+    TOML key where it differs from the field name. Unknown keys in the table are errors."""
+    table = read.table(name, {keys.get(f, f) for f in schema})
+    defaults = cls()
+    values = {
+        field: read.get(
+            table, f"{name}.{keys.get(field, field)}", getattr(defaults, field), convert, expected
+        )
+        for field, (convert, expected) in schema.items()
+    }
+    return cls(**values)
+
+
 def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError("")
@@ -221,6 +241,9 @@ def _positive_float(value: Any) -> float:
     if not math.isfinite(value):
         raise ValueError("not a finite number")
     return float(value)
+
+
+_SECONDS: tuple[Callable[[Any], Any], str] = (_positive_float, "seconds (> 0)")
 
 
 def _string(value: Any) -> str:
@@ -337,19 +360,19 @@ def load_settings(path: Path | None) -> Settings:
         if top not in _TABLES:
             errors.append(doc.error(top, f"unknown table (known: {', '.join(sorted(_TABLES))})"))
 
-    t = read.table(
-        "listen", {"address", "port", "hostname", "proxy_protocol", "proxy_trusted", "workers"}
-    )
-    defaults = ListenSettings()
-    listen = ListenSettings(
-        host=read.get(t, "listen.address", defaults.host, _string, "an IP address"),
-        port=read.get(t, "listen.port", defaults.port, _port, "a port number (1-65535)"),
-        hostname=read.get(t, "listen.hostname", defaults.hostname, _string, "a host name"),
-        proxy_protocol=read.get(t, "listen.proxy_protocol", False, _bool, "true or false"),
-        proxy_trusted=read.get(
-            t, "listen.proxy_trusted", (), _networks, "a list of networks like 10.0.0.0/8"
-        ),
-        workers=read.get(t, "listen.workers", 1, _positive_int, "a number of processes (>= 1)"),
+    listen = _read_section(
+        read,
+        "listen",
+        ListenSettings,
+        {
+            "host": (_string, "an IP address"),
+            "port": (_port, "a port number (1-65535)"),
+            "hostname": (_string, "a host name"),
+            "proxy_protocol": (_bool, "true or false"),
+            "proxy_trusted": (_networks, "a list of networks like 10.0.0.0/8"),
+            "workers": (_positive_int, "a number of processes (>= 1)"),
+        },
+        {"host": "address"},
     )
     if listen.proxy_protocol and not listen.proxy_trusted:
         errors.append(
@@ -359,58 +382,38 @@ def load_settings(path: Path | None) -> Settings:
                 "otherwise any client could claim any address",
             )
         )
-    t = read.table("relay", {"domains", "relay_networks"})
-    relay = RelaySettings(
-        domains=read.get(t, "relay.domains", (), _domain_list, "a list of domain names"),
-        relay_networks=read.get(
-            t, "relay.relay_networks", (), _networks, "a list of networks like 192.0.2.0/24"
-        ),
+    relay = _read_section(
+        read,
+        "relay",
+        RelaySettings,
+        {
+            "domains": (_domain_list, "a list of domain names"),
+            "relay_networks": (_networks, "a list of networks like 192.0.2.0/24"),
+        },
+        {},
     )
     if not relay.domains and not relay.relay_networks:
         errors.append(
             doc.error("relay.domains", "no domains served and no relay networks: nothing to do")
         )
-    lim = LimitSettings()
-    t = read.table("limits", set(LimitSettings.__dataclass_fields__))
-    limits = LimitSettings(
-        max_message_size=read.get(
-            t, "limits.max_message_size", lim.max_message_size, _positive_int, "bytes (> 0)"
-        ),
-        max_recipients=read.get(
-            t, "limits.max_recipients", lim.max_recipients, _positive_int, "a count (> 0)"
-        ),
-        max_line_length=read.get(
-            t, "limits.max_line_length", lim.max_line_length, _positive_int, "bytes (> 0)"
-        ),
-        max_command_length=read.get(
-            t, "limits.max_command_length", lim.max_command_length, _positive_int, "bytes"
-        ),
-        idle_timeout=read.get(
-            t, "limits.idle_timeout", lim.idle_timeout, _positive_float, "seconds (> 0)"
-        ),
-        data_timeout=read.get(
-            t, "limits.data_timeout", lim.data_timeout, _positive_float, "seconds (> 0)"
-        ),
-        max_connections=read.get(
-            t, "limits.max_connections", lim.max_connections, _positive_int, "a count (> 0)"
-        ),
-        max_connections_per_ip=read.get(
-            t,
-            "limits.max_connections_per_ip",
-            lim.max_connections_per_ip,
-            _positive_int,
-            "a count (> 0)",
-        ),
-        bare_line_endings=read.get(
-            t,
-            "limits.bare_line_endings",
-            lim.bare_line_endings,
-            _one_of("reject", "normalize"),
-            '"reject" or "normalize"',
-        ),
-        shutdown_grace=read.get(
-            t, "limits.shutdown_grace", lim.shutdown_grace, _positive_float, "seconds (> 0)"
-        ),
+    count = (_positive_int, "a count (> 0)")
+    limits = _read_section(
+        read,
+        "limits",
+        LimitSettings,
+        {
+            "max_message_size": (_positive_int, "bytes (> 0)"),
+            "max_recipients": count,
+            "max_line_length": (_positive_int, "bytes (> 0)"),
+            "max_command_length": (_positive_int, "bytes"),
+            "idle_timeout": _SECONDS,
+            "data_timeout": _SECONDS,
+            "max_connections": count,
+            "max_connections_per_ip": count,
+            "bare_line_endings": (_one_of("reject", "normalize"), '"reject" or "normalize"'),
+            "shutdown_grace": _SECONDS,
+        },
+        {},
     )
     if limits.max_command_length < 512:
         errors.append(
@@ -495,15 +498,17 @@ def load_settings(path: Path | None) -> Settings:
     dev_maildir = rel(
         read.get(t, "paths.dev_maildir", "../var/maildir", _string, "a directory path")
     )
-    ds = DnsSettings()
-    t = read.table("dns", set(DnsSettings.__dataclass_fields__))
-    dns = DnsSettings(
-        nameservers=read.get(
-            t, "dns.nameservers", ds.nameservers, _ip_addresses, "a list of IP addresses"
-        ),
-        port=read.get(t, "dns.port", ds.port, _port, "a port number (1-65535)"),
-        timeout=read.get(t, "dns.timeout", ds.timeout, _positive_float, "seconds (> 0)"),
-        cache_size=read.get(t, "dns.cache_size", ds.cache_size, _cache_size, "a count (>= 0)"),
+    dns = _read_section(
+        read,
+        "dns",
+        DnsSettings,
+        {
+            "nameservers": (_ip_addresses, "a list of IP addresses"),
+            "port": (_port, "a port number (1-65535)"),
+            "timeout": _SECONDS,
+            "cache_size": (_cache_size, "a count (>= 0)"),
+        },
+        {},
     )
     t = read.table("quarantine", set(QuarantineSettings.__dataclass_fields__))
     quarantine = QuarantineSettings(
