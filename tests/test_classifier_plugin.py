@@ -47,6 +47,31 @@ async def run(
     return ctx, await inspect(gateway, ctx)
 
 
+async def test_large_messages_are_scored_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from gateway.plugins.classifier import OFF_LOOP_BYTES
+
+    gateway = Gateway.create(settings_with(tmp_path, SHIPPED))
+    model = gateway.chain.plugins[0].model  # type: ignore[attr-defined]
+    threads: list[threading.Thread] = []
+    original = model.score
+
+    def recording(*args: object, **kwargs: object) -> object:
+        threads.append(threading.current_thread())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "score", recording)
+    small = b"Subject: hi\r\n\r\nshort\r\n"
+    big = b"Subject: hi\r\n\r\n" + b"word " * (OFF_LOOP_BYTES // 5 + 10) + b"\r\n"
+    await run(gateway, small)
+    await run(gateway, big)
+    assert threads[0] is threading.main_thread()
+    assert threads[1] is not threading.main_thread()
+
+
 def test_spam_weight() -> None:
     assert spam_weight(0.5, 0.5, 0.9) == 0.0
     assert spam_weight(0.7, 0.5, 0.9) == pytest.approx(0.5)
