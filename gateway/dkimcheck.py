@@ -210,7 +210,7 @@ class KeyCache:
 class _Plan:
     index: int
     tags: dict[bytes, bytes]
-    sig: DkimSignature  # the result so far (PASS placeholder while pending)
+    sig: DkimSignature  # final result, or a provisional one until `pending` is cleared
     pending: bool
 
 

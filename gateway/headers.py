@@ -7,7 +7,7 @@ byte-identical apart from the fields added on top, and a parse/re-render round t
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -15,7 +15,7 @@ from gateway import __version__
 from gateway.authresults import authentication_results, authserv_id_of
 from gateway.folding import fold_items
 from gateway.plugin import ClientInfo, MessageContext
-from gateway.rfc5322 import header_end, scan_header, unfold
+from gateway.rfc5322 import RawField, header_end, scan_header, unfold
 from gateway.spfcheck import received_spf
 from gateway.text import ascii_printable
 from gateway.verdict import Verdict
@@ -70,16 +70,29 @@ def split_header(raw: bytes) -> tuple[list[bytes], bytes]:
     return fields, raw[pos:]
 
 
+def _drop_fields(
+    raw: bytes, name_hint: bytes, doomed: Callable[[RawField], bool]
+) -> tuple[bytes, int]:
+    """Remove the header fields `doomed` picks, found with the lenient scan (gateway.rfc5322):
+    odd case, whitespace before the colon, folding, or after a line that is not a field.
+    `name_hint` (lowercase) lets a message without such a field go untouched cheaply."""
+    if name_hint not in raw[: header_end(raw)].lower():
+        return raw, 0
+    victims = [f for f in scan_header(raw) if doomed(f)]
+    if not victims:
+        return raw, 0
+    out, pos = [], 0
+    for f in victims:
+        out.append(raw[pos : f.start])
+        pos = f.end
+    out.append(raw[pos:])
+    return b"".join(out), len(victims)
+
+
 def strip_our_fields(raw: bytes) -> tuple[bytes, int]:
     """Remove X-Mailgate-* fields a sender put in, so downstream trusts only ours."""
-    if OUR_PREFIX not in raw[:65536].lower():
-        return raw, 0
-    fields, rest = split_header(raw)
-    kept = [f for f in fields if not f.lower().startswith(OUR_PREFIX)]
-    removed = len(fields) - len(kept)
-    if not removed:
-        return raw, 0
-    return b"".join(kept) + rest, removed
+    prefix = OUR_PREFIX.decode("ascii")
+    return _drop_fields(raw, OUR_PREFIX, lambda f: f.name.startswith(prefix))
 
 
 def strip_authentication_results(raw: bytes, authserv_id: str) -> tuple[bytes, int]:
@@ -90,21 +103,11 @@ def strip_authentication_results(raw: bytes, authserv_id: str) -> tuple[bytes, i
     after a line that is not a field: downstream then sees only the results we wrote.
     """
     ours = authserv_id.lower().rstrip(".")
-    if b"authentication-results" not in raw[: header_end(raw)].lower():
-        return raw, 0
-    doomed = [
-        f
-        for f in scan_header(raw)
-        if f.name == "authentication-results" and authserv_id_of(unfold(f.value)) == ours
-    ]
-    if not doomed:
-        return raw, 0
-    out, pos = [], 0
-    for f in doomed:
-        out.append(raw[pos : f.start])
-        pos = f.end
-    out.append(raw[pos:])
-    return b"".join(out), len(doomed)
+    return _drop_fields(
+        raw,
+        b"authentication-results",
+        lambda f: f.name == "authentication-results" and authserv_id_of(unfold(f.value)) == ours,
+    )
 
 
 def strip_received_spf(raw: bytes, receiver: str) -> tuple[bytes, int]:
@@ -117,21 +120,11 @@ def strip_received_spf(raw: bytes, receiver: str) -> tuple[bytes, int]:
     Received-SPF fields of other receivers (earlier hops) are kept.
     """
     ours = receiver.lower().rstrip(".")
-    if b"received-spf" not in raw[: header_end(raw)].lower():
-        return raw, 0
-    doomed = [
-        f
-        for f in scan_header(raw)
-        if f.name == "received-spf" and ours in _spf_receivers(unfold(f.value))
-    ]
-    if not doomed:
-        return raw, 0
-    out, pos = [], 0
-    for f in doomed:
-        out.append(raw[pos : f.start])
-        pos = f.end
-    out.append(raw[pos:])
-    return b"".join(out), len(doomed)
+    return _drop_fields(
+        raw,
+        b"received-spf",
+        lambda f: f.name == "received-spf" and ours in _spf_receivers(unfold(f.value)),
+    )
 
 
 # "receiver=" as a key (after start, whitespace, ";" or "("), its value a token or quoted-string.

@@ -435,3 +435,18 @@ def test_received_field_writes_ipv6_address_literals() -> None:
         ["a@example.com"],
     )
     assert field.startswith(b"Received: from h.example ([IPv6:2001:db8::7])")
+
+
+def test_forged_verdict_fields_are_removed_however_they_are_written() -> None:
+    from gateway.headers import strip_our_fields
+
+    forged = (
+        b"X-Mailgate-Action: relay\r\n"
+        b"x-mailgate-score : -100\r\n"
+        b"X-MAILGATE-Symbols:\r\n\tLIST_CLIENT_ALLOWED(-10)\r\n"
+    )
+    rest = b"Subject: hi\r\n\r\nX-Mailgate-Action: in the body stays\r\n"
+    stripped, removed = strip_our_fields(forged + rest)
+    assert removed == 3
+    assert stripped == rest
+    assert strip_our_fields(rest) == (rest, 0)
