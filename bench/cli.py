@@ -33,6 +33,7 @@ from bench.report import (
     Summary,
     compute_ratios,
     cpu_table,
+    stage_table,
     table,
 )
 
@@ -61,6 +62,8 @@ class Options:
     json_path: Path | None
     profile_dir: Path | None
     keep: bool
+    profiler: str = "cprofile"
+    only: tuple[str, ...] = ()
 
 
 WARMUP_LIMIT = 15.0
@@ -96,6 +99,21 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         dest="profile_dir",
         help="run each gateway under cProfile, writing <scenario>.prof here (inflates CPU)",
     )
+    parser.add_argument(
+        "--profiler",
+        choices=("cprofile", "py-spy"),
+        default="cprofile",
+        help="with --profile: cProfile (main thread, exact calls) or py-spy (every thread, "
+        "sampled; writes <scenario>.txt collapsed stacks; needs py-spy installed)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="SCENARIO",
+        help="run only this scenario (repeatable; direct and pass-through always run, "
+        "as the ratios need them)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else DEFAULTS
@@ -120,6 +138,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         json_path=args.json_path,
         profile_dir=args.profile_dir,
         keep=args.keep,
+        profiler=args.profiler,
+        only=tuple(args.only),
     )
 
 
@@ -204,10 +224,14 @@ async def measure(
     gateway = children.gateways.get(scenario.name)
     port = gateway.port if gateway else children.sink.port
     gw_before = gateway.cpu() if gateway else 0.0
+    stages_before = await procs.plugin_cpu(gateway) if gateway else {}
     sink_before, dns_before = children.sink.cpu(), children.dns.cpu()
     self_before, machine_before = procs.self_cpu_seconds(), procs.machine_cpu_seconds()
     tls = client_tls() if scenario.tls else None
     result = await run_load(port, messages, options.connections, options.per_connection, limit, tls)
+    gw_after = gateway.cpu() if gateway else 0.0
+    stages_after = await procs.plugin_cpu(gateway) if gateway else {}
+    stages = {name: value - stages_before.get(name, 0.0) for name, value in stages_after.items()}
     return RunRecord(
         scenario=scenario.name,
         round=round_no,
@@ -218,7 +242,8 @@ async def measure(
         outcomes=result.outcomes,
         errors=result.errors,
         truncated=result.truncated,
-        gateway_cpu=gateway.cpu() - gw_before if gateway else None,
+        gateway_cpu=gw_after - gw_before if gateway else None,
+        stage_cpu=stages,
         sink_cpu=children.sink.cpu() - sink_before,
         dns_cpu=children.dns.cpu() - dns_before,
         loadgen_cpu=procs.self_cpu_seconds() - self_before,
@@ -247,7 +272,8 @@ async def start_children(options: Options, plan: list[Scenario], workdir: Path) 
             profile = None
             if options.profile_dir is not None:
                 options.profile_dir.mkdir(parents=True, exist_ok=True)
-                profile = (options.profile_dir / f"{slug}.prof").resolve()
+                suffix = ".txt" if options.profiler == "py-spy" else ".prof"
+                profile = (options.profile_dir / f"{slug}{suffix}").resolve()
             tls = None
             if scenario.tls:
                 from gateway.certs import make_selfsigned
@@ -255,7 +281,15 @@ async def start_children(options: Options, plan: list[Scenario], workdir: Path) 
                 tls = (workdir / f"{slug}.crt", workdir / f"{slug}.key")
                 make_selfsigned("mailgate.bench.test", tls[0], tls[1], days=2)
             gateway = procs.start_gateway(
-                workdir, slug, sink.port, dns.port, scenario.order, profile, scenario.workers, tls
+                workdir,
+                slug,
+                sink.port,
+                dns.port,
+                scenario.order,
+                profile,
+                scenario.workers,
+                tls,
+                options.profiler,
             )
             started.append(gateway)
             gateways[scenario.name] = gateway
@@ -380,6 +414,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench: the shipped rules do not fit:\n" + "\n".join(problems), file=sys.stderr)
         return 2
     plan = scenarios(full_order, extra)
+    if options.only:
+        known = {s.name for s in plan}
+        unknown = [name for name in options.only if name not in known]
+        if unknown:
+            print(
+                f"bench: unknown scenario {unknown[0]!r}; known: {sorted(known)}", file=sys.stderr
+            )
+            return 2
+        plan = [s for s in plan if s.name in (DIRECT, PASS, *options.only)]
     info = machine()
     print(header(options, sample, info, plan), flush=True)
     print(file=sys.stderr)
@@ -405,13 +448,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(cpu_table(summaries))
     print()
+    print(stage_table(summaries))
+    print()
     print(NOTES)
     print(f"\ntotal {elapsed:.1f}s, loadavg {os.getloadavg()[0]:.2f} at end")
     small = options.rounds == 1 and options.messages < 500
     if small:
         print("small run: a smoke check; CPU time is counted in 10 ms ticks, so figures are coarse")
     if options.profile_dir is not None:
-        print(f"profiles in {options.profile_dir} (CPU figures above include cProfile overhead)")
+        print(f"profiles in {options.profile_dir} (CPU figures above include profiler overhead)")
     status = warnings(summaries, cores, small)
     if options.json_path is not None:
         write_json(options, sample, info, elapsed, summaries)

@@ -89,6 +89,8 @@ class Child:
     port: int
     log_path: Path
     log_file: IO[bytes]
+    sampler: subprocess.Popen[bytes] | None = None
+    metrics_ports: tuple[int, ...] = ()
 
     @property
     def pid(self) -> int:
@@ -133,7 +135,12 @@ class Child:
         )
 
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM, wait up to `grace`, then SIGKILL; only ever this one process id."""
+        """SIGTERM, wait up to `grace`, then SIGKILL; only ever this one process id.
+        A py-spy sampler gets SIGINT first, on which it writes its profile."""
+        if self.sampler is not None and self.sampler.poll() is None:
+            self.sampler.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.sampler.wait(timeout=30.0)
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -210,6 +217,7 @@ def write_gateway_config(
     order: Sequence[str],
     workers: int = 1,
     tls: tuple[Path, Path] | None = None,
+    metrics_port: int | None = None,
 ) -> Path:
     """A private config and rules/ copy: loopback ports, this plugin order, the shipped policy;
     `workers` processes, and STARTTLS with `tls` (certificate, key) when given."""
@@ -226,6 +234,7 @@ port = {dns_port}
 timeout = 5
 """
     tls_table = f'[tls]\ncert_file = "{tls[0]}"\nkey_file = "{tls[1]}"\n' if tls else ""
+    metrics = f'[metrics]\naddress = "{LOOPBACK}:{metrics_port}"\n' if metrics_port else ""
     config.write_text(
         f"""# written by python3 -m bench for scenario {name}
 [listen]
@@ -252,6 +261,7 @@ data_timeout = 30
 [plugins]
 order = {_toml_list(order)}
 {dns}
+{metrics}
 [paths]
 rules = "../rules"
 quarantine = "../quarantine"
@@ -276,15 +286,35 @@ def start_gateway(
     profile: Path | None = None,
     workers: int = 1,
     tls: tuple[Path, Path] | None = None,
+    profiler: str = "cprofile",
 ) -> Child:
-    """`python3 -m gateway --config <tmp> serve` in its own process, optionally under cProfile."""
+    """`python3 -m gateway --config <tmp> serve` in its own process, optionally under cProfile
+    or py-spy (which samples every thread and writes collapsed stacks)."""
     port = free_port()
-    config = write_gateway_config(workdir, name, port, sink_port, dns_port, order, workers, tls)
+    metrics_port = free_port()  # worker i serves port + i
+    config = write_gateway_config(
+        workdir, name, port, sink_port, dns_port, order, workers, tls, metrics_port
+    )
     python = [sys.executable]
-    if profile is not None:
+    spy = None
+    if profile is not None and profiler == "py-spy":
+        spy = shutil.which("py-spy")
+        if spy is None:
+            raise ProcessError("--profiler py-spy: py-spy is not installed (pip install py-spy)")
+    elif profile is not None:
         python += ["-m", "cProfile", "-o", str(profile)]
     argv = [*python, "-m", "gateway", "--config", str(config), "serve"]
-    return spawn(name, argv, port, workdir)
+    child = spawn(name, argv, port, workdir)
+    child.metrics_ports = tuple(metrics_port + i for i in range(workers))
+    if spy is not None and profile is not None:
+        # Attached rather than wrapping: the gateway keeps its own pid and signals, and py-spy
+        # writes its collapsed stacks when stop() sends it SIGINT.
+        sampler = [spy, "record", "--pid", str(child.pid), "--subprocesses", "--format", "raw"]
+        sampler += ["--rate", "250", "--nonblocking", "--output", str(profile)]
+        child.sampler = subprocess.Popen(
+            sampler, stdin=subprocess.DEVNULL, stdout=child.log_file, stderr=subprocess.STDOUT
+        )
+    return child
 
 
 async def wait_ready(child: Child, limit: float = 15.0, smtp: bool = True) -> None:
@@ -324,3 +354,35 @@ async def wait_ready(child: Child, limit: float = 15.0, smtp: bool = True) -> No
             return
         raise ProcessError(f"{child.name} greeted with {greeting!r}:\n{child.log_tail()}")
     raise ProcessError(f"{child.name} not ready after {limit:g}s ({last}):\n{child.log_tail()}")
+
+
+async def _get_metrics(port: int) -> str:
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    try:
+        writer.write(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 10.0)
+    finally:
+        writer.close()
+    return raw.partition(b"\r\n\r\n")[2].decode("utf-8", "replace")
+
+
+async def plugin_cpu(child: Child) -> dict[str, float]:
+    """CPU seconds per plugin so far, summed over the gateway's workers, from its Prometheus
+    endpoint; the key "" holds the messages concluded. Empty if the endpoint does not answer."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: dict[str, float] = {}
+    for port in child.metrics_ports:
+        try:
+            text = await _get_metrics(port)
+        except (OSError, TimeoutError):
+            return {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "mailgate_plugin_cpu_seconds_total":
+                    name = sample.labels["plugin"]
+                    totals[name] = totals.get(name, 0.0) + sample.value
+                elif sample.name == "mailgate_messages_total":
+                    totals[""] = totals.get("", 0.0) + sample.value
+    return totals

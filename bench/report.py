@@ -39,6 +39,8 @@ class RunRecord:
     dns_cpu: float
     loadgen_cpu: float
     machine_cpu: float
+    # CPU seconds per plugin from the gateway's own accounting; "" = messages it concluded
+    stage_cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def throughput(self) -> float:
@@ -62,6 +64,8 @@ class RunRecord:
             "dns_cpu_s": self.dns_cpu,
             "loadgen_cpu_s": self.loadgen_cpu,
             "machine_cpu_s": self.machine_cpu,
+            "plugin_cpu_s": {k: v for k, v in self.stage_cpu.items() if k},
+            "messages_concluded": self.stage_cpu.get(""),
         }
 
 
@@ -122,6 +126,17 @@ class Summary:
         if any(v is None for v in values):
             return None
         return self._per_message(sum(v for v in values if v is not None))
+
+    def stage_cpu(self) -> dict[str, float]:
+        """CPU seconds per message for each plugin (and the quarantine write), as the gateway
+        accounted it (gateway.cputime), over the messages it concluded in the measured runs."""
+        messages = sum(r.stage_cpu.get("", 0.0) for r in self.runs)
+        if not messages:
+            return {}
+        totals: Counter[str] = Counter()
+        for run in self.runs:
+            totals.update({k: v for k, v in run.stage_cpu.items() if k})
+        return {name: seconds / messages for name, seconds in totals.items()}
 
     @property
     def sink_cpu(self) -> float | None:
@@ -185,6 +200,7 @@ class Summary:
             "sink_cpu_ms_per_message": _ms(self.sink_cpu),
             "dns_cpu_ms_per_message": _ms(self.dns_cpu),
             "loadgen_cpu_ms_per_message": _ms(self.loadgen_cpu),
+            "plugin_cpu_ms_per_message": {k: v * 1000 for k, v in self.stage_cpu().items()},
             "machine_busy": self.busy(cores),
             "machine_other": self.other(cores),
             "outcomes": dict(self.outcomes),
@@ -303,4 +319,32 @@ def cpu_table(summaries: Sequence[Summary]) -> str:
             f"{_fmt(_ms(s.dns_cpu), '8.3f'):>8} "
             f"{_fmt(_ms(s.loadgen_cpu), '8.3f'):>8}"
         )
+    return "\n".join(out)
+
+
+def stage_table(summaries: Sequence[Summary]) -> str:
+    """CPU ms per message for each plugin, one column per gateway scenario; "rest" is what the
+    gateway spent outside the plugins (SMTP both ways, headers, logging, the event loop)."""
+    columns = [s for s in summaries if s.stage_cpu()]
+    if not columns:
+        return "plugin CPU: no figures (the gateways' metrics endpoints did not answer)"
+    per = {s.name: s.stage_cpu() for s in columns}
+    names = sorted(
+        {n for costs in per.values() for n in costs}, key=lambda n: (n == "quarantine", n)
+    )
+    width = max(len(s.name) for s in columns) + 2
+    out = ["plugin CPU ms/msg".ljust(20) + "".join(s.name.rjust(width) for s in columns)]
+    for name in [*names, "sum", "rest"]:
+        cells = []
+        for s in columns:
+            costs = per[s.name]
+            if name == "sum":
+                value: float | None = sum(costs.values())
+            elif name == "rest":
+                value = None if s.gateway_cpu is None else s.gateway_cpu - sum(costs.values())
+            else:
+                value = costs.get(name)
+            cells.append(_fmt(_ms(value), ".3f").rjust(width))
+        label = {"quarantine": "quarantine write", "rest": "rest (SMTP, relay)"}.get(name, name)
+        out.append(f"  {label:<18}" + "".join(cells))
     return "\n".join(out)

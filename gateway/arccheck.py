@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from gateway.cputime import offload
 from gateway.dkimcheck import (
     DEFAULT_LIFETIME,
     DKIMPY_LOG,
@@ -131,7 +132,7 @@ class ArcVerifier:
                     ArcVerdict.TEMPERROR, f"key lookup failed: {name[:80]}", sets, tuple(bad)
                 )
         if len(message) > self.thread_threshold:
-            cv, reason = await asyncio.to_thread(_run, arc, keys)
+            cv, reason = await offload(_run, arc, keys)
         else:
             cv, reason = _run(arc, keys)
         verdict = {"pass": ArcVerdict.PASS, "none": ArcVerdict.NONE}.get(cv, ArcVerdict.FAIL)

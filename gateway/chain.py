@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 from gateway.config import PluginSettings
+from gateway.cputime import CpuMeter, metered
 from gateway.plugin import (
     MessageContext,
     Phase,
@@ -58,8 +59,11 @@ class Chain:
 
     async def _run_one(self, plugin: Plugin, phase: Phase, ctx: MessageContext) -> list[Finding]:
         timeout = self._timeouts[plugin.name]
+        meter = ctx.cpu.get(plugin.name)
+        if meter is None:
+            meter = ctx.cpu[plugin.name] = CpuMeter()
         try:
-            results = await asyncio.wait_for(plugin.check(phase, ctx), timeout)
+            results = await asyncio.wait_for(metered(plugin.check(phase, ctx), meter), timeout)
         except TimeoutError:
             log.warning(
                 "qid=%s plugin=%s phase=%s timed out after %gs",

@@ -43,6 +43,7 @@ import dkim
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from gateway.cputime import offload
 from gateway.dns import DnsResult, DnsStatus, Resolver
 from gateway.rfc5322 import header_end, scan_header
 from gateway.spfcheck import valid_domain
@@ -276,7 +277,7 @@ class DkimVerifier:
         if pending:
             counts = _field_counts(message)
             if len(message) > self.thread_threshold:
-                await asyncio.to_thread(self._verify_all, verifier, body, pending, keys, counts)
+                await offload(self._verify_all, verifier, body, pending, keys, counts)
             else:
                 self._verify_all(verifier, body, pending, keys, counts)
         return DkimResult(tuple(p.sig for p in plans), skipped)

@@ -41,6 +41,13 @@ PLUGIN_SECONDS = Histogram(
     buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0),
     registry=REGISTRY,
 )
+PLUGIN_CPU = Counter(
+    "mailgate_plugin_cpu_seconds",
+    "CPU time spent per plugin (and the quarantine write), on the event loop and in worker "
+    "threads; divide by mailgate_messages_total for CPU per message",
+    ["plugin"],
+    registry=REGISTRY,
+)
 MESSAGE_SECONDS = Histogram(
     "mailgate_message_seconds",
     "Time from the end of DATA to our reply (inspection, relay or quarantine)",
@@ -67,6 +74,8 @@ def record(ctx: MessageContext, outcome: Outcome, elapsed: float) -> None:
         SYMBOLS.labels(finding.symbol).inc()
     for name, seconds in ctx.timings.items():
         PLUGIN_SECONDS.labels(name).observe(seconds)
+    for name, meter in ctx.cpu.items():
+        PLUGIN_CPU.labels(name).inc(meter.seconds)
     MESSAGE_SECONDS.observe(elapsed)
     if outcome.relay_class:
         RELAY.labels(outcome.relay_class).inc()

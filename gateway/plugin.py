@@ -19,6 +19,7 @@ from typing import ClassVar, Protocol
 
 from gateway.arccheck import ArcResult
 from gateway.config import Settings
+from gateway.cputime import CpuMeter
 from gateway.dkimcheck import DkimResult
 from gateway.dmarccheck import DmarcResult
 from gateway.dns import Resolver
@@ -82,6 +83,7 @@ class MessageContext:
     raw: bytes = b""
     findings: list[Finding] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, CpuMeter] = field(default_factory=dict)  # CPU per plugin / stage (cputime)
     spf: SpfResult | None = None  # set by the spf plugin at MAIL; DMARC reads it
     dkim: DkimResult | None = None  # set by the dkim plugin at DATA; DMARC reads it
     arc: ArcResult | None = None  # set by the arc plugin at DATA; DMARC may use it to override

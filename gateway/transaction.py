@@ -6,7 +6,6 @@ Acting follows the rule of the whole product: the reply is 250 only when the del
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -15,6 +14,7 @@ from typing import Any
 
 from gateway import metrics
 from gateway.app import Gateway
+from gateway.cputime import CpuMeter, metered, offload
 from gateway.headers import (
     auth_fields,
     has_bare_line_endings,
@@ -119,7 +119,9 @@ async def _quarantine(
         verdict_fields(verdict, ctx.queue_id),
     )
     try:
-        await asyncio.to_thread(gateway.store.put, ctx.queue_id, message, metadata(ctx, verdict))
+        meter = ctx.cpu.setdefault("quarantine", CpuMeter())
+        entry = metadata(ctx, verdict)
+        await metered(offload(gateway.store.put, ctx.queue_id, message, entry), meter)
     except StoreError as exc:
         log.error("qid=%s quarantine failed: %s", ctx.queue_id, exc)
         return Outcome(verdict, _with_id(Replies.QUARANTINE_FAILED, ctx.queue_id), str(exc))

@@ -46,6 +46,9 @@ def test_scrape_after_a_message(tmp_path: Path) -> None:
     assert value(text, 'mailgate_messages_total{action="relay"}') == 1
     assert value(text, 'mailgate_relay_replies_total{reply_class="2xx"}') == 1
     assert value(text, 'mailgate_plugin_seconds_count{plugin="headers"}') == 1
+    # CPU per plugin, for "what does each plugin cost": present, small, not wall time
+    cpu = value(text, 'mailgate_plugin_cpu_seconds_total{plugin="mime"}')
+    assert 0 < cpu < value(text, 'mailgate_plugin_seconds_sum{plugin="mime"}') + 0.05
     assert value(text, "mailgate_message_seconds_count") == 1
     assert value(text, 'mailgate_dns_cache_total{result="hit"}') >= 0
     assert value(text, 'mailgate_dns_cache_total{result="miss"}') >= 0

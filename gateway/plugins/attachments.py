@@ -7,10 +7,10 @@ scans every leaf of every reading in a worker thread under its own time budget
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
+from gateway.cputime import offload
 from gateway.mime.content import ContentReport, scan
 from gateway.mime.symbols import ATTACHMENT_SYMBOLS
 from gateway.plugin import MessageContext, Phase, Services
@@ -28,7 +28,7 @@ class AttachmentInspection:
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         report = await mime_report(ctx)
-        content: ContentReport = await asyncio.to_thread(scan, report, ctx.settings.mime)
+        content: ContentReport = await offload(scan, report, ctx.settings.mime)
         found = list(content.findings)
         if not report.complete and not any(f.symbol == "ATT_UNSCANNABLE" for f in found):
             # the MIME stage stopped early: what was not reached was not scanned either

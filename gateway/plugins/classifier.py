@@ -16,13 +16,13 @@ Findings, from the spam probability p and the card's thresholds:
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import ClassVar
 
 from gateway.classifier.model import SpamModel, load
+from gateway.cputime import offload
 from gateway.plugin import MessageContext, Phase, Services
 from gateway.verdict import Finding
 
@@ -58,9 +58,7 @@ class SpamClassifier:
         if len(ctx.raw) > OFF_LOOP_BYTES:
             # Feature extraction grows with the message (about 1 ms for a typical one, ~10 ms
             # for the largest corpus messages): keep big ones off the event loop.
-            score = await asyncio.to_thread(
-                model.score, ctx.raw, envelope_from=sender, arrival=arrival
-            )
+            score = await offload(model.score, ctx.raw, envelope_from=sender, arrival=arrival)
         else:
             score = model.score(ctx.raw, envelope_from=sender, arrival=arrival)
         p = score.probability

@@ -7,10 +7,10 @@ attachments and clamav plugins, whichever of them runs first.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
+from gateway.cputime import offload
 from gateway.mime.model import MimeReport
 from gateway.mime.parse import analyze
 from gateway.mime.symbols import MIME_SYMBOLS
@@ -28,7 +28,7 @@ async def mime_report(ctx: MessageContext) -> MimeReport:
         if len(ctx.raw) <= _INLINE_BYTES:
             ctx.mime = analyze(ctx.raw, limits)
         else:
-            ctx.mime = await asyncio.to_thread(analyze, ctx.raw, limits)
+            ctx.mime = await offload(analyze, ctx.raw, limits)
     return ctx.mime
 
 
