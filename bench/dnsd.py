@@ -10,7 +10,8 @@ corpus:
     loadgen.bench.test             TXT "v=spf1 ip4:127.0.0.1 -all", A 127.0.0.1 (the HELO name)
 
 Other names under bench.test are NXDOMAIN, known names asked for another type are NODATA (both
-with an SOA, so they may be cached); a name outside bench.test is NXDOMAIN too (the DMARC and
+with an SOA, so they may be cached); a name outside bench.test is NXDOMAIN too, with an SOA of
+its parent domain (negative TTL 300 s) (the DMARC and
 DKIM lookups of the corpus's real From domains: this world has no other DNS). Each load-generator
 message uses its own sender domain (bench.load.sender_domain), so every SPF check of the MAIL
 FROM domain is a cache miss at the gateway and a real query here.
@@ -46,6 +47,7 @@ RECORDS: dict[tuple[dns.name.Name, dns.rdatatype.RdataType], str] = {
 }
 KNOWN = {name for name, _ in RECORDS}
 SOA = "ns.bench.test. hostmaster.bench.test. 1 3600 600 86400 60"
+OTHER_SOA = "ns.invalid. hostmaster.invalid. 1 3600 600 86400 300"  # negative TTL 300 s
 
 log = logging.getLogger("bench.dnsd")
 
@@ -64,8 +66,12 @@ def answer(wire: bytes) -> bytes | None:
     if not name.is_subdomain(ZONE):
         # The bench world has no other DNS: DMARC and DKIM lookups of the corpus's real From
         # domains get "no such name" (DMARC none, DKIM no key), answered fast, never a timeout.
+        # With an SOA of the name's parent domain, as any real server sends, so that the answer
+        # may be cached for its negative TTL (RFC 2308) like it would be in production.
         log.debug("query outside the bench zone: NXDOMAIN for %s", name)
         response.set_rcode(dns.rcode.NXDOMAIN)
+        owner = name.split(3)[1] if len(name) > 3 else name
+        response.authority.append(dns.rrset.from_text(owner, TTL, "IN", "SOA", OTHER_SOA))
         return response.to_wire()
     response.flags |= dns.flags.AA
     text = RECORDS.get((name, rdtype))

@@ -120,7 +120,9 @@ async def _worker(
     deadline: float,
     result: LoadResult,
     tls: ssl.SSLContext | None = None,
+    slots: Sequence[float] = (),
 ) -> None:
+    """Send `share` in order; with `slots`, message i is not sent before time slots[i]."""
     pos = 0
     while pos < len(share):
         if time.monotonic() >= deadline:
@@ -140,6 +142,10 @@ async def _worker(
                 if time.monotonic() >= deadline:
                     result.truncated = True
                     return
+                if slots:
+                    await asyncio.sleep(
+                        max(0.0, slots[pos - len(chunk) + index] - time.monotonic())
+                    )
                 if not await _send(smtp, sender, message, result):
                     pos -= len(chunk) - index - 1  # the rest of the chunk: on a new connection
                     break
@@ -158,15 +164,26 @@ async def run_load(
     per_connection: int,
     time_limit: float,
     tls: ssl.SSLContext | None = None,
+    rate: float | None = None,
 ) -> LoadResult:
     """Send every (sender, message) once over `connections` concurrent workers; bounded by time;
-    with `tls`, every connection does STARTTLS (then EHLO again) before its first message."""
+    with `tls`, every connection does STARTTLS (then EHLO again) before its first message.
+
+    Without `rate`, each worker sends as fast as its replies come (closed loop: throughput). With
+    `rate`, message i is due at i / rate seconds (paced: latency below saturation); latency is
+    always counted from the moment a message is sent to its final reply."""
     result = LoadResult()
     shares = [messages[i::connections] for i in range(connections)]
     deadline = time.monotonic() + time_limit
+    begin = time.monotonic() + 0.05
+    due = [begin + i / rate for i in range(len(messages))] if rate else []
     started = time.perf_counter()
     workers = asyncio.gather(
-        *(_worker(port, share, per_connection, deadline, result, tls) for share in shares if share)
+        *(
+            _worker(port, share, per_connection, deadline, result, tls, due[i::connections])
+            for i, share in enumerate(shares)
+            if share
+        )
     )
     try:
         # Past the deadline a worker sends nothing new, but a stuck command may still wait for

@@ -369,7 +369,8 @@ async def _get_metrics(port: int) -> str:
 
 async def plugin_cpu(child: Child) -> dict[str, float]:
     """CPU seconds per plugin so far, summed over the gateway's workers, from its Prometheus
-    endpoint; the key "" holds the messages concluded. Empty if the endpoint does not answer."""
+    endpoint; the key "" holds the messages concluded, "dns hit" / "dns miss" the DNS lookups
+    answered from the cache or not. Empty if the endpoint does not answer."""
     from prometheus_client.parser import text_string_to_metric_families
 
     totals: dict[str, float] = {}
@@ -385,4 +386,7 @@ async def plugin_cpu(child: Child) -> dict[str, float]:
                     totals[name] = totals.get(name, 0.0) + sample.value
                 elif sample.name == "mailgate_messages_total":
                     totals[""] = totals.get("", 0.0) + sample.value
+                elif sample.name == "mailgate_dns_cache_total":
+                    key = f"dns {sample.labels['result']}"
+                    totals[key] = totals.get(key, 0.0) + sample.value
     return totals

@@ -64,7 +64,8 @@ class RunRecord:
             "dns_cpu_s": self.dns_cpu,
             "loadgen_cpu_s": self.loadgen_cpu,
             "machine_cpu_s": self.machine_cpu,
-            "plugin_cpu_s": {k: v for k, v in self.stage_cpu.items() if k},
+            "plugin_cpu_s": {k: v for k, v in self.stage_cpu.items() if k and " " not in k},
+            "dns_lookups": {k[4:]: v for k, v in self.stage_cpu.items() if k.startswith("dns ")},
             "messages_concluded": self.stage_cpu.get(""),
         }
 
@@ -83,6 +84,7 @@ class Summary:
     added_p99: float | None = None
     cpu_ratio_pass: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    paced: list[float] = field(default_factory=list)  # latencies of the paced run
 
     @property
     def answered(self) -> int:
@@ -135,8 +137,19 @@ class Summary:
             return {}
         totals: Counter[str] = Counter()
         for run in self.runs:
-            totals.update({k: v for k, v in run.stage_cpu.items() if k})
+            totals.update(
+                {k: v for k, v in run.stage_cpu.items() if k and not k.startswith("dns ")}
+            )
         return {name: seconds / messages for name, seconds in totals.items()}
+
+    def dns_lookups(self) -> tuple[float, float] | None:
+        """DNS lookups per concluded message: (answered from the cache, sent to the server)."""
+        messages = sum(r.stage_cpu.get("", 0.0) for r in self.runs)
+        if not messages:
+            return None
+        hits = sum(r.stage_cpu.get("dns hit", 0.0) for r in self.runs)
+        misses = sum(r.stage_cpu.get("dns miss", 0.0) for r in self.runs)
+        return hits / messages, misses / messages
 
     @property
     def sink_cpu(self) -> float | None:
@@ -201,6 +214,8 @@ class Summary:
             "dns_cpu_ms_per_message": _ms(self.dns_cpu),
             "loadgen_cpu_ms_per_message": _ms(self.loadgen_cpu),
             "plugin_cpu_ms_per_message": {k: v * 1000 for k, v in self.stage_cpu().items()},
+            "paced_latency_p50_ms": percentile(self.paced, 50) * 1000 if self.paced else None,
+            "paced_latency_p99_ms": percentile(self.paced, 99) * 1000 if self.paced else None,
             "machine_busy": self.busy(cores),
             "machine_other": self.other(cores),
             "outcomes": dict(self.outcomes),
@@ -347,4 +362,28 @@ def stage_table(summaries: Sequence[Summary]) -> str:
             cells.append(_fmt(_ms(value), ".3f").rjust(width))
         label = {"quarantine": "quarantine write", "rest": "rest (SMTP, relay)"}.get(name, name)
         out.append(f"  {label:<18}" + "".join(cells))
+    lookups = [s.dns_lookups() for s in columns]
+    out.append(
+        "  DNS cached/asked  "
+        + "".join(("-" if x is None else f"{x[0]:.2f}/{x[1]:.2f}").rjust(width) for x in lookups)
+    )
+    return "\n".join(out)
+
+
+def paced_table(summaries: Sequence[Summary], rate: float) -> str:
+    """Latency at a fixed offered load, DNS answers cached: what the gateway adds to each
+    message when it is not saturated (the saturated table above measures queueing too)."""
+    direct = next((s for s in summaries if s.name == DIRECT and s.paced), None)
+    title = f"paced {rate:g}/s, DNS cached"
+    out = [f"{title:<24}answered  p50 ms  p99 ms  +p50 ms  +p99 ms"]
+    for s in summaries:
+        if not s.paced:
+            continue
+        p50, p99 = percentile(s.paced, 50), percentile(s.paced, 99)
+        add50 = None if direct is None else p50 - percentile(direct.paced, 50)
+        add99 = None if direct is None else p99 - percentile(direct.paced, 99)
+        out.append(
+            f"  {s.name:<22}{len(s.paced):>8}  {p50 * 1000:6.2f}  {p99 * 1000:6.2f}"
+            f"  {_fmt(_ms(add50), '+7.2f'):>7}  {_fmt(_ms(add99), '+7.2f'):>7}"
+        )
     return "\n".join(out)
