@@ -1,0 +1,55 @@
+"""The benchmark harness still runs end to end: a smoke run, not a timed test.
+
+`python3 -m bench --quick` starts the sink, the DNS server and every gateway scenario, drives a
+few messages through each, and writes JSON; nothing here looks at how fast anything was, only
+that every scenario answered, the per-plugin CPU table and the paced latency run are filled in,
+and no process logged a problem.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.corpus import DEFAULT_CORPUS
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(not DEFAULT_CORPUS.is_dir(), reason="corpus not available")
+
+
+def test_quick_bench_run_fills_every_table(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--paced-rate", "40", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode in (0, 1), done.stderr[-3000:]  # 1: warnings about a small run
+    assert "plugin CPU ms/msg" in done.stdout
+    document = json.loads(out.read_text())
+    scenarios = {s["name"]: s for s in document["scenarios"]}
+    assert set(scenarios) == {
+        "direct",
+        "pass-through",
+        "full chain",
+        "full, 2 workers",
+        "full+STARTTLS",
+    }
+    for name, scenario in scenarios.items():
+        assert scenario["answered"] == scenario["outcomes"].get("relayed", 0) + scenario[
+            "outcomes"
+        ].get("kept", 0), name
+        assert scenario["answered"] > 0, name
+        assert scenario["paced_latency_p99_ms"] is not None, name
+        assert scenario.get("gateway_log_problems", 0) == 0, name
+    full = scenarios["full chain"]["plugin_cpu_ms_per_message"]
+    for plugin in ("mime", "attachments", "classifier", "spf", "dmarc", "headers"):
+        assert full.get(plugin, 0) > 0, (plugin, full)
+    assert scenarios["pass-through"]["plugin_cpu_ms_per_message"] == {}
