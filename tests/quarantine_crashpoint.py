@@ -32,13 +32,13 @@ def install(point: str) -> None:
     real_write = store._write_durably
     writes = []
 
-    def write(tmp: Path, final: Path, data: bytes) -> None:
+    def write(tmp: Path, final: Path, data: bytes, sync: bool = True) -> None:
         writes.append(final)
         if point == "eml-partial":
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.write(fd, data[: len(data) // 2])
             die()
-        real_write(tmp, final, data)
+        real_write(tmp, final, data, sync=sync)
         if (point == "eml-renamed" and len(writes) == 1) or (
             point == "json-renamed" and len(writes) == 2
         ):

@@ -3,14 +3,15 @@
 The quarantine folder holds:
 
     <ID>.eml                    the message as stored: our trace fields, then what the client sent
-    <ID>.json                   the metadata, as in the index (to rebuild a lost index by hand)
+    <ID>.json                   the metadata, as in the index (to rebuild a lost index by hand;
+                                written without fsync: the index holds it durably)
     .tmp/                       files being written; anything old there is the remains of a crash
     index/quarantine.sqlite3    the index (with its -wal and -shm files while in use)
     feedback/<ID>.eml           messages an admin labelled with `learn` (hard links), kept for the
                                 classifier after the entry itself is deleted or expires
 
-Commit protocol. `put` writes the .eml and the .json durably (temp file, fsync, rename, fsync the
-folder), then inserts the index row in one write transaction with `synchronous=FULL`: the row is
+Commit protocol. `put` writes the .eml durably and the .json (temp file, fsync for the .eml,
+rename, fsync the folder), then inserts the index row in one write transaction with `synchronous=FULL`: the row is
 the commit mark. A process killed before the COMMIT leaves at most files without a row, which no
 listing shows (`sweep` removes them later); killed after it, the entry is complete, because its
 files were on disk before the row was written. Deleting goes the other way round: row first,
@@ -352,7 +353,8 @@ class SqliteStore:
                 stage = "taken"
                 raise FileExistsError(f"quarantine id {entry_id} is taken")
             files._write_durably(tmp / eml.name, eml, raw)
-            files._write_durably(tmp / meta.name, meta, document.encode("ascii"))
+            # The index row carries the same document durably: this copy needs no fsync.
+            files._write_durably(tmp / meta.name, meta, document.encode("ascii"), sync=False)
             files._fsync_dir(self.directory)
             stage = "index"
             self._commit_entry(entry_id, metadata, metadata_document(metadata, True), eml)

@@ -20,14 +20,18 @@ class StoreError(Exception):
     """The message could not be stored durably (disk full, read-only, permissions)."""
 
 
-def _write_durably(tmp: Path, final: Path, data: bytes) -> None:
+def _write_durably(tmp: Path, final: Path, data: bytes, *, sync: bool = True) -> None:
+    """Write `data` to `final` through `tmp`, so no reader sees half a file. With sync=False the
+    content is not forced to disk (a power cut may leave the file empty): for copies of what
+    is durable elsewhere, where an fsync would cost every message for nothing."""
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, final)
