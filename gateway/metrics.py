@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -69,16 +69,29 @@ def record(ctx: MessageContext, outcome: Outcome, elapsed: float) -> None:
     if not enabled:
         return
     verdict = outcome.verdict
-    MESSAGES.labels(verdict.action.value).inc()
+    _child(MESSAGES, verdict.action.value).inc()
     for finding in verdict.findings:
-        SYMBOLS.labels(finding.symbol).inc()
+        _child(SYMBOLS, finding.symbol).inc()
     for name, seconds in ctx.timings.items():
-        PLUGIN_SECONDS.labels(name).observe(seconds)
+        _child(PLUGIN_SECONDS, name).observe(seconds)
     for name, meter in ctx.cpu.items():
-        PLUGIN_CPU.labels(name).inc(meter.seconds)
+        _child(PLUGIN_CPU, name).inc(meter.seconds)
     MESSAGE_SECONDS.observe(elapsed)
     if outcome.relay_class:
-        RELAY.labels(outcome.relay_class).inc()
+        _child(RELAY, outcome.relay_class).inc()
+
+
+# `labels()` takes a lock and builds a key on every call (dozens per message): keep the labelled
+# children. The values are bounded: actions, declared symbols, plugin names, reply classes.
+_children: dict[tuple[int, str], Any] = {}
+
+
+def _child(metric: Counter | Histogram, value: str) -> Any:
+    key = (id(metric), value)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(value)
+    return child
 
 
 class GatewayCollector(Collector):

@@ -1,4 +1,4 @@
-"""CPU accounting per plugin: the coroutine's own steps and its worker-thread calls, nothing else."""
+"""CPU accounting per plugin: the coroutine's own steps and its worker-thread calls, no more."""
 
 from __future__ import annotations
 

@@ -11,11 +11,12 @@ The quarantine folder holds:
                                 classifier after the entry itself is deleted or expires
 
 Commit protocol. `put` writes the .eml durably and the .json (temp file, fsync for the .eml,
-rename, fsync the folder), then inserts the index row in one write transaction with `synchronous=FULL`: the row is
-the commit mark. A process killed before the COMMIT leaves at most files without a row, which no
-listing shows (`sweep` removes them later); killed after it, the entry is complete, because its
-files were on disk before the row was written. Deleting goes the other way round: row first,
-files after. The gateway answers 250 only after `put` returned.
+rename, fsync the folder), then inserts the index row in one write transaction with
+`synchronous=FULL`: the row is the commit mark. A process killed before the COMMIT leaves at
+most files without a row, which no listing shows (`sweep` removes them later); killed after it,
+the entry is complete, because its message file was on disk before the row was written.
+Deleting goes the other way round: row first, files after. The gateway answers 250 only after
+`put` returned.
 
 Concurrency. WAL lets readers (the CLI's `list`) run while the gateway writes; every write is one
 short `BEGIN IMMEDIATE` transaction, and a busy timeout makes writers from other processes (more
