@@ -19,6 +19,7 @@ Values are handled as text decoded from UTF-8 with replacement (SMTPUTF8 headers
 from __future__ import annotations
 
 import email.header
+import functools
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -86,6 +87,33 @@ def scan_header(message: bytes) -> list[RawField]:
         stop = starts[i + 1] if i + 1 < len(starts) else end
         fields.append(_field(message, start, stop))
     return fields
+
+
+@functools.lru_cache(maxsize=32)
+def _first_field_pattern(name: str) -> re.Pattern[bytes]:
+    # A line starting with the name (any case), optional blanks, a colon; the value runs over
+    # continuation lines. A lone CR or LF is part of the value, as scan_header reads it.
+    line = rb"(?:[^\r]|\r(?!\n))*"
+    return re.compile(
+        rb"(?:\A|\r\n)"
+        + re.escape(name.encode("ascii"))
+        + rb"[ \t]*:("
+        + line
+        + rb"(?:\r\n[ \t]"
+        + line
+        + rb")*)",
+        re.IGNORECASE,
+    )
+
+
+def first_field_value(message: bytes, name: str) -> str | None:
+    """The first `name` field's value, unfolded and stripped (UTF-8, undecodable bytes kept as
+    surrogate escapes), found with one regex search over the header section: for a log line,
+    where parsing the whole header would cost more than everything else the line needs."""
+    found = _first_field_pattern(name.lower()).search(message, 0, header_end(message))
+    if found is None:
+        return None
+    return found.group(1).replace(b"\r\n", b"").strip().decode("utf-8", "surrogateescape")
 
 
 _PLAIN_NAME = re.compile(rb"[!-9;-~]+")

@@ -32,6 +32,7 @@ from gateway.plugin import MessageContext, Phase
 from gateway.quarantine import StoreError
 from gateway.quarantine.model import DAY, decode_header_text, raw_header_values
 from gateway.relay import Downstream
+from gateway.rfc5322 import first_field_value
 from gateway.text import quoted
 from gateway.verdict import Action, Replies, SmtpReply, Verdict
 
@@ -149,7 +150,7 @@ def metadata(ctx: MessageContext, verdict: Verdict) -> Mapping[str, Any]:
         "mail_from": ctx.mail_from,
         "rcpt_tos": list(ctx.rcpt_tos),
         "mail_options": list(ctx.mail_options),
-        "message_id": next(iter(ctx.header_values("message-id")), None),
+        "message_id": first_field_value(ctx.raw, "message-id"),
         # Decoded (RFC 2047) for display and search; untrusted like every header.
         "from": decode_header_text(raw_header_values(ctx.raw, "from")),
         "subject": decode_header_text(raw_header_values(ctx.raw, "subject")),
@@ -177,7 +178,8 @@ def log_message(ctx: MessageContext, outcome: Outcome, elapsed: float) -> None:
         f"tls={tls}",
         f"from={quoted(ctx.mail_from or '')}",
         f"rcpt={quoted(','.join(ctx.rcpt_tos), 400)}",
-        f"msgid={quoted(next(iter(ctx.header_values('message-id')), ''))}",
+        # from the raw header: the pass-through path parses nothing else per message
+        f"msgid={quoted(first_field_value(ctx.raw, 'message-id') or '')}",
         f"size={len(ctx.raw)}",
         f"action={verdict.action.value}",
         f"score={verdict.score:g}",
