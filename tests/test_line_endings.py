@@ -26,3 +26,16 @@ def test_examples() -> None:
     assert has_bare_line_endings(b"\r\r\n")
     assert has_bare_line_endings(b"\r\n\n")
     assert not has_bare_line_endings(b"")
+
+
+def test_first_field_value_reads_the_header_only() -> None:
+    from gateway.rfc5322 import first_field_value
+
+    raw = (
+        b"Subject: x\r\nMESSAGE-ID :\r\n <a@b>\r\nMessage-ID: <second@b>\r\n\r\n"
+        b"Message-ID: <in-body@b>\r\n"
+    )
+    assert first_field_value(raw, "message-id") == "<a@b>"
+    assert first_field_value(b"Subject: x\r\n\r\nMessage-ID: <in-body@b>\r\n", "message-id") is None
+    assert first_field_value(b"Message-ID: <\xff@b>\r\n\r\n", "message-id") == "<\udcff@b>"
+    assert first_field_value(b"X-Message-ID: <x@b>\r\n\r\n", "message-id") is None
