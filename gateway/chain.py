@@ -63,7 +63,9 @@ class Chain:
         if meter is None:
             meter = ctx.cpu[plugin.name] = CpuMeter()
         try:
-            results = await asyncio.wait_for(metered(plugin.check(phase, ctx), meter), timeout)
+            # asyncio.timeout, not wait_for: no task per plugin call (half the overhead)
+            async with asyncio.timeout(timeout):
+                results = await metered(plugin.check(phase, ctx), meter)
         except TimeoutError:
             log.warning(
                 "qid=%s plugin=%s phase=%s timed out after %gs",
