@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,78 @@ def test_a_failing_commit_never_leaves_a_listed_entry_without_its_message(
         assert fresh.get(entry_id)[0] == RAW
     if not commit_anyway:
         assert not (store.directory / "AAAA00000021.eml").exists()
+
+
+def _batched_puts(store: SqliteStore, entry_ids: list[str]) -> dict[str, BaseException | None]:
+    """Put every id from its own thread while the committer is held, so that all of them wait
+    for one group commit; returns what each put raised (None: stored)."""
+    results: dict[str, BaseException | None] = {}
+
+    def put(entry_id: str) -> None:
+        try:
+            store.put(entry_id, RAW, meta(entry_id))
+            results[entry_id] = None
+        except BaseException as exc:
+            results[entry_id] = exc
+
+    with store._committer:
+        threads = [threading.Thread(target=put, args=(i,)) for i in entry_ids]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(store._pending) < len(entry_ids) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(store._pending) == len(entry_ids)
+    for thread in threads:
+        thread.join(10)
+    return results
+
+
+def test_concurrent_puts_share_one_commit_and_all_are_listed(store: SqliteStore) -> None:
+    store.put("AAAA00000030", RAW, meta("AAAA00000030"))  # the index exists
+    entry_ids = [f"AAAA0000004{i}" for i in range(8)]
+    assert _batched_puts(store, entry_ids) == dict.fromkeys(entry_ids)
+    fresh = SqliteStore(store.directory)
+    assert set(fresh.ids()) == {"AAAA00000030", *entry_ids}
+    for entry_id in entry_ids:
+        raw, document = fresh.get(entry_id)
+        assert raw == RAW and document["message_id"] == f"<{entry_id}@example.net>"
+
+
+def test_one_failing_entry_does_not_sink_its_batch(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.put("AAAA00000050", RAW, meta("AAAA00000050"))
+    real_insert = SqliteStore._insert_rows
+
+    def insert(conn: sqlite3.Connection, entry_id: str, metadata: Any, document: str) -> None:
+        real_insert(conn, entry_id, metadata, document)
+        if entry_id == "AAAA00000052":
+            # a row written, then a failure: its savepoint must take the row back
+            raise sqlite3.IntegrityError("simulated failure of one entry")
+
+    monkeypatch.setattr(SqliteStore, "_insert_rows", staticmethod(insert))
+    entry_ids = ["AAAA00000051", "AAAA00000052", "AAAA00000053"]
+    results = _batched_puts(store, entry_ids)
+    assert results["AAAA00000051"] is None and results["AAAA00000053"] is None
+    assert isinstance(results["AAAA00000052"], StoreError)
+    fresh = SqliteStore(store.directory)
+    assert set(fresh.ids()) == {"AAAA00000050", "AAAA00000051", "AAAA00000053"}
+    assert not (store.directory / "AAAA00000052.eml").exists()
+    assert fresh.count(Selection()) == 3
+
+
+def test_a_failing_group_commit_fails_every_put_of_the_batch(store: SqliteStore) -> None:
+    store.put("AAAA00000060", RAW, meta("AAAA00000060"))
+    assert store._conn is not None
+    store._conn = _CommitProxy(store._conn, False)  # type: ignore[assignment]
+    entry_ids = ["AAAA00000061", "AAAA00000062"]
+    results = _batched_puts(store, entry_ids)
+    assert all(isinstance(results[i], StoreError) for i in entry_ids), results
+    fresh = SqliteStore(store.directory)
+    assert fresh.ids() == ["AAAA00000060"]
+    for entry_id in entry_ids:
+        assert not (store.directory / f"{entry_id}.eml").exists()
 
 
 # -- queries --------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ is shared under a lock: file writing, the slow part of `put`, happens outside it
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import re
@@ -242,6 +243,9 @@ class SqliteStore:
         self.create = create
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.RLock()
+        self._pending: list[_Pending] = []  # entries waiting for the group commit
+        self._pending_lock = threading.Lock()
+        self._committer = threading.Lock()  # one group commit at a time
 
     # -- connection ------------------------------------------------------------------------
 
@@ -356,8 +360,7 @@ class SqliteStore:
             files._write_durably(tmp / eml.name, eml, raw)
             # The index row carries the same document durably: this copy needs no fsync.
             files._write_durably(tmp / meta.name, meta, document.encode("ascii"), sync=False)
-            files._fsync_dir(self.directory)
-            stage = "index"
+            stage = "index"  # the folder's fsync comes with the index commit (group commit)
             self._commit_entry(entry_id, metadata, metadata_document(metadata, True), eml)
         except (OSError, sqlite3.Error, StoreError) as exc:
             if isinstance(exc, _CommitFailed):
@@ -396,25 +399,76 @@ class SqliteStore:
     def _commit_entry(
         self, entry_id: str, metadata: Mapping[str, Any], document: str, eml: Path
     ) -> None:
-        with self._lock:
-            conn = self._open(create=True)
-            if conn is None:
-                raise StoreError(f"{self.index_path} does not exist (store opened for reading)")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # `sweep` deletes unlisted files under this same write lock: once we hold it,
-                # the message file is either still there (and stays) or gone (and we fail).
-                if not eml.exists():
-                    raise FileNotFoundError(f"{eml} vanished before it was listed")
-                self._insert_rows(conn, entry_id, metadata, document)
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
+        """List one entry whose files are written; returns once its row is committed.
+
+        Group commit: puts that reach this point while another commit is under way queue up,
+        and the next committer lists them all with one fsync of the folder and one transaction
+        (one fsync of the WAL) instead of one each. Every put still returns only after its own
+        row is on disk, and each entry fails or succeeds on its own."""
+        mine = _Pending(entry_id, metadata, document, eml)
+        with self._pending_lock:
+            self._pending.append(mine)
+        with self._committer:
+            if not mine.done:
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._commit_batch(batch)
+        if mine.error is not None:
+            raise copy.copy(mine.error)  # its own object: the batch's puts raise in parallel
+
+    def _commit_batch(self, batch: list[_Pending]) -> None:
+        try:
+            files._fsync_dir(self.directory)  # the renames of every file in the batch
+            with self._lock:
+                conn = self._open(create=True)
+                if conn is None:
+                    raise StoreError(f"{self.index_path} does not exist (store opened for reading)")
+                conn.execute("BEGIN IMMEDIATE")
+                listed = self._insert_batch(conn, batch)
+                if not listed:
                     conn.execute("ROLLBACK")
-                raise
+                    return
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    failed = _CommitFailed(str(exc))
+                    for pending in listed:
+                        pending.fail(failed)
+                    return
+                for pending in listed:
+                    pending.done = True  # listed, on disk
+        except (OSError, sqlite3.Error, StoreError) as exc:
+            for pending in batch:
+                if not pending.done:
+                    pending.fail(exc)
+        finally:
+            for pending in batch:
+                if not pending.done:  # something unexpected stopped the commit: not listed
+                    pending.fail(StoreError("the quarantine commit was interrupted"))
+
+    def _insert_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> list[_Pending]:
+        """Insert each entry under its own savepoint: one bad entry does not sink the others."""
+        listed = []
+        for pending in batch:
+            # `sweep` deletes unlisted files under this same write lock: once we hold it, the
+            # message file is either still there (and stays) or gone (and this entry fails).
+            if not pending.eml.exists():
+                pending.fail(FileNotFoundError(f"{pending.eml} vanished before it was listed"))
+                continue
+            conn.execute("SAVEPOINT entry")
             try:
-                conn.execute("COMMIT")
+                self._insert_rows(conn, pending.entry_id, pending.metadata, pending.document)
             except sqlite3.Error as exc:
-                raise _CommitFailed(str(exc)) from exc
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK TO entry")
+                    conn.execute("RELEASE entry")
+                pending.fail(exc)
+                continue
+            conn.execute("RELEASE entry")
+            listed.append(pending)
+        return listed
 
     @staticmethod
     def _insert_rows(
@@ -763,6 +817,26 @@ class SqliteStore:
         except NotFound:
             pass
         return removed
+
+
+class _Pending:
+    """One entry waiting for the group commit; `error` is set if it could not be listed."""
+
+    __slots__ = ("document", "done", "eml", "entry_id", "error", "metadata")
+
+    def __init__(
+        self, entry_id: str, metadata: Mapping[str, Any], document: str, eml: Path
+    ) -> None:
+        self.entry_id = entry_id
+        self.metadata = metadata
+        self.document = document
+        self.eml = eml
+        self.done = False
+        self.error: BaseException | None = None
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done = True
 
 
 class _CommitFailed(sqlite3.Error):
