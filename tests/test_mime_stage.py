@@ -386,3 +386,48 @@ def test_eicar_is_recognised_by_our_own_logic(variant: str) -> None:
     _report, content, symbols = inspect(with_attachment(data, f"{variant}.bin"))
     assert "ATT_EICAR_TEST" in symbols
     assert content.complete
+
+
+def test_hidden_text_ends_with_its_element_and_the_count_stays_exact() -> None:
+    from gateway.mime import html as html_scan
+
+    words = "visible words, plenty of them, well over the hidden text threshold"
+    shown = f'<div style="display:none">x</div><p>{words}</p>'.encode()
+    assert "HTML_HIDDEN_TEXT" not in html_scan.inspect(shown)
+    assert "HTML_HIDDEN_TEXT" in html_scan.inspect(f"<div hidden><b>{words}</b>".encode())
+    # the hidden count follows pushes, pops to a matching end tag and the deep-stack trim
+    scanner = html_scan._Scanner()
+    markup = "".join(
+        f'<div{" hidden" if i % 7 == 0 else ""}><span style="display:none">t</span>'
+        + ("</div>" if i % 3 == 0 else "")
+        for i in range(1200)
+    )
+    for chunk in (markup[:5000], markup[5000:], "</body>"):
+        scanner.feed(chunk)
+        assert scanner.hidden_open == sum(hidden for _, hidden in scanner.stack)
+
+
+def test_true_type_remembers_small_payloads_by_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from gateway.mime import content
+
+    content.clear_type_cache()
+    monkeypatch.setattr(content, "_TYPE_CACHE_ENTRIES", 3)
+    pe = tiny_pe()
+    first = content.true_type(pe)
+    assert first in ("application/x-dosexec", "application/vnd.microsoft.portable-executable")
+    assert content.true_type(pe) == first
+    for i in range(5):
+        assert content.true_type(f"plain text number {i}\n".encode()) == "text/plain"
+    assert len(content._type_cache) == 3  # bounded: the oldest answers went
+    big = b"<html><body>" + b"x" * (content._TYPE_CACHE_MAX_BYTES + 1)
+    assert content.true_type(big) == "text/html"
+    assert len(content._type_cache) == 3  # large payloads are not remembered
+    seen: list[str] = []
+    worker = threading.Thread(target=lambda: seen.append(content.true_type(pe)))
+    worker.start()
+    worker.join()
+    assert seen == [first]  # another thread, its own libmagic handle, the same answer
+    content.clear_type_cache()
+    assert not content._type_cache

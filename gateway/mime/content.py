@@ -20,6 +20,7 @@ import io
 import lzma
 import re
 import tarfile
+import threading
 import time
 import zipfile
 import zlib
@@ -181,7 +182,23 @@ _7Z_MAGIC = b"7z\xbc\xaf\x27\x1c"
 _RAR_MAGIC = b"Rar!\x1a\x07"
 _RAR_TYPES = ("application/x-rar", "application/vnd.rar", "application/x-rar-compressed")
 
-_magic = magic.Magic(mime=True)
+# libmagic costs ~0.3-0.6 ms a call even on a short text (its text tests are regexes), so:
+# each thread has its own handle (python-magic serialises a shared one with a lock) and answers
+# are remembered by content digest. libmagic is deterministic for given bytes and flags, so a
+# remembered answer is the answer; repeats are common (stock preambles, list footers, the same
+# part in both readings of an ambiguous message). Only small payloads are remembered.
+_TYPE_CACHE_ENTRIES = 4096
+_TYPE_CACHE_MAX_BYTES = 64 * 1024
+_type_cache: dict[bytes, str] = {}
+_type_cache_lock = threading.Lock()
+_handles = threading.local()
+
+
+def _magic() -> magic.Magic:
+    handle: magic.Magic | None = getattr(_handles, "magic", None)
+    if handle is None:
+        handle = _handles.magic = magic.Magic(mime=True)
+    return handle
 
 
 def _eicar() -> bytes:
@@ -192,12 +209,33 @@ def _eicar() -> bytes:
 EICAR = _eicar()
 
 
-def true_type(data: bytes) -> str:
-    """libmagic's MIME type of the content ("application/x-empty" for nothing)."""
+def true_type(data: bytes, digest: bytes | None = None) -> str:
+    """libmagic's MIME type of the content ("application/x-empty" for nothing).
+
+    `digest` is the SHA-256 of `data` when the caller has it already.
+    """
+    cacheable = len(data) <= _TYPE_CACHE_MAX_BYTES
+    if cacheable:
+        key = digest if digest is not None else hashlib.sha256(data).digest()
+        known = _type_cache.get(key)
+        if known is not None:
+            return known
     try:
-        return str(_magic.from_buffer(data[:_MAGIC_BYTES])).lower()
+        mime_type = str(_magic().from_buffer(data[:_MAGIC_BYTES])).lower()
     except Exception:  # libmagic refuses some inputs; unknown is not an error
         return "application/octet-stream"
+    if cacheable:
+        with _type_cache_lock:
+            if len(_type_cache) >= _TYPE_CACHE_ENTRIES:
+                del _type_cache[next(iter(_type_cache))]  # the oldest entry
+            _type_cache[key] = mime_type
+    return mime_type
+
+
+def clear_type_cache() -> None:
+    """Forget remembered libmagic answers (benchmarks measure cold lookups with it)."""
+    with _type_cache_lock:
+        _type_cache.clear()
 
 
 def family_of(mime_type: str) -> str:
@@ -321,14 +359,15 @@ class _Scanner:
         aliases: tuple[str, ...] = (),
     ) -> None:
         self.deadline.check()
-        digest = hashlib.sha256(data).digest() + (name or "").encode("utf-8", "replace")
+        content_digest = hashlib.sha256(data).digest()
+        digest = content_digest + (name or "").encode("utf-8", "replace")
         if digest in self.seen:
             return
         self.seen.add(digest)
         label = f"{where} {name}" if name else where
         if data[:68] == EICAR and not data[68:128].strip(b" \t\r\n\x1a"):
             self.add("ATT_EICAR_TEST", label)
-        mime_type = true_type(data)
+        mime_type = true_type(data, content_digest)
         family = family_of(mime_type)
         exts = extensions(_BIDI.sub("", name)) if name else []
         ext = exts[-1] if exts else ""
