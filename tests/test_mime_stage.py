@@ -407,27 +407,36 @@ def test_hidden_text_ends_with_its_element_and_the_count_stays_exact() -> None:
         assert scanner.hidden_open == sum(hidden for _, hidden in scanner.stack)
 
 
-def test_true_type_remembers_small_payloads_by_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_thread_has_its_own_libmagic_handle_with_the_same_answers() -> None:
     import threading
 
     from gateway.mime import content
 
-    content.clear_type_cache()
-    monkeypatch.setattr(content, "_TYPE_CACHE_ENTRIES", 3)
     pe = tiny_pe()
     first = content.true_type(pe)
     assert first in ("application/x-dosexec", "application/vnd.microsoft.portable-executable")
-    assert content.true_type(pe) == first
-    for i in range(5):
-        assert content.true_type(f"plain text number {i}\n".encode()) == "text/plain"
-    assert len(content._type_cache) == 3  # bounded: the oldest answers went
-    big = b"<html><body>" + b"x" * (content._TYPE_CACHE_MAX_BYTES + 1)
-    assert content.true_type(big) == "text/html"
-    assert len(content._type_cache) == 3  # large payloads are not remembered
-    seen: list[str] = []
-    worker = threading.Thread(target=lambda: seen.append(content.true_type(pe)))
+    assert content.true_type(b"plain text\n") == "text/plain"
+    seen: list[tuple[str, int]] = []
+    worker = threading.Thread(
+        target=lambda: seen.append((content.true_type(pe), id(content._magic())))
+    )
     worker.start()
     worker.join()
-    assert seen == [first]  # another thread, its own libmagic handle, the same answer
-    content.clear_type_cache()
-    assert not content._type_cache
+    assert seen[0][0] == first
+    assert seen[0][1] != id(content._magic())
+
+
+def test_the_light_scan_leaves_archives_and_documents_to_a_thread() -> None:
+    from gateway.mime.content import scan, scan_light
+
+    plain = analyze(HEAD.encode() + b"\r\nhello\r\n")
+    full = scan(plain)
+    light = scan_light(plain)
+    assert light is not None and light.findings == full.findings and light.files == full.files
+    for name, data in (
+        ("a.zip", zip_of({"readme.txt": b"hi"})),
+        ("a.pdf", b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"),
+    ):
+        report = analyze(with_attachment(data, name))
+        assert scan_light(report) is None, name
+        assert scan(report).files, name

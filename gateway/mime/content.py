@@ -182,15 +182,10 @@ _7Z_MAGIC = b"7z\xbc\xaf\x27\x1c"
 _RAR_MAGIC = b"Rar!\x1a\x07"
 _RAR_TYPES = ("application/x-rar", "application/vnd.rar", "application/x-rar-compressed")
 
-# libmagic costs ~0.3-0.6 ms a call even on a short text (its text tests are regexes), so:
-# each thread has its own handle (python-magic serialises a shared one with a lock) and answers
-# are remembered by content digest. libmagic is deterministic for given bytes and flags, so a
-# remembered answer is the answer; repeats are common (stock preambles, list footers, the same
-# part in both readings of an ambiguous message). Only small payloads are remembered.
-_TYPE_CACHE_ENTRIES = 4096
-_TYPE_CACHE_MAX_BYTES = 64 * 1024
-_type_cache: dict[bytes, str] = {}
-_type_cache_lock = threading.Lock()
+# libmagic costs ~0.3-0.6 ms a call even on a short text (its text tests are regexes). Each
+# thread has its own handle: python-magic serialises a shared one with a lock. (Remembering
+# answers by content digest was tried: it saves ~7% of calls on a real mix, but turned the
+# bench's repeating corpus sample into 100% hits, so it would have flattered every figure.)
 _handles = threading.local()
 
 
@@ -209,33 +204,12 @@ def _eicar() -> bytes:
 EICAR = _eicar()
 
 
-def true_type(data: bytes, digest: bytes | None = None) -> str:
-    """libmagic's MIME type of the content ("application/x-empty" for nothing).
-
-    `digest` is the SHA-256 of `data` when the caller has it already.
-    """
-    cacheable = len(data) <= _TYPE_CACHE_MAX_BYTES
-    if cacheable:
-        key = digest if digest is not None else hashlib.sha256(data).digest()
-        known = _type_cache.get(key)
-        if known is not None:
-            return known
+def true_type(data: bytes) -> str:
+    """libmagic's MIME type of the content ("application/x-empty" for nothing)."""
     try:
-        mime_type = str(_magic().from_buffer(data[:_MAGIC_BYTES])).lower()
+        return str(_magic().from_buffer(data[:_MAGIC_BYTES])).lower()
     except Exception:  # libmagic refuses some inputs; unknown is not an error
         return "application/octet-stream"
-    if cacheable:
-        with _type_cache_lock:
-            if len(_type_cache) >= _TYPE_CACHE_ENTRIES:
-                del _type_cache[next(iter(_type_cache))]  # the oldest entry
-            _type_cache[key] = mime_type
-    return mime_type
-
-
-def clear_type_cache() -> None:
-    """Forget remembered libmagic answers (benchmarks measure cold lookups with it)."""
-    with _type_cache_lock:
-        _type_cache.clear()
 
 
 def family_of(mime_type: str) -> str:
@@ -281,6 +255,7 @@ class _Scanner:
         self.expanded = 0
         self._passwords: list[str] | None = None
         self.seen: set[bytes] = set()
+        self.light_only = False  # stop at the first archive or document (scan_light)
 
     def add(self, symbol: str, detail: str = "") -> None:
         assert symbol in ATTACHMENT_SYMBOLS, symbol
@@ -367,7 +342,7 @@ class _Scanner:
         label = f"{where} {name}" if name else where
         if data[:68] == EICAR and not data[68:128].strip(b" \t\r\n\x1a"):
             self.add("ATT_EICAR_TEST", label)
-        mime_type = true_type(data, content_digest)
+        mime_type = true_type(data)
         family = family_of(mime_type)
         exts = extensions(_BIDI.sub("", name)) if name else []
         ext = exts[-1] if exts else ""
@@ -393,13 +368,17 @@ class _Scanner:
         ):
             self.add("ATT_CTYPE_MISMATCH", f"{label}: declared {declared}, is {mime_type}")
         encrypted = macros = False
-        if family == "archive" or (family == "executable" and data[:2] == b"PK"):
-            encrypted = self.archive(data, mime_type, name, where, depth)
-        elif (
+        is_archive = family == "archive" or (family == "executable" and data[:2] == b"PK")
+        is_office = not is_archive and (
             family == "office"
             or office.is_office(data)
             or (family in ("text", "other") and office.is_office_text(data, ext))
-        ):
+        )
+        if self.light_only and (is_archive or is_office or family == "pdf"):
+            raise _HeavyContent  # archives and documents can take long: not on the event loop
+        if is_archive:
+            encrypted = self.archive(data, mime_type, name, where, depth)
+        elif is_office:
             result = office.inspect(data, name or "document")
             for symbol, detail in result.findings:
                 self.add(symbol, f"{label}: {detail}" if detail != name else label)
@@ -787,14 +766,35 @@ class _MemoryFactory(py7zr.io.WriterFactory):
         return writer
 
 
+class _HeavyContent(Exception):
+    """A light scan met an archive or a document."""
+
+
+def scan_light(report: MimeReport, limits: MimeSettings = DEFAULT_LIMITS) -> ContentReport | None:
+    """The scan, or None as soon as it meets an archive or a document (whose inspection can
+    take up to the time budget): then run `scan` where a long wait blocks nobody (a thread).
+    Text, HTML and images alone are bounded by the message's size and take about a millisecond
+    for ordinary mail, which is cheaper on the event loop than a thread hop."""
+    return _run(report, limits, light_only=True)
+
+
 def scan(report: MimeReport, limits: MimeSettings = DEFAULT_LIMITS) -> ContentReport:
     """The content scan of every leaf of `report`; never raises, stops at its budgets."""
+    result = _run(report, limits, light_only=False)
+    assert result is not None
+    return result
+
+
+def _run(report: MimeReport, limits: MimeSettings, light_only: bool) -> ContentReport | None:
     started = time.monotonic()
     scanner = _Scanner(report, limits)
+    scanner.light_only = light_only
     complete = True
     try:
         for leaf in report.leaves:
             scanner.scan_leaf(leaf)
+    except _HeavyContent:
+        return None
     except BudgetExceeded as exc:
         complete = False
         scanner.add(exc.symbol, exc.detail)

@@ -1,7 +1,8 @@
 """Attachments at end of DATA: what each file really is, archives, documents, HTML; the policy.
 
 Reads the one parse of the message (`ctx.mime`, made by the mime plugin or here on first use),
-scans every leaf of every reading in a worker thread under its own time budget
+scans every leaf of every reading under its own time budget (on the loop for small messages
+without archives or documents, in a worker thread otherwise)
 (gateway.mime.content), then applies rules/attachments.toml for this envelope.
 """
 
@@ -11,11 +12,18 @@ from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from gateway.cputime import offload
-from gateway.mime.content import ContentReport, scan
+from gateway.mime.content import scan, scan_light
 from gateway.mime.symbols import ATTACHMENT_SYMBOLS
 from gateway.plugin import MessageContext, Phase, Services
 from gateway.plugins.mime import mime_report
 from gateway.verdict import Finding
+
+# Up to this size a message with no archive or document is scanned on the event loop, as the
+# parse and the classifier are (about 1 ms, mostly libmagic): a thread hop and its GIL handovers
+# cost more than they spare, and with `workers = N` every core is busy anyway. Archives and
+# documents (whose inspection may run up to the time budget: 7z key derivation, oletools) and
+# larger messages are scanned in a worker thread, so the loop never waits for them.
+INLINE_BYTES = 32 * 1024
 
 
 class AttachmentInspection:
@@ -28,7 +36,10 @@ class AttachmentInspection:
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         report = await mime_report(ctx)
-        content: ContentReport = await offload(scan, report, ctx.settings.mime)
+        limits = ctx.settings.mime
+        content = scan_light(report, limits) if len(ctx.raw) <= INLINE_BYTES else None
+        if content is None:
+            content = await offload(scan, report, limits)
         found = list(content.findings)
         if not report.complete and not any(f.symbol == "ATT_UNSCANNABLE" for f in found):
             # the MIME stage stopped early: what was not reached was not scanned either
