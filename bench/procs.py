@@ -386,6 +386,8 @@ async def plugin_cpu(child: Child) -> dict[str, float]:
                     totals[name] = totals.get(name, 0.0) + sample.value
                 elif sample.name == "mailgate_messages_total":
                     totals[""] = totals.get("", 0.0) + sample.value
+                elif sample.name == "mailgate_dns_cpu_seconds_total":
+                    totals["resolver"] = totals.get("resolver", 0.0) + sample.value
                 elif sample.name == "mailgate_dns_cache_total":
                     key = f"dns {sample.labels['result']}"
                     totals[key] = totals.get(key, 0.0) + sample.value

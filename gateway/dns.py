@@ -46,6 +46,8 @@ import dns.resolver
 import dns.rrset
 from dns.rdtypes.ANY.SOA import SOA
 
+from gateway.cputime import CpuMeter, metered
+
 if TYPE_CHECKING:
     from gateway.config import DnsSettings
 
@@ -207,6 +209,7 @@ class Resolver:
         self._resolver = resolver
         self._cache: OrderedDict[tuple[str, str], tuple[DnsResult, float]] = OrderedDict()
         self._inflight: dict[tuple[str, str], asyncio.Task[DnsResult]] = {}
+        self.cpu = CpuMeter()  # CPU of the lookups themselves (shared, so no plugin's)
         self.reset_stats()
 
     @classmethod
@@ -235,7 +238,7 @@ class Resolver:
             self._coalesced += 1
         else:
             self._misses += 1
-            task = asyncio.ensure_future(self._fetch(key))
+            task = asyncio.ensure_future(metered(self._fetch(key), self.cpu))
             self._inflight[key] = task
             task.add_done_callback(self._forget_inflight)
         # shield: one caller giving up (its plugin timed out) must not cancel the others' query.

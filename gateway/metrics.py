@@ -111,6 +111,11 @@ class GatewayCollector(Collector):
             cache.add_metric(["miss"], stats.misses)
             yield cache
             yield GaugeMetricFamily("mailgate_dns_cache_size", "DNS answers cached", stats.size)
+            yield CounterMetricFamily(
+                "mailgate_dns_cpu_seconds",
+                "CPU time spent sending DNS queries and reading the answers",
+                services.resolver.cpu.seconds,
+            )
         size = GaugeMetricFamily("mailgate_quarantine_messages", "Messages in quarantine")
         with contextlib.suppress(Exception):  # a broken store must not break the scrape
             from gateway.quarantine.model import Selection

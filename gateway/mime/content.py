@@ -20,7 +20,6 @@ import io
 import lzma
 import re
 import tarfile
-import threading
 import time
 import zipfile
 import zlib
@@ -182,18 +181,17 @@ _7Z_MAGIC = b"7z\xbc\xaf\x27\x1c"
 _RAR_MAGIC = b"Rar!\x1a\x07"
 _RAR_TYPES = ("application/x-rar", "application/vnd.rar", "application/x-rar-compressed")
 
-# libmagic costs ~0.3-0.6 ms a call even on a short text (its text tests are regexes). Each
-# thread has its own handle: python-magic serialises a shared one with a lock. (Remembering
-# answers by content digest was tried: it saves ~7% of calls on a real mix, but turned the
-# bench's repeating corpus sample into 100% hits, so it would have flattered every figure.)
-_handles = threading.local()
+# libmagic costs ~0.3-0.6 ms a call even on a short text (its text tests are regexes). One
+# handle for the process: each loads its own copy of the database (about 8 MB of RSS), so a
+# handle per thread cost 40+ MB across the executor's threads; python-magic locks the shared one,
+# and since small messages are scanned on the event loop, threads rarely wait for it. (Answers
+# remembered by content digest saved ~7% of calls on a real mix but turned the bench's repeating
+# corpus sample into 100% hits, flattering every figure: not kept.)
+_MAGIC = magic.Magic(mime=True)
 
 
 def _magic() -> magic.Magic:
-    handle: magic.Magic | None = getattr(_handles, "magic", None)
-    if handle is None:
-        handle = _handles.magic = magic.Magic(mime=True)
-    return handle
+    return _MAGIC
 
 
 def _eicar() -> bytes:
