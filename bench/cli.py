@@ -116,8 +116,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         "--profiler",
         choices=("cprofile", "py-spy"),
         default="cprofile",
-        help="with --profile: cProfile (main thread, exact calls) or py-spy (every thread, "
-        "sampled; writes <scenario>.txt collapsed stacks; needs py-spy installed)",
+        help="with --profile: cProfile on the thread's CPU clock (event-loop thread, exact "
+        "calls) or py-spy (every thread, sampled; writes <scenario>.txt collapsed stacks; "
+        "needs py-spy installed)",
     )
     parser.add_argument(
         "--only",

@@ -295,15 +295,15 @@ def start_gateway(
     config = write_gateway_config(
         workdir, name, port, sink_port, dns_port, order, workers, tls, metrics_port
     )
-    python = [sys.executable]
     spy = None
+    argv = [sys.executable, "-m", "gateway"]
     if profile is not None and profiler == "py-spy":
         spy = shutil.which("py-spy")
         if spy is None:
             raise ProcessError("--profiler py-spy: py-spy is not installed (pip install py-spy)")
     elif profile is not None:
-        python += ["-m", "cProfile", "-o", str(profile)]
-    argv = [*python, "-m", "gateway", "--config", str(config), "serve"]
+        argv = [sys.executable, "-m", "bench.cpuprofile", str(profile)]
+    argv += ["--config", str(config), "serve"]
     child = spawn(name, argv, port, workdir)
     child.metrics_ports = tuple(metrics_port + i for i in range(workers))
     if spy is not None and profile is not None:
