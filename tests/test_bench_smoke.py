@@ -53,4 +53,6 @@ def test_quick_bench_run_fills_every_table(tmp_path: Path) -> None:
     full = scenarios["full chain"]["plugin_cpu_ms_per_message"]
     for plugin in ("mime", "attachments", "classifier", "spf", "dmarc", "headers"):
         assert full.get(plugin, 0) > 0, (plugin, full, report)
-    assert scenarios["pass-through"]["plugin_cpu_ms_per_message"] == {}
+    assert full.get("resolver", 0) > 0, full  # the DNS lookups' own CPU
+    # no plugin, no DNS in the pass-through gateway
+    assert not any(scenarios["pass-through"]["plugin_cpu_ms_per_message"].values())
