@@ -11,6 +11,7 @@ across Python, numpy and scikit-learn versions.
 from __future__ import annotations
 
 import math
+import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -177,3 +178,141 @@ def weighted(
     if not indices:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     return np.concatenate(indices), np.concatenate(values)
+
+
+# -- scoring ---------------------------------------------------------------------------------------
+
+_CACHE_LIMIT = 1 << 17  # distinct tokens (and body words) whose hashes are kept, per scorer
+_INTP_BYTES = np.dtype(np.intp).itemsize
+
+
+class LinearScorer:
+    """w . x + b for a message's tokens, computed straight from the tokens: the same value as
+    `weighted(hashed_counts(...))` dotted with the weights, without building the vector.
+
+    Per-token work is cached (the hashed index of a token per field, the index array of a body
+    word's character n-grams), the small fields are merged in plain Python (a numpy call costs more
+    than a handful of tokens), and the whole message then takes one pass of numpy calls: tf-idf
+    of every feature, and per field the squared norm and the dot product with the weights. Thread
+    safe: each thread has its own scratch array (messages over 32 KiB are scored in a worker).
+    """
+
+    def __init__(self, spec: VectorSpec, coef: FloatArray, idf: FloatArray, intercept: float):
+        self.spec = spec
+        self.coef = coef
+        self.idf = idf
+        self.intercept = intercept
+        self._mask = spec.size - 1
+        weights = dict(spec.weights)
+        self._fields = [
+            (name, _SEED[name], weights[name], dict[str, int]())
+            for name in FIELDS
+            if weights.get(name, 0.0) != 0.0
+        ]
+        self._chars_weight = weights.get("chars", 0.0) if spec.char_ngrams[0] else 0.0
+        self._grams: dict[str, bytes] = {}
+        self._local = threading.local()
+
+    def _scratch(self) -> npt.NDArray[np.float64]:
+        scratch: npt.NDArray[np.float64] | None = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = np.zeros(self.spec.size, dtype=np.float64)
+            self._local.scratch = scratch
+        return scratch
+
+    def _indices(self, tokens: Counter[str], seed: int, cache: dict[str, int]) -> list[int]:
+        """The hashed index of each distinct token, in the counter's order."""
+        try:
+            return list(map(cache.__getitem__, tokens))
+        except KeyError:
+            pass
+        missing = set(tokens).difference(cache)  # (a dict, not its keys: no scan of the cache)
+        if len(cache) + len(missing) > _CACHE_LIMIT:
+            cache.clear()
+            missing = set(tokens)
+        mask = self._mask
+        for token in missing:
+            cache[token] = crc32(token.encode("utf-8", "replace"), seed) & mask
+        return list(map(cache.__getitem__, tokens))
+
+    def _gram_indices(self, words: Counter[str]) -> list[bytes]:
+        """The hashed indices of the character n-grams of each distinct word, as the bytes of an
+        intp array (joining bytes is cheaper than concatenating many small arrays)."""
+        cache = self._grams
+        try:
+            return list(map(cache.__getitem__, words))
+        except KeyError:
+            pass
+        missing = set(words).difference(cache)
+        if len(cache) + len(missing) > _CACHE_LIMIT:
+            cache.clear()
+            missing = set(words)
+        low, high = self.spec.char_ngrams
+        for word in missing:
+            cache[word] = (_gram_hashes(word, low, high) & self._mask).astype(np.intp).tobytes()
+        return list(map(cache.__getitem__, words))
+
+    def z(self, fields: Mapping[str, Sequence[str]]) -> float:
+        indices: list[int] = []  # the merged features of the fields, field after field
+        totals: list[int] = []  # their counts in the message
+        starts: list[int] = []  # where each field begins in `indices`
+        field_weights: list[float] = []
+        body: Counter[str] | None = None
+        for name, seed, weight, cache in self._fields:
+            tokens = fields.get(name, ())
+            if not tokens:
+                continue
+            counter = Counter(tokens)
+            if name == "body":
+                body = counter
+            hashed = self._indices(counter, seed, cache)
+            starts.append(len(indices))
+            field_weights.append(weight)
+            if len(set(hashed)) == len(hashed):
+                indices += hashed
+                totals += counter.values()
+            else:  # two tokens of the field share a hashed feature: their counts add up
+                merged: dict[int, int] = {}
+                for feature, n in zip(hashed, counter.values(), strict=True):
+                    merged[feature] = merged.get(feature, 0) + n
+                indices += merged
+                totals += merged.values()
+        if body is None and self._chars_weight and fields.get("body"):
+            body = Counter(fields["body"])
+        index = np.array(indices, dtype=np.intp)
+        total = np.array(totals, dtype=np.float64)
+        share: npt.NDArray[np.float64] | None = None
+        if body is not None and self._chars_weight:
+            blobs = self._gram_indices(body)
+            sizes = np.fromiter(map(len, blobs), dtype=np.intp, count=len(blobs))
+            if sizes.any():
+                # A gram of several words (or twice in one word) is one feature whose count is
+                # the sum: add the counts up in a scratch array, read each occurrence's total,
+                # and weigh each occurrence by its share of that total, so that every feature
+                # counts once in the sums below.
+                gram_index = np.frombuffer(b"".join(blobs), dtype=np.intp)
+                gram_count = np.repeat(
+                    np.fromiter(body.values(), dtype=np.float64, count=len(body)),
+                    sizes // _INTP_BYTES,
+                )
+                scratch = self._scratch()
+                np.add.at(scratch, gram_index, gram_count)
+                gram_total = scratch[gram_index]
+                scratch[gram_index] = 0.0
+                starts.append(len(indices))
+                field_weights.append(self._chars_weight)
+                share = np.concatenate((np.ones(len(indices)), gram_count / gram_total))
+                index = np.concatenate((index, gram_index))
+                total = np.concatenate((total, gram_total))
+        if not starts:
+            return self.intercept
+        tf = 1.0 + np.log(total) if self.spec.sublinear_tf else total
+        value = tf * self.idf[index]
+        part = value if share is None else value * share
+        norms2 = np.add.reduceat(value * part, starts).tolist()
+        dots = np.add.reduceat(self.coef[index] * part, starts).tolist()
+        z = self.intercept
+        for weight, norm2, dot in zip(field_weights, norms2, dots, strict=True):
+            if norm2 > 0.0:
+                z += weight * dot / math.sqrt(norm2)
+        return z
