@@ -26,6 +26,7 @@ import email.message
 import email.parser
 import email.policy
 import email.utils
+import functools
 import html
 import itertools
 import logging
@@ -207,6 +208,24 @@ def _lowers_like_ignorecase(text: str) -> bool:
 # -- small helpers -------------------------------------------------------------------------------
 
 _WORD = re.compile(r"[^\W\d_][^\W_]{1,24}|\d{1,12}(?:[.,]\d{1,6})*|[$€£¥!]")
+
+
+def _latin1_set(pattern: str) -> str:
+    """A character class of the Latin-1 characters that `pattern` (of one character) matches."""
+    chars = (chr(i) for i in range(256))
+    return "[" + "".join(re.escape(c) for c in chars if re.fullmatch(pattern, c)) + "]"
+
+
+# _WORD for text within Latin-1 (most mail): a set of characters is much cheaper to test than
+# Unicode categories. Made from _WORD's own classes; a test compares the two.
+_LATIN1_WORD = re.compile(
+    "{letter}{alnum}{{1,24}}|{digit}{{1,12}}(?:[.,]{digit}{{1,6}})*|{sign}".format(
+        letter=_latin1_set(r"[^\W\d_]"),
+        alnum=_latin1_set(r"[^\W_]"),
+        digit=_latin1_set(r"\d"),
+        sign=_latin1_set(r"[$€£¥!]"),
+    )
+)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _SUBJECT_TAGS = re.compile(r"^\s*(?:(?:re|fwd?|aw)\s*:\s*)*(?:\[[^\]\n]{1,40}\]\s*)+", re.I)
 _REPLY_PREFIX = re.compile(r"^\s*(?:re|fwd?|aw)\s*:", re.I)
@@ -294,6 +313,7 @@ def _domain_of(address: str) -> str:
     return found.group(1).lower().strip(".") if found else ""
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def registered_domain(host: str) -> str:
     labels = [x for x in host.lower().strip(".").split(".") if x]
     if len(labels) <= 2:
@@ -404,6 +424,22 @@ def html_to_text(markup: str) -> str:
 
 
 def _url_tokens(url: str, out: list[str], hosts: set[str]) -> None:
+    """Append the tokens of an URL to `out` and its host (if any) to `hosts`."""
+    tokens, host = _url_parts(url)
+    out.extend(tokens)
+    if host is not None:
+        hosts.add(host)
+
+
+@functools.lru_cache(maxsize=1 << 12)  # the same links come in many messages
+def _url_parts(url: str) -> tuple[tuple[str, ...], str | None]:
+    out: list[str] = []
+    hosts: set[str] = set()
+    _parse_url(url, out, hosts)
+    return tuple(out), next(iter(hosts), None)
+
+
+def _parse_url(url: str, out: list[str], hosts: set[str]) -> None:
     lower = url.lower().strip(".,;:!?)")
     if lower.startswith("www."):
         scheme, rest = "http", lower
@@ -468,6 +504,46 @@ def extract(
     return fields
 
 
+class _IndexedMessage(email.message.Message):
+    """A Message whose header fields can be indexed by name once parsing is over.
+
+    Message.get scans (and lower-cases) every field name of the header on each call, and the
+    content type, charset and file name of a part each take several calls; indexed, a lookup is
+    one dict access, with the same result. Only for a message that no longer changes.
+    """
+
+    _fields: dict[str, list[tuple[str, Any]]] | None = None
+
+    @staticmethod
+    def index(msg: email.message.Message) -> None:
+        if isinstance(msg, _IndexedMessage) and msg._fields is None:
+            fields: dict[str, list[tuple[str, Any]]] = {}
+            for name, value in msg._headers:  # type: ignore[attr-defined]
+                fields.setdefault(name.lower(), []).append((name, value))
+            msg._fields = fields
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        if self._fields is None:
+            return super().get(name, failobj)
+        found = self._fields.get(name.lower())
+        if found is None:
+            return failobj
+        return self.policy.header_fetch_parse(*found[0])
+
+    def get_all(self, name: str, failobj: Any = None) -> Any:
+        if self._fields is None:
+            return super().get_all(name, failobj)
+        found = self._fields.get(name.lower())
+        if found is None:
+            return failobj
+        return [self.policy.header_fetch_parse(*field) for field in found]
+
+    def __contains__(self, name: str) -> bool:
+        if self._fields is None:
+            return super().__contains__(name)
+        return name.lower() in self._fields
+
+
 def _extract(
     raw: bytes,
     settings: FeatureSettings,
@@ -486,36 +562,25 @@ def _extract(
         traits.append("size:cut")
         raw = raw[: settings.max_bytes]
     traits.append(f"size:{_bucket(len(raw), (1000, 2000, 4000, 8000, 16000, 50000, 200000))}")
-    msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
+    msg = email.parser.BytesParser(_IndexedMessage, policy=email.policy.compat32).parsebytes(raw)
+    _IndexedMessage.index(msg)
     defects = len(msg.defects)
     if defects:
         traits.append("mime:defects")
 
     # -- header traits ---------------------------------------------------------------------------
-    # The header fields by lower-cased name, read once: Message.get scans (and lower-cases) every
-    # field name of the header on each call, and a message has dozens.
-    header: dict[str, list[Any]] = {}
-    for name, value in msg.items():
-        found = header.get(name.lower())
-        if found is None:
-            header[name.lower()] = [value]
-        else:
-            found.append(value)
-
     def get(name: str) -> Any:
-        """msg.get(name)"""
-        values = header.get(name)
-        return values[0] if values is not None else None
+        return msg.get(name)
 
     def get_all(name: str) -> list[Any]:
-        """msg.get_all(name, [])"""
-        return header.get(name, [])
+        values: list[Any] = msg.get_all(name, [])
+        return values
 
     def first(name: str) -> str:
         value = get(name)
         return _decode_header(value) if value is not None else ""
 
-    is_list = any(name in header for name in _LIST_FIELDS)
+    is_list = any(get(name) is not None for name in _LIST_FIELDS)
     subject = first("subject")
     if is_list:  # "[ILUG] ..." tags are the list's, not the sender's
         subject = _SUBJECT_TAGS.sub(lambda m: "re: " if "re" in m.group(0).lower() else "", subject)
@@ -646,6 +711,7 @@ def _extract(
     html_parts = 0
     plain_parts = 0
     for part in msg.walk():
+        _IndexedMessage.index(part)
         parts += 1
         if parts > settings.max_parts:
             traits.append("mime:many_parts")
@@ -740,7 +806,19 @@ def _extract(
     fields["body"] = words
 
 
+def _is_latin1(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _words(text: str, limit: int) -> list[str]:
+    if _is_latin1(text):  # (and so no CJK either)
+        return _LATIN1_WORD.findall(text)[:limit]
     words = _WORD.findall(text)[:limit]
     if _CJK.search(text):  # scripts written without spaces: character pairs stand for words
         out: list[str] = []
@@ -787,16 +865,19 @@ def _html_traits(markup: str, lowered: str | None, shown: str, traits: list[str]
         if n:
             traits.append(f"html:{name}:{_bucket(n, (2, 5, 20))}")
 
-    def search(pattern: re.Pattern[str]) -> bool:
-        if lowered is not None:
-            return _LOWER_TWIN[pattern].search(lowered) is not None
-        return pattern.search(markup) is not None
+    def search(pattern: re.Pattern[str], needs: tuple[str, ...]) -> bool:
+        """pattern.search(markup), where every match contains one of `needs` (in any case)."""
+        if lowered is None:
+            return pattern.search(markup) is not None
+        if not any(need in lowered for need in needs):  # a substring test is much cheaper
+            return False
+        return _LOWER_TWIN[pattern].search(lowered) is not None
 
-    if search(_HIDDEN):
+    if search(_HIDDEN, ("display", "visibility", "font-size")):
         traits.append("html:hidden")
-    if "<!--" in markup and search(_COMMENT_IN_WORD):
+    if search(_COMMENT_IN_WORD, ("<!--",)):
         traits.append("html:comment_in_word")
-    if search(_WHITE_TEXT):
+    if search(_WHITE_TEXT, ("color",)):
         traits.append("html:white_text")
     if len(shown.split(None, 20)) <= 20:
         traits.append("html:little_text")
@@ -837,7 +918,8 @@ def _body_traits(body: str, traits: list[str]) -> None:
     traits.append(f"body:bang:{_bucket(bangs, (1, 3, 10))}")
     dollars = body.count("$")
     traits.append(f"body:dollar:{_bucket(dollars, (1, 3, 10))}")
-    if re.search(r"\n\s*>", body[:20000]):
+    start = body[:20000]
+    if "\n>" in start or (">" in start and re.search(r"\n\s*>", start)):
         traits.append("body:quoted")
     non_ascii = non_ascii_count / max(1, len(head))
     traits.append(f"body:nonascii:{_bucket(non_ascii, (0.01, 0.1, 0.3))}")

@@ -11,7 +11,6 @@ across Python, numpy and scikit-learn versions.
 from __future__ import annotations
 
 import math
-import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -182,19 +181,20 @@ def weighted(
 
 # -- scoring ---------------------------------------------------------------------------------------
 
-_CACHE_LIMIT = 1 << 17  # distinct tokens (and body words) whose hashes are kept, per scorer
-_INTP_BYTES = np.dtype(np.intp).itemsize
+_CACHE_LIMIT = 1 << 16  # distinct tokens whose hashes are kept, per field (like the lru_caches)
 
 
 class LinearScorer:
     """w . x + b for a message's tokens, computed straight from the tokens: the same value as
     `weighted(hashed_counts(...))` dotted with the weights, without building the vector.
 
-    Per-token work is cached (the hashed index of a token per field, the index array of a body
-    word's character n-grams), the small fields are merged in plain Python (a numpy call costs more
+    Per-token work is cached (the hashed index of a token per field, the indices of a body
+    word's character n-grams), the word fields are merged in plain Python (a numpy call costs more
     than a handful of tokens), and the whole message then takes one pass of numpy calls: tf-idf
-    of every feature, and per field the squared norm and the dot product with the weights. Thread
-    safe: each thread has its own scratch array (messages over 32 KiB are scored in a worker).
+    of every feature, and per field the squared norm and the dot product with the weights (in
+    float64; the sums differ from the float32 ones of `weighted` by rounding only). Safe to call
+    from several threads (messages over 32 KiB are scored in a worker): the caches are only ever
+    added to or cleared, and a cache cleared under a caller's feet costs it a recomputation.
     """
 
     def __init__(self, spec: VectorSpec, coef: FloatArray, idf: FloatArray, intercept: float):
@@ -202,6 +202,8 @@ class LinearScorer:
         self.coef = coef
         self.idf = idf
         self.intercept = intercept
+        self._coef_idf = coef.astype(np.complex64)
+        self._coef_idf.imag = idf
         self._mask = spec.size - 1
         weights = dict(spec.weights)
         self._fields = [
@@ -211,14 +213,6 @@ class LinearScorer:
         ]
         self._chars_weight = weights.get("chars", 0.0) if spec.char_ngrams[0] else 0.0
         self._grams: dict[str, bytes] = {}
-        self._local = threading.local()
-
-    def _scratch(self) -> npt.NDArray[np.float64]:
-        scratch: npt.NDArray[np.float64] | None = getattr(self._local, "scratch", None)
-        if scratch is None:
-            scratch = np.zeros(self.spec.size, dtype=np.float64)
-            self._local.scratch = scratch
-        return scratch
 
     def _indices(self, tokens: Counter[str], seed: int, cache: dict[str, int]) -> list[int]:
         """The hashed index of each distinct token, in the counter's order."""
@@ -233,11 +227,14 @@ class LinearScorer:
         mask = self._mask
         for token in missing:
             cache[token] = crc32(token.encode("utf-8", "replace"), seed) & mask
-        return list(map(cache.__getitem__, tokens))
+        try:
+            return list(map(cache.__getitem__, tokens))
+        except KeyError:  # another thread cleared the cache meanwhile
+            return [crc32(token.encode("utf-8", "replace"), seed) & mask for token in tokens]
 
     def _gram_indices(self, words: Counter[str]) -> list[bytes]:
         """The hashed indices of the character n-grams of each distinct word, as the bytes of an
-        intp array (joining bytes is cheaper than concatenating many small arrays)."""
+        int64 array (joining bytes is cheaper than concatenating many small arrays)."""
         cache = self._grams
         try:
             return list(map(cache.__getitem__, words))
@@ -247,10 +244,17 @@ class LinearScorer:
         if len(cache) + len(missing) > _CACHE_LIMIT:
             cache.clear()
             missing = set(words)
-        low, high = self.spec.char_ngrams
         for word in missing:
-            cache[word] = (_gram_hashes(word, low, high) & self._mask).astype(np.intp).tobytes()
-        return list(map(cache.__getitem__, words))
+            cache[word] = self._grams_of(word)
+        try:
+            return list(map(cache.__getitem__, words))
+        except KeyError:  # another thread cleared the cache meanwhile
+            return list(map(self._grams_of, words))
+
+    def _grams_of(self, word: str) -> bytes:
+        low, high = self.spec.char_ngrams
+        grams: npt.NDArray[np.int64] = _gram_hashes.__wrapped__(word, low, high)  # not cached twice
+        return (grams & self._mask).tobytes()
 
     def z(self, fields: Mapping[str, Sequence[str]]) -> float:
         indices: list[int] = []  # the merged features of the fields, field after field
@@ -281,36 +285,37 @@ class LinearScorer:
             body = Counter(fields["body"])
         index = np.array(indices, dtype=np.intp)
         total = np.array(totals, dtype=np.float64)
-        share: npt.NDArray[np.float64] | None = None
         if body is not None and self._chars_weight:
             blobs = self._gram_indices(body)
             sizes = np.fromiter(map(len, blobs), dtype=np.intp, count=len(blobs))
             if sizes.any():
                 # A gram of several words (or twice in one word) is one feature whose count is
-                # the sum: add the counts up in a scratch array, read each occurrence's total,
-                # and weigh each occurrence by its share of that total, so that every feature
-                # counts once in the sums below.
-                gram_index = np.frombuffer(b"".join(blobs), dtype=np.intp)
+                # the sum: sort the grams and add up the counts of each run of equal indices.
+                gram_index = np.frombuffer(b"".join(blobs), dtype=np.int64)
                 gram_count = np.repeat(
-                    np.fromiter(body.values(), dtype=np.float64, count=len(body)),
-                    sizes // _INTP_BYTES,
+                    np.fromiter(body.values(), dtype=np.int64, count=len(body)),
+                    sizes // 8,
                 )
-                scratch = self._scratch()
-                np.add.at(scratch, gram_index, gram_count)
-                gram_total = scratch[gram_index]
-                scratch[gram_index] = 0.0
+                # One sort of (index, count) packed in an int64 (index < 2**24, count < 2**32)
+                # is cheaper than an argsort and two gathers.
+                packed = np.sort((gram_index << 32) | gram_count)
+                ordered = packed >> 32
+                first = np.empty(len(ordered), dtype=np.bool_)
+                first[0] = True
+                np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+                runs = np.flatnonzero(first)
+                counts = (packed & 0xFFFFFFFF).astype(np.float64)
                 starts.append(len(indices))
                 field_weights.append(self._chars_weight)
-                share = np.concatenate((np.ones(len(indices)), gram_count / gram_total))
-                index = np.concatenate((index, gram_index))
-                total = np.concatenate((total, gram_total))
+                index = np.concatenate((index, ordered[runs]))
+                total = np.concatenate((total, np.add.reduceat(counts, runs)))
         if not starts:
             return self.intercept
         tf = 1.0 + np.log(total) if self.spec.sublinear_tf else total
-        value = tf * self.idf[index]
-        part = value if share is None else value * share
-        norms2 = np.add.reduceat(value * part, starts).tolist()
-        dots = np.add.reduceat(self.coef[index] * part, starts).tolist()
+        weights = self._coef_idf[index]  # one gather (and cache line) for both
+        value = tf * weights.imag
+        norms2 = np.add.reduceat(value * value, starts).tolist()
+        dots = np.add.reduceat(weights.real * value, starts).tolist()
         z = self.intercept
         for weight, norm2, dot in zip(field_weights, norms2, dots, strict=True):
             if norm2 > 0.0:
