@@ -362,6 +362,17 @@ def received_time(value: str) -> datetime | None:
     return when
 
 
+# Parsing addresses is slow, and the same senders and recipients come back all the time.
+@functools.lru_cache(maxsize=1 << 12)
+def _parseaddr(value: str) -> tuple[str, str]:
+    return email.utils.parseaddr(value)
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _getaddresses(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple(email.utils.getaddresses(values))
+
+
 def _payload_text(part: email.message.Message, limit: int) -> str:
     """A text part decoded (transfer encoding, then charset); never raises."""
     try:
@@ -416,9 +427,12 @@ def html_to_text(markup: str) -> str:
     Regular expressions bounded per match and linear scans only: hostile markup costs time in
     proportion to its length, never more.
     """
-    text = _cut_block(markup, "<!--", "-->")
-    text = _cut_block(text, "<script", "</script")
-    text = _cut_block(text, "<style", "</style")
+    lower = markup.lower()
+    text = markup
+    if "<!--" in lower or "<script" in lower or "<style" in lower:
+        text = _cut_block(text, "<!--", "-->")
+        text = _cut_block(text, "<script", "</script")
+        text = _cut_block(text, "<style", "</style")
     text = _HTML_ANY_TAG.sub(" ", text)
     return html.unescape(text)
 
@@ -590,7 +604,7 @@ def _extract(
     fields["subject"] = _words(clean(subject), 200)
 
     from_value = first("from")
-    from_name, from_addr = email.utils.parseaddr(from_value)
+    from_name, from_addr = _parseaddr(from_value)
     from_addr = clean(from_addr)
     from_dom = _domain_of(from_addr)
     if not from_value:
@@ -642,7 +656,7 @@ def _extract(
                 traits.append("env:same_domain_other_address")
 
     to_all = get_all("to") + get_all("cc")
-    recipients = email.utils.getaddresses([str(v) for v in to_all][:50])
+    recipients = _getaddresses(tuple([str(v) for v in to_all][:50]))
     traits.append(f"rcpt:{_bucket(len(recipients), (1, 2, 3, 6, 11, 30))}")
     if not get_all("to"):
         traits.append("to:missing")

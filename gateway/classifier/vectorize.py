@@ -10,6 +10,7 @@ across Python, numpy and scikit-learn versions.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -188,31 +189,31 @@ class LinearScorer:
     """w . x + b for a message's tokens, computed straight from the tokens: the same value as
     `weighted(hashed_counts(...))` dotted with the weights, without building the vector.
 
-    Per-token work is cached (the hashed index of a token per field, the indices of a body
-    word's character n-grams), the word fields are merged in plain Python (a numpy call costs more
-    than a handful of tokens), and the whole message then takes one pass of numpy calls: tf-idf
-    of every feature, and per field the squared norm and the dot product with the weights (in
-    float64; the sums differ from the float32 ones of `weighted` by rounding only). Safe to call
-    from several threads (messages over 32 KiB are scored in a worker): the caches are only ever
-    added to or cleared, and a cache cleared under a caller's feet costs it a recomputation.
+    Per-token work is cached (the hashed index of a token per field; for a body word, its index and
+    those of its character n-grams), the small fields are merged in plain Python (a numpy call
+    costs more than a handful of tokens), and the whole message then takes one pass of numpy
+    calls: tf-idf of every feature, and per field the squared norm and the dot product with the
+    weights (in float64; the sums differ from the float32 ones of `weighted` by rounding only).
+    Safe to call from several threads (messages over 32 KiB are scored in a worker): the caches
+    are only ever added to or trimmed, and a cache trimmed under a caller's feet costs it a
+    recomputation.
     """
 
     def __init__(self, spec: VectorSpec, coef: FloatArray, idf: FloatArray, intercept: float):
         self.spec = spec
-        self.coef = coef
-        self.idf = idf
         self.intercept = intercept
-        self._coef_idf = coef.astype(np.complex64)
+        self._coef_idf = coef.astype(np.complex64)  # one gather (and cache line) for both
         self._coef_idf.imag = idf
         self._mask = spec.size - 1
         weights = dict(spec.weights)
-        self._fields = [
+        self._small = [
             (name, _SEED[name], weights[name], dict[str, int]())
             for name in FIELDS
-            if weights.get(name, 0.0) != 0.0
+            if name != "body" and weights.get(name, 0.0) != 0.0
         ]
+        self._body_weight = weights.get("body", 0.0)
         self._chars_weight = weights.get("chars", 0.0) if spec.char_ngrams[0] else 0.0
-        self._grams: dict[str, bytes] = {}
+        self._words: dict[str, bytes] = {}
 
     def _indices(self, tokens: Counter[str], seed: int, cache: dict[str, int]) -> list[int]:
         """The hashed index of each distinct token, in the counter's order."""
@@ -220,55 +221,54 @@ class LinearScorer:
             return list(map(cache.__getitem__, tokens))
         except KeyError:
             pass
-        missing = set(tokens).difference(cache)  # (a dict, not its keys: no scan of the cache)
-        if len(cache) + len(missing) > _CACHE_LIMIT:
-            cache.clear()
-            missing = set(tokens)
         mask = self._mask
+        missing = set(tokens).difference(cache)  # (a dict, not its keys: no scan of the cache)
+        _make_room(cache, len(missing))
         for token in missing:
             cache[token] = crc32(token.encode("utf-8", "replace"), seed) & mask
         try:
             return list(map(cache.__getitem__, tokens))
-        except KeyError:  # another thread cleared the cache meanwhile
+        except KeyError:  # another thread trimmed the cache meanwhile
             return [crc32(token.encode("utf-8", "replace"), seed) & mask for token in tokens]
 
-    def _gram_indices(self, words: Counter[str]) -> list[bytes]:
-        """The hashed indices of the character n-grams of each distinct word, as the bytes of an
-        int64 array (joining bytes is cheaper than concatenating many small arrays)."""
-        cache = self._grams
+    def _word_keys(self, words: Counter[str]) -> list[bytes]:
+        """The sort keys of each distinct body word (see `z`), as the bytes of an int64 array:
+        joining bytes is much cheaper than concatenating many small arrays."""
+        cache = self._words
         try:
             return list(map(cache.__getitem__, words))
         except KeyError:
             pass
         missing = set(words).difference(cache)
-        if len(cache) + len(missing) > _CACHE_LIMIT:
-            cache.clear()
-            missing = set(words)
+        _make_room(cache, len(missing))
         for word in missing:
-            cache[word] = self._grams_of(word)
+            cache[word] = self._keys_of(word)
         try:
             return list(map(cache.__getitem__, words))
-        except KeyError:  # another thread cleared the cache meanwhile
-            return list(map(self._grams_of, words))
+        except KeyError:  # another thread trimmed the cache meanwhile
+            return list(map(self._keys_of, words))
 
-    def _grams_of(self, word: str) -> bytes:
-        low, high = self.spec.char_ngrams
-        grams: npt.NDArray[np.int64] = _gram_hashes.__wrapped__(word, low, high)  # not cached twice
-        return (grams & self._mask).tobytes()
+    def _keys_of(self, word: str) -> bytes:
+        parts: list[npt.NDArray[np.int64]] = []
+        if self._body_weight != 0.0:
+            index = crc32(word.encode("utf-8", "replace"), _SEED["body"]) & self._mask
+            parts.append(np.array([index << 32], dtype=np.int64))
+        if self._chars_weight != 0.0:
+            low, high = self.spec.char_ngrams
+            grams: npt.NDArray[np.int64] = _gram_hashes.__wrapped__(word, low, high)  # uncached
+            parts.append(((grams & self._mask) << 32) | _CHARS_KEY)
+        return np.concatenate(parts).tobytes()
 
     def z(self, fields: Mapping[str, Sequence[str]]) -> float:
-        indices: list[int] = []  # the merged features of the fields, field after field
+        indices: list[int] = []  # the features of the small fields, field after field
         totals: list[int] = []  # their counts in the message
-        starts: list[int] = []  # where each field begins in `indices`
+        starts: list[int] = []  # where each field begins
         field_weights: list[float] = []
-        body: Counter[str] | None = None
-        for name, seed, weight, cache in self._fields:
+        for name, seed, weight, cache in self._small:
             tokens = fields.get(name, ())
             if not tokens:
                 continue
             counter = Counter(tokens)
-            if name == "body":
-                body = counter
             hashed = self._indices(counter, seed, cache)
             starts.append(len(indices))
             field_weights.append(weight)
@@ -281,38 +281,43 @@ class LinearScorer:
                     merged[feature] = merged.get(feature, 0) + n
                 indices += merged
                 totals += merged.values()
-        if body is None and self._chars_weight and fields.get("body"):
-            body = Counter(fields["body"])
         index = np.array(indices, dtype=np.intp)
         total = np.array(totals, dtype=np.float64)
-        if body is not None and self._chars_weight:
-            blobs = self._gram_indices(body)
-            sizes = np.fromiter(map(len, blobs), dtype=np.intp, count=len(blobs))
-            if sizes.any():
-                # A gram of several words (or twice in one word) is one feature whose count is
-                # the sum: sort the grams and add up the counts of each run of equal indices.
-                gram_index = np.frombuffer(b"".join(blobs), dtype=np.int64)
-                gram_count = np.repeat(
-                    np.fromiter(body.values(), dtype=np.int64, count=len(body)),
-                    sizes // 8,
-                )
-                # One sort of (index, count) packed in an int64 (index < 2**24, count < 2**32)
-                # is cheaper than an argsort and two gathers.
-                packed = np.sort((gram_index << 32) | gram_count)
-                ordered = packed >> 32
-                first = np.empty(len(ordered), dtype=np.bool_)
+        words = fields.get("body", ())
+        if words and (self._body_weight != 0.0 or self._chars_weight != 0.0):
+            # The body's features and those of its character n-grams, as sort keys
+            # (space << 56 | index << 32 | count): sorting them brings the features of each
+            # space together (body, then chars) and each feature's occurrences next to each
+            # other, whose counts add up (a gram in several words, two words that share an index).
+            # A count is below 2**32: a message never has that many words.
+            body = Counter(words)
+            blobs = self._word_keys(body)
+            sizes = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)) >> 3
+            counts = np.fromiter(body.values(), dtype=np.int64, count=len(body))
+            keys: npt.NDArray[np.int64] = np.frombuffer(b"".join(blobs), dtype=np.int64)
+            keys = np.sort(keys | np.repeat(counts, sizes))
+            if len(keys):
+                space_index: npt.NDArray[np.int64] = keys >> 32
+                first = np.empty(len(space_index), dtype=np.bool_)
                 first[0] = True
-                np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+                np.not_equal(space_index[1:], space_index[:-1], out=first[1:])
                 runs = np.flatnonzero(first)
-                counts = (packed & 0xFFFFFFFF).astype(np.float64)
-                starts.append(len(indices))
-                field_weights.append(self._chars_weight)
-                index = np.concatenate((index, ordered[runs]))
-                total = np.concatenate((total, np.add.reduceat(counts, runs)))
+                space_index = space_index[runs]
+                at = len(index)
+                chars_at = at + int(np.searchsorted(space_index, _CHARS_KEY >> 32))
+                index = np.concatenate((index, space_index & self._mask))
+                total = np.concatenate((total, np.add.reduceat(keys & 0xFFFFFFFF, runs)))
+                for begin, end, weight in (
+                    (at, chars_at, self._body_weight),
+                    (chars_at, len(index), self._chars_weight),
+                ):
+                    if weight != 0.0 and begin < end:
+                        starts.append(begin)
+                        field_weights.append(weight)
         if not starts:
             return self.intercept
         tf = 1.0 + np.log(total) if self.spec.sublinear_tf else total
-        weights = self._coef_idf[index]  # one gather (and cache line) for both
+        weights = self._coef_idf[index]
         value = tf * weights.imag
         norms2 = np.add.reduceat(value * value, starts).tolist()
         dots = np.add.reduceat(weights.real * value, starts).tolist()
@@ -321,3 +326,16 @@ class LinearScorer:
             if norm2 > 0.0:
                 z += weight * dot / math.sqrt(norm2)
         return z
+
+
+_CHARS_KEY = 1 << 56  # the space of char n-grams in a body sort key (see LinearScorer.z)
+
+
+def _make_room(cache: dict[str, Any], adding: int) -> None:
+    """Trim a cache about to grow by `adding` entries to stay within _CACHE_LIMIT: the oldest
+    half goes (a dict keeps the order of insertion)."""
+    if len(cache) + adding > _CACHE_LIMIT:
+        for key in list(
+            itertools.islice(cache, max(len(cache) // 2, len(cache) + adding - _CACHE_LIMIT))
+        ):
+            cache.pop(key, None)
