@@ -13,7 +13,8 @@ sha256 of the .npz (a model and a card that do not belong together are refused),
 settings, thresholds, the training corpus, the measured metrics, the number of admin labels.
 
 Scoring a message: tokens (features.extract) -> hashed tf-idf vector (vectorize) -> z = w . x + b
--> P(spam) = sigmoid(a z + c). A few sparse dot products.
+-> P(spam) = sigmoid(a z + c). A few sparse dot products, which vectorize.LinearScorer computes
+straight from the tokens without building the vector.
 """
 
 from __future__ import annotations
