@@ -38,6 +38,7 @@ def test_fold_traps_are_where_ignorecase_and_lower_disagree() -> None:
             continue
         lowered = c.lower()
         assert len(lowered) == 1, c
+        assert lowered.lower() == lowered, c  # so lowering twice is lowering once
         # An ASCII letter matches c under IGNORECASE exactly when c lowers to it...
         if c in folds_to_ascii:
             assert lowered.isascii() and lowered.isalpha(), hex(ord(c))

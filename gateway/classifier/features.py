@@ -527,6 +527,7 @@ class _IndexedMessage(email.message.Message):
     """
 
     _fields: dict[str, list[tuple[str, Any]]] | None = None
+    _params: dict[str, Any] | None = None
 
     @staticmethod
     def index(msg: email.message.Message) -> None:
@@ -535,6 +536,7 @@ class _IndexedMessage(email.message.Message):
             for name, value in msg._headers:  # type: ignore[attr-defined]
                 fields.setdefault(name.lower(), []).append((name, value))
             msg._fields = fields
+            msg._params = {}
 
     def get(self, name: str, failobj: Any = None) -> Any:
         if self._fields is None:
@@ -551,6 +553,19 @@ class _IndexedMessage(email.message.Message):
         if found is None:
             return failobj
         return [self.policy.header_fetch_parse(*field) for field in found]
+
+    def _get_params_preserve(self, failobj: Any, header: str) -> Any:
+        """The parameters of a field (parsed once: the charset, the file name and the boundary of
+        a part all come from them)."""
+        if self._fields is None or self._params is None:
+            return super()._get_params_preserve(failobj, header)  # type: ignore[misc]
+        key = header.lower()
+        if key not in self._fields:
+            return failobj
+        params = self._params.get(key)
+        if params is None:
+            params = self._params[key] = super()._get_params_preserve(failobj, header)  # type: ignore[misc]
+        return params
 
     def __contains__(self, name: str) -> bool:
         if self._fields is None:
@@ -873,7 +888,10 @@ def _subject_traits(subject: str, traits: list[str]) -> None:
 
 def _html_traits(markup: str, lowered: str | None, shown: str, traits: list[str]) -> None:
     """Traits of one HTML chunk; `lowered` is markup.lower() if _lowers_like_ignorecase(markup)."""
-    tags = Counter(map(str.lower, _HTML_TAG_NAME.findall(markup[:200_000])))
+    if lowered is not None and markup.isascii():  # lower-casing ASCII moves no match
+        tags = Counter(_HTML_TAG_NAME.findall(lowered[:200_000]))
+    else:
+        tags = Counter(map(str.lower, _HTML_TAG_NAME.findall(markup[:200_000])))
     for name in ("img", "font", "table", "form", "script", "iframe", "a", "center", "map"):
         n = tags.get(name, 0)
         if n:
