@@ -14,6 +14,7 @@ import email.policy
 import random
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -173,3 +174,17 @@ def test_extract_with_and_without_settings_on_a_corpus_slice() -> None:
     # The shortcuts apply with and without redaction patterns: both still extract every field.
     for raw in [p.read_bytes() for p in corpus_files("spam_2", 100, 20)]:
         assert set(extract(raw, FeatureSettings())) == set(extract(raw, SA_FEATURES))
+
+
+def test_linear_scorer_from_several_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vectorize, "_CACHE_LIMIT", 50)  # caches trimmed all the time
+    spec = VectorSpec()
+    rng = np.random.default_rng(5)
+    coef = rng.normal(size=spec.size).astype(np.float32)
+    idf = rng.uniform(1.0, 9.0, size=spec.size).astype(np.float32)
+    messages = [p.read_bytes() for p in corpus_files("easy_ham", 100, 30)]
+    extracted = [extract(raw, SA_FEATURES) for raw in messages] * 8
+    expected = [LinearScorer(spec, coef, idf, 0.0).z(fields) for fields in extracted]
+    shared = LinearScorer(spec, coef, idf, 0.0)
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(shared.z, extracted)) == expected

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from array import array
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,11 @@ def _hash(token: str, seed: int) -> int:
 def _gram_hashes(word: str, low: int, high: int) -> npt.NDArray[np.int64]:
     """Hashes of the character n-grams (low..high) of " word " (word boundaries marked).
     Cached: the array is shared, never modify it."""
+    return np.array(_gram_crcs(word, low, high), dtype=np.int64)
+
+
+def _gram_crcs(word: str, low: int, high: int) -> list[int]:
+    """The hashes of `_gram_hashes` as a list (LinearScorer packs them its own way)."""
     padded = f" {word} "
     seed = _SEED["chars"]
     out = []
@@ -50,7 +56,7 @@ def _gram_hashes(word: str, low: int, high: int) -> npt.NDArray[np.int64]:
             break
         for i in range(len(padded) - n + 1):
             out.append(crc32(padded[i : i + n].encode("utf-8", "replace"), seed))
-    return np.array(out, dtype=np.int64)
+    return out
 
 
 @dataclass(frozen=True)
@@ -249,15 +255,14 @@ class LinearScorer:
             return list(map(self._keys_of, words))
 
     def _keys_of(self, word: str) -> bytes:
-        parts: list[npt.NDArray[np.int64]] = []
+        mask = self._mask
+        keys = array("q")  # int64, as numpy reads it back
         if self._body_weight != 0.0:
-            index = crc32(word.encode("utf-8", "replace"), _SEED["body"]) & self._mask
-            parts.append(np.array([index << 32], dtype=np.int64))
+            keys.append((crc32(word.encode("utf-8", "replace"), _SEED["body"]) & mask) << 32)
         if self._chars_weight != 0.0:
             low, high = self.spec.char_ngrams
-            grams: npt.NDArray[np.int64] = _gram_hashes.__wrapped__(word, low, high)  # uncached
-            parts.append(((grams & self._mask) << 32) | _CHARS_KEY)
-        return np.concatenate(parts).tobytes()
+            keys.extend([(h & mask) << 32 | _CHARS_KEY for h in _gram_crcs(word, low, high)])
+        return keys.tobytes()
 
     def z(self, fields: Mapping[str, Sequence[str]]) -> float:
         indices: list[int] = []  # the features of the small fields, field after field
