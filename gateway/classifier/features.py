@@ -111,9 +111,9 @@ class FeatureSettings:
 class _Compiled:
     redact: re.Pattern[str] | None
     collector: re.Pattern[str] | None
-    # A string every match of each pattern contains (lower-cased), or None when some pattern has
-    # none: when none of them is in a text, the pattern cannot match, and a plain substring test
-    # is much cheaper than running a long alternation over the text.
+    # A string that every match of each pattern contains (lower-cased for the collector, whose
+    # patterns ignore case), or None when some pattern has none: when none of them is in a text,
+    # the pattern cannot match, and a substring test is much cheaper than a long alternation.
     redact_needs: tuple[str, ...] | None
     collector_needs: tuple[str, ...] | None
 
