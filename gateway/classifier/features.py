@@ -26,11 +26,14 @@ import email.message
 import email.parser
 import email.policy
 import email.utils
+import functools
 import html
 import itertools
 import logging
 import math
 import re
+import string
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -108,6 +111,33 @@ class FeatureSettings:
 class _Compiled:
     redact: re.Pattern[str] | None
     collector: re.Pattern[str] | None
+    # A string that every match of each pattern contains (lower-cased for the collector, whose
+    # patterns ignore case), or None when some pattern has none: when none of them is in a text,
+    # the pattern cannot match, and a substring test is much cheaper than a long alternation.
+    redact_needs: tuple[str, ...] | None
+    collector_needs: tuple[str, ...] | None
+
+    def redacted(self, lowered: str) -> str:
+        """A lower-cased text with the collector's names removed."""
+        redact = self.redact
+        if redact is None:
+            return lowered
+        needs = self.redact_needs
+        if needs is not None and not any(need in lowered for need in needs):
+            return lowered
+        return redact.sub(" ", lowered)
+
+    def is_collector(self, received: str) -> bool:
+        """Whether a Received field is one of the collector's own hops."""
+        collector = self.collector
+        if collector is None:
+            return False
+        needs = self.collector_needs
+        if needs is not None and _lowers_like_ignorecase(received):
+            lowered = received.lower()
+            if not any(need in lowered for need in needs):
+                return False
+        return collector.search(received) is not None
 
 
 _COMPILED: dict[FeatureSettings, _Compiled] = {}
@@ -123,24 +153,97 @@ def _compiled(settings: FeatureSettings) -> _Compiled:
                 if settings.collector_received
                 else None
             ),
+            redact_needs=_needed_literals(settings.redact),
+            collector_needs=_needed_literals(settings.collector_received, lower=True),
         )
         _COMPILED[settings] = found
     return found
 
 
+# Outside a character class and without the VERBOSE flag, these stand for themselves in a pattern.
+_LITERAL_CHARS = frozenset(string.ascii_letters + string.digits + " !\"#%&',/:;<=>@_`~-")
+
+
+def _needed_literal(pattern: str) -> str:
+    """A string that every match of `pattern` contains (its leading run of plain characters,
+    after a leading \\b), or "" when there is none or it cannot tell."""
+    if "|" in pattern:  # an alternation: no run is needed by every branch
+        return ""
+    i = 2 if pattern.startswith("\\b") else 0
+    out: list[str] = []
+    while i < len(pattern):
+        c = pattern[i]
+        if c in _LITERAL_CHARS:
+            step = 1
+        elif c == "\\" and i + 1 < len(pattern) and pattern[i + 1] in string.punctuation:
+            c, step = pattern[i + 1], 2
+        else:
+            break
+        if pattern[i + step : i + step + 1] in ("?", "*", "{"):  # the character may be absent
+            break
+        out.append(c)
+        i += step
+    return "".join(out)
+
+
+def _needed_literals(patterns: tuple[str, ...], lower: bool = False) -> tuple[str, ...] | None:
+    needs = tuple(_needed_literal(pattern) for pattern in patterns)
+    if not needs or not all(needs):
+        return None
+    return tuple(need.lower() for need in needs) if lower else needs
+
+
+# The only characters for which IGNORECASE matching of an ASCII letter and str.lower() disagree:
+# U+0130 (capital I with dot) lowers to two characters; U+0131 (dotless i) and U+017F (long s)
+# match "i" and "s" under IGNORECASE but lower to themselves (a test checks all of Unicode).
+_FOLD_TRAPS = re.compile("[\u0130\u0131\u017f]")
+
+
+def _lowers_like_ignorecase(text: str) -> bool:
+    """Whether an IGNORECASE pattern whose letters are ASCII finds in `text` what the same pattern
+    without IGNORECASE finds in `text.lower()`, at the same offsets."""
+    return text.isascii() or _FOLD_TRAPS.search(text) is None
+
+
 # -- small helpers -------------------------------------------------------------------------------
 
 _WORD = re.compile(r"[^\W\d_][^\W_]{1,24}|\d{1,12}(?:[.,]\d{1,6})*|[$€£¥!]")
+
+
+def _latin1_set(pattern: str) -> str:
+    """A character class of the Latin-1 characters that `pattern` (of one character) matches."""
+    chars = (chr(i) for i in range(256))
+    return "[" + "".join(re.escape(c) for c in chars if re.fullmatch(pattern, c)) + "]"
+
+
+# _WORD for text within Latin-1 (most mail): a set of characters is much cheaper to test than
+# Unicode categories. Made from _WORD's own classes; a test compares the two.
+_LATIN1_WORD = re.compile(
+    "{letter}{alnum}{{1,24}}|{digit}{{1,12}}(?:[.,]{digit}{{1,6}})*|{sign}".format(
+        letter=_latin1_set(r"[^\W\d_]"),
+        alnum=_latin1_set(r"[^\W_]"),
+        digit=_latin1_set(r"\d"),
+        sign=_latin1_set(r"[$€£¥!]"),
+    )
+)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _SUBJECT_TAGS = re.compile(r"^\s*(?:(?:re|fwd?|aw)\s*:\s*)*(?:\[[^\]\n]{1,40}\]\s*)+", re.I)
 _REPLY_PREFIX = re.compile(r"^\s*(?:re|fwd?|aw)\s*:", re.I)
 _ADDR_DOMAIN = re.compile(r"@([A-Za-z0-9.-]+)")
 _URL = re.compile(r"(?:https?://|www\.)[^\s<>\"'()\[\]{}\\^`|]{1,500}", re.I)
 _HTML_ATTR_URL = re.compile(r"(?:href|src|action)\s*=\s*[\"']?\s*([^\"'\s>]{1,1000})", re.I)
-_HTML_TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9]{0,15})\b[^<>]{0,2000}>")
+_HTML_TAG_NAME = re.compile(r"</?([a-zA-Z][a-zA-Z0-9]{0,15})\b[^<>]{0,2000}>")
 _HTML_ANY_TAG = re.compile(r"<[^<>]{0,2000}>")
 _HTML_HINT = re.compile(r"<\s*(?:html|body|table|font|div|p|br|a\s|img)\b", re.I)
 _HIDDEN = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*[01]px", re.I)
+_COMMENT_IN_WORD = re.compile(r"[a-z]<!--[^>]{0,100}-->[a-z]", re.I)
+_WHITE_TEXT = re.compile(r"color\s*=\s*[\"']?#?(?:fff|ffffff|white)\b", re.I)
+# Twins of the IGNORECASE patterns above, for lower-cased text (see _lowers_like_ignorecase):
+# without IGNORECASE, the regular expression engine finds their first characters much faster.
+_LOWER_TWIN = {
+    pattern: re.compile(pattern.pattern)
+    for pattern in (_URL, _HTML_ATTR_URL, _HIDDEN, _COMMENT_IN_WORD, _WHITE_TEXT)
+}
 _IPV4 = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
 _NUMERIC_BLOB = re.compile(r"\d{4,}")
 _FOOTER_SEP = re.compile(r"^(?:_{20,}|-{20,})\s*$", re.M)
@@ -210,6 +313,7 @@ def _domain_of(address: str) -> str:
     return found.group(1).lower().strip(".") if found else ""
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def registered_domain(host: str) -> str:
     labels = [x for x in host.lower().strip(".").split(".") if x]
     if len(labels) <= 2:
@@ -256,6 +360,17 @@ def received_time(value: str) -> datetime | None:
         return None
     when, _ = _date_tuple(stamp.strip())
     return when
+
+
+# Parsing addresses is slow, and the same senders and recipients come back all the time.
+@functools.lru_cache(maxsize=1 << 12)
+def _parseaddr(value: str) -> tuple[str, str]:
+    return email.utils.parseaddr(value)
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _getaddresses(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple(email.utils.getaddresses(values))
 
 
 def _payload_text(part: email.message.Message, limit: int) -> str:
@@ -312,14 +427,33 @@ def html_to_text(markup: str) -> str:
     Regular expressions bounded per match and linear scans only: hostile markup costs time in
     proportion to its length, never more.
     """
-    text = _cut_block(markup, "<!--", "-->")
-    text = _cut_block(text, "<script", "</script")
-    text = _cut_block(text, "<style", "</style")
+    lower = markup.lower()
+    text = markup
+    if "<!--" in lower or "<script" in lower or "<style" in lower:
+        text = _cut_block(text, "<!--", "-->")
+        text = _cut_block(text, "<script", "</script")
+        text = _cut_block(text, "<style", "</style")
     text = _HTML_ANY_TAG.sub(" ", text)
     return html.unescape(text)
 
 
 def _url_tokens(url: str, out: list[str], hosts: set[str]) -> None:
+    """Append the tokens of an URL to `out` and its host (if any) to `hosts`."""
+    tokens, host = _url_parts(url)
+    out.extend(tokens)
+    if host is not None:
+        hosts.add(host)
+
+
+@functools.lru_cache(maxsize=1 << 12)  # the same links come in many messages
+def _url_parts(url: str) -> tuple[tuple[str, ...], str | None]:
+    out: list[str] = []
+    hosts: set[str] = set()
+    _parse_url(url, out, hosts)
+    return tuple(out), next(iter(hosts), None)
+
+
+def _parse_url(url: str, out: list[str], hosts: set[str]) -> None:
     lower = url.lower().strip(".,;:!?)")
     if lower.startswith("www."):
         scheme, rest = "http", lower
@@ -384,6 +518,61 @@ def extract(
     return fields
 
 
+class _IndexedMessage(email.message.Message):
+    """A Message whose header fields can be indexed by name once parsing is over.
+
+    Message.get scans (and lower-cases) every field name of the header on each call, and the
+    content type, charset and file name of a part each take several calls; indexed, a lookup is
+    one dict access, with the same result. Only for a message that no longer changes.
+    """
+
+    _fields: dict[str, list[tuple[str, Any]]] | None = None
+    _params: dict[str, Any] | None = None
+
+    @staticmethod
+    def index(msg: email.message.Message) -> None:
+        if isinstance(msg, _IndexedMessage) and msg._fields is None:
+            fields: dict[str, list[tuple[str, Any]]] = {}
+            for name, value in msg._headers:  # type: ignore[attr-defined]
+                fields.setdefault(name.lower(), []).append((name, value))
+            msg._fields = fields
+            msg._params = {}
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        if self._fields is None:
+            return super().get(name, failobj)
+        found = self._fields.get(name.lower())
+        if found is None:
+            return failobj
+        return self.policy.header_fetch_parse(*found[0])
+
+    def get_all(self, name: str, failobj: Any = None) -> Any:
+        if self._fields is None:
+            return super().get_all(name, failobj)
+        found = self._fields.get(name.lower())
+        if found is None:
+            return failobj
+        return [self.policy.header_fetch_parse(*field) for field in found]
+
+    def _get_params_preserve(self, failobj: Any, header: str) -> Any:
+        """The parameters of a field (parsed once: the charset, the file name and the boundary of
+        a part all come from them)."""
+        if self._fields is None or self._params is None:
+            return super()._get_params_preserve(failobj, header)  # type: ignore[misc]
+        key = header.lower()
+        if key not in self._fields:
+            return failobj
+        params = self._params.get(key)
+        if params is None:
+            params = self._params[key] = super()._get_params_preserve(failobj, header)  # type: ignore[misc]
+        return params
+
+    def __contains__(self, name: str) -> bool:
+        if self._fields is None:
+            return super().__contains__(name)
+        return name.lower() in self._fields
+
+
 def _extract(
     raw: bytes,
     settings: FeatureSettings,
@@ -392,29 +581,35 @@ def _extract(
     fields: Fields,
 ) -> None:
     compiled = _compiled(settings)
-    redact = compiled.redact
 
     def clean(text: str) -> str:
         """The text lower-cased, with the collector's names removed."""
-        lowered = text.lower()
-        return redact.sub(" ", lowered) if redact is not None else lowered
+        return compiled.redacted(text.lower())
 
     traits = fields["header"]
     if len(raw) > settings.max_bytes:
         traits.append("size:cut")
         raw = raw[: settings.max_bytes]
     traits.append(f"size:{_bucket(len(raw), (1000, 2000, 4000, 8000, 16000, 50000, 200000))}")
-    msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
+    msg = email.parser.BytesParser(_IndexedMessage, policy=email.policy.compat32).parsebytes(raw)
+    _IndexedMessage.index(msg)
     defects = len(msg.defects)
     if defects:
         traits.append("mime:defects")
 
     # -- header traits ---------------------------------------------------------------------------
+    def get(name: str) -> Any:
+        return msg.get(name)
+
+    def get_all(name: str) -> list[Any]:
+        values: list[Any] = msg.get_all(name, [])
+        return values
+
     def first(name: str) -> str:
-        value = msg.get(name)
+        value = get(name)
         return _decode_header(value) if value is not None else ""
 
-    is_list = any(msg.get(name) is not None for name in _LIST_FIELDS)
+    is_list = any(get(name) is not None for name in _LIST_FIELDS)
     subject = first("subject")
     if is_list:  # "[ILUG] ..." tags are the list's, not the sender's
         subject = _SUBJECT_TAGS.sub(lambda m: "re: " if "re" in m.group(0).lower() else "", subject)
@@ -424,7 +619,7 @@ def _extract(
     fields["subject"] = _words(clean(subject), 200)
 
     from_value = first("from")
-    from_name, from_addr = email.utils.parseaddr(from_value)
+    from_name, from_addr = _parseaddr(from_value)
     from_addr = clean(from_addr)
     from_dom = _domain_of(from_addr)
     if not from_value:
@@ -475,12 +670,12 @@ def _extract(
             elif from_addr and from_addr not in envelope:
                 traits.append("env:same_domain_other_address")
 
-    to_all = msg.get_all("to", []) + msg.get_all("cc", [])
-    recipients = email.utils.getaddresses([str(v) for v in to_all][:50])
+    to_all = get_all("to") + get_all("cc")
+    recipients = _getaddresses(tuple([str(v) for v in to_all][:50]))
     traits.append(f"rcpt:{_bucket(len(recipients), (1, 2, 3, 6, 11, 30))}")
-    if not msg.get_all("to"):
+    if not get_all("to"):
         traits.append("to:missing")
-    elif any("undisclosed" in str(v).lower() for v in msg.get_all("to", [])):
+    elif any("undisclosed" in str(v).lower() for v in get_all("to")):
         traits.append("to:undisclosed")
     if from_addr and any(addr.lower() == from_addr for _, addr in recipients):
         traits.append("to:is_from")
@@ -492,7 +687,7 @@ def _extract(
         product = re.sub(r"[\d.]+", "", mailer.lower())
         for word in re.findall(r"[a-z]{3,15}", product)[:3]:
             traits.append(f"mailer:{word}")
-    if msg.get("x-msmail-priority") is not None or msg.get("x-priority") is not None:
+    if get("x-msmail-priority") is not None or get("x-priority") is not None:
         traits.append("priority:set")
         if "high" in first("x-msmail-priority").lower() or first("x-priority").strip()[:1] == "1":
             traits.append("priority:high")
@@ -510,12 +705,11 @@ def _extract(
             traits.append("msgid:no_brackets")
 
     # Hops: the sender's side only (the collector's own Received lines are skipped).
-    collector = compiled.collector
     hops = 0
     newest: datetime | None = None
-    for value in msg.get_all("received", [])[:100]:
+    for value in get_all("received")[:100]:
         text = str(value)
-        if collector is not None and collector.search(text):
+        if compiled.is_collector(text):
             continue
         hops += 1
         if newest is None:
@@ -546,6 +740,7 @@ def _extract(
     html_parts = 0
     plain_parts = 0
     for part in msg.walk():
+        _IndexedMessage.index(part)
         parts += 1
         if parts > settings.max_parts:
             traits.append("mime:many_parts")
@@ -610,20 +805,25 @@ def _extract(
     urls: list[str] = []
     hosts: set[str] = set()
     url_tokens = fields["url"]
-    for url in _URL.findall(body)[:200]:
+    url_pattern = _LOWER_TWIN[_URL] if _lowers_like_ignorecase(body) else _URL  # body is lowered
+    for url in url_pattern.findall(body)[:200]:
         urls.append(url)
         _url_tokens(url, url_tokens, hosts)
     for chunk, shown in zip(markup, visible, strict=True):
-        _html_traits(chunk, shown, traits)
-        for url in _HTML_ATTR_URL.findall(chunk)[:200]:
-            lowered = url.lower()
+        lowered_chunk = chunk.lower() if _lowers_like_ignorecase(chunk) else None
+        _html_traits(chunk, lowered_chunk, shown, traits)
+        if lowered_chunk is not None:
+            attr_urls = _LOWER_TWIN[_HTML_ATTR_URL].findall(lowered_chunk)[:200]
+        else:
+            attr_urls = [url.lower() for url in _HTML_ATTR_URL.findall(chunk)[:200]]
+        for lowered in attr_urls:
             if lowered.startswith("mailto:"):
                 url_tokens.append("mailto")
                 dom = _domain_of(lowered)
                 if dom:
                     url_tokens.append(f"mailto:{registered_domain(clean(dom))}")
             elif lowered.startswith(("http", "www.")):
-                _url_tokens(clean(url), url_tokens, hosts)
+                _url_tokens(clean(lowered), url_tokens, hosts)
             elif lowered.startswith("cid:"):
                 url_tokens.append("cid")
     traits.append(f"urls:{_bucket(len(hosts), (1, 2, 3, 5, 10))}")
@@ -635,7 +835,19 @@ def _extract(
     fields["body"] = words
 
 
+def _is_latin1(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _words(text: str, limit: int) -> list[str]:
+    if _is_latin1(text):  # (and so no CJK either)
+        return _LATIN1_WORD.findall(text)[:limit]
     words = _WORD.findall(text)[:limit]
     if _CJK.search(text):  # scripts written without spaces: character pairs stand for words
         out: list[str] = []
@@ -674,23 +886,45 @@ def _subject_traits(subject: str, traits: list[str]) -> None:
         traits.append("subj:non_ascii")
 
 
-def _html_traits(markup: str, shown: str, traits: list[str]) -> None:
-    tags: dict[str, int] = {}
-    for _, name in _HTML_TAG.findall(markup[:200_000]):
-        lowered = name.lower()
-        tags[lowered] = tags.get(lowered, 0) + 1
+def _html_traits(markup: str, lowered: str | None, shown: str, traits: list[str]) -> None:
+    """Traits of one HTML chunk; `lowered` is markup.lower() if _lowers_like_ignorecase(markup)."""
+    if lowered is not None and markup.isascii():  # lower-casing ASCII moves no match
+        tags = Counter(_HTML_TAG_NAME.findall(lowered[:200_000]))
+    else:
+        tags = Counter(map(str.lower, _HTML_TAG_NAME.findall(markup[:200_000])))
     for name in ("img", "font", "table", "form", "script", "iframe", "a", "center", "map"):
         n = tags.get(name, 0)
         if n:
             traits.append(f"html:{name}:{_bucket(n, (2, 5, 20))}")
-    if _HIDDEN.search(markup):
+
+    def search(pattern: re.Pattern[str], needs: tuple[str, ...]) -> bool:
+        """pattern.search(markup), where every match contains one of `needs` (in any case)."""
+        if lowered is None:
+            return pattern.search(markup) is not None
+        if not any(need in lowered for need in needs):  # a substring test is much cheaper
+            return False
+        return _LOWER_TWIN[pattern].search(lowered) is not None
+
+    if search(_HIDDEN, ("display", "visibility", "font-size")):
         traits.append("html:hidden")
-    if re.search(r"[a-z]<!--[^>]{0,100}-->[a-z]", markup, re.I):
+    if search(_COMMENT_IN_WORD, ("<!--",)):
         traits.append("html:comment_in_word")
-    if re.search(r"color\s*=\s*[\"']?#?(?:fff|ffffff|white)\b", markup, re.I):
+    if search(_WHITE_TEXT, ("color",)):
         traits.append("html:white_text")
     if len(shown.split(None, 20)) <= 20:
         traits.append("html:little_text")
+
+
+def _latin1_class(pattern: re.Pattern[str]) -> bytes:
+    """The Latin-1 bytes whose characters `pattern` matches."""
+    return bytes(i for i in range(256) if pattern.match(chr(i)))
+
+
+# For text within Latin-1 (most mail), counting characters with bytes.translate is much cheaper
+# than removing them with a regular expression; the tables come from the expressions themselves.
+_LATIN1_NON_LETTERS = _latin1_class(_NON_LETTERS)
+_LATIN1_NON_UPPER = _latin1_class(_NON_UPPER)
+_LATIN1_ASCII = _latin1_class(_ASCII)
 
 
 def _body_traits(body: str, traits: list[str]) -> None:
@@ -699,17 +933,27 @@ def _body_traits(body: str, traits: list[str]) -> None:
     if not n:
         return
     head = body[:8000]
-    letters = len(_NON_LETTERS.sub("", head))
+    try:
+        latin1 = head.encode("latin-1")
+    except UnicodeEncodeError:
+        letters = len(_NON_LETTERS.sub("", head))
+        upper_count = len(_NON_UPPER.sub("", head)) if letters else 0
+        non_ascii_count = len(_ASCII.sub("", head))
+    else:
+        letters = len(latin1.translate(None, _LATIN1_NON_LETTERS))
+        upper_count = len(latin1.translate(None, _LATIN1_NON_UPPER))
+        non_ascii_count = len(latin1.translate(None, _LATIN1_ASCII))
     if letters:
-        upper = len(_NON_UPPER.sub("", head)) / letters
+        upper = upper_count / letters
         traits.append(f"body:caps:{_bucket(upper, (0.05, 0.1, 0.2, 0.4))}")
     bangs = body.count("!")
     traits.append(f"body:bang:{_bucket(bangs, (1, 3, 10))}")
     dollars = body.count("$")
     traits.append(f"body:dollar:{_bucket(dollars, (1, 3, 10))}")
-    if re.search(r"\n\s*>", body[:20000]):
+    start = body[:20000]
+    if "\n>" in start or (">" in start and re.search(r"\n\s*>", start)):
         traits.append("body:quoted")
-    non_ascii = len(_ASCII.sub("", head)) / max(1, len(head))
+    non_ascii = non_ascii_count / max(1, len(head))
     traits.append(f"body:nonascii:{_bucket(non_ascii, (0.01, 0.1, 0.3))}")
     lines = body.count("\n") + 1
     traits.append(f"body:linelen:{_bucket(math.log2(1 + n / lines), (4, 5, 6, 7, 8))}")

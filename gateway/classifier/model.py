@@ -13,7 +13,8 @@ sha256 of the .npz (a model and a card that do not belong together are refused),
 settings, thresholds, the training corpus, the measured metrics, the number of admin labels.
 
 Scoring a message: tokens (features.extract) -> hashed tf-idf vector (vectorize) -> z = w . x + b
--> P(spam) = sigmoid(a z + c). A few sparse dot products.
+-> P(spam) = sigmoid(a z + c). A few sparse dot products, which vectorize.LinearScorer computes
+straight from the tokens without building the vector.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from gateway.classifier.features import FeatureSettings, extract
-from gateway.classifier.vectorize import FloatArray, VectorSpec, hashed_counts, weighted
+from gateway.classifier.vectorize import FloatArray, LinearScorer, VectorSpec
 from gateway.tomlfile import ConfigError
 
 FORMAT = "mailgate-spam-model/1"
@@ -119,14 +120,14 @@ class SpamModel:
         self.intercept = intercept
         self.platt = platt
         self.source = source
+        self.scorer = LinearScorer(vector, coef, idf, intercept)
 
     @property
     def version(self) -> str:
         return str(self.card.get("version", "?"))
 
     def z_of_fields(self, fields: dict[str, list[str]]) -> float:
-        index, value = weighted(hashed_counts(fields, self.vector), self.vector, self.idf)
-        return float(np.dot(self.coef[index], value)) + self.intercept
+        return self.scorer.z(fields)
 
     def probability_of_z(self, z: float) -> float:
         a, b = self.platt
