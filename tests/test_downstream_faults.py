@@ -519,3 +519,26 @@ async def test_plugin_timeout_tempfails_and_the_symbol_is_logged(
     assert "forced by HEADERS_TIMEOUT" in line
     assert sink.commands == [MAIL_CMD, RCPT_CMD, "RSET"]
     assert sink.delivered == []
+
+
+async def test_hostile_html_neither_stalls_the_loop_nor_passes_unscanned(
+    start_gateway: GatewayFactory, sink: RecordingSink
+) -> None:
+    """32 KiB of unclosed tags took HTMLParser 7 s (quadratic close()): scanned on the event
+    loop, that would have stalled every other client. Now it is linear, and a light scan that
+    runs long hands over to a thread; another client is answered meanwhile."""
+    gw: RunningGateway = await start_gateway()
+    hostile = message(
+        extra=b"MIME-Version: 1.0\r\nContent-Type: text/html\r\n",
+        body=b"<p>hello</p>\r\n" + b"<a <a <a\r\n" * 3_600,
+    )
+    async with smtp_client(gw) as client, smtp_client(gw) as other:
+        started = time.monotonic()
+        scanned = asyncio.ensure_future(transact(client, hostile))
+        await asyncio.sleep(0)
+        noop = await other.noop()
+        assert noop.code == 250
+        steps = await scanned
+        assert time.monotonic() - started < 3
+    assert steps[-1].code in (250, 451, 550), steps
+    assert len(sink.delivered) + len(quarantine_files(gw)) <= 1

@@ -442,3 +442,48 @@ def test_the_light_scan_leaves_archives_and_documents_to_a_thread() -> None:
         report = analyze(with_attachment(data, name))
         assert scan_light(report) is None, name
         assert scan(report).files, name
+
+
+@pytest.mark.parametrize(
+    "markup",
+    [
+        "<a " * 100_000,  # CVE-2025-6069: HTMLParser.close() re-read the rest once per "<"
+        "<!--" * 70_000,
+        "</" * 150_000,
+        "<?" * 150_000,
+        "<a <b <!-- <? </ " * 20_000,
+        "<" * 300_000,
+        "<div>" * 60_000,
+    ],
+    ids=["open-tags", "open-comments", "end-tags", "pis", "mixed", "lt", "nested"],
+)
+def test_hostile_html_is_linear(markup: str) -> None:
+    from gateway.mime.html import inspect as inspect_html
+
+    started = time.monotonic()
+    inspect_html(markup.encode())
+    assert time.monotonic() - started < 3  # 32 KiB of "<a " alone took 7 s before
+
+
+def test_text_before_markup_left_open_is_still_read() -> None:
+    from gateway.mime.html import inspect as inspect_html
+
+    found = inspect_html(b'<div style="display:none">' + b"buy now " * 10 + b"<a <a <a")
+    assert "HTML_HIDDEN_TEXT" in found
+    assert "HTML_HIDDEN_TEXT" in inspect_html(b"<div hidden>" + b"x" * 40 + b" &amp")
+
+
+def test_html_past_its_deadline_ends_the_scan_and_the_light_scan_hands_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.mime import content
+
+    report = analyze(
+        (HEAD + "Content-Type: text/html\r\n\r\n").encode() + b"<b>x</b>" * 50_000 + b"\r\n"
+    )
+    strict = dataclasses.replace(DEFAULT_LIMITS, scan_time_budget=0.001)
+    result = content.scan(report, strict)
+    assert "ATT_LIMIT_TIME" in result.symbols() and not result.complete
+    monkeypatch.setattr(content, "LIGHT_TIME_BUDGET", 0.001)
+    assert content.scan_light(report) is None  # the thread's full scan decides
+    assert content.scan(report).complete

@@ -385,7 +385,7 @@ class _Scanner:
             for symbol in pdf.inspect(data):
                 self.add(symbol, label)
         if family == "html" or (declared == "text/html" and family == "text"):
-            for symbol, detail in html.inspect(data).items():
+            for symbol, detail in html.inspect(data, deadline=self.deadline).items():
                 self.add(symbol, f"{label}: {detail}")
         if is_file or depth > 0:
             self.files.append(
@@ -770,10 +770,16 @@ class _HeavyContent(Exception):
 
 def scan_light(report: MimeReport, limits: MimeSettings = DEFAULT_LIMITS) -> ContentReport | None:
     """The scan, or None as soon as it meets an archive or a document (whose inspection can
-    take up to the time budget): then run `scan` where a long wait blocks nobody (a thread).
+    take up to the time budget) or runs past LIGHT_TIME_BUDGET: then run `scan` where a long
+    wait blocks nobody (a thread).
     Text, HTML and images alone are bounded by the message's size and take about a millisecond
     for ordinary mail, which is cheaper on the event loop than a thread hop."""
     return _run(report, limits, light_only=True)
+
+
+# The light scan's own time budget: past it (hostile HTML, a pathological text), the scan is
+# left to a thread with the full budget rather than holding the event loop any longer.
+LIGHT_TIME_BUDGET = 0.1
 
 
 def scan(report: MimeReport, limits: MimeSettings = DEFAULT_LIMITS) -> ContentReport:
@@ -787,6 +793,9 @@ def _run(report: MimeReport, limits: MimeSettings, light_only: bool) -> ContentR
     started = time.monotonic()
     scanner = _Scanner(report, limits)
     scanner.light_only = light_only
+    if light_only:
+        seconds = min(limits.scan_time_budget, LIGHT_TIME_BUDGET)
+        scanner.deadline = Deadline(seconds, "ATT_LIMIT_TIME")
     complete = True
     try:
         for leaf in report.leaves:
@@ -794,6 +803,8 @@ def _run(report: MimeReport, limits: MimeSettings, light_only: bool) -> ContentR
     except _HeavyContent:
         return None
     except BudgetExceeded as exc:
+        if light_only:
+            return None
         complete = False
         scanner.add(exc.symbol, exc.detail)
     except Exception as exc:  # a bug on hostile input must not pass the message unscanned

@@ -11,6 +11,8 @@ import re
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
+from gateway.mime.model import BudgetExceeded, Deadline
+
 MAX_HTML = 2 * 1024 * 1024
 _VOID = frozenset(
     {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
@@ -39,8 +41,10 @@ def registrable(host: str) -> str:
 
 
 class _Scanner(HTMLParser):
-    def __init__(self) -> None:
+    def __init__(self, deadline: Deadline | None = None) -> None:
         super().__init__(convert_charrefs=True)
+        self.deadline = deadline
+        self.events = 0  # callbacks so far: the deadline is checked every 256
         self.found: dict[str, str] = {}
         self.stack: list[tuple[str, bool]] = []
         self.hidden_open = 0  # how many entries of `stack` are hidden (read on every text run)
@@ -65,7 +69,13 @@ class _Scanner(HTMLParser):
     def _add(self, symbol: str, detail: str) -> None:
         self.found.setdefault(symbol, detail[:120])
 
+    def _tick(self) -> None:
+        self.events += 1
+        if self.deadline is not None and not self.events & 255:
+            self.deadline.check()
+
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._tick()
         values = {k.lower(): (v or "") for k, v in attrs}
         if tag == "script":
             self._add("HTML_SCRIPT", "<script>")
@@ -92,6 +102,7 @@ class _Scanner(HTMLParser):
                 self._pop(0, 256)
 
     def handle_endtag(self, tag: str) -> None:
+        self._tick()
         for index in range(len(self.stack) - 1, -1, -1):
             if self.stack[index][0] == tag:
                 self._pop(index)
@@ -101,6 +112,7 @@ class _Scanner(HTMLParser):
             self.link = None
 
     def handle_data(self, data: str) -> None:
+        self._tick()
         if self.stack and self.stack[-1][0] in ("style", "script", "title"):
             return
         if self.link is not None and len(self.link_text) < 50:
@@ -134,16 +146,28 @@ class _Scanner(HTMLParser):
             self._add("HTML_LINK_MISMATCH", f"shows {shown.group(1)[:50]}, goes to {target[:50]}")
 
 
-def inspect(data: bytes, charset: str = "utf-8") -> dict[str, str]:
-    """HTML_* symbols with a detail each."""
+def inspect(
+    data: bytes, charset: str = "utf-8", deadline: Deadline | None = None
+) -> dict[str, str]:
+    """HTML_* symbols with a detail each. With `deadline`, the parse checks it as it goes and
+    raises BudgetExceeded when it is over (the caller's scan is then incomplete)."""
     try:
         text = data[:MAX_HTML].decode(charset or "utf-8", "replace")
     except LookupError:
         text = data[:MAX_HTML].decode("latin-1")
-    scanner = _Scanner()
+    scanner = _Scanner(deadline)
     try:
         scanner.feed(text)
+        if scanner.rawdata.startswith("<") and not scanner.cdata_elem:
+            # Markup left open at the end ("<a <a <a ...", "<!--" with no "-->"): a browser
+            # drops a tag cut off by the end of the file (HTML's "EOF in tag"), and renders
+            # nothing of an open comment. HTMLParser.close() instead re-reads the rest once per
+            # "<" in it, which is quadratic (CVE-2025-6069 on Python < 3.11.13): 32 KiB of
+            # "<a " took 7 s. Drop the open markup, then flush the text before it.
+            scanner.rawdata = ""
         scanner.close()
+    except BudgetExceeded:
+        raise
     except Exception:  # HTMLParser is tolerant; an exception here is a bug, not a verdict
         pass
     return scanner.found
