@@ -266,3 +266,15 @@ def test_mime_bombs_do_not_break_show(tmp_path: Path, qcli: QuarantineCli) -> No
     shown = assert_safe(qcli("show", "WIDE00000001"))
     assert "  ... and 19501 more parts" in shown
     assert 'file "\\x1b[0m.txt"' in shown
+
+
+def test_the_html_preview_is_linear_on_markup_left_open() -> None:
+    """`quarantine show` turns HTML into text with HTMLParser, whose close() was quadratic on
+    markup left open at the end (CVE-2025-6069): 32 KiB of "<a " took 7 s."""
+    import time
+
+    from gateway.quarantine.view import html_to_text
+
+    started = time.monotonic()
+    assert html_to_text("<p>visible</p>" + "<a " * 100_000) == "visible"
+    assert time.monotonic() - started < 3

@@ -146,6 +146,20 @@ class _Scanner(HTMLParser):
             self._add("HTML_LINK_MISMATCH", f"shows {shown.group(1)[:50]}, goes to {target[:50]}")
 
 
+def feed_all(parser: HTMLParser, text: str) -> None:
+    """`parser.feed(text)` then `close()`, in linear time.
+
+    Markup left open at the end ("<a <a <a ...", "<!--" with no "-->") is dropped, as a browser
+    drops a tag cut off by the end of the file (HTML's "EOF in tag") and renders nothing of an
+    open comment. HTMLParser.close() instead re-reads the rest once per "<" in it, which is
+    quadratic (CVE-2025-6069, fixed in Python 3.11.13): 32 KiB of "<a " took 7 s.
+    """
+    parser.feed(text)
+    if parser.rawdata.startswith("<") and not parser.cdata_elem:
+        parser.rawdata = ""
+    parser.close()
+
+
 def inspect(
     data: bytes, charset: str = "utf-8", deadline: Deadline | None = None
 ) -> dict[str, str]:
@@ -157,15 +171,7 @@ def inspect(
         text = data[:MAX_HTML].decode("latin-1")
     scanner = _Scanner(deadline)
     try:
-        scanner.feed(text)
-        if scanner.rawdata.startswith("<") and not scanner.cdata_elem:
-            # Markup left open at the end ("<a <a <a ...", "<!--" with no "-->"): a browser
-            # drops a tag cut off by the end of the file (HTML's "EOF in tag"), and renders
-            # nothing of an open comment. HTMLParser.close() instead re-reads the rest once per
-            # "<" in it, which is quadratic (CVE-2025-6069 on Python < 3.11.13): 32 KiB of
-            # "<a " took 7 s. Drop the open markup, then flush the text before it.
-            scanner.rawdata = ""
-        scanner.close()
+        feed_all(scanner, text)
     except BudgetExceeded:
         raise
     except Exception:  # HTMLParser is tolerant; an exception here is a bug, not a verdict

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 
 from gateway.headers import split_header
+from gateway.mime.html import feed_all
 from gateway.quarantine.model import decode_header_text
 
 MAX_PARTS = 500
@@ -221,8 +222,7 @@ def html_to_text(html: str) -> str:
     """Visible text of an HTML part with link targets written out; never rendered."""
     parser = _HtmlText()
     try:
-        parser.feed(html)
-        parser.close()
+        feed_all(parser, html)  # linear even on markup left open (HTMLParser.close() is not)
     except Exception:  # html.parser is lenient; this is only a last resort
         return html
     text = "".join(parser.out)
