@@ -5,7 +5,8 @@ Wall time per plugin mixes waiting (DNS, other connections' turns on the loop) w
 event-loop thread, plus what it hands to a worker thread. `metered` times each step of a
 coroutine with the thread CPU clock; `offload` runs a blocking call in a worker thread, timing
 it there, and charges the meter that was current when it was called (a context variable, which
-asyncio copies into tasks and into `asyncio.to_thread`).
+asyncio copies into tasks and into `asyncio.to_thread`). Tasks a metered coroutine starts are
+charged to the same meter once `install_task_metering` is on (the gateway's server does it).
 """
 
 from __future__ import annotations
@@ -74,6 +75,28 @@ async def metered(coro: Coroutine[Any, Any, T], meter: CpuMeter) -> T:
         return result
     finally:
         _current.reset(token)
+
+
+async def _charged(coro: Coroutine[Any, Any, T], meter: CpuMeter) -> T:
+    result: T = await _Metered(coro, meter)
+    return result
+
+
+def install_task_metering(loop: asyncio.AbstractEventLoop) -> None:
+    """Charge tasks that a metered coroutine starts (asyncio.gather of two SPF checks, say) to
+    its meter as well: they inherit its context, so the meter is known when they are created.
+    Coroutines already `metered` (the resolver's shared lookups) keep their own meter."""
+    previous = loop.get_task_factory()
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        meter = _current.get()
+        if meter is not None and getattr(coro, "cr_code", None) is not metered.__code__:
+            coro = _charged(coro, meter)
+        if previous is not None:
+            return previous(loop, coro, **kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(factory)
 
 
 def _timed_call(meter: CpuMeter | None, call: Callable[[], T]) -> T:

@@ -13,6 +13,7 @@ from typing import cast
 
 from gateway.app import Gateway
 from gateway.config import Settings
+from gateway.cputime import install_task_metering
 from gateway.quarantine.maintenance import run_maintenance
 from gateway.smtp import GatewaySMTP
 from gateway.tls import ServerTls, server_context
@@ -60,6 +61,7 @@ class GatewayServer:
     async def start(self) -> tuple[str, int]:
         listen = self.gateway.settings.listen
         loop = asyncio.get_running_loop()
+        install_task_metering(loop)  # CPU per plugin includes the tasks a plugin starts
         # With workers, every process binds the same address: the kernel spreads connections.
         self._server = await loop.create_server(
             self._factory,

@@ -40,7 +40,8 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,8 @@ log = logging.getLogger("mailgate.spf")
 
 MAX_ROUNDS = 64  # replays per evaluation; the RFC 7208 limits keep real ones far below
 DEFAULT_LIFETIME = 20.0  # seconds for one whole evaluation (RFC 7208 4.6.4 suggests 20)
+HELO_REUSE_SECONDS = 60.0  # how long a HELO result is reused for the same client IP and name
+HELO_REUSE_ENTRIES = 4096
 _MAX_PREFETCH = 10  # MX/PTR targets whose addresses are fetched ahead (RFC 7208 4.6.4)
 
 
@@ -224,11 +227,16 @@ class SpfEvaluator:
         receiver: str = "unknown",
         lifetime: float = DEFAULT_LIFETIME,
         default_explanation: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.resolver = resolver
         self.receiver = receiver
         self.lifetime = lifetime
         self.default_explanation = default_explanation
+        self._clock = clock
+        # HELO results by (client IP, HELO name): a client sending several messages (over one
+        # connection or a few in a row) gets its HELO evaluated once a minute, not per message.
+        self._helo_seen: OrderedDict[tuple[str, str], tuple[float, SpfEvaluation]] = OrderedDict()
 
     async def check(self, client_ip: str, mail_from: str, helo: str | None) -> SpfResult:
         """Both identities, concurrently: the MAIL FROM one, and HELO when it is distinct."""
@@ -239,12 +247,35 @@ class SpfEvaluator:
                 null_sender=True,
             )
         if valid_domain(helo_name):
+            known = self._known_helo(client_ip, helo_name)
+            if known is not None:
+                mailfrom = await self.check_mailfrom(client_ip, mail_from, helo_name)
+                return SpfResult(mailfrom=mailfrom, helo=known)
             mailfrom, helo_check = await asyncio.gather(
                 self.check_mailfrom(client_ip, mail_from, helo_name),
                 self.check_helo(client_ip, helo_name),
             )
+            self._remember_helo(client_ip, helo_name, helo_check)
             return SpfResult(mailfrom=mailfrom, helo=helo_check)
         return SpfResult(mailfrom=await self.check_mailfrom(client_ip, mail_from, helo_name))
+
+    def _known_helo(self, client_ip: str, helo: str) -> SpfEvaluation | None:
+        key = (client_ip, helo.lower())
+        seen = self._helo_seen.get(key)
+        if seen is None:
+            return None
+        if self._clock() - seen[0] > HELO_REUSE_SECONDS:
+            del self._helo_seen[key]
+            return None
+        self._helo_seen.move_to_end(key)
+        return seen[1]
+
+    def _remember_helo(self, client_ip: str, helo: str, evaluation: SpfEvaluation) -> None:
+        if evaluation.result is SpfVerdict.TEMPERROR:
+            return  # a DNS failure: ask again next time
+        self._helo_seen[(client_ip, helo.lower())] = (self._clock(), evaluation)
+        if len(self._helo_seen) > HELO_REUSE_ENTRIES:
+            self._helo_seen.popitem(last=False)
 
     async def check_mailfrom(self, client_ip: str, mail_from: str, helo: str) -> SpfEvaluation:
         """The "MAIL FROM" identity (RFC 7208 2.4): postmaster@HELO for a null reverse-path."""

@@ -101,3 +101,33 @@ async def test_a_coroutine_that_catches_a_thrown_exception_goes_on() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_tasks_a_metered_coroutine_starts_are_charged_to_it() -> None:
+    from gateway.cputime import install_task_metering
+
+    loop = asyncio.get_running_loop()
+    previous = loop.get_task_factory()
+    install_task_metering(loop)
+    try:
+        meter, own = CpuMeter(), CpuMeter()
+
+        async def child() -> None:
+            await asyncio.sleep(0)
+            _spin(0.02)
+
+        async def already_metered() -> None:
+            _spin(0.02)
+
+        async def plugin() -> None:
+            await asyncio.gather(child(), child(), metered(already_metered(), own))
+
+        await metered(plugin(), meter)
+        assert 0.035 <= meter.seconds < 0.06  # both children, not the one metered elsewhere
+        assert own.seconds >= 0.018
+        before = meter.seconds
+        # with no meter current, tasks run as usual and charge nobody
+        assert await asyncio.gather(child()) == [None]
+        assert meter.seconds == before
+    finally:
+        loop.set_task_factory(previous)

@@ -214,6 +214,27 @@ async def test_mail_from_and_helo_are_both_checked(
     assert result.helo.domain == "badhelo.example"
 
 
+async def test_helo_result_is_reused_for_the_same_client_for_a_minute(
+    zone: DnsTestServer, dns_resolver: Resolver
+) -> None:
+    now = [1000.0]
+    checker = evaluator(dns_resolver, clock=lambda: now[0])
+    first = await checker.check(CLIENT, "a@fail.example", "badhelo.example")
+    dns_resolver.clear_cache()
+    asked = len(zone.queries)
+    second = await checker.check(CLIENT, "b@fail.example", "BadHelo.example")
+    assert second.helo == first.helo  # the same evaluation, no HELO lookup sent again
+    helo_queries = [q for q in zone.queries[asked:] if "badhelo" in str(q).lower()]
+    assert helo_queries == []
+    other = await checker.check("192.0.2.99", "a@fail.example", "badhelo.example")
+    assert other.helo is not None and other.helo.client_ip == "192.0.2.99"  # another client
+    now[0] += 61
+    dns_resolver.clear_cache()
+    asked = len(zone.queries)
+    await checker.check(CLIENT, "a@fail.example", "badhelo.example")
+    assert any("badhelo" in str(q).lower() for q in zone.queries[asked:])  # expired: asked again
+
+
 @pytest.mark.parametrize(
     "sender",
     [
