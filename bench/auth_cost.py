@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import dataclasses
 import email.parser
 import email.policy
@@ -33,14 +32,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import dkim
-import nacl.encoding
-import nacl.signing
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from bench.corpus import DEFAULT_CORPUS, load_sample
 from bench.procs import free_port
+from bench.signing import ed25519_key, rsa_key, signed, with_author
 from gateway.authresults import authentication_results
 from gateway.config import DnsSettings, load_settings
 from gateway.dns import Resolver
@@ -49,7 +43,6 @@ from gateway.plugins.arc import ArcCheck
 from gateway.plugins.dkim import DkimCheck
 from gateway.plugins.dmarc import DmarcCheck
 from gateway.policy import load_rules
-from gateway.rfc5322 import scan_header
 
 REPO = Path(__file__).resolve().parent.parent
 DOMAIN = "auth.bench.test"
@@ -97,29 +90,7 @@ def serve_dns(port: int, records_file: Path) -> None:
 
 def new_keys() -> tuple[bytes, str, bytes, str]:
     """(RSA PEM, its p=, Ed25519 seed (base64), its p=)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    signing = nacl.signing.SigningKey.generate()
-    seed = signing.encode(encoder=nacl.encoding.Base64Encoder)
-    ed_public = base64.b64encode(bytes(signing.verify_key)).decode()
-    return pem, base64.b64encode(spki).decode(), seed, ed_public
-
-
-def with_author(raw: bytes, index: int) -> bytes:
-    """The message with its From fields replaced by one in the bench domain."""
-    kept = b"".join(
-        f.raw(raw) for f in scan_header(raw) if f.name not in ("from", "dkim-signature")
-    )
-    end = raw.find(b"\r\n\r\n")
-    body = raw[end:] if end != -1 else b"\r\n\r\n"
-    return f"From: Sender {index} <sender{index}@{DOMAIN}>\r\n".encode() + kept + body
+    return (*rsa_key(), *ed25519_key())
 
 
 def signed_sets(
@@ -130,24 +101,14 @@ def signed_sets(
     ed_signed: list[bytes] = []
     skipped = 0
     for i, raw in enumerate(messages):
-        message = with_author(raw, i)
-        try:
-            rsa_header = dkim.sign(
-                message, b"rsa", DOMAIN.encode(), pem, canonicalize=(b"relaxed", b"relaxed")
-            )
-            ed_header = dkim.sign(
-                message,
-                b"ed",
-                DOMAIN.encode(),
-                seed,
-                canonicalize=(b"relaxed", b"relaxed"),
-                signature_algorithm=b"ed25519-sha256",
-            )
-        except dkim.DKIMException:
+        message = with_author(raw, i, DOMAIN)
+        by_rsa = signed(message, "rsa", DOMAIN, pem)
+        by_ed = signed(message, "ed", DOMAIN, seed, "ed25519-sha256")
+        if by_rsa is None or by_ed is None:
             skipped += 1  # a header section dkimpy cannot read (the corpus has a few)
             continue
-        rsa_signed.append(rsa_header + message)
-        ed_signed.append(ed_header + message)
+        rsa_signed.append(by_rsa)
+        ed_signed.append(by_ed)
     return rsa_signed, ed_signed, skipped
 
 

@@ -38,6 +38,7 @@ from bench.report import (
     stage_table,
     table,
 )
+from bench.signing import SIGNED_DOMAIN, sign_share
 
 
 @dataclass(frozen=True)
@@ -273,12 +274,14 @@ def workload(sample: Sample, count: int, tag: str) -> list[tuple[str, bytes]]:
     return [(sender, mix[i % len(mix)]) for i, sender in enumerate(senders(count, tag))]
 
 
-async def start_children(options: Options, plan: list[Scenario], workdir: Path) -> Children:
+async def start_children(
+    options: Options, plan: list[Scenario], workdir: Path, records: dict[str, str]
+) -> Children:
     started: list[procs.Child] = []
     try:
         sink = procs.start_sink(workdir)
         started.append(sink)
-        dns = procs.start_dns(workdir)
+        dns = procs.start_dns(workdir, records)
         started.append(dns)
         gateways: dict[str, procs.Child] = {}
         for scenario in plan:
@@ -380,10 +383,14 @@ async def paced(
 
 
 async def run(
-    options: Options, sample: Sample, plan: list[Scenario], workdir: Path
+    options: Options,
+    sample: Sample,
+    plan: list[Scenario],
+    workdir: Path,
+    records: dict[str, str],
 ) -> list[Summary]:
     budget_end = time.monotonic() + options.budget
-    children = await start_children(options, plan, workdir)
+    children = await start_children(options, plan, workdir, records)
     try:
         await warm_up(options, sample, plan, children)
         summaries = {s.name: Summary(s.name, s.description, []) for s in plan}
@@ -426,7 +433,8 @@ def header(options: Options, sample: Sample, info: dict[str, Any], plan: list[Sc
         f"loadavg {info['loadavg'][0]:.2f} at start",
         f"mix: {len(sample.messages)} SpamAssassin messages ({sample.ham} ham, {sample.spam} "
         f"spam, seed {sample.seed}, mean {sample.mean_size / 1024:.1f} KiB, "
-        f"{sample.skipped} unusable skipped)",
+        f"{sample.skipped} unusable skipped); {sample.signed} of them DKIM-signed (RSA-2048, "
+        f"From in {SIGNED_DOMAIN}, DMARC p=reject)",
         f"load: {options.messages} messages x {options.rounds} rounds per scenario, "
         f"{options.connections} connections, {options.per_connection} messages per connection, "
         f"{options.warmup} warm-up",
@@ -454,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        sample = load_sample(options.corpus, options.sample, options.seed)
+        sample, records = sign_share(load_sample(options.corpus, options.sample, options.seed))
     except (CorpusError, OSError) as exc:
         print(f"bench: corpus: {exc}", file=sys.stderr)
         return 2
@@ -478,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mailgate-bench-"))
     started = time.monotonic()
     try:
-        summaries = asyncio.run(run(options, sample, plan, workdir))
+        summaries = asyncio.run(run(options, sample, plan, workdir, records))
     except (procs.ProcessError, RefusedWarmup) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
@@ -552,6 +560,7 @@ def write_json(
             "ham": sample.ham,
             "spam": sample.spam,
             "skipped": sample.skipped,
+            "dkim_signed": sample.signed,
             "mean_bytes": sample.mean_size,
             "seed": sample.seed,
         },

@@ -37,6 +37,7 @@ class Sample:
     skipped: int
     source: Path
     seed: int
+    signed: int = 0  # of `messages`, DKIM-signed by bench.signing.sign_share
 
     @property
     def mean_size(self) -> float:

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import struct
 from collections.abc import Sequence
+from pathlib import Path
 from typing import cast
 
 import dns.flags
@@ -46,6 +48,8 @@ RECORDS: dict[tuple[dns.name.Name, dns.rdatatype.RdataType], str] = {
     (dns.name.from_text("loadgen.bench.test."), dns.rdatatype.A): "127.0.0.1",
 }
 KNOWN = {name for name, _ in RECORDS}
+# TXT records given with --records (the DKIM key and DMARC policy of the signed part of the mix)
+EXTRA_TXT: dict[dns.name.Name, str] = {}
 SOA = "ns.bench.test. hostmaster.bench.test. 1 3600 600 86400 60"
 OTHER_SOA = "ns.invalid. hostmaster.invalid. 1 3600 600 86400 300"  # negative TTL 300 s
 
@@ -75,6 +79,8 @@ def answer(wire: bytes) -> bytes | None:
         return response.to_wire()
     response.flags |= dns.flags.AA
     text = RECORDS.get((name, rdtype))
+    if text is None and rdtype == dns.rdatatype.TXT:
+        text = EXTRA_TXT.get(name)
     is_sender = name.is_subdomain(SENDERS) and name != SENDERS
     if text is None and is_sender and rdtype == dns.rdatatype.TXT:
         text = SENDER_SPF
@@ -83,7 +89,7 @@ def answer(wire: bytes) -> bytes | None:
             dns.rrset.from_text(name, TTL, dns.rdataclass.IN, dns.rdatatype.RdataType(rdtype), text)
         )
     else:
-        if not (is_sender or name in KNOWN or name == ZONE):
+        if not (is_sender or name in KNOWN or name in EXTRA_TXT or name == ZONE):
             response.set_rcode(dns.rcode.NXDOMAIN)
         response.authority.append(dns.rrset.from_text(ZONE, TTL, "IN", "SOA", SOA))
     return response.to_wire()
@@ -132,7 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m bench.dnsd", description=__doc__)
     parser.add_argument("--host", default=LOOPBACK)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--records", type=Path, help="JSON file of more TXT records: {name: text} in bench.test"
+    )
     args = parser.parse_args(argv)
+    if args.records is not None:
+        for owner, text in json.loads(args.records.read_text()).items():
+            name = dns.name.from_text(owner)
+            if not name.is_subdomain(ZONE):
+                parser.error(f"{owner}: the bench DNS server serves bench.test only")
+            # TXT strings are at most 255 bytes: split long values (DKIM keys)
+            EXTRA_TXT[name] = " ".join(f'"{text[i : i + 250]}"' for i in range(0, len(text), 250))
     if args.host != LOOPBACK:
         parser.error("the bench DNS server listens on loopback only")
     logging.basicConfig(

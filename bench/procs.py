@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -192,9 +193,14 @@ def start_sink(workdir: Path) -> Child:
     return spawn("sink", argv, port, workdir)
 
 
-def start_dns(workdir: Path) -> Child:
+def start_dns(workdir: Path, records: dict[str, str] | None = None) -> Child:
+    """The bench DNS server; `records` adds TXT records (name -> text) under bench.test."""
     port = free_port()
     argv = [sys.executable, "-m", "bench.dnsd", "--host", LOOPBACK, "--port", str(port)]
+    if records:
+        path = workdir / "dns-records.json"
+        path.write_text(json.dumps(records))
+        argv += ["--records", str(path)]
     return spawn("dns", argv, port, workdir)
 
 
