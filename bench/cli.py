@@ -68,7 +68,7 @@ class Options:
     profiler: str = "cprofile"
     only: tuple[str, ...] = ()
     paced_rate: float = 50.0
-    paced_messages: int = 400
+    paced_messages: int = 1000
 
 
 WARMUP_LIMIT = 15.0
@@ -156,7 +156,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         profiler=args.profiler,
         only=tuple(args.only),
         paced_rate=max(0.0, args.paced_rate),
-        paced_messages=args.paced_messages or (40 if args.quick else 400),
+        paced_messages=args.paced_messages or (40 if args.quick else 1000),
     )
 
 
