@@ -23,8 +23,9 @@ P = ParamSpec("P")
 
 
 class CpuMeter:
-    """Seconds of CPU charged so far. Only one step of one message's chain runs at a time,
-    so the addition needs no lock."""
+    """Seconds of CPU charged so far. No lock: steps on the event loop never overlap, and the
+    rare overlap of a worker thread's addition with one on the loop can at worst lose a few
+    microseconds from an accounting figure."""
 
     __slots__ = ("seconds",)
 
