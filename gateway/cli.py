@@ -15,17 +15,17 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from gateway import __version__
-from gateway.app import Gateway, PolicyError
 from gateway.config import Settings, load_settings
-from gateway.headers import normalize_line_endings
-from gateway.plugin import ClientInfo, MessageContext, Phase
 from gateway.text import printable
 from gateway.tomlfile import ConfigError, ConfigErrors
-from gateway.transaction import inspect
-from gateway.verdict import Verdict
+
+if TYPE_CHECKING:  # imported where used: `serve` with workers must not load them (see cmd_serve)
+    from gateway.app import Gateway
+    from gateway.plugin import MessageContext
+    from gateway.verdict import Verdict
 
 DEFAULT_CONFIG = Path("config/gateway.toml")
 
@@ -62,6 +62,8 @@ def _setup_logging(level: str, worker: int | None = None) -> None:
 
 
 def _load(args: argparse.Namespace, out: TextIO) -> tuple[Settings, Gateway] | None:
+    from gateway.app import Gateway, PolicyError
+
     try:
         settings = load_settings(_config_path(args.config))
         gateway = Gateway.create(settings)
@@ -103,6 +105,21 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    worker: int | None = args.worker
+    if worker is None:
+        try:
+            settings = load_settings(_config_path(args.config))
+        except (ConfigError, ConfigErrors) as exc:
+            print(f"mailgate: configuration error:\n{exc}", file=sys.stderr)
+            return 1
+        if settings.listen.workers > 1:
+            # The supervisor only starts and watches workers: it never loads the model, the
+            # plugins or the policy (about 70 MB it would hold for nothing). `mailgate check`
+            # in a child process validates all of that first, with the same messages.
+            if not _checked_in_child(args):
+                return 1
+            _setup_logging(settings.log_level, None)
+            return asyncio.run(_supervise(settings, dev=args.dev, demo=args.demo))
     loaded = _load(args, sys.stderr)
     if loaded is None:
         return 1
@@ -114,11 +131,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"mailgate: {problem}", file=sys.stderr)
     if tls_problems:
         return 1
-    worker: int | None = args.worker
     _setup_logging(settings.log_level, worker)
-    if worker is None and settings.listen.workers > 1:
-        return asyncio.run(_supervise(settings, dev=args.dev, demo=args.demo))
     return asyncio.run(_serve(settings, gateway, dev=args.dev, demo=args.demo, worker=worker))
+
+
+def _checked_in_child(args: argparse.Namespace) -> bool:
+    """`mailgate check` for this configuration, in a child process: its errors and warnings go
+    to our stderr; True when it passed."""
+    import subprocess
+
+    argv = [sys.executable, "-m", "gateway"]
+    if args.config:
+        argv += ["--config", args.config]
+    done = subprocess.run([*argv, "check"], stdout=subprocess.DEVNULL, check=False)
+    return done.returncode == 0
 
 
 def _start_sink(settings: Settings) -> tuple[Any, Any]:
@@ -267,6 +293,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
 async def _scan(
     gateway: Gateway, raw: bytes, args: argparse.Namespace
 ) -> tuple[Verdict, MessageContext, bool]:
+    from gateway.headers import normalize_line_endings
+    from gateway.plugin import ClientInfo, MessageContext, Phase
+    from gateway.transaction import inspect
+
     # Files on disk often have LF line endings; over SMTP they would arrive as CRLF.
     crlf = normalize_line_endings(raw)
     client = ClientInfo(ip=args.ip, port=0, helo=args.helo, esmtp=True)

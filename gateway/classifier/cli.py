@@ -19,8 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gateway.text import printable
 
 # Names of the SpamAssassin public corpus' collector (its hosts, the redacted recipient) and its
@@ -234,6 +232,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 1
     if args.recipe:
         return _eval_recipe(args, model, messages)
+    import numpy as np  # here, not at the top: `mailgate serve` builds this parser too
+
     labels = corpus.labels_of(messages)
     started = time.perf_counter()
     z = np.array([model.score(m.raw).z for m in messages], dtype=np.float64)
