@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import email
 import email.policy
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bench.corpus import DEFAULT_CORPUS, load_sample
+from bench.stagecost import best_rounds, print_table
 from gateway.classifier.features import Fields, extract
 from gateway.classifier.model import SpamModel, load
 
@@ -56,15 +56,6 @@ def variants(model: SpamModel, fields: dict[bytes, Fields]) -> dict[str, Callabl
     }
 
 
-def _round(func: Callable[[bytes], None], messages: list[bytes]) -> list[float]:
-    times: list[float] = []
-    for raw in messages:
-        started = time.process_time()
-        func(raw)
-        times.append(time.process_time() - started)
-    return times
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m bench.classifier_cost", description=__doc__)
     parser.add_argument("--sample", type=int, default=1000, help="corpus messages (default 1000)")
@@ -88,27 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.seed}), {total_bytes / 1e6:.1f} MB, best of {args.rounds} rounds, process CPU "
         f"time; model {args.model.name} version {model.version} loaded in {load_ms:.0f} ms"
     )
-    best: dict[str, list[float]] = {}
-    funcs = variants(model, fields)
-    for _ in range(args.rounds):
-        for name, func in funcs.items():
-            times = _round(func, messages)
-            if name not in best or sum(times) < sum(best[name]):
-                best[name] = times
-    floor = sum(best["parse-compat32"])
-    print(
-        f"{'variant':<16}{'total s':>9}{'ms/msg':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-        f"{'x parse':>10}"
-    )
-    for name, times in best.items():
-        ordered = sorted(times)
-        total = sum(times)
-        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-        print(
-            f"{name:<16}{total:>9.2f}{total / len(times) * 1000:>9.3f}"
-            f"{statistics.median(times) * 1000:>9.3f}{p99 * 1000:>9.2f}{max(times) * 1000:>9.1f}"
-            f"{total / floor:>10.2f}"
-        )
+    best = best_rounds(variants(model, fields), messages, args.rounds)
+    print_table(best, {"parse": "parse-compat32"})
     slowest = max(range(len(messages)), key=lambda i: best["classify"][i])
     print(
         f"slowest under classify: message #{slowest} "

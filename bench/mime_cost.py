@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import email
 import email.policy
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bench.corpus import DEFAULT_CORPUS, load_sample, to_crlf
+from bench.stagecost import best_rounds, print_table
 from gateway.mime.content import scan
 from gateway.mime.parse import analyze
 
@@ -59,15 +58,6 @@ VARIANTS: dict[str, Callable[[bytes], None]] = {
 }
 
 
-def _round(func: Callable[[bytes], None], messages: list[tuple[str, bytes]]) -> list[float]:
-    times: list[float] = []
-    for _name, raw in messages:
-        started = time.process_time()
-        func(raw)
-        times.append(time.process_time() - started)
-    return times
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m bench.mime_cost", description=__doc__)
     parser.add_argument("--sample", type=int, default=1000, help="corpus messages (default 1000)")
@@ -88,27 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         f"seed {args.seed}, the rest from shared/mime), {total_bytes / 1e6:.1f} MB, "
         f"best of {args.rounds} rounds, process CPU time"
     )
-    best: dict[str, list[float]] = {}
-    for _ in range(args.rounds):
-        for name, func in VARIANTS.items():
-            times = _round(func, messages)
-            if name not in best or sum(times) < sum(best[name]):
-                best[name] = times
-    floor = sum(best["parse-compat32"])
-    naive = sum(best["parse-default"])
-    print(
-        f"{'variant':<16}{'total s':>9}{'ms/msg':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-        f"{'x compat32':>12}{'x default':>11}"
-    )
-    for name, times in best.items():
-        ordered = sorted(times)
-        total = sum(times)
-        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-        print(
-            f"{name:<16}{total:>9.2f}{total / len(times) * 1000:>9.2f}"
-            f"{statistics.median(times) * 1000:>9.2f}{p99 * 1000:>9.2f}{max(times) * 1000:>9.1f}"
-            f"{total / floor:>12.2f}{total / naive:>11.2f}"
-        )
+    best = best_rounds(VARIANTS, [raw for _, raw in messages], args.rounds)
+    print_table(best, {"compat32": "parse-compat32", "default": "parse-default"})
     slowest = max(range(len(messages)), key=lambda i: best["mime+content"][i])
     print(
         f"slowest under mime+content: {messages[slowest][0]} "
