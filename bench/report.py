@@ -338,16 +338,17 @@ def cpu_table(summaries: Sequence[Summary]) -> str:
 
 
 def stage_table(summaries: Sequence[Summary]) -> str:
-    """CPU ms per message for each plugin, the quarantine write and the DNS lookups (the
-    resolver's shared tasks), one column per gateway scenario; "rest" is what the gateway spent
-    outside all of them (SMTP both ways, headers, logging, the event loop)."""
+    """CPU ms per message for each plugin, the quarantine write, the commands to the delivery
+    server (relay) and the DNS lookups (the resolver's shared tasks), one column per gateway
+    scenario; "rest" is what the gateway spent outside all of them (the SMTP front: reading
+    commands and DATA, replies; headers, logging, the event loop)."""
     columns = [s for s in summaries if s.stage_cpu()]
     if not columns:
         return "plugin CPU: no figures (the gateways' metrics endpoints did not answer)"
     per = {s.name: s.stage_cpu() for s in columns}
     names = sorted(
         {n for costs in per.values() for n in costs},
-        key=lambda n: (n in ("quarantine", "resolver"), n),
+        key=lambda n: (n in ("quarantine", "relay", "resolver"), n),
     )
     width = max(len(s.name) for s in columns) + 2
     out = ["plugin CPU ms/msg".ljust(20) + "".join(s.name.rjust(width) for s in columns)]
@@ -364,8 +365,9 @@ def stage_table(summaries: Sequence[Summary]) -> str:
             cells.append(_fmt(_ms(value), ".3f").rjust(width))
         label = {
             "quarantine": "quarantine write",
+            "relay": "relay (downstream)",
             "resolver": "DNS lookups",
-            "rest": "rest (SMTP, relay)",
+            "rest": "rest (SMTP front)",
         }.get(name, name)
         out.append(f"  {label:<18}" + "".join(cells))
     lookups = [s.dns_lookups() for s in columns]

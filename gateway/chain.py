@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from gateway.config import PluginSettings
-from gateway.cputime import CpuMeter, metered
+from gateway.cputime import metered
 from gateway.plugin import (
     MessageContext,
     Phase,
@@ -59,13 +59,10 @@ class Chain:
 
     async def _run_one(self, plugin: Plugin, phase: Phase, ctx: MessageContext) -> list[Finding]:
         timeout = self._timeouts[plugin.name]
-        meter = ctx.cpu.get(plugin.name)
-        if meter is None:
-            meter = ctx.cpu[plugin.name] = CpuMeter()
         try:
             # asyncio.timeout, not wait_for: no task per plugin call (half the overhead)
             async with asyncio.timeout(timeout):
-                results = await metered(plugin.check(phase, ctx), meter)
+                results = await metered(plugin.check(phase, ctx), ctx.meter(plugin.name))
         except TimeoutError:
             log.warning(
                 "qid=%s plugin=%s phase=%s timed out after %gs",

@@ -97,6 +97,13 @@ class MessageContext:
         parser = email.parser.BytesParser(policy=email.policy.compat32)
         return parser.parsebytes(self.raw, headersonly=True)
 
+    def meter(self, stage: str) -> CpuMeter:
+        """The CPU meter of one plugin or stage ("relay", "quarantine") of this message."""
+        found = self.cpu.get(stage)
+        if found is None:
+            found = self.cpu[stage] = CpuMeter()
+        return found
+
     def header_values(self, name: str) -> list[str]:
         return [str(v) for v in self.headers.get_all(name, [])]
 

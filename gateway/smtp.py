@@ -21,6 +21,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from gateway.access import check_recipient
 from gateway.app import Gateway
+from gateway.cputime import metered
 from gateway.plugin import ClientInfo, MessageContext, Phase, TlsInfo, new_queue_id
 from gateway.policy import NetworkList
 from gateway.relay import Downstream
@@ -225,7 +226,8 @@ class ConnectionHandler:
         if verdict is not None:
             self._log_refusal(ctx, Phase.MAIL, verdict)
             return str(verdict.reply.with_text(f"{verdict.reply.text} (id={ctx.queue_id})"))
-        reply = await self.downstream.begin(self.client, ctx.queue_id, address, mail_options)
+        begin = self.downstream.begin(self.client, ctx.queue_id, address, mail_options)
+        reply = await metered(begin, ctx.meter("relay"))
         if not reply.is_positive:
             log.info(
                 "qid=%s client=%s from=%s refused at MAIL by delivery server: %s",
@@ -278,7 +280,7 @@ class ConnectionHandler:
             del ctx.findings[before:]  # this recipient is refused; its findings go with it
             self._log_refusal(ctx, Phase.RCPT, verdict)
             return str(verdict.reply.with_text(f"{verdict.reply.text} (id={ctx.queue_id})"))
-        reply = await self.downstream.rcpt(address)
+        reply = await metered(self.downstream.rcpt(address), ctx.meter("relay"))
         if not reply.is_positive:
             del ctx.findings[before:]
             log.info(

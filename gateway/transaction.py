@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway import metrics
 from gateway.app import Gateway
-from gateway.cputime import CpuMeter, metered, offload
+from gateway.cputime import metered, offload
 from gateway.headers import (
     auth_fields,
     has_bare_line_endings,
@@ -66,7 +66,7 @@ async def _decide_and_act(gateway: Gateway, ctx: MessageContext, downstream: Dow
     nul = has_nul(ctx.raw)
     if nul or has_bare_line_endings(ctx.raw):
         if gateway.settings.limits.bare_line_endings == "reject":
-            await downstream.reset()
+            await metered(downstream.reset(), ctx.meter("relay"))
             problem = "NUL character" if nul else "bare CR or LF line ending"
             reply = Replies.BARE_LINE_ENDING
             if nul:
@@ -98,13 +98,13 @@ async def _decide_and_act(gateway: Gateway, ctx: MessageContext, downstream: Dow
             auth_fields(ctx, gateway.settings.listen.hostname),
             verdict_fields(verdict, ctx.queue_id),
         )
-        answer = await downstream.data(message)
+        answer = await metered(downstream.data(message), ctx.meter("relay"))
         if answer.is_positive:
             reply = SmtpReply(250, "2.0.0", f"OK id={ctx.queue_id} ({answer.text})")
         else:
             reply = answer
         return Outcome(verdict, reply, note, f"{answer.code // 100}xx")
-    await downstream.reset()
+    await metered(downstream.reset(), ctx.meter("relay"))
     if verdict.action is Action.QUARANTINE:
         return await _quarantine(gateway, ctx, verdict, note)
     return Outcome(verdict, _with_id(verdict.reply, ctx.queue_id), note)
@@ -120,9 +120,10 @@ async def _quarantine(
         verdict_fields(verdict, ctx.queue_id),
     )
     try:
-        meter = ctx.cpu.setdefault("quarantine", CpuMeter())
         entry = metadata(ctx, verdict)
-        await metered(offload(gateway.store.put, ctx.queue_id, message, entry), meter)
+        await metered(
+            offload(gateway.store.put, ctx.queue_id, message, entry), ctx.meter("quarantine")
+        )
     except StoreError as exc:
         log.error("qid=%s quarantine failed: %s", ctx.queue_id, exc)
         return Outcome(verdict, _with_id(Replies.QUARANTINE_FAILED, ctx.queue_id), str(exc))

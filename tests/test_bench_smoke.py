@@ -56,5 +56,7 @@ def test_quick_bench_run_fills_every_table(tmp_path: Path) -> None:
     for plugin in ("mime", "attachments", "classifier", "spf", "dkim", "dmarc", "headers"):
         assert full.get(plugin, 0) > 0, (plugin, full, report)
     assert full.get("resolver", 0) > 0, full  # the DNS lookups' own CPU
-    # no plugin, no DNS in the pass-through gateway
-    assert not any(scenarios["pass-through"]["plugin_cpu_ms_per_message"].values())
+    # no plugin, no DNS in the pass-through gateway: only its commands to the delivery server
+    passing = scenarios["pass-through"]["plugin_cpu_ms_per_message"]
+    assert passing.get("relay", 0) > 0, passing
+    assert not any(v for k, v in passing.items() if k != "relay"), passing
