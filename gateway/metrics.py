@@ -43,8 +43,8 @@ PLUGIN_SECONDS = Histogram(
 )
 PLUGIN_CPU = Counter(
     "mailgate_plugin_cpu_seconds",
-    "CPU time spent per plugin (and the quarantine write), on the event loop and in worker "
-    "threads; divide by mailgate_messages_total for CPU per message",
+    "CPU time spent per plugin and stage (quarantine write, relay to the delivery server), on "
+    "the event loop and in worker threads; divide by mailgate_messages_total per message",
     ["plugin"],
     registry=REGISTRY,
 )

@@ -15,15 +15,15 @@ from gateway.cputime import offload
 from gateway.mime.content import scan, scan_light
 from gateway.mime.symbols import ATTACHMENT_SYMBOLS
 from gateway.plugin import MessageContext, Phase, Services
-from gateway.plugins.mime import mime_report
+from gateway.plugins.mime import INLINE_BYTES, mime_report
 from gateway.verdict import Finding
 
-# Up to this size a message with no archive or document is scanned on the event loop, as the
-# parse and the classifier are (about 1 ms, mostly libmagic): a thread hop and its GIL handovers
-# cost more than they spare, and with `workers = N` every core is busy anyway. Archives and
-# documents (whose inspection may run up to the time budget: 7z key derivation, oletools) and
-# larger messages are scanned in a worker thread, so the loop never waits for them.
-INLINE_BYTES = 32 * 1024
+# Up to INLINE_BYTES (the mime plugin's limit) a message with no archive or document is scanned
+# on the event loop, as the parse and the classifier are (about 1 ms, mostly libmagic): a thread
+# hop and its GIL handovers cost more than they spare, and with `workers = N` every core is busy
+# anyway. Archives and documents (whose inspection may run up to the time budget: 7z key
+# derivation, oletools) and larger messages are scanned in a worker thread, so the loop never
+# waits for them.
 
 
 class AttachmentInspection:

@@ -17,15 +17,16 @@ from gateway.mime.symbols import MIME_SYMBOLS
 from gateway.plugin import MessageContext, Phase, Services
 from gateway.verdict import Finding
 
-# Below this size the walk takes well under a millisecond: a thread hop would cost more.
-_INLINE_BYTES = 32 * 1024
+# Up to this size the walk takes well under a millisecond: a thread hop would cost more. The
+# attachments plugin uses the same limit for its scan.
+INLINE_BYTES = 32 * 1024
 
 
 async def mime_report(ctx: MessageContext) -> MimeReport:
     """The one parse of this message, made on first use and shared through `ctx.mime`."""
     if ctx.mime is None:
         limits = ctx.settings.mime
-        if len(ctx.raw) <= _INLINE_BYTES:
+        if len(ctx.raw) <= INLINE_BYTES:
             ctx.mime = analyze(ctx.raw, limits)
         else:
             ctx.mime = await offload(analyze, ctx.raw, limits)
