@@ -35,7 +35,7 @@ from pathlib import Path
 from bench.corpus import DEFAULT_CORPUS, load_sample
 from bench.procs import free_port
 from bench.signing import ed25519_key, rsa_key, signed, with_author
-from gateway.authresults import authentication_results
+from gateway.auth.results import authentication_results
 from gateway.config import DnsSettings, load_settings
 from gateway.dns import Resolver
 from gateway.plugin import ClientInfo, MessageContext, Phase, Plugin, Services

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.mime.limits import ClamavSettings, MimeSettings
+from gateway.mime.budgets import ClamavSettings, MimeSettings
 from gateway.tomlfile import ConfigError, ConfigErrors, TomlFile
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from gateway import __version__
-from gateway.authresults import authentication_results, authserv_id_of
+from gateway.auth.results import authentication_results, authserv_id_of
+from gateway.auth.spf import received_spf
 from gateway.folding import fold_items
 from gateway.plugin import ClientInfo, MessageContext
 from gateway.rfc5322 import RawField, header_end, scan_header, unfold
-from gateway.spfcheck import received_spf
 from gateway.text import ascii_printable
 from gateway.verdict import Verdict
 

@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import ClassVar, Protocol
 
-from gateway.arccheck import ArcResult
+from gateway.auth.arc import ArcResult
+from gateway.auth.dkim import DkimResult
+from gateway.auth.dmarc import DmarcResult
+from gateway.auth.spf import SpfResult
 from gateway.config import Settings
 from gateway.cputime import CpuMeter
-from gateway.dkimcheck import DkimResult
-from gateway.dmarccheck import DmarcResult
 from gateway.dns import Resolver
 from gateway.mime.model import MimeReport
 from gateway.policy import RuleSet
-from gateway.spfcheck import SpfResult
 from gateway.verdict import Finding
 
 

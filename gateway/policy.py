@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.authpolicy import AuthPolicy, load_auth_policy
+from gateway.auth.policy import AuthPolicy, load_auth_policy
 from gateway.mime.policy import AttachmentPolicy, load_attachment_policy
 from gateway.tomlfile import ConfigError, ConfigErrors, TomlFile
 from gateway.verdict import Action, Finding, ForcedAction, SmtpReply, Verdict, combine

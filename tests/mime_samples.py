@@ -12,8 +12,8 @@ from pathlib import Path
 
 import py7zr
 
+from gateway.mime.budgets import DEFAULT_LIMITS, MimeSettings
 from gateway.mime.content import ContentReport, scan
-from gateway.mime.limits import DEFAULT_LIMITS, MimeSettings
 from gateway.mime.model import MimeReport
 from gateway.mime.parse import analyze
 

@@ -1,7 +1,7 @@
 """The ARC validation suite (../shared/vectors/arc_test_suite) through our ARC stage.
 
 Each scenario's keys are served by the loopback DNS server (tests/dns_server.py), and each message
-goes through gateway.arccheck.ArcVerifier exactly as at DATA: key names fetched by the gateway's
+goes through gateway.auth.arc.ArcVerifier exactly as at DATA: key names fetched by the gateway's
 resolver, then dkimpy with a dnsfunc that only answers from what was fetched.
 
 168 of the 171 cases give the suite's expected chain status. The other 3 are strict xfails: the
@@ -19,7 +19,7 @@ import yaml
 from auth_helpers import ARC_SUITE, crlf
 from dns_server import DnsTestServer
 
-from gateway.arccheck import ArcVerdict, ArcVerifier
+from gateway.auth.arc import ArcVerdict, ArcVerifier
 from gateway.dns import Resolver
 
 TERMINATED = (

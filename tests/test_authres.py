@@ -18,10 +18,10 @@ from auth_helpers import field_values, key_zone, mail, sign, start_auth_gateway
 from dns_server import DnsTestServer
 from harness import GatewayFactory, RecordingSink, RunningGateway, message
 
-from gateway.authresults import authentication_results, parse_results, pvalue
-from gateway.dkimcheck import DkimResult, DkimSignature, DkimVerdict
+from gateway.auth.dkim import DkimResult, DkimSignature, DkimVerdict
+from gateway.auth.results import authentication_results, parse_results, pvalue
+from gateway.auth.spf import SpfEvaluation, SpfIdentity, SpfResult, SpfVerdict
 from gateway.headers import strip_authentication_results
-from gateway.spfcheck import SpfEvaluation, SpfIdentity, SpfResult, SpfVerdict
 
 ID = "mx.gateway.test"
 

@@ -9,7 +9,7 @@ import pytest
 from auth_helpers import AUTH_ORDER
 from harness import REPO
 
-from gateway.authpolicy import AuthPolicy
+from gateway.auth.policy import AuthPolicy
 from gateway.config import PluginSettings, load_settings
 from gateway.plugins import builtin_registry
 from gateway.policy import load_rules

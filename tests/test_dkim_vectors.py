@@ -1,4 +1,4 @@
-"""DKIM verification (gateway.dkimcheck) on dkimpy's test vectors, over the loopback DNS server.
+"""DKIM verification (gateway.auth.dkim) on dkimpy's test vectors, over the loopback DNS server.
 
 Pre-signed vectors verify as dkimpy's own suite says; messages signed here with the vectors' keys
 (RSA 1024/2048, PKCS#8, Ed25519) verify in every canonicalization; tampered copies fail. Every key
@@ -14,7 +14,7 @@ import pytest
 from auth_helpers import ED25519, RSA1024, RSA2048, WEAK_PRIVATE, crlf, data, key_zone, mail, sign
 from dns_server import DnsTestServer
 
-from gateway.dkimcheck import DkimVerdict, DkimVerifier
+from gateway.auth.dkim import DkimVerdict, DkimVerifier
 from gateway.dns import Resolver
 from gateway.plugins.dkim import dkim_findings
 

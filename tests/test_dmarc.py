@@ -1,4 +1,4 @@
-"""DMARC (gateway.dmarccheck) and the author parse (gateway.rfc5322), over the loopback DNS server.
+"""DMARC (gateway.auth.dmarc) and the author parse (gateway.rfc5322), over the loopback DNS server.
 
 Each policy (none, quarantine, reject) and each alignment mode (relaxed, strict) for SPF and DKIM,
 the subdomain policy (sp) and the Organizational Domain fallback, pct sampling with an injected
@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 from dns_server import DnsTestServer
 
-from gateway.dkimcheck import DkimResult, DkimSignature, DkimVerdict
-from gateway.dmarccheck import (
+from gateway.auth.dkim import DkimResult, DkimSignature, DkimVerdict
+from gateway.auth.dmarc import (
     DmarcEvaluator,
     DmarcPolicy,
     DmarcRecord,
@@ -20,10 +20,10 @@ from gateway.dmarccheck import (
     organizational_domain,
     parse_record,
 )
+from gateway.auth.spf import SpfEvaluation, SpfIdentity, SpfResult, SpfVerdict
 from gateway.dns import Resolver
 from gateway.plugins.dmarc import dmarc_findings
 from gateway.rfc5322 import author_info
-from gateway.spfcheck import SpfEvaluation, SpfIdentity, SpfResult, SpfVerdict
 
 ZONE = {
     "_dmarc.reject.example": [("TXT", "v=DMARC1; p=reject")],
@@ -395,7 +395,7 @@ A = b"To: <victim@victim.example>\r\nSubject: test\r\n\r\nbody\r\n"
     ],
 )
 def test_author_cases(head: bytes, domains: list[str], symbols: list[str]) -> None:
-    from gateway.dmarccheck import DmarcResult
+    from gateway.auth.dmarc import DmarcResult
 
     author = author_info(head + A)
     assert list(author.domains) == domains

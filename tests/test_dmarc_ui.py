@@ -15,7 +15,7 @@ from auth_helpers import RSA1024, field_values, mail, sign
 from harness import RecordingSink, RunningGateway
 from test_dmarc_gateway import auth_gw, send  # noqa: F401 - the fixture is used by name
 
-from gateway.dmarccheck import DmarcResult
+from gateway.auth.dmarc import DmarcResult
 from gateway.plugins.dmarc import dmarc_findings
 from gateway.rfc5322 import author_info, homoglyph_reason
 

@@ -38,7 +38,7 @@ from sink_probe import SinkConnections, eventually
 
 import gateway.quarantine.store
 from gateway.plugin import MessageContext, Phase
-from gateway.plugins.headers import HeaderSanity
+from gateway.plugins.header_sanity import HeaderSanity
 from gateway.verdict import Finding
 
 SENDER = "alice@example.net"

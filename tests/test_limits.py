@@ -20,7 +20,7 @@ from test_smuggling import RECIPIENT, SENDER, Wire
 
 import gateway.smtp
 from gateway.plugin import MessageContext, Phase
-from gateway.plugins.headers import HeaderSanity
+from gateway.plugins.header_sanity import HeaderSanity
 from gateway.plugins.lists import AllowBlockLists
 from gateway.relay import Downstream
 from gateway.smtp import ConnectionHandler

@@ -28,8 +28,8 @@ from harness import LOOPBACK, GatewayFactory, RecordingSink, free_port, make_set
 from mime_samples import eicar, with_attachment, zip_of
 
 from gateway.config import PluginSettings, Settings
+from gateway.mime.budgets import ClamavSettings
 from gateway.mime.clamd import instream, ping
-from gateway.mime.limits import ClamavSettings
 from gateway.plugin import ClientInfo, MessageContext, Phase, Services
 from gateway.plugins.clamav import ClamavScan
 from gateway.policy import load_rules

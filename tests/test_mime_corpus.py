@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from mime_samples import SHARED
 
+from gateway.mime.budgets import DEFAULT_LIMITS
 from gateway.mime.content import scan, scan_light
-from gateway.mime.limits import DEFAULT_LIMITS
 from gateway.mime.parse import analyze
 
 MIME_DIR = SHARED / "mime"

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mime_samples import eicar, tiny_pe, with_attachment, zip_of
 
+from gateway.mime.budgets import DEFAULT_LIMITS
 from gateway.mime.content import scan
-from gateway.mime.limits import DEFAULT_LIMITS
 from gateway.mime.parse import analyze
 
 LIMITS = dataclasses.replace(

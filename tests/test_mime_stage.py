@@ -18,7 +18,7 @@ from mime_samples import (
     zip_of,
 )
 
-from gateway.mime.limits import DEFAULT_LIMITS
+from gateway.mime.budgets import DEFAULT_LIMITS
 from gateway.mime.parse import analyze
 
 HEAD = (

@@ -1,4 +1,4 @@
-"""SPF evaluation (gateway.spfcheck) over the wire, against the loopback DNS server."""
+"""SPF evaluation (gateway.auth.spf) over the wire, against the loopback DNS server."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import pytest
 import spf as pyspf
 from dns_server import DnsTestServer
 
-from gateway.dns import Resolver
-from gateway.spfcheck import (
+from gateway.auth.spf import (
     SpfEvaluation,
     SpfEvaluator,
     SpfIdentity,
@@ -23,6 +22,7 @@ from gateway.spfcheck import (
     split_sender,
     valid_domain,
 )
+from gateway.dns import Resolver
 
 CLIENT = "192.0.2.10"
 ZONE = {

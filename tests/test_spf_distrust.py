@@ -17,7 +17,7 @@ from auth_helpers import field_values, key_zone, mail, sign, start_auth_gateway
 from dns_server import DnsTestServer
 from harness import REPO, GatewayFactory, RecordingSink, RunningGateway
 
-from gateway.authpolicy import AuthPolicy
+from gateway.auth.policy import AuthPolicy
 from gateway.policy import load_rules
 from gateway.tomlfile import ConfigErrors
 

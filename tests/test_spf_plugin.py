@@ -12,13 +12,13 @@ import pytest
 from dns_server import DnsTestServer
 from harness import REPO, GatewayFactory, RecordingSink, RunningGateway, make_settings, message
 
+from gateway.auth.spf import SpfIdentity, SpfVerdict
 from gateway.config import DnsSettings, PluginSettings, load_settings
 from gateway.dns import Resolver
 from gateway.plugin import ClientInfo, MessageContext, Phase, Services
 from gateway.plugins import builtin_registry
 from gateway.plugins.spf import SpfCheck
 from gateway.policy import load_rules
-from gateway.spfcheck import SpfIdentity, SpfVerdict
 
 ORDER = ("lists", "headers", "limits", "spf")
 ZONE = {

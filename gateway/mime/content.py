@@ -32,13 +32,13 @@ import py7zr.io
 import rarfile
 
 from gateway.mime import html, office, pdf
+from gateway.mime.budgets import DEFAULT_LIMITS, MimeSettings
 from gateway.mime.filetypes import (
     DISK_IMAGE_EXTENSIONS,
     EXECUTABLE_EXTENSIONS,
     SCRIPT_EXTENSIONS,
     FileFacts,
 )
-from gateway.mime.limits import DEFAULT_LIMITS, MimeSettings
 from gateway.mime.model import BudgetExceeded, Deadline, Leaf, MimeReport
 from gateway.mime.symbols import ATTACHMENT_SYMBOLS
 from gateway.verdict import Finding

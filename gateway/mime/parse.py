@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from gateway.mime.limits import DEFAULT_LIMITS, MimeSettings
+from gateway.mime.budgets import DEFAULT_LIMITS, MimeSettings
 from gateway.mime.model import BudgetExceeded, Deadline, Leaf, MimeReport
 from gateway.mime.symbols import MIME_SYMBOLS
 from gateway.verdict import Finding

@@ -9,9 +9,9 @@ from gateway.plugins.clamav import ClamavScan
 from gateway.plugins.classifier import SpamClassifier
 from gateway.plugins.dkim import DkimCheck
 from gateway.plugins.dmarc import DmarcCheck
-from gateway.plugins.headers import HeaderSanity
-from gateway.plugins.limits import MessageLimits
+from gateway.plugins.header_sanity import HeaderSanity
 from gateway.plugins.lists import AllowBlockLists
+from gateway.plugins.message_limits import MessageLimits
 from gateway.plugins.mime import MimeStructure
 from gateway.plugins.spf import SpfCheck
 from gateway.plugins.tls import TlsSymbols

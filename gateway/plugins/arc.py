@@ -1,6 +1,6 @@
 """ARC (RFC 8617) at DATA: is the chain of custody of a forwarded message intact?
 
-Validation is gateway.arccheck (dkimpy over the gateway's async resolver). The typed result goes
+Validation is gateway.auth.arc (dkimpy over the gateway's async resolver). The typed result goes
 on `ctx.arc`; DMARC uses it to override a failure caused by forwarding, but only when the newest
 sealer is listed in rules/auth.toml (`arc.trusted_sealers`): anyone can seal a chain.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from gateway.arccheck import ArcVerdict, ArcVerifier
+from gateway.auth.arc import ArcVerdict, ArcVerifier
 from gateway.plugin import MessageContext, Phase, Services
 from gateway.text import printable
 from gateway.verdict import Finding

@@ -1,6 +1,6 @@
 """DKIM (RFC 6376, RFC 8463) at DATA: every signature verified, each one a finding.
 
-The verification is gateway.dkimcheck (dkimpy over the gateway's async resolver; large messages
+The verification is gateway.auth.dkim (dkimpy over the gateway's async resolver; large messages
 hashed in a worker thread). The typed result goes on `ctx.dkim` for DMARC, which alone decides
 what a signature means for the author's domain. By default a key lookup that timed out
 (DKIM_TEMPERROR) defers the message with a 4xx (rules/actions.toml), never a pass.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from gateway.dkimcheck import DkimResult, DkimSignature, DkimVerdict, DkimVerifier
+from gateway.auth.dkim import DkimResult, DkimSignature, DkimVerdict, DkimVerifier
 from gateway.plugin import MessageContext, Phase, Services
 from gateway.text import printable
 from gateway.verdict import Finding

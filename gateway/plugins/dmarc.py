@@ -2,7 +2,7 @@
 
 The author is read by gateway.rfc5322 (every From a reader might see; several or malformed ones
 are findings of their own, and then every domain is evaluated and the strictest outcome counts);
-the evaluation is gateway.dmarccheck, with SPF from `ctx.spf`, DKIM from `ctx.dkim` and ARC from
+the evaluation is gateway.auth.dmarc, with SPF from `ctx.spf`, DKIM from `ctx.dkim` and ARC from
 `ctx.arc`, so put "spf", "dkim" and "arc" before "dmarc" in plugins.order. (Without the dkim
 plugin, DMARC verifies the signatures itself, without their findings; without spf, SPF gives no
 alignment.)
@@ -26,7 +26,7 @@ pass is genuine, so a receiving gateway cannot refute it; it can only refuse it 
 comes first (the service cannot sign as the domain), strict alignment (aspf=s, published by the
 domain) narrows what aligns, and rules/auth.toml `[spf] distrust_includes` names includes whose
 SPF pass gives no DMARC credit: DMARC then needs an aligned DKIM pass, and DMARC_SPF_DISTRUSTED
-says why the SPF pass did not count (see gateway.authpolicy.AuthPolicy.distrusted_include).
+says why the SPF pass did not count (see gateway.auth.policy.AuthPolicy.distrusted_include).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
-from gateway.arccheck import ArcVerdict
-from gateway.dkimcheck import DkimVerifier
-from gateway.dmarccheck import (
+from gateway.auth.arc import ArcVerdict
+from gateway.auth.dkim import DkimVerifier
+from gateway.auth.dmarc import (
     DmarcEvaluator,
     DmarcPolicy,
     DmarcResult,
@@ -46,9 +46,9 @@ from gateway.dmarccheck import (
     arc_vouches,
     organizational_domain,
 )
+from gateway.auth.spf import SpfResult, SpfVerdict
 from gateway.plugin import MessageContext, Phase, Services
 from gateway.rfc5322 import author_info
-from gateway.spfcheck import SpfResult, SpfVerdict
 from gateway.text import printable
 from gateway.verdict import Finding
 

@@ -1,6 +1,6 @@
 """SPF (RFC 7208) at MAIL: is the client allowed to send for the MAIL FROM domain, and for HELO?
 
-The evaluation itself is gateway.spfcheck (pyspf over the gateway's async resolver). This plugin
+The evaluation itself is gateway.auth.spf (pyspf over the gateway's async resolver). This plugin
 turns it into findings and puts the typed result on `ctx.spf` for DMARC, which decides what an
 SPF fail means for the From domain. Scores and forced actions live in rules/: by default a
 temperror (DNS timeout or SERVFAIL) defers the message with a 4xx, never a pass.
@@ -17,8 +17,8 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
+from gateway.auth.spf import SpfEvaluation, SpfEvaluator, SpfVerdict, valid_domain
 from gateway.plugin import MessageContext, Phase, Services
-from gateway.spfcheck import SpfEvaluation, SpfEvaluator, SpfVerdict, valid_domain
 from gateway.text import printable
 from gateway.verdict import Finding
 

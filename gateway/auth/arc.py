@@ -1,6 +1,6 @@
 """ARC (RFC 8617) chain validation with dkimpy, on the gateway's async resolver.
 
-Same shape as gateway.dkimcheck: every ARC-Seal and ARC-Message-Signature is read first, their
+Same shape as gateway.auth.dkim: every ARC-Seal and ARC-Message-Signature is read first, their
 `d=`/`s=` identities are validated (an invalid one is never looked up: dkimpy then sees "no key"
 and the chain fails), the key names are fetched concurrently through the resolver, and only then
 does dkimpy's `ARC.verify` run, with a `dnsfunc` that answers from what was fetched. A key lookup
@@ -21,8 +21,7 @@ from dataclasses import dataclass
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from gateway.cputime import offload
-from gateway.dkimcheck import (
+from gateway.auth.dkim import (
     DEFAULT_LIFETIME,
     DKIMPY_LOG,
     MIN_KEY_BITS,
@@ -30,9 +29,10 @@ from gateway.dkimcheck import (
     KeyCache,
     valid_selector,
 )
+from gateway.auth.spf import valid_domain
+from gateway.cputime import offload
 from gateway.dns import Resolver
 from gateway.rfc5322 import header_end
-from gateway.spfcheck import valid_domain
 
 log = logging.getLogger("mailgate.arc")
 

@@ -43,10 +43,10 @@ import dkim
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from gateway.auth.spf import valid_domain
 from gateway.cputime import offload
 from gateway.dns import DnsResult, DnsStatus, Resolver
 from gateway.rfc5322 import header_end, scan_header
-from gateway.spfcheck import valid_domain
 
 log = logging.getLogger("mailgate.dkim")
 # dkimpy logs what it thinks of hostile input at ERROR level; our findings say it instead.

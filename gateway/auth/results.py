@@ -26,10 +26,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gateway.arccheck import ArcResult
-    from gateway.dkimcheck import DkimResult
-    from gateway.dmarccheck import DmarcResult
-    from gateway.spfcheck import SpfResult
+    from gateway.auth.arc import ArcResult
+    from gateway.auth.dkim import DkimResult
+    from gateway.auth.dmarc import DmarcResult
+    from gateway.auth.spf import SpfResult
 
 _LDH_DOMAIN = re.compile(
     r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"

@@ -36,12 +36,12 @@ from typing import Any
 
 from publicsuffixlist import PublicSuffixList
 
-from gateway.arccheck import ArcResult, ArcVerdict
-from gateway.authresults import parse_results
-from gateway.dkimcheck import DkimResult, DkimVerdict
+from gateway.auth.arc import ArcResult, ArcVerdict
+from gateway.auth.dkim import DkimResult, DkimVerdict
+from gateway.auth.results import parse_results
+from gateway.auth.spf import SpfResult, SpfVerdict, valid_domain
 from gateway.dns import DnsStatus, Resolver
 from gateway.rfc5322 import AuthorInfo
-from gateway.spfcheck import SpfResult, SpfVerdict, valid_domain
 
 DEFAULT_LIFETIME = 10.0
 _DMARC_V = re.compile(rb"^\s*v\s*=\s*DMARC1\s*(;|$)")
