@@ -144,7 +144,26 @@ def _model_path(args: argparse.Namespace) -> Path:
 # -- train ---------------------------------------------------------------------------------------
 
 
+TRAIN_EXTRA_MISSING = (
+    "mailgate: training needs scikit-learn, which serving does not: "
+    "pip install 'mailgate[train]' (in the same environment as mailgate)"
+)
+
+
+def _training_available() -> bool:
+    """scikit-learn (and scipy) are the optional `train` extra: serve never needs them."""
+    try:
+        import scipy.sparse  # noqa: F401
+        import sklearn  # noqa: F401
+    except ImportError:
+        print(TRAIN_EXTRA_MISSING, file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if not _training_available():
+        return 2
     from gateway.classifier import corpus
     from gateway.classifier.features import FeatureSettings
     from gateway.classifier.train import TrainSettings, build
@@ -257,6 +276,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_recipe(args: argparse.Namespace, model: Any, messages: list[Any]) -> int:
+    if not _training_available():
+        return 2
     from gateway.classifier import corpus
     from gateway.classifier.train import FitParams, TrainSettings, evaluate, featurize
 
