@@ -117,3 +117,8 @@ class MockDelivery:
     def abort(self) -> None:
         self.in_transaction = False
         self.calls.append(DeliveryCall("ABORT"))
+
+
+# mypy checks here that the double keeps up with the protocol (relay.Downstream is checked where
+# gateway.smtp builds one).
+_MOCK_IS_A_TRANSPORT: type[DeliveryTransport] = MockDelivery
