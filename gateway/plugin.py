@@ -157,6 +157,7 @@ class Registry:
     def __init__(self) -> None:
         self._plugins: dict[str, PluginClass] = {}
         self._symbol_owner: dict[str, str] = {}
+        self._own_symbols: dict[str, str] = {}  # found by the gateway itself (declare)
 
     def register(self, plugin: PluginClass) -> PluginClass:
         if plugin.name in self._plugins:
@@ -173,6 +174,18 @@ class Registry:
             self._symbol_owner[symbol] = plugin.name
         return plugin
 
+    def declare(self, owner: str, symbols: Mapping[str, str]) -> None:
+        """Symbols the gateway finds itself (the SMTP front's): always active, so always scored."""
+        for symbol in symbols:
+            found = self._symbol_owner.get(symbol)
+            if found is not None:
+                raise RegistryError(
+                    f"symbol {symbol} of {owner!r} is already declared by {found!r}"
+                )
+        for symbol in symbols:
+            self._symbol_owner[symbol] = owner
+        self._own_symbols.update(symbols)
+
     def get(self, name: str) -> PluginClass:
         try:
             return self._plugins[name]
@@ -185,7 +198,7 @@ class Registry:
 
     def all_symbols(self) -> dict[str, str]:
         """Every symbol any registered plugin may emit, with its description."""
-        out: dict[str, str] = {}
+        out = dict(self._own_symbols)
         for plugin in self._plugins.values():
             out.update(declared_symbols(plugin))
         return out
@@ -218,6 +231,12 @@ class Registry:
                         f"symbol {symbol} (plugin {name!r}) has no score in "
                         f"{rules.source_of('scores')}: add '{symbol} = 0.0' or a real score"
                     )
+        for symbol in sorted(self._own_symbols):
+            if symbol not in rules.scores:
+                problems.append(
+                    f"symbol {symbol} ({self._symbol_owner[symbol]}) has no score in "
+                    f"{rules.source_of('scores')}: add '{symbol} = 0.0' or a real score"
+                )
         for symbol in sorted(set(rules.scores) | set(rules.forced)):
             if symbol not in known:
                 problems.append(

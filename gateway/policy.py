@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.auth.policy import AuthPolicy, load_auth_policy
+from gateway.front_symbols import TLS_DOMAIN_SYMBOLS
 from gateway.mime.policy import AttachmentPolicy, load_attachment_policy
 from gateway.tomlfile import ConfigError, ConfigErrors, TomlFile
 from gateway.verdict import Action, Finding, ForcedAction, SmtpReply, Verdict, combine
@@ -108,7 +109,8 @@ class TlsPolicy:
 
     A client network (or `all`) is known at connect, so RFC 3207's `530 5.7.0` answers every
     command but EHLO, STARTTLS, NOOP and QUIT; a sender or recipient domain is only known at MAIL
-    or RCPT, where `refusal` (451 4.7.1 by default, or 550 5.7.1) is given.
+    or RCPT, where `refusal` (451 4.7.1 by default, or 550 5.7.1) is given: it becomes the forced
+    action of SMTP_TLS_REQUIRED_SENDER and _RECIPIENT (the front's findings) when rules load.
     """
 
     require_all: bool = False
@@ -345,6 +347,7 @@ def load_rules(directory: Path) -> RuleSet:
         sender_block=AddressList.parse(_string_list(lists_doc, sender, "sender.block", errors)),
     )
     tls = _tls_policy(docs["tls.toml"], errors) if "tls.toml" in docs else TlsPolicy()
+    _tls_forced_actions(tls, actions_doc, forced, errors)
     attachments = AttachmentPolicy()
     if "attachments.toml" in docs:
         attachments = load_attachment_policy(docs["attachments.toml"], errors)
@@ -376,6 +379,24 @@ def _domains(
         if not bare or "@" in bare or any(c.isspace() for c in bare):
             errors.append(doc.error(dotted, f"{entry!r} is not a domain (or .domain)"))
     return AddressList.parse([e.rstrip(".") for e in entries])
+
+
+def _tls_forced_actions(
+    tls: TlsPolicy,
+    actions_doc: TomlFile,
+    forced: dict[str, ForcedAction],
+    errors: list[ConfigError],
+) -> None:
+    """tls.toml `require_tls.action` is the forced action of the front's two domain symbols."""
+    action = Action.REJECT if tls.refusal.code >= 500 else Action.TEMPFAIL
+    for symbol in TLS_DOMAIN_SYMBOLS:
+        if symbol in forced:
+            errors.append(
+                actions_doc.error(
+                    f"forced.{symbol}", "is set by require_tls.action in tls.toml, not here"
+                )
+            )
+        forced[symbol] = ForcedAction(action, tls.refusal)
 
 
 def _tls_policy(doc: TomlFile, errors: list[ConfigError]) -> TlsPolicy:

@@ -18,7 +18,6 @@ import logging
 import re
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import aiosmtplib
 
@@ -69,14 +68,11 @@ class DownstreamFailure(Exception):
         self.reply = reply
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    mail_from: str
-    mail_options: Sequence[str]
-
-
 class Downstream:
-    """One SMTP client connection to the delivery server, driven transaction by transaction."""
+    """One SMTP client connection to the delivery server, driven transaction by transaction.
+
+    The real `gateway.delivery.DeliveryTransport`; tests of the session use MockDelivery.
+    """
 
     def __init__(self, settings: DeliverySettings, local_hostname: str) -> None:
         self.settings = settings

@@ -34,10 +34,8 @@ _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_
 class TlsReplies:
     """Replies about TLS, with RFC 3463 / RFC 8689 enhanced codes."""
 
-    REQUIRETLS_NEEDS_TLS = SmtpReply(
-        530, "5.7.0", "Must issue a STARTTLS command first (REQUIRETLS asks for TLS)"
-    )
-    # RFC 8689 5: the message cannot be relayed with the TLS it demands.
+    # RFC 8689 5: the message cannot be relayed with the TLS it demands (the delivery server
+    # lacks REQUIRETLS). Refusing REQUIRETLS from a client is policy: rules/actions.toml.
     REQUIRETLS_UNSUPPORTED = SmtpReply(550, "5.7.30", "REQUIRETLS support required")
     # Toward the delivery server (RFC 3463: 4.7.4 security features not supported, 4.7.5
     # cryptographic failure); temporary, so the sender retries and nothing is lost.

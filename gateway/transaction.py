@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from gateway import metrics
 from gateway.app import Gateway
 from gateway.cputime import metered, offload
+from gateway.delivery import DeliveryTransport
+from gateway.front_symbols import BARE_LINE_ENDING, NUL_CHARACTER
 from gateway.headers import (
     auth_fields,
     has_bare_line_endings,
@@ -31,10 +33,9 @@ from gateway.headers import (
 from gateway.plugin import MessageContext, Phase
 from gateway.quarantine import StoreError
 from gateway.quarantine.model import DAY, decode_header_text, raw_header_values
-from gateway.relay import Downstream
 from gateway.rfc5322 import first_field_value
 from gateway.text import quoted
-from gateway.verdict import Action, Replies, SmtpReply, Verdict
+from gateway.verdict import Action, Finding, Replies, SmtpReply, Verdict
 
 log = logging.getLogger("mailgate.message")
 
@@ -53,33 +54,21 @@ async def inspect(gateway: Gateway, ctx: MessageContext) -> Verdict:
     return ctx.rules.decide(ctx.findings)
 
 
-async def conclude(gateway: Gateway, ctx: MessageContext, downstream: Downstream) -> SmtpReply:
+async def conclude(gateway: Gateway, ctx: MessageContext, delivery: DeliveryTransport) -> SmtpReply:
     """Inspect the complete message, act on the verdict, log, and return the reply to give."""
     started = time.perf_counter()
-    outcome = await _decide_and_act(gateway, ctx, downstream)
+    outcome = await _decide_and_act(gateway, ctx, delivery)
     log_message(ctx, outcome, time.perf_counter() - started)
     return outcome.reply
 
 
-async def _decide_and_act(gateway: Gateway, ctx: MessageContext, downstream: Downstream) -> Outcome:
-    # A NUL is treated like a bare CR or LF: CRLF NUL "." CRLF is a smuggling sequence too.
-    nul = has_nul(ctx.raw)
-    if nul or has_bare_line_endings(ctx.raw):
-        if gateway.settings.limits.bare_line_endings == "reject":
-            await metered(downstream.reset(), ctx.meter("relay"))
-            problem = "NUL character" if nul else "bare CR or LF line ending"
-            reply = Replies.BARE_LINE_ENDING
-            if nul:
-                reply = reply.with_text("Message has a NUL character (RFC 5321 2.3.8)")
-            reply = _with_id(reply, ctx.queue_id)
-            verdict = replace(
-                ctx.rules.decide(ctx.findings),
-                action=Action.REJECT,
-                reply=reply,
-                reason=f"{problem} (limits.bare_line_endings = reject)",
-            )
-            return Outcome(verdict, reply)
-        ctx.raw = normalize_line_endings(strip_nul(ctx.raw))
+async def _decide_and_act(
+    gateway: Gateway, ctx: MessageContext, delivery: DeliveryTransport
+) -> Outcome:
+    refused = _refused_for_line_endings(gateway, ctx)
+    if refused is not None:
+        await metered(delivery.reset(), ctx.meter("relay"))
+        return Outcome(refused, _with_id(refused.reply, ctx.queue_id))
     ctx.raw, forged = strip_our_fields(ctx.raw)
     ctx.raw, forged_ar = strip_authentication_results(ctx.raw, gateway.settings.listen.hostname)
     ctx.raw, forged_spf = strip_received_spf(ctx.raw, gateway.settings.listen.hostname)
@@ -98,16 +87,36 @@ async def _decide_and_act(gateway: Gateway, ctx: MessageContext, downstream: Dow
             auth_fields(ctx, gateway.settings.listen.hostname),
             verdict_fields(verdict, ctx.queue_id),
         )
-        answer = await metered(downstream.data(message), ctx.meter("relay"))
+        answer = await metered(delivery.data(message), ctx.meter("relay"))
         if answer.is_positive:
             reply = SmtpReply(250, "2.0.0", f"OK id={ctx.queue_id} ({answer.text})")
         else:
             reply = answer
         return Outcome(verdict, reply, note, f"{answer.code // 100}xx")
-    await metered(downstream.reset(), ctx.meter("relay"))
+    await metered(delivery.reset(), ctx.meter("relay"))
     if verdict.action is Action.QUARANTINE:
         return await _quarantine(gateway, ctx, verdict, note)
     return Outcome(verdict, _with_id(verdict.reply, ctx.queue_id), note)
+
+
+def _refused_for_line_endings(gateway: Gateway, ctx: MessageContext) -> Verdict | None:
+    """A bare CR or LF, or a NUL (CRLF NUL "." CRLF smuggles too), is never relayed as sent.
+
+    With limits.bare_line_endings = "reject" it is a finding that policy may refuse at once
+    (rules/actions.toml); otherwise, or when policy does not refuse, the message is repaired
+    (CRLF line endings, no NUL) so that every later reader sees one and the same message.
+    """
+    nul = has_nul(ctx.raw)
+    if not nul and not has_bare_line_endings(ctx.raw):
+        return None
+    if gateway.settings.limits.bare_line_endings == "reject":
+        symbol = NUL_CHARACTER if nul else BARE_LINE_ENDING
+        ctx.findings.append(Finding(symbol, detail="limits.bare_line_endings = reject"))
+        verdict = ctx.rules.forced_now(ctx.findings)
+        if verdict is not None:
+            return verdict
+    ctx.raw = normalize_line_endings(strip_nul(ctx.raw))
+    return None
 
 
 async def _quarantine(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway.text import ascii_printable
 
@@ -64,23 +64,24 @@ class SmtpReply:
 
 
 class Replies:
-    """The replies the gateway gives of its own, named; RFC 3463 and RFC 7372 codes."""
+    """The replies the gateway gives of its own, named; RFC 3463 and RFC 7372 codes.
+
+    Refusals that policy decides (TLS requirements, bare line endings, blocked clients) are not
+    here: their replies are forced actions in rules/actions.toml.
+    """
 
     OK = SmtpReply(250, "2.0.0", "OK")
     SENDER_OK = SmtpReply(250, "2.1.0", "Sender OK")
     RECIPIENT_OK = SmtpReply(250, "2.1.5", "Recipient OK")
     # Rejections (5xx)
     POLICY_REJECT = SmtpReply(550, "5.7.1", "Message rejected by policy")
-    CLIENT_BLOCKED = SmtpReply(554, "5.7.1", "Client host blocked by policy")
-    SENDER_BLOCKED = SmtpReply(550, "5.7.1", "Sender address blocked by policy")
     RELAY_DENIED = SmtpReply(550, "5.7.1", "Relaying denied: recipient domain not served here")
     BAD_RECIPIENT_SYNTAX = SmtpReply(
         550, "5.1.3", "Recipient address with routing characters refused"
     )
     TOO_MANY_RECIPIENTS = SmtpReply(452, "4.5.3", "Too many recipients")
-    BARE_LINE_ENDING = SmtpReply(
-        550, "5.6.0", "Message has bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)"
-    )
+    NEED_MAIL = SmtpReply(503, "5.5.1", "Error: need MAIL command")
+    AUTH_NOT_ENABLED = SmtpReply(503, "5.5.1", "Error: authentication not enabled")
     SMTPUTF8_UNSUPPORTED = SmtpReply(
         550, "5.6.7", "SMTPUTF8 message cannot be delivered: delivery server lacks SMTPUTF8"
     )
@@ -89,7 +90,6 @@ class Replies:
     INTERNAL_ERROR = SmtpReply(451, "4.3.0", "Internal error, try again later")
     DOWNSTREAM_UNAVAILABLE = SmtpReply(451, "4.4.1", "Delivery server unavailable, try again later")
     DOWNSTREAM_TIMEOUT = SmtpReply(451, "4.4.2", "Delivery server timed out, try again later")
-    DOWNSTREAM_DEFERRED = SmtpReply(451, "4.4.0", "Delivery server deferred the message")
     QUARANTINE_FAILED = SmtpReply(451, "4.3.0", "Could not store message, try again later")
     TOO_MANY_CONNECTIONS = SmtpReply(421, "4.7.0", "Too many connections from your address")
     SHUTTING_DOWN = SmtpReply(421, "4.3.2", "Service shutting down, try again later")
@@ -135,7 +135,6 @@ class Verdict:
     reply: SmtpReply
     reason: str
     forced_by: str | None = None
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     def symbols_text(self) -> str:
         """`SYMBOL(score)` pairs, highest score first: the form headers and logs use."""

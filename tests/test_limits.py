@@ -18,12 +18,12 @@ import pytest
 from harness import GatewayFactory, RecordingSink, RunningGateway, message
 from test_smuggling import RECIPIENT, SENDER, Wire
 
-import gateway.smtp
+import gateway.session
 from gateway.plugin import MessageContext, Phase
 from gateway.plugins.header_sanity import HeaderSanity
 from gateway.plugins.lists import AllowBlockLists
 from gateway.relay import Downstream
-from gateway.smtp import ConnectionHandler
+from gateway.session import Session
 from gateway.verdict import Finding
 
 # "250 2.1.0 text": basic code and enhanced status of the same class (RFC 3463 / RFC 2034).
@@ -453,7 +453,7 @@ async def test_unexpected_exception_at_end_of_data_is_451_without_details(
     async def broken(*args: object) -> None:
         raise RuntimeError(SECRET)
 
-    monkeypatch.setattr(gateway.smtp, "conclude", broken)
+    monkeypatch.setattr(gateway.session, "conclude", broken)
     wire = await session(gw)
     try:
         reply = await transaction(wire, message())
@@ -494,13 +494,13 @@ async def test_unexpected_exception_before_the_greeting_is_421_without_details(
     gw: RunningGateway, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The CONNECT phase runs before aiosmtpd's command loop: it must not leave the client mute."""
-    original = ConnectionHandler.on_connect
+    original = Session.on_connect
 
-    async def broken(self: ConnectionHandler, session: object) -> object:
-        await original(self, session)  # count the connection, then fail
+    async def broken(self: Session, peer: tuple[str, int]) -> object:
+        await original(self, peer)  # count the connection, then fail
         raise RuntimeError(SECRET)
 
-    monkeypatch.setattr(ConnectionHandler, "on_connect", broken)
+    monkeypatch.setattr(Session, "on_connect", broken)
     wire = await Wire.connect(gw, within=1.0)
     try:
         assert wire.greeting == "421 4.3.0 Internal error, try again later"

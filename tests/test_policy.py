@@ -14,6 +14,7 @@ from harness import REPO
 
 from gateway.chain import Chain
 from gateway.config import PluginSettings, Settings, load_settings
+from gateway.front_symbols import FRONT_SYMBOLS
 from gateway.plugin import (
     ClientInfo,
     MessageContext,
@@ -402,7 +403,9 @@ def test_check_policy_reports_unscored_and_undeclared_symbols(tmp_path: Path) ->
 
 
 def test_check_policy_reports_unknown_and_repeated_plugins(tmp_path: Path) -> None:
-    rules = load_rules(write_rules(tmp_path / "rules"))
+    # the SMTP front's own symbols are always active, so always scored
+    front = "".join(f"{symbol} = 0.0\n" for symbol in FRONT_SYMBOLS)
+    rules = load_rules(write_rules(tmp_path / "rules", scores=GOOD["scores.toml"] + front))
     problems = builtin_registry().check_policy(["lists", "nope", "lists"], rules)
     assert "plugin 'lists' appears twice in plugins.order" in problems
     assert any("unknown plugin 'nope'" in p for p in problems)

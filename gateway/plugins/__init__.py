@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.front_symbols import FRONT_OWNER, FRONT_SYMBOLS
 from gateway.plugin import PluginClass, Registry
 from gateway.plugins.arc import ArcCheck
 from gateway.plugins.attachments import AttachmentInspection
@@ -36,4 +37,5 @@ def builtin_registry() -> Registry:
     )
     for plugin in builtins:
         registry.register(plugin)
+    registry.declare(FRONT_OWNER, FRONT_SYMBOLS)
     return registry

@@ -1,0 +1,355 @@
+"""One client connection, as state and decisions, with no I/O of its own.
+
+`Session` owns what is known about the connection (the client, its HELO and TLS, the findings
+of CONNECT and HELO, the open transaction's MessageContext, whether it must use STARTTLS, whether
+a message is being concluded) and answers each SMTP event with the reply to give. It never
+touches a socket: aiosmtpd stays behind gateway.smtp (the adapter, whose hooks are one-liners
+into this class), delivery goes through a `DeliveryTransport`, inspections through the chain.
+So the whole conversation can be driven from a test with `MockDelivery` and no network.
+
+Refusals are decided in one place. What the session finds itself (a TLS requirement not met,
+REQUIRETLS it cannot honour) is a finding with a front symbol (gateway.front_symbols), and
+policy (`RuleSet.forced_now`, over rules/actions.toml and tls.toml) turns findings into the
+refusal, exactly as for a plugin's. What is not policy stays here as a fixed reply: connection
+limits, shutdown, relay control, the recipient limit, and the order of SMTP commands.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from gateway.access import check_recipient
+from gateway.app import Gateway
+from gateway.cputime import metered
+from gateway.delivery import DeliveryTransport
+from gateway.front_symbols import (
+    REQUIRETLS_UNVERIFIED_DELIVERY,
+    REQUIRETLS_WITHOUT_TLS,
+    TLS_REQUIRED_CLIENT,
+    TLS_REQUIRED_RECIPIENT,
+    TLS_REQUIRED_SENDER,
+)
+from gateway.plugin import ClientInfo, MessageContext, Phase, TlsInfo, new_queue_id
+from gateway.policy import NetworkList
+from gateway.text import printable, quoted
+from gateway.transaction import conclude
+from gateway.verdict import Finding, Replies, SmtpReply, Verdict
+
+log = logging.getLogger("mailgate.smtp")
+
+
+class Session:
+    """The state of one client connection and the reply to each of its SMTP events."""
+
+    def __init__(self, gateway: Gateway, delivery: DeliveryTransport) -> None:
+        self.gateway = gateway
+        self.delivery = delivery
+        self.client = ClientInfo(ip="", port=0)
+        self.connect_findings: list[Finding] = []
+        self.helo_findings: list[Finding] = []
+        self.ctx: MessageContext | None = None  # the open transaction: MAIL accepted, no DATA yet
+        # Policy says this client must use STARTTLS first: the reply to every other command.
+        self.starttls_refusal: SmtpReply | None = None
+        self.busy = False  # concluding a message: the client waits for our answer
+        self._counted_ip: str | None = None
+
+    @property
+    def tls_required(self) -> bool:
+        return self.starttls_refusal is not None and self.client.tls is None
+
+    @property
+    def idle(self) -> bool:
+        """Between transactions: safe to close at shutdown with a 421."""
+        return self.ctx is None and not self.busy
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def on_proxy(self, peer: tuple[str, int], source: tuple[str, int] | None) -> bool:
+        """A PROXY header: trusted only from a configured load balancer; `source` is its client
+        (None for PROXY LOCAL, a health check: the peer is the client)."""
+        if not NetworkList(self.gateway.settings.listen.proxy_trusted).matches(peer[0]):
+            log.warning("PROXY header from untrusted peer %s refused", peer[0])
+            return False
+        if source is not None:
+            self.client.ip, self.client.port = source
+            self.client.proxied_by = peer[0]
+        else:
+            self.client.ip, self.client.port = peer
+        return True
+
+    async def on_connect(self, peer: tuple[str, int]) -> SmtpReply | None:
+        """Limits and the CONNECT phase, before the greeting; a reply here refuses the client."""
+        gateway = self.gateway
+        if not self.client.ip:
+            self.client.ip, self.client.port = peer
+        limits = gateway.settings.limits
+        if gateway.shutting_down:
+            return Replies.SHUTTING_DOWN
+        if gateway.total_connections >= limits.max_connections:
+            return Replies.TOO_MANY_CONNECTIONS.with_text("Too many connections, try again later")
+        if gateway.connections.get(self.client.ip, 0) >= limits.max_connections_per_ip:
+            return Replies.TOO_MANY_CONNECTIONS
+        gateway.connections[self.client.ip] = gateway.connections.get(self.client.ip, 0) + 1
+        gateway.total_connections += 1
+        self._counted_ip = self.client.ip
+        ctx = self._context()
+        self.connect_findings = await gateway.chain.run(Phase.CONNECT, ctx)
+        verdict = ctx.rules.forced_now(ctx.findings)
+        if verdict is not None:
+            self._log_refusal(ctx, Phase.CONNECT, verdict)
+            # RFC 5321 3.1: a refusing greeting is 554 (permanent) or 421 (temporary).
+            code = 554 if verdict.reply.code >= 500 else 421
+            return SmtpReply(code, verdict.reply.status, verdict.reply.text)
+        if ctx.rules.tls.required_for_client(self.client.ip):
+            finding = Finding(TLS_REQUIRED_CLIENT, detail=self.client.ip)
+            required = ctx.rules.forced_now([finding])
+            if required is not None:
+                self.starttls_refusal = required.reply
+                log.info("client=%s must use STARTTLS (rules/tls.toml)", self.client.ip)
+        return None
+
+    def on_disconnect(self) -> None:
+        self.delivery.abort()
+        self.ctx = None
+        if self._counted_ip is not None:
+            gateway = self.gateway
+            left = gateway.connections.get(self._counted_ip, 1) - 1
+            if left > 0:
+                gateway.connections[self._counted_ip] = left
+            else:
+                gateway.connections.pop(self._counted_ip, None)
+            gateway.total_connections -= 1
+            self._counted_ip = None
+
+    def on_starttls(self, tls: TlsInfo | None) -> None:
+        """RFC 3207 4.2: after the handshake the client starts over: forget HELO and MAIL."""
+        self.client.tls = tls
+        self.client.helo = None
+        self.helo_findings = []
+        self.ctx = None
+
+    # -- HELO / EHLO --------------------------------------------------------------------------
+
+    async def on_helo(self, hostname: str, esmtp: bool) -> SmtpReply | None:
+        """The HELO phase; None: go on (the adapter sends the greeting or the EHLO keywords)."""
+        self.client.helo = hostname
+        self.client.esmtp = esmtp
+        self.ctx = None
+        self.helo_findings = []
+        ctx = self._context()
+        self.helo_findings = await self.gateway.chain.run(Phase.HELO, ctx)
+        verdict = ctx.rules.forced_now(ctx.findings)
+        if verdict is None:
+            return None
+        self._log_refusal(ctx, Phase.HELO, verdict)
+        return verdict.reply
+
+    def ehlo_keywords(self, offered: Sequence[str]) -> list[str]:
+        """The EHLO keywords we announce, from what aiosmtpd offers (SIZE, 8BITMIME, ...)."""
+        # Add what we implement end to end (PIPELINING: aiosmtpd's reader is sequential;
+        # ENHANCEDSTATUSCODES: every reply has one) and drop AUTH: an MX is no submission server.
+        keywords = [k for k in offered if not k.upper().startswith(("AUTH", "HELP"))]
+        keywords += ["PIPELINING", "ENHANCEDSTATUSCODES"]
+        # RFC 8689: offered only inside TLS, and only when we can keep the promise: verified TLS
+        # to the delivery server (which must offer REQUIRETLS too; checked at MAIL).
+        if self.client.tls is not None and self.gateway.settings.delivery.tls_verified:
+            keywords.append("REQUIRETLS")
+        return keywords
+
+    # -- transaction --------------------------------------------------------------------------
+
+    async def on_mail(self, address: str, options: Sequence[str]) -> SmtpReply:
+        if self.gateway.shutting_down:
+            return Replies.SHUTTING_DOWN
+        ctx = self._context()
+        ctx.queue_id = new_queue_id()
+        ctx.mail_from = address
+        ctx.mail_options = list(options)
+        # TLS requirements first: a client that must not send without TLS is not inspected.
+        verdict = self._refused_for_tls(ctx, self._tls_findings_at_mail(ctx))
+        if verdict is None:
+            await self.gateway.chain.run(Phase.MAIL, ctx)
+            verdict = ctx.rules.forced_now(ctx.findings)
+        if verdict is not None:
+            return self._refusal(ctx, Phase.MAIL, verdict)
+        begin = self.delivery.begin(self.client, ctx.queue_id, address, options)
+        reply = await metered(begin, ctx.meter("relay"))
+        if not reply.is_positive:
+            log.info(
+                "qid=%s client=%s from=%s refused at MAIL by delivery server: %s",
+                ctx.queue_id,
+                ctx.client.ip,
+                quoted(address),
+                quoted(str(reply)),
+            )
+            return reply
+        self.ctx = ctx
+        return Replies.SENDER_OK
+
+    def _tls_findings_at_mail(self, ctx: MessageContext) -> list[Finding]:
+        """REQUIRETLS (RFC 8689) and rules/tls.toml sender domains, known at MAIL."""
+        found: list[Finding] = []
+        if "REQUIRETLS" in (o.upper() for o in ctx.mail_options):
+            if self.client.tls is None:
+                found.append(Finding(REQUIRETLS_WITHOUT_TLS, detail="REQUIRETLS without TLS"))
+            elif not self.gateway.settings.delivery.tls_verified:
+                found.append(
+                    Finding(
+                        REQUIRETLS_UNVERIFIED_DELIVERY,
+                        detail="[delivery] TLS is not verified (no tls_ca_file or fingerprints)",
+                    )
+                )
+        if self.client.tls is None and ctx.rules.tls.required_for_sender(ctx.mail_from or ""):
+            found.append(Finding(TLS_REQUIRED_SENDER, detail="TLS required for sender domain"))
+        return found
+
+    def _refused_for_tls(self, ctx: MessageContext, found: list[Finding]) -> Verdict | None:
+        if not found:
+            return None
+        ctx.findings.extend(found)
+        return ctx.rules.forced_now(ctx.findings)
+
+    async def on_rcpt(self, address: str, options: Sequence[str]) -> SmtpReply:
+        ctx = self.ctx
+        if ctx is None:
+            return Replies.NEED_MAIL
+        settings = self.gateway.settings
+        if len(ctx.rcpt_tos) >= settings.limits.max_recipients:
+            return Replies.TOO_MANY_RECIPIENTS
+        refusal = check_recipient(settings.relay, self.client.ip, address)
+        if refusal is not None:
+            log.info(
+                "qid=%s client=%s from=%s rcpt=%s refused: %s",
+                ctx.queue_id,
+                ctx.client.ip,
+                quoted(ctx.mail_from or ""),
+                quoted(address),
+                refusal.text,
+            )
+            return refusal
+        before = len(ctx.findings)
+        tls_findings: list[Finding] = []
+        if self.client.tls is None and ctx.rules.tls.required_for_recipient(address):
+            detail = f"TLS required for recipient {address}"
+            tls_findings.append(Finding(TLS_REQUIRED_RECIPIENT, detail=detail))
+        verdict = self._refused_for_tls(ctx, tls_findings)
+        if verdict is None:
+            ctx.rcpt_tos.append(address)
+            await self.gateway.chain.run(Phase.RCPT, ctx)
+            ctx.rcpt_tos.pop()
+            verdict = ctx.rules.forced_now(ctx.findings)
+        if verdict is not None:
+            del ctx.findings[before:]  # this recipient is refused; its findings go with it
+            return self._refusal(ctx, Phase.RCPT, verdict)
+        reply = await metered(self.delivery.rcpt(address), ctx.meter("relay"))
+        if not reply.is_positive:
+            del ctx.findings[before:]
+            log.info(
+                "qid=%s rcpt=%s refused by delivery server: %s",
+                ctx.queue_id,
+                quoted(address),
+                quoted(str(reply)),
+            )
+            return reply
+        ctx.rcpt_tos.append(address)
+        return Replies.RECIPIENT_OK
+
+    async def on_rset(self) -> SmtpReply:
+        self.ctx = None
+        await self.delivery.reset()
+        return Replies.OK
+
+    def processing_time(self) -> float:
+        """Seconds the client may wait after DATA: every plugin's limit, then the delivery."""
+        settings = self.gateway.settings
+        plugins = sum(settings.plugins.timeout_for(p.name) for p in self.gateway.chain.plugins)
+        return plugins + settings.delivery.data_timeout + 60
+
+    async def on_data(self, raw: bytes) -> SmtpReply:
+        """The complete message (dot-unstuffed): inspect, decide, act; the reply to DATA."""
+        ctx, self.ctx = self.ctx, None
+        if ctx is None:
+            return Replies.NEED_MAIL
+        self.busy = True
+        try:
+            ctx.raw = raw
+            return await conclude(self.gateway, ctx, self.delivery)
+        except Exception:
+            log.exception("qid=%s failed while concluding; client told to retry", ctx.queue_id)
+            self.delivery.abort()
+            return Replies.INTERNAL_ERROR.with_text(
+                f"Internal error, try again later (id={ctx.queue_id})"
+            )
+        finally:
+            self.busy = False
+
+    async def on_data_refused(self) -> None:
+        """The SMTP layer refused DATA itself (too much data, a line too long) and reset its
+        envelope: end our transaction too, or the connection looks busy to shutdown and the
+        delivery server is left mid-transaction."""
+        if self.ctx is not None:
+            self.ctx = None
+            await self.delivery.reset()
+
+    def after_data(self) -> SmtpReply | None:
+        """After a DATA reply: a 421 when shutting down (the adapter then closes)."""
+        return Replies.SHUTTING_DOWN if self.gateway.shutting_down else None
+
+    # -- failures -----------------------------------------------------------------------------
+
+    def on_error(self, error: BaseException) -> SmtpReply:
+        """Anything unexpected: log it whole, tell the client only to retry (451 4.3.0)."""
+        log.error(
+            "client=%s unexpected %s: %s",
+            self.client.ip,
+            type(error).__name__,
+            printable(str(error)),
+            exc_info=error,
+        )
+        self.delivery.abort()
+        self.ctx = None
+        return Replies.INTERNAL_ERROR
+
+    def on_tls_handshake_failed(self, error: BaseException) -> SmtpReply:
+        """No common protocol or cipher, a client that gave up: its business, not our error."""
+        log.info(
+            "client=%s TLS handshake failed: %s",
+            self.client.ip,
+            printable(str(error.__cause__ or error)),
+        )
+        self.delivery.abort()
+        self.ctx = None
+        return Replies.INTERNAL_ERROR
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _context(self) -> MessageContext:
+        """A fresh context with the connection's findings; the policy snapshot taken now."""
+        return MessageContext(
+            client=self.client,
+            rules=self.gateway.rules,
+            settings=self.gateway.settings,
+            queue_id="-",
+            findings=[*self.connect_findings, *self.helo_findings],
+        )
+
+    def _refusal(self, ctx: MessageContext, phase: Phase, verdict: Verdict) -> SmtpReply:
+        self._log_refusal(ctx, phase, verdict)
+        return verdict.reply.with_text(f"{verdict.reply.text} (id={ctx.queue_id})")
+
+    def _log_refusal(self, ctx: MessageContext, phase: Phase, verdict: Verdict) -> None:
+        log.info(
+            "qid=%s client=%s helo=%s from=%s phase=%s action=%s score=%g reason=%s symbols=%s "
+            "reply=%s",
+            ctx.queue_id,
+            ctx.client.ip,
+            quoted(ctx.client.helo or ""),
+            quoted(ctx.mail_from or ""),
+            phase.value,
+            verdict.action.value,
+            verdict.score,
+            quoted(verdict.reason),
+            verdict.symbols_text() or "-",
+            quoted(str(verdict.reply)),
+        )
