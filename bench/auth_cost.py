@@ -35,10 +35,13 @@ from pathlib import Path
 from bench.corpus import DEFAULT_CORPUS, load_sample
 from bench.procs import free_port
 from bench.signing import ed25519_key, rsa_key, signed, with_author
+from gateway.auth.arc import ArcResult
+from gateway.auth.dkim import DkimResult
+from gateway.auth.dmarc import DmarcResult
 from gateway.auth.results import authentication_results
 from gateway.config import DnsSettings, load_settings
 from gateway.dns import Resolver
-from gateway.plugin import ClientInfo, MessageContext, Phase, Plugin, Services
+from gateway.plugin import ClientInfo, MessageContext, Phase, Plugin, Results, Services
 from gateway.plugins.arc import ArcCheck
 from gateway.plugins.dkim import DkimCheck
 from gateway.plugins.dmarc import DmarcCheck
@@ -136,12 +139,18 @@ async def auth_cost(
     outcomes: dict[str, int] = {}
     started = time.process_time()
     for raw in messages:
-        ctx = dataclasses.replace(base, raw=raw, findings=[], timings={})
+        ctx = dataclasses.replace(base, raw=raw, findings=[], timings={}, results=Results())
         for plugin in plugins:
             for finding in await plugin.check(Phase.DATA, ctx):
                 outcomes[finding.symbol] = outcomes.get(finding.symbol, 0) + 1
-        authentication_results(DOMAIN, dkim=ctx.dkim, arc=ctx.arc, dmarc=ctx.dmarc)
-        dmarc = ctx.dmarc.worst if ctx.dmarc else None
+        found = ctx.results.get(DmarcResult)
+        authentication_results(
+            DOMAIN,
+            dkim=ctx.results.get(DkimResult),
+            arc=ctx.results.get(ArcResult),
+            dmarc=found,
+        )
+        dmarc = found.worst if found else None
         key = f"dmarc={dmarc.verdict.value}" if dmarc else "dmarc=-"
         outcomes[key] = outcomes.get(key, 0) + 1
     return (time.process_time() - started) * 1000 / len(messages), outcomes

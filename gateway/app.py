@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from gateway.chain import Chain
 from gateway.config import Settings
-from gateway.plugin import Registry, Services
-from gateway.plugins import builtin_registry
+from gateway.plugin import Registry, RegistryError, Services
+from gateway.plugins import plugin_registry
 from gateway.policy import RuleSet, load_rules
 from gateway.quarantine import QuarantineStore
 from gateway.tomlfile import ConfigError, ConfigErrors
@@ -30,6 +30,8 @@ def load_checked_rules(settings: Settings, registry: Registry) -> RuleSet:
         rules = load_rules(settings.rules_dir)
     except (ConfigError, ConfigErrors) as exc:
         raise PolicyError(str(exc)) from exc
+    # <NAME>_ERROR / <NAME>_TIMEOUT: score 0 and the plugin's on_error unless rules/ say otherwise
+    rules = rules.with_defaults(*registry.policy_defaults(settings.plugins.order))
     problems = registry.check_policy(settings.plugins.order, rules)
     for name in settings.plugins.timeouts:
         if name not in settings.plugins.order:
@@ -59,10 +61,16 @@ class Gateway:
 
     @classmethod
     def create(cls, settings: Settings, registry: Registry | None = None) -> Gateway:
-        registry = registry or builtin_registry()
+        try:
+            registry = registry or plugin_registry()
+        except RegistryError as exc:  # a broken or clashing third-party plugin
+            raise PolicyError(str(exc)) from exc
         rules = load_checked_rules(settings, registry)
         services = Services(settings)
-        chain = Chain.build(registry, services)
+        try:
+            chain = Chain.build(registry, services)
+        except RegistryError as exc:
+            raise PolicyError(str(exc)) from exc
         return cls(
             settings=settings,
             registry=registry,

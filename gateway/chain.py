@@ -1,8 +1,11 @@
 """Runs the configured plugins phase by phase, with a time limit each, and records what they found.
 
 The chain fails closed on purpose: a plugin that raises or overruns its time yields
-`<NAME>_ERROR` / `<NAME>_TIMEOUT`, and rules/ says what that means. A plugin that returns a symbol
-it did not declare is treated as an error too, so policy never meets a symbol it cannot score.
+`<NAME>_ERROR` / `<NAME>_TIMEOUT`, and rules/ says what that means (by default the plugin's own
+`on_error`). A plugin that returns a symbol it did not declare is treated as an error too, so
+policy never meets a symbol it cannot score. So is a plugin whose required result is missing
+because its provider failed: it is not run on half the evidence (DMARC without DKIM would
+reject a signed message) but yields its `_ERROR` symbol.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from gateway.plugin import (
     Phase,
     Plugin,
     Registry,
+    RegistryError,
     Services,
     error_symbol,
     timeout_symbol,
@@ -38,10 +42,22 @@ class Chain:
         self._by_phase = {
             phase: tuple(p for p in self.plugins if phase in p.phases) for phase in Phase
         }
+        self._requires = {p.name: tuple(getattr(p, "requires", ())) for p in self.plugins}
 
     @classmethod
     def build(cls, registry: Registry, services: Services) -> Chain:
+        """The plugins of `plugins.order`, each given its validated `[plugins.NAME]` table.
+
+        Raises ConfigErrors (file:line) for a bad table, RegistryError for an unknown plugin or
+        an order that runs a plugin before the provider of a result it requires.
+        """
         settings = services.settings.plugins
+        for name in settings.order:
+            registry.get(name)
+        problems = registry.order_problems(settings.order)
+        if problems:
+            raise RegistryError("\n".join(problems))
+        services.tables = registry.validate_tables(services.settings)
         plugins = [registry.get(name)(services) for name in settings.order]
         return cls(plugins, settings)
 
@@ -58,6 +74,16 @@ class Chain:
         return found
 
     async def _run_one(self, plugin: Plugin, phase: Phase, ctx: MessageContext) -> list[Finding]:
+        missing = [kind.__name__ for kind in self._requires[plugin.name] if kind not in ctx.results]
+        if missing:
+            log.warning(
+                "qid=%s plugin=%s phase=%s not run: no %s (its provider failed)",
+                ctx.queue_id,
+                plugin.name,
+                phase.value,
+                ", ".join(missing),
+            )
+            return [Finding(error_symbol(plugin.name), detail=f"no {', '.join(missing)}")]
         timeout = self._timeouts[plugin.name]
         try:
             # asyncio.timeout, not wait_for: no task per plugin call (half the overhead)

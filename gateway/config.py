@@ -109,6 +109,8 @@ class PluginSettings:
     order: tuple[str, ...] = ("lists", "headers", "limits", "mime", "attachments")
     timeout: float = 10.0
     timeouts: Mapping[str, float] = field(default_factory=dict)
+    # every [plugins.NAME] sub-table, RAW: each plugin validates its own (Registry.validate_tables)
+    tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def timeout_for(self, name: str) -> float:
         return self.timeouts.get(name, self.timeout)
@@ -484,11 +486,20 @@ def load_settings(path: Path | None) -> Settings:
             )
         )
     p = PluginSettings()
-    t = read.table("plugins", {"order", "timeout", "timeouts"})
+    known_plugin_keys = {"order", "timeout", "timeouts"}
+    raw_plugins = doc.data.get("plugins", {})
+    # [plugins.NAME] sub-tables belong to the plugins: passed on raw, validated when they are built
+    plugin_tables = {
+        str(k): v
+        for k, v in (raw_plugins.items() if isinstance(raw_plugins, dict) else ())
+        if k not in known_plugin_keys and isinstance(v, dict)
+    }
+    t = read.table("plugins", known_plugin_keys | set(plugin_tables))
     plugins = PluginSettings(
         order=read.get(t, "plugins.order", p.order, _string_list, "a list of plugin names"),
         timeout=read.get(t, "plugins.timeout", p.timeout, _positive_float, "seconds (> 0)"),
         timeouts=read.get(t, "plugins.timeouts", {}, _timeouts, "a table of plugin name = seconds"),
+        tables=plugin_tables,
     )
     t = read.table("paths", {"rules", "quarantine", "dev_maildir"})
     rules_dir = rel(read.get(t, "paths.rules", "../rules", _string, "a directory path"))
@@ -592,7 +603,7 @@ def _mime_and_clamav(read: _Reader, plugins: PluginSettings) -> tuple[MimeSettin
         chunk_size=read.get(t, "clamav.chunk_size", c.chunk_size, _positive_int, "bytes (> 0)"),
         max_stream=read.get(t, "clamav.max_stream", c.max_stream, _positive_int, "bytes (> 0)"),
     )
-    if "clamav" in plugins.order and clamav.address is None:
+    if "clamav" in plugins.order and clamav.address is None and "clamav" not in plugins.tables:
         read.errors.append(
             read.doc.error("clamav.address", "the clamav plugin is enabled: say where clamd is")
         )

@@ -12,8 +12,11 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from gateway import __version__
+from gateway.auth.arc import ArcResult
+from gateway.auth.dkim import DkimResult
+from gateway.auth.dmarc import DmarcResult
 from gateway.auth.results import authentication_results, authserv_id_of
-from gateway.auth.spf import received_spf
+from gateway.auth.spf import SpfResult, received_spf
 from gateway.folding import fold_items
 from gateway.plugin import ClientInfo, MessageContext
 from gateway.rfc5322 import RawField, header_end, scan_header, unfold
@@ -150,11 +153,17 @@ def _spf_receivers(value: str) -> set[str]:
 
 def auth_fields(ctx: MessageContext, authserv_id: str) -> bytes:
     """Authentication-Results with our authserv-id (always), and Received-SPF when SPF ran."""
+    results = ctx.results
+    spf = results.get(SpfResult)
     fields = authentication_results(
-        authserv_id, spf=ctx.spf, dkim=ctx.dkim, arc=ctx.arc, dmarc=ctx.dmarc
+        authserv_id,
+        spf=spf,
+        dkim=results.get(DkimResult),
+        arc=results.get(ArcResult),
+        dmarc=results.get(DmarcResult),
     )
-    if ctx.spf is not None:
-        fields += received_spf(ctx.spf.mailfrom, authserv_id)
+    if spf is not None:
+        fields += received_spf(spf.mailfrom, authserv_id)
     return fields
 
 

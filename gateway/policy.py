@@ -8,6 +8,7 @@ whole, so a transaction never sees half of an edit.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import math
@@ -37,6 +38,11 @@ RULE_FILES = (
     "attachments.toml",
 )
 _OPTIONAL_RULE_FILES = frozenset({"tls.toml", "auth.toml", "attachments.toml"})
+# per-plugin score files (same [scores] format as scores.toml), merged with it: a plugin ships
+# its scores as one file beside its module, with no edit of scores.toml
+SCORES_DIR = "scores.d"
+# symbols the plugin registry scores by default (0): a forced action may name them unscored
+_DEFAULT_SCORED_SUFFIXES = ("_ERROR", "_TIMEOUT")
 _SYMBOL = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
 _REPLY = re.compile(r"^([245]\d\d) ([245]\.\d{1,3}\.\d{1,3}) (\S.{0,300})$")
 
@@ -165,6 +171,15 @@ class RuleSet:
             return verdict
         return None
 
+    def with_defaults(
+        self, scores: Mapping[str, float], forced: Mapping[str, ForcedAction]
+    ) -> RuleSet:
+        """This policy with defaults supplied by the plugins (score 0 and the plugin's on_error
+        for `<NAME>_ERROR` / `<NAME>_TIMEOUT`): rules/' own entries win."""
+        return dataclasses.replace(
+            self, scores={**scores, **self.scores}, forced={**forced, **self.forced}
+        )
+
     def source_of(self, what: str) -> str:
         name = f"{what}.toml"
         return str(self.directory / name) if self.directory else name
@@ -274,23 +289,37 @@ def load_rules(directory: Path) -> RuleSet:
             digest.update(path.read_bytes())
         except ConfigError as exc:
             errors.append(exc)
+    score_docs = [docs["scores.toml"]] if "scores.toml" in docs else []
+    scores_d = directory / SCORES_DIR
+    if scores_d.is_dir():
+        for path in sorted(scores_d.glob("*.toml")):
+            try:
+                score_docs.append(TomlFile.load(path))
+                digest.update(path.read_bytes())
+            except ConfigError as exc:
+                errors.append(exc)
     if errors:
         raise ConfigErrors(errors)
     where: dict[str, str] = {}
 
     scores_doc = docs["scores.toml"]
-    _unknown_tables(scores_doc, {"scores"}, errors)
     scores: dict[str, float] = {}
-    for symbol, value in _table(scores_doc, "scores", errors).items():
-        key = f"scores.{symbol}"
-        where[symbol] = f"{scores_doc.path}:{scores_doc.line_of(key) or '?'}"
-        if not _SYMBOL.match(symbol):
-            errors.append(scores_doc.error(key, "a symbol is UPPER_CASE letters, digits and _"))
-            continue
-        try:
-            scores[symbol] = _number(value)
-        except ValueError:
-            errors.append(scores_doc.error(key, f"score must be a finite number, got {value!r}"))
+    for doc in score_docs:
+        _unknown_tables(doc, {"scores"}, errors)
+        for symbol, value in _table(doc, "scores", errors).items():
+            key = f"scores.{symbol}"
+            here = f"{doc.path}:{doc.line_of(key) or '?'}"
+            if symbol in where:
+                errors.append(doc.error(key, f"{symbol} is already scored at {where[symbol]}"))
+                continue
+            where[symbol] = here
+            if not _SYMBOL.match(symbol):
+                errors.append(doc.error(key, "a symbol is UPPER_CASE letters, digits and _"))
+                continue
+            try:
+                scores[symbol] = _number(value)
+            except ValueError:
+                errors.append(doc.error(key, f"score must be a finite number, got {value!r}"))
 
     actions_doc = docs["actions.toml"]
     _unknown_tables(actions_doc, {"thresholds", "forced"}, errors)
@@ -314,7 +343,11 @@ def load_rules(directory: Path) -> RuleSet:
         where.setdefault(
             symbol, f"{actions_doc.path}:{actions_doc.line_of(f'forced.{symbol}') or '?'}"
         )
-        if symbol not in scores and _SYMBOL.match(symbol):
+        if (
+            symbol not in scores
+            and _SYMBOL.match(symbol)
+            and not symbol.endswith(_DEFAULT_SCORED_SUFFIXES)
+        ):
             errors.append(
                 actions_doc.error(
                     f"forced.{symbol}", f"symbol has no score in {scores_doc.path.name}"

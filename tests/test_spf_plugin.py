@@ -12,7 +12,7 @@ import pytest
 from dns_server import DnsTestServer
 from harness import REPO, GatewayFactory, RecordingSink, RunningGateway, make_settings, message
 
-from gateway.auth.spf import SpfIdentity, SpfVerdict
+from gateway.auth.spf import SpfIdentity, SpfResult, SpfVerdict
 from gateway.config import DnsSettings, PluginSettings, load_settings
 from gateway.dns import Resolver
 from gateway.plugin import ClientInfo, MessageContext, Phase, Services
@@ -151,10 +151,11 @@ async def test_result_is_a_typed_field_for_dmarc(
     )
     findings = await plugin.check(Phase.MAIL, ctx)
     assert [f.symbol for f in findings] == ["SPF_FAIL", "SPF_HELO_PASS"]
-    assert ctx.spf is not None and not ctx.spf.null_sender
-    assert ctx.spf.mailfrom.identity is SpfIdentity.MAILFROM
-    assert (ctx.spf.mailfrom.result, ctx.spf.mailfrom.domain) == (SpfVerdict.FAIL, "bad.example")
-    assert ctx.spf.helo is not None and ctx.spf.helo.result is SpfVerdict.PASS
+    spf = ctx.results.get(SpfResult)
+    assert spf is not None and not spf.null_sender
+    assert spf.mailfrom.identity is SpfIdentity.MAILFROM
+    assert (spf.mailfrom.result, spf.mailfrom.domain) == (SpfVerdict.FAIL, "bad.example")
+    assert spf.helo is not None and spf.helo.result is SpfVerdict.PASS
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ import pytest
 import yaml
 from dns_server import SPF_SUITE_RESULTS, DnsTestServer
 
+from gateway.auth.spf import SpfResult
 from gateway.config import DnsSettings, load_settings
 from gateway.dns import Resolver
 from gateway.plugin import ClientInfo, MessageContext, Phase, Services
@@ -113,8 +114,9 @@ async def test_spf_suite_case(
     finally:
         await resolver.aclose()
     expected = data["result"] if isinstance(data["result"], list) else [data["result"]]
-    assert ctx.spf is not None
-    got = ctx.spf.mailfrom
+    spf = ctx.results.get(SpfResult)
+    assert spf is not None
+    got = spf.mailfrom
     symbols = {f.symbol for f in findings}
     problems = []
     if got.result.value not in expected:

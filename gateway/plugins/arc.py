@@ -1,22 +1,22 @@
 """ARC (RFC 8617) at DATA: is the chain of custody of a forwarded message intact?
 
-Validation is gateway.auth.arc (dkimpy over the gateway's async resolver). The typed result goes
-on `ctx.arc`; DMARC uses it to override a failure caused by forwarding, but only when the newest
+Validation is gateway.auth.arc (dkimpy over the gateway's async resolver). It provides the typed
+ArcResult; DMARC uses it to override a failure caused by forwarding, but only when the newest
 sealer is listed in rules/auth.toml (`arc.trusted_sealers`): anyone can seal a chain.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from gateway.auth.arc import ArcVerdict, ArcVerifier
-from gateway.plugin import MessageContext, Phase, Services
+from gateway.auth.arc import ArcResult, ArcVerdict, ArcVerifier
+from gateway.plugin import MessageContext, Phase, PluginBase, Services
 from gateway.text import printable
 from gateway.verdict import Finding
 
 
-class ArcCheck:
+class ArcCheck(PluginBase):
     name: ClassVar[str] = "arc"
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.DATA})
     symbols: ClassVar[Mapping[str, str]] = {
@@ -27,6 +27,7 @@ class ArcCheck:
         "ARC_BAD_IDENTITY": "an ARC d= or s= is not a valid DNS name: not looked up",
         "ARC_TRUSTED_SEALER": "the chain validates; its newest sealer is trusted (rules/auth.toml)",
     }
+    provides: ClassVar[frozenset[type[Any]]] = frozenset({ArcResult})
 
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -35,7 +36,7 @@ class ArcCheck:
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         result = await self.verifier.verify(ctx.raw)
-        ctx.arc = result
+        ctx.results.put(result)
         detail = printable(result.reason, 200)
         found = [Finding(f"ARC_{result.verdict.name}", detail=detail)]
         if result.bad_identities:

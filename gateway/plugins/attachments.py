@@ -14,7 +14,7 @@ from typing import ClassVar
 from gateway.cputime import offload
 from gateway.mime.content import scan, scan_light
 from gateway.mime.symbols import ATTACHMENT_SYMBOLS
-from gateway.plugin import MessageContext, Phase, Services
+from gateway.plugin import MessageContext, Phase, PluginBase
 from gateway.plugins.mime import INLINE_BYTES, mime_report
 from gateway.verdict import Finding
 
@@ -26,13 +26,10 @@ from gateway.verdict import Finding
 # waits for them.
 
 
-class AttachmentInspection:
+class AttachmentInspection(PluginBase):
     name: ClassVar[str] = "attachments"
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.DATA})
     symbols: ClassVar[Mapping[str, str]] = ATTACHMENT_SYMBOLS
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         report = await mime_report(ctx)

@@ -1,10 +1,13 @@
-"""ClamAV at end of DATA, through clamd's INSTREAM protocol ([clamav] address in config).
+"""ClamAV at end of DATA, through clamd's INSTREAM protocol ([plugins.clamav] address in config).
 
 The whole message goes to clamd (which parses MIME and archives itself); when the MIME stage
 found the message ambiguous, the leaves only the other reading shows (and uuencoded or
 re-decoded content) are streamed too, so a part clamd's own parser misses is still scanned.
 A dead or slow clamd is CLAMAV_UNAVAILABLE, a refusal to scan CLAMAV_UNSCANNED: rules/ decides
 (tempfail and quarantine by default). Never a silent pass.
+
+Its settings are its own `[plugins.clamav]` table (`ClamavConfig`); the older top-level
+`[clamav]` table is still read when that is absent, with a warning.
 """
 
 from __future__ import annotations
@@ -13,27 +16,45 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
+from pydantic import Field
+
+from gateway.mime.budgets import ClamavSettings
 from gateway.mime.clamd import ClamdError, ClamdReply, instream
 from gateway.mime.symbols import CLAMAV_SYMBOLS
-from gateway.plugin import MessageContext, Phase, Services
+from gateway.plugin import MessageContext, Phase, PluginBase, Services
 from gateway.plugins.mime import mime_report
+from gateway.schema import Table
 from gateway.verdict import Finding
 
 _MAX_EXTRA_STREAMS = 16
 
 
-class ClamavScan:
+class ClamavConfig(Table):
+    """`[plugins.clamav]`: where clamd listens, how long it may take, what it accepts."""
+
+    address: str = Field(min_length=1)  # a Unix socket path, or "host:port" (TCP)
+    timeout: float = Field(default=8.0, gt=0, allow_inf_nan=False)  # keep under [plugins] timeout
+    chunk_size: int = Field(default=64 * 1024, gt=0)  # bytes per INSTREAM chunk
+    max_stream: int = Field(default=25 * 1024 * 1024, gt=0)  # clamd's StreamMaxLength
+
+
+class ClamavScan(PluginBase):
     name: ClassVar[str] = "clamav"
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.DATA})
     symbols: ClassVar[Mapping[str, str]] = CLAMAV_SYMBOLS
+    config: ClassVar[type[Table] | None] = ClamavConfig
+    replaces_tables: ClassVar[tuple[str, ...]] = ("clamav",)
 
     def __init__(self, services: Services) -> None:
-        self.settings = services.settings.clamav
+        super().__init__(services)
+        own = services.config_for(self.name, ClamavConfig)
+        # without [plugins.clamav]: the older [clamav] table (config.py still reads it)
+        self.settings = ClamavSettings(**own.model_dump()) if own else services.settings.clamav
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         address = self.settings.address
         if address is None:
-            return [Finding("CLAMAV_UNAVAILABLE", detail="no [clamav] address configured")]
+            return [Finding("CLAMAV_UNAVAILABLE", detail="no [plugins.clamav] address")]
         streams = [("message", ctx.raw)]
         report = await mime_report(ctx)
         extra = [

@@ -1,6 +1,7 @@
 """The spam classifier at end of DATA: an advisory opinion, scored by rules/scores.toml.
 
-The model (models/spam.npz + its card, or `[classifier] model` in config/gateway.toml) is loaded
+The model (models/spam.npz + its card, or `[plugins.classifier] model` in config/gateway.toml;
+the older `[classifier] model` is still read, with a warning) is loaded
 once, when the plugin is built at start-up: a missing, corrupt or mismatched model stops
 `mailgate serve` and fails `mailgate check` with a ModelError naming the file, never a crash in
 the middle of a transaction.
@@ -19,12 +20,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import ValidationInfo, field_validator
 
 from gateway.classifier.model import SpamModel, load
 from gateway.cputime import offload
-from gateway.plugin import MessageContext, Phase, Services
-from gateway.verdict import Finding
+from gateway.plugin import MessageContext, Phase, PluginBase, Services
+from gateway.schema import Table
+from gateway.verdict import Action, Finding
 
 # Messages above this size are scored in a worker thread (the same cut-off the MIME stage uses).
 OFF_LOOP_BYTES = 32 * 1024
@@ -39,7 +44,21 @@ def spam_weight(p: float, suspect: float, spam: float) -> float:
     return max(0.0, min(1.0, (p - suspect) / (spam - suspect)))
 
 
-class SpamClassifier:
+class ClassifierConfig(Table):
+    """`[plugins.classifier]`: which model to load (relative to config/gateway.toml's folder)."""
+
+    model: Path | None = None  # None: models/spam.npz of the install
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _relative_to_config(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str) or not value:
+            raise ValueError("must be a file path")
+        base = Path((info.context or {}).get("base", Path.cwd()))
+        return (base / value).resolve()
+
+
+class SpamClassifier(PluginBase):
     name: ClassVar[str] = "classifier"
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.DATA})
     symbols: ClassVar[Mapping[str, str]] = {
@@ -47,10 +66,16 @@ class SpamClassifier:
         "toward the model's spam threshold)",
         "ML_HAM": "the spam classifier is confident the message is not spam",
     }
+    config: ClassVar[type[Table] | None] = ClassifierConfig
+    replaces_tables: ClassVar[tuple[str, ...]] = ("classifier",)
+    on_error: ClassVar[Action | None] = None  # advisory: a failure has no effect on the verdict
 
     def __init__(self, services: Services) -> None:
-        self.services = services
-        self.model: SpamModel = load(services.settings.classifier.model)
+        super().__init__(services)
+        own = services.config_for(self.name, ClassifierConfig)
+        path = own.model if own is not None and own.model is not None else None
+        # without [plugins.classifier] model: the older [classifier] table, or the default
+        self.model: SpamModel = load(path or services.settings.classifier.model)
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         model = self.model

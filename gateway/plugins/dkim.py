@@ -1,7 +1,7 @@
 """DKIM (RFC 6376, RFC 8463) at DATA: every signature verified, each one a finding.
 
 The verification is gateway.auth.dkim (dkimpy over the gateway's async resolver; large messages
-hashed in a worker thread). The typed result goes on `ctx.dkim` for DMARC, which alone decides
+hashed in a worker thread). It provides the typed DkimResult to DMARC, which alone decides
 what a signature means for the author's domain. By default a key lookup that timed out
 (DKIM_TEMPERROR) defers the message with a 4xx (rules/actions.toml), never a pass.
 """
@@ -9,15 +9,15 @@ what a signature means for the author's domain. By default a key lookup that tim
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from gateway.auth.dkim import DkimResult, DkimSignature, DkimVerdict, DkimVerifier
-from gateway.plugin import MessageContext, Phase, Services
+from gateway.plugin import MessageContext, Phase, PluginBase, Services
 from gateway.text import printable
 from gateway.verdict import Finding
 
 
-class DkimCheck:
+class DkimCheck(PluginBase):
     name: ClassVar[str] = "dkim"
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.DATA})
     symbols: ClassVar[Mapping[str, str]] = {
@@ -35,6 +35,7 @@ class DkimCheck:
         ),
         "DKIM_TOO_MANY": "more DKIM signatures than are verified; the rest were ignored",
     }
+    provides: ClassVar[frozenset[type[Any]]] = frozenset({DkimResult})
 
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -43,7 +44,7 @@ class DkimCheck:
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         result = await self.verifier.verify(ctx.raw)
-        ctx.dkim = result
+        ctx.results.put(result)
         return dkim_findings(result)
 
 

@@ -2,10 +2,10 @@
 
 The author is read by gateway.rfc5322 (every From a reader might see; several or malformed ones
 are findings of their own, and then every domain is evaluated and the strictest outcome counts);
-the evaluation is gateway.auth.dmarc, with SPF from `ctx.spf`, DKIM from `ctx.dkim` and ARC from
-`ctx.arc`, so put "spf", "dkim" and "arc" before "dmarc" in plugins.order. (Without the dkim
-plugin, DMARC verifies the signatures itself, without their findings; without spf, SPF gives no
-alignment.)
+the evaluation is gateway.auth.dmarc over the results of the plugins before it: it requires the
+DkimResult (so "dkim" must run before "dmarc": the registry refuses any other order, and if dkim
+fails, dmarc is not run but yields DMARC_ERROR), and reads SpfResult and ArcResult when "spf" and
+"arc" are enabled (without spf, SPF gives no alignment; without arc, no override).
 
 Symbols: DMARC_PASS; a failure is DMARC_REJECT, DMARC_QUARANTINE or DMARC_NONE_POLICY after the
 record's p/sp and pct; DMARC_NO_RECORD, DMARC_TEMPERROR, DMARC_PERMERROR; DMARC_ARC_OVERRIDE when
@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from gateway.auth.arc import ArcVerdict
-from gateway.auth.dkim import DkimVerifier
+from gateway.auth.arc import ArcResult, ArcVerdict
+from gateway.auth.dkim import DkimResult
 from gateway.auth.dmarc import (
     DmarcEvaluator,
     DmarcPolicy,
@@ -47,7 +47,7 @@ from gateway.auth.dmarc import (
     organizational_domain,
 )
 from gateway.auth.spf import SpfResult, SpfVerdict
-from gateway.plugin import MessageContext, Phase, Services
+from gateway.plugin import MessageContext, Phase, PluginBase, Services
 from gateway.rfc5322 import author_info
 from gateway.text import printable
 from gateway.verdict import Finding
@@ -69,7 +69,7 @@ _FAIL_SYMBOLS = {
 }
 
 
-class DmarcCheck:
+class DmarcCheck(PluginBase):
     name: ClassVar[str] = "dmarc"
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.DATA})
     symbols: ClassVar[Mapping[str, str]] = {
@@ -94,31 +94,36 @@ class DmarcCheck:
         "DMARC_ARC_OVERRIDE": "DMARC failed, but a trusted ARC sealer vouches (forwarded mail)",
         "DMARC_SPF_DISTRUSTED": "SPF passed via a distrusted shared include: no DMARC credit",
     }
+    requires: ClassVar[frozenset[type[Any]]] = frozenset({DkimResult})
+    optional_requires: ClassVar[frozenset[type[Any]]] = frozenset({SpfResult, ArcResult})
+    provides: ClassVar[frozenset[type[Any]]] = frozenset({DmarcResult})
 
     def __init__(self, services: Services) -> None:
         self.services = services
         lifetime = services.settings.plugins.timeout_for(self.name) * 0.9
         self.evaluator = DmarcEvaluator(services.resolver, lifetime=lifetime)
-        self._dkim = DkimVerifier(services.resolver, lifetime=lifetime)
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         author = author_info(ctx.raw)
-        dkim = ctx.dkim if ctx.dkim is not None else await self._dkim.verify(ctx.raw)
-        spf, distrusted = _distrust(ctx.spf, ctx.rules.auth.distrusted_include)
+        dkim = ctx.results.get(DkimResult)
+        if dkim is None:  # the chain runs dmarc only after dkim provided its result
+            raise LookupError("no DkimResult: the dkim plugin must run before dmarc")
+        spf, distrusted = _distrust(ctx.results.get(SpfResult), ctx.rules.auth.distrusted_include)
         result = await self.evaluator.evaluate(author, spf, dkim)
         trusted = ctx.rules.auth.trusts_sealer
+        arc = ctx.results.get(ArcResult)
         arc_pending = (
-            ctx.arc is not None
-            and ctx.arc.verdict is ArcVerdict.TEMPERROR
-            and ctx.arc.newest is not None
-            and trusted(ctx.arc.newest.seal_domain)
+            arc is not None
+            and arc.verdict is ArcVerdict.TEMPERROR
+            and arc.newest is not None
+            and trusted(arc.newest.seal_domain)
         )
         evaluations = tuple(
-            _override(ev, arc_vouches(ctx.arc, trusted, ev.domain), arc_pending)
+            _override(ev, arc_vouches(arc, trusted, ev.domain), arc_pending)
             for ev in result.evaluations
         )
         result = DmarcResult(author, evaluations)
-        ctx.dmarc = result
+        ctx.results.put(result)
         found = dmarc_findings(result)
         if distrusted:
             detail = f"{distrusted} (include of {spf.mailfrom.domain if spf else ''})"

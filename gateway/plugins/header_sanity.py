@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from gateway.plugin import MessageContext, Phase, Services
+from gateway.plugin import MessageContext, Phase, PluginBase
 from gateway.verdict import Finding
 
 # RFC 5322 3.6: fields that may appear at most once (From and Date exactly once).
 _SINGLETONS = ("sender", "reply-to", "to", "cc", "bcc", "message-id", "in-reply-to", "subject")
 
 
-class HeaderSanity:
+class HeaderSanity(PluginBase):
     name: ClassVar[str] = "headers"
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.DATA})
     symbols: ClassVar[Mapping[str, str]] = {
@@ -28,9 +28,6 @@ class HeaderSanity:
         "HDR_MESSAGE_ID_MISSING": "no Message-ID header field",
         "HDR_DUPLICATE_FIELD": "a field allowed once (To, Subject, Reply-To...) appears twice",
     }
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         headers = ctx.headers

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from gateway.plugin import MessageContext, Phase, Services
+from gateway.plugin import MessageContext, Phase, PluginBase
 from gateway.verdict import Finding
 
 
-class AllowBlockLists:
+class AllowBlockLists(PluginBase):
     name: ClassVar[str] = "lists"
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.CONNECT, Phase.MAIL})
     symbols: ClassVar[Mapping[str, str]] = {
@@ -23,9 +23,6 @@ class AllowBlockLists:
         "LIST_SENDER_BLOCKED": "envelope sender is on the block list (rules/lists.toml)",
         "LIST_SENDER_ALLOWED": "envelope sender is on the allow list (rules/lists.toml)",
     }
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         lists = ctx.rules.lists

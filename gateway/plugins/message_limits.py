@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from gateway.plugin import MessageContext, Phase, Services
+from gateway.plugin import MessageContext, Phase, PluginBase
 from gateway.verdict import Finding
 
 LOOP_HOPS = 50  # Received fields before we call it a loop (Postfix's hopcount_limit default)
 MANY_RECIPIENTS = 50  # envelope recipients in one transaction that make a message "bulk"
 
 
-class MessageLimits:
+class MessageLimits(PluginBase):
     name: ClassVar[str] = "limits"
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.DATA})
     symbols: ClassVar[Mapping[str, str]] = {
@@ -24,9 +24,6 @@ class MessageLimits:
         "MSG_MANY_RECIPIENTS": f"{MANY_RECIPIENTS} or more envelope recipients",
         "MSG_EMPTY": "the message is empty",
     }
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         found: list[Finding] = []

@@ -14,7 +14,7 @@ from gateway.cputime import offload
 from gateway.mime.model import MimeReport
 from gateway.mime.parse import analyze
 from gateway.mime.symbols import MIME_SYMBOLS
-from gateway.plugin import MessageContext, Phase, Services
+from gateway.plugin import MessageContext, Phase, PluginBase
 from gateway.verdict import Finding
 
 # Up to this size the walk takes well under a millisecond: a thread hop would cost more. The
@@ -33,13 +33,10 @@ async def mime_report(ctx: MessageContext) -> MimeReport:
     return ctx.mime
 
 
-class MimeStructure:
+class MimeStructure(PluginBase):
     name: ClassVar[str] = "mime"
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.DATA})
     symbols: ClassVar[Mapping[str, str]] = MIME_SYMBOLS
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         report = await mime_report(ctx)

@@ -1,8 +1,8 @@
 """SPF (RFC 7208) at MAIL: is the client allowed to send for the MAIL FROM domain, and for HELO?
 
 The evaluation itself is gateway.auth.spf (pyspf over the gateway's async resolver). This plugin
-turns it into findings and puts the typed result on `ctx.spf` for DMARC, which decides what an
-SPF fail means for the From domain. Scores and forced actions live in rules/: by default a
+turns it into findings and provides the typed SpfResult (`ctx.results`) to DMARC, which decides
+what an SPF fail means for the From domain. Scores and forced actions live in rules/: by default a
 temperror (DNS timeout or SERVFAIL) defers the message with a 4xx, never a pass.
 
 Symbols: SPF_<RESULT> for the "MAIL FROM" identity (which RFC 7208 2.4 defines as
@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from gateway.auth.spf import SpfEvaluation, SpfEvaluator, SpfVerdict, valid_domain
-from gateway.plugin import MessageContext, Phase, Services
+from gateway.auth.spf import SpfEvaluation, SpfEvaluator, SpfResult, SpfVerdict, valid_domain
+from gateway.plugin import MessageContext, Phase, PluginBase, Services
 from gateway.text import printable
 from gateway.verdict import Finding
 
@@ -51,7 +51,7 @@ def _address_literal(helo: str) -> bool:
     return True
 
 
-class SpfCheck:
+class SpfCheck(PluginBase):
     name: ClassVar[str] = "spf"
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.MAIL})
     symbols: ClassVar[Mapping[str, str]] = {
@@ -60,6 +60,7 @@ class SpfCheck:
         "SPF_BAD_MAILFROM": "MAIL FROM domain is not a valid domain name: not looked up",
         "SPF_BAD_HELO": "HELO is neither a valid domain name nor an address literal",
     }
+    provides: ClassVar[frozenset[type[Any]]] = frozenset({SpfResult})
 
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -77,7 +78,7 @@ class SpfCheck:
             mail_from = ""
         helo = ctx.client.helo or ""
         result = await self.evaluator.check(ctx.client.ip, mail_from, helo)
-        ctx.spf = result
+        ctx.results.put(result)
         found = [_finding("SPF", result.mailfrom)]
         if not result.mailfrom.identity_valid:
             if result.null_sender:

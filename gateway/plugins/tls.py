@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from gateway.plugin import MessageContext, Phase, Services
+from gateway.plugin import MessageContext, Phase, PluginBase
 from gateway.tls import weak_cipher
-from gateway.verdict import Finding
+from gateway.verdict import Action, Finding
 
 # ssl.SSLObject.version() -> symbol; anything older than TLS 1.0 counts as TLS 1.0.
 _VERSION_SYMBOLS = {
@@ -26,7 +26,7 @@ _VERSION_SYMBOLS = {
 }
 
 
-class TlsSymbols:
+class TlsSymbols(PluginBase):
     name: ClassVar[str] = "tls"
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.MAIL})
     symbols: ClassVar[Mapping[str, str]] = {
@@ -38,8 +38,7 @@ class TlsSymbols:
         "TLS_WEAK_CIPHER": "the negotiated cipher is weak (under 128 bits, or RC4, DES, NULL...)",
     }
 
-    def __init__(self, services: Services) -> None:
-        self.services = services
+    on_error: ClassVar[Action | None] = None  # names what happened: no reason to defer
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         tls = ctx.client.tls
