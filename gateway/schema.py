@@ -20,9 +20,9 @@ import functools
 import ipaddress
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 from pydantic import (
     AllowInfNan,
@@ -209,8 +209,8 @@ def _inner(kind: Any, step: int | str) -> Any:
 
 
 def _where(prefix: str, loc: tuple[int | str, ...], data: Any) -> str:
-    """The dotted key of pydantic's `loc`: an item of a plain array is blamed on the array
-    (its line is the array's), an [[array of tables]] entry is named `name[i]`."""
+    """The dotted key of pydantic's `loc` in `data`: an item of a plain array is blamed on the
+    array (its line is the array's), an [[array of tables]] entry is named `name[i]`."""
     parts = [prefix] if prefix else []
     node = data
     for step in loc:
@@ -221,9 +221,11 @@ def _where(prefix: str, loc: tuple[int | str, ...], data: Any) -> str:
             node = child
         elif step == "[key]":  # pydantic's marker for "the key itself is wrong"
             continue
-        else:
+        elif isinstance(node, dict) or node is None:
             node = node.get(step) if isinstance(node, dict) else None
             parts.append(step)
+        # else: a value written as a scalar that a validator expanded into a table (an action
+        # alone for `{ action = ... }`): blame the key that is written
     return ".".join(parts)
 
 
@@ -296,7 +298,8 @@ def validate_table(
         errors.append(doc.error(dotted, "must be a table"))
         return None
     try:
-        validated: M = _adapter(model).validate_python(
+        # a class is hashable, whatever mypy infers for type[M]
+        validated: M = _adapter(cast(Hashable, model)).validate_python(
             data, context={"base": doc.path.parent, **(context or {})}
         )
     except ValidationError as exc:
@@ -305,10 +308,10 @@ def validate_table(
             blamed = error.get("ctx", {}).get("error")
             if isinstance(blamed, KeyProblem):
                 loc = (*loc, blamed.key)
-            kind: Any = model
+            table: Any = model
             for step in loc[:-1]:
-                kind = _inner(kind, step)
-            known = sorted(_keys_of(kind)) if kind is not None else []
+                table = _inner(table, step)
+            known = sorted(_keys_of(table)) if table is not None else []
             top_level = not dotted and len(loc) == 1
             errors.append(doc.error(_where(dotted, loc, data), _problem(error, known, top_level)))
         return None
