@@ -11,21 +11,39 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
-import math
 import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    PlainValidator,
+    Strict,
+    StringConstraints,
+)
 
 from gateway.auth.policy import AuthPolicy, load_auth_policy
 from gateway.front_symbols import TLS_DOMAIN_SYMBOLS
 from gateway.mime.policy import AttachmentPolicy, load_attachment_policy
+from gateway.schema import (
+    TABLE_CONFIG,
+    Array,
+    DomainName,
+    FiniteNumber,
+    Flag,
+    KeyProblem,
+    Network,
+    NetworkEntry,
+    Text,
+    validate_table,
+)
 from gateway.tomlfile import ConfigError, ConfigErrors, TomlFile
 from gateway.verdict import Action, Finding, ForcedAction, SmtpReply, Verdict, combine
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # tls.toml is optional (no file: nothing required), so a rules/ written before it still loads;
 # so is auth.toml (no file: no trusted ARC sealers), and attachments.toml (no file: defaults).
@@ -39,12 +57,10 @@ RULE_FILES = (
 )
 _OPTIONAL_RULE_FILES = frozenset({"tls.toml", "auth.toml", "attachments.toml"})
 # per-plugin score files (same [scores] format as scores.toml), merged with it: a plugin ships
-# its scores as one file beside its module, with no edit of scores.toml
+# its scores as one file, with no edit of scores.toml
 SCORES_DIR = "scores.d"
 # symbols the plugin registry scores by default (0): a forced action may name them unscored
 _DEFAULT_SCORED_SUFFIXES = ("_ERROR", "_TIMEOUT")
-_SYMBOL = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
-_REPLY = re.compile(r"^([245]\d\d) ([245]\.\d{1,3}\.\d{1,3}) (\S.{0,300})$")
 
 
 @dataclass(frozen=True)
@@ -115,8 +131,7 @@ class TlsPolicy:
 
     A client network (or `all`) is known at connect, so RFC 3207's `530 5.7.0` answers every
     command but EHLO, STARTTLS, NOOP and QUIT; a sender or recipient domain is only known at MAIL
-    or RCPT, where `refusal` (451 4.7.1 by default, or 550 5.7.1) is given: it becomes the forced
-    action of SMTP_TLS_REQUIRED_SENDER and _RECIPIENT (the front's findings) when rules load.
+    or RCPT, where `refusal` (451 4.7.1 by default, or 550 5.7.1) is given.
     """
 
     require_all: bool = False
@@ -164,13 +179,6 @@ class RuleSet:
     def decide(self, findings: list[Finding]) -> Verdict:
         return combine(findings, self.scores, self.forced, self.quarantine_at, self.reject_at)
 
-    def forced_now(self, findings: list[Finding]) -> Verdict | None:
-        """For early phases: a verdict only if a finding forces reject or tempfail."""
-        verdict = self.decide(findings)
-        if verdict.forced_by and verdict.action in (Action.REJECT, Action.TEMPFAIL):
-            return verdict
-        return None
-
     def with_defaults(
         self, scores: Mapping[str, float], forced: Mapping[str, ForcedAction]
     ) -> RuleSet:
@@ -180,6 +188,13 @@ class RuleSet:
             self, scores={**scores, **self.scores}, forced={**forced, **self.forced}
         )
 
+    def forced_now(self, findings: list[Finding]) -> Verdict | None:
+        """For early phases: a verdict only if a finding forces reject or tempfail."""
+        verdict = self.decide(findings)
+        if verdict.forced_by and verdict.action in (Action.REJECT, Action.TEMPFAIL):
+            return verdict
+        return None
+
     def source_of(self, what: str) -> str:
         name = f"{what}.toml"
         return str(self.directory / name) if self.directory else name
@@ -188,91 +203,140 @@ class RuleSet:
         return self._where.get(symbol, "rules")
 
 
-def _number(value: Any) -> float:
-    # TOML has nan and inf; a nan threshold or total compares false with everything, so every
-    # message would relay whatever its score (and inf - inf is nan): refuse them at load.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError
-    return float(value)
+# -- the files as written: dataclasses checked by gateway.schema ---------------------------------
+
+_SYMBOL = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
+_REPLY = re.compile(r"^([245]\d\d) ([245]\.\d{1,3}\.\d{1,3}) (\S.{0,300})$")
+
+
+def _symbol(value: Any) -> str:
+    if not isinstance(value, str) or not _SYMBOL.match(value):
+        raise ValueError("a symbol is UPPER_CASE letters, digits and _")
+    return value
+
+
+Symbol = Annotated[str, PlainValidator(_symbol)]
+ListEntry = Annotated[str, Strict(), StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+@dataclass(frozen=True)
+class ScoresFile:
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    scores: Mapping[Symbol, FiniteNumber] = field(default_factory=dict)
+
+
+def _quarantine_not_above_reject(thresholds: Thresholds) -> Thresholds:
+    if thresholds.quarantine > thresholds.reject:
+        raise KeyProblem("quarantine", "must not be above thresholds.reject")
+    return thresholds
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    quarantine: FiniteNumber = 6.0
+    reject: FiniteNumber = 15.0
 
 
 def _parse_reply(text: str) -> SmtpReply:
     match = _REPLY.match(text)
     if not match:
-        raise ValueError
+        raise ValueError('reply must look like "550 5.7.1 text" (code, enhanced status)')
     return SmtpReply(int(match.group(1)), match.group(2), match.group(3))
 
 
-def _forced(doc: TomlFile, symbol: str, value: Any, errors: list[ConfigError]) -> ForcedAction:
-    key = f"forced.{symbol}"
-    reply_text: Any = None
-    if isinstance(value, dict):
-        unknown = set(value) - {"action", "reply"}
-        if unknown:
-            errors.append(doc.error(key, f"unknown keys {sorted(unknown)} (known: action, reply)"))
-        action_name, reply_text = value.get("action"), value.get("reply")
-    else:
-        action_name = value
-    try:
-        action = Action(action_name)
-    except ValueError:
-        choices = ", ".join(a.value for a in Action)
-        errors.append(doc.error(key, f"action must be one of {choices}, got {action_name!r}"))
-        return ForcedAction(Action.TEMPFAIL)
-    reply = None
-    if reply_text is not None:
-        try:
-            reply = _parse_reply(str(reply_text))
-        except ValueError:
-            errors.append(
-                doc.error(key, 'reply must look like "550 5.7.1 text" (code, enhanced status)')
-            )
-            return ForcedAction(action)
-        wanted = {Action.REJECT: 5, Action.TEMPFAIL: 4}.get(action)
-        if wanted is None or reply.code // 100 != wanted:
-            errors.append(
-                doc.error(key, f"a reply for '{action.value}' must be a {wanted or '-'}xx code")
-                if wanted
-                else doc.error(key, f"'{action.value}' takes no custom reply")
-            )
-            reply = None
-    return ForcedAction(action, reply)
+@dataclass(frozen=True)
+class ForcedEntry:
+    """`SYMBOL = "action"` or `SYMBOL = { action = "reject", reply = "550 5.7.1 text" }`."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    action: Action
+    reply: Text | None = None
+
+    def forced_action(self) -> ForcedAction:
+        return ForcedAction(self.action, _parse_reply(self.reply) if self.reply else None)
 
 
-def _table(doc: TomlFile, name: str, errors: list[ConfigError]) -> dict[str, Any]:
-    value = doc.data.get(name, {})
-    if not isinstance(value, dict):
-        errors.append(doc.error(name, "must be a table"))
+def _action_alone(value: Any) -> Any:
+    return {"action": value} if isinstance(value, str) else value
+
+
+def _reply_fits_action(entry: ForcedEntry) -> ForcedEntry:
+    if entry.reply is None:
+        return entry
+    reply = _parse_reply(entry.reply)
+    wanted = {Action.REJECT: 5, Action.TEMPFAIL: 4}.get(entry.action)
+    if wanted is None:
+        raise ValueError(f"'{entry.action.value}' takes no custom reply")
+    if reply.code // 100 != wanted:
+        raise ValueError(f"a reply for '{entry.action.value}' must be a {wanted}xx code")
+    return entry
+
+
+@dataclass(frozen=True)
+class ActionsFile:
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    thresholds: Annotated[Thresholds, AfterValidator(_quarantine_not_above_reject)] = field(
+        default_factory=Thresholds
+    )
+    forced: Mapping[
+        Symbol,
+        Annotated[ForcedEntry, BeforeValidator(_action_alone), AfterValidator(_reply_fits_action)],
+    ] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientLists:
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    allow: Array[NetworkEntry] = ()
+    block: Array[NetworkEntry] = ()
+
+
+@dataclass(frozen=True)
+class SenderLists:
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    allow: Array[ListEntry] = ()
+    block: Array[ListEntry] = ()
+
+
+@dataclass(frozen=True)
+class ListsFile:
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    client_ip: ClientLists = field(default_factory=ClientLists)
+    sender: SenderLists = field(default_factory=SenderLists)
+
+
+@dataclass(frozen=True)
+class RequireTls:
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    all: Flag = False
+    client_networks: Array[NetworkEntry] = ()
+    sender_domains: Array[DomainName] = ()
+    recipient_domains: Array[DomainName] = ()
+    action: Literal["tempfail", "reject"] = "tempfail"
+
+
+@dataclass(frozen=True)
+class TlsFile:
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    require_tls: RequireTls = field(default_factory=RequireTls)
+
+
+def _where_written(doc: TomlFile, table: str) -> dict[str, str]:
+    """symbol -> "file:line" of every key of `table`, valid or not (for `RuleSet.where`)."""
+    written = doc.data.get(table)
+    if not isinstance(written, dict):
         return {}
-    return value
-
-
-def _unknown_tables(doc: TomlFile, known: set[str], errors: list[ConfigError]) -> None:
-    for key in doc.data:
-        if key not in known:
-            errors.append(doc.error(key, f"unknown table (known: {', '.join(sorted(known))})"))
-
-
-def _string_list(
-    doc: TomlFile, table: dict[str, Any], dotted: str, errors: list[ConfigError]
-) -> list[str]:
-    value = table.get(dotted.rpartition(".")[2], [])
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        errors.append(doc.error(dotted, "must be a list of non-empty strings"))
-        return []
-    return value
-
-
-def _networks(
-    doc: TomlFile, entries: list[str], dotted: str, errors: list[ConfigError]
-) -> NetworkList:
-    nets: list[Network] = []
-    for entry in entries:
-        try:
-            nets.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError:
-            errors.append(doc.error(dotted, f"{entry!r} is not an IP address or network"))
-    return NetworkList(tuple(nets))
+    return {symbol: f"{doc.path}:{doc.line_of(f'{table}.{symbol}') or '?'}" for symbol in written}
 
 
 def load_rules(directory: Path) -> RuleSet:
@@ -300,52 +364,32 @@ def load_rules(directory: Path) -> RuleSet:
                 errors.append(exc)
     if errors:
         raise ConfigErrors(errors)
+
+    scores_doc, actions_doc = docs["scores.toml"], docs["actions.toml"]
+    scored: dict[str, float] = {}
     where: dict[str, str] = {}
-
-    scores_doc = docs["scores.toml"]
-    scores: dict[str, float] = {}
+    scores_valid = True
     for doc in score_docs:
-        _unknown_tables(doc, {"scores"}, errors)
-        for symbol, value in _table(doc, "scores", errors).items():
-            key = f"scores.{symbol}"
-            here = f"{doc.path}:{doc.line_of(key) or '?'}"
+        found = validate_table(doc, "", ScoresFile, doc.data, errors)
+        scores_valid = scores_valid and found is not None
+        for symbol, place in _where_written(doc, "scores").items():
             if symbol in where:
-                errors.append(doc.error(key, f"{symbol} is already scored at {where[symbol]}"))
+                errors.append(
+                    doc.error(f"scores.{symbol}", f"{symbol} is already scored at {where[symbol]}")
+                )
                 continue
-            where[symbol] = here
-            if not _SYMBOL.match(symbol):
-                errors.append(doc.error(key, "a symbol is UPPER_CASE letters, digits and _"))
-                continue
-            try:
-                scores[symbol] = _number(value)
-            except ValueError:
-                errors.append(doc.error(key, f"score must be a finite number, got {value!r}"))
-
-    actions_doc = docs["actions.toml"]
-    _unknown_tables(actions_doc, {"thresholds", "forced"}, errors)
-    thresholds = _table(actions_doc, "thresholds", errors)
-    for key in thresholds:
-        if key not in ("quarantine", "reject"):
-            errors.append(actions_doc.error(f"thresholds.{key}", "known: quarantine, reject"))
-    limits: dict[str, float] = {}
-    for key, default in (("quarantine", 6.0), ("reject", 15.0)):
-        try:
-            limits[key] = _number(thresholds.get(key, default))
-        except ValueError:
-            errors.append(actions_doc.error(f"thresholds.{key}", "must be a finite number"))
-            limits[key] = default
-    if limits["quarantine"] > limits["reject"]:
-        errors.append(
-            actions_doc.error("thresholds.quarantine", "must not be above thresholds.reject")
-        )
-    forced: dict[str, ForcedAction] = {}
-    for symbol, value in _table(actions_doc, "forced", errors).items():
-        where.setdefault(
-            symbol, f"{actions_doc.path}:{actions_doc.line_of(f'forced.{symbol}') or '?'}"
-        )
+            where[symbol] = place
+            if found is not None:
+                scored[symbol] = found.scores[symbol]
+    actions = validate_table(actions_doc, "", ActionsFile, actions_doc.data, errors)
+    scored_names = set(where)
+    for symbol, place in _where_written(actions_doc, "forced").items():
+        where.setdefault(symbol, place)
+        # a forced symbol without a score is a typo, or a symbol no plugin emits (the registry
+        # scores <NAME>_ERROR and <NAME>_TIMEOUT itself)
         if (
-            symbol not in scores
-            and _SYMBOL.match(symbol)
+            _SYMBOL.match(symbol)
+            and symbol not in scored_names
             and not symbol.endswith(_DEFAULT_SCORED_SUFFIXES)
         ):
             errors.append(
@@ -353,75 +397,60 @@ def load_rules(directory: Path) -> RuleSet:
                     f"forced.{symbol}", f"symbol has no score in {scores_doc.path.name}"
                 )
             )
-        forced[symbol] = _forced(actions_doc, symbol, value, errors)
-
     lists_doc = docs["lists.toml"]
-    _unknown_tables(lists_doc, {"client_ip", "sender"}, errors)
-    client = _table(lists_doc, "client_ip", errors)
-    sender = _table(lists_doc, "sender", errors)
-    for table_name, table in (("client_ip", client), ("sender", sender)):
-        for key in table:
-            if key not in ("allow", "block"):
-                errors.append(lists_doc.error(f"{table_name}.{key}", "known: allow, block"))
-    lists = Lists(
-        client_allow=_networks(
-            lists_doc,
-            _string_list(lists_doc, client, "client_ip.allow", errors),
-            "client_ip.allow",
-            errors,
-        ),
-        client_block=_networks(
-            lists_doc,
-            _string_list(lists_doc, client, "client_ip.block", errors),
-            "client_ip.block",
-            errors,
-        ),
-        sender_allow=AddressList.parse(_string_list(lists_doc, sender, "sender.allow", errors)),
-        sender_block=AddressList.parse(_string_list(lists_doc, sender, "sender.block", errors)),
-    )
-    tls = _tls_policy(docs["tls.toml"], errors) if "tls.toml" in docs else TlsPolicy()
-    _tls_forced_actions(tls, actions_doc, forced, errors)
+    lists = validate_table(lists_doc, "", ListsFile, lists_doc.data, errors)
+    tls = TlsFile()
+    if "tls.toml" in docs:
+        tls = validate_table(docs["tls.toml"], "", TlsFile, docs["tls.toml"].data, errors) or tls
     attachments = AttachmentPolicy()
     if "attachments.toml" in docs:
         attachments = load_attachment_policy(docs["attachments.toml"], errors)
-    auth = load_auth_policy(docs["auth.toml"], errors) if "auth.toml" in docs else AuthPolicy()
+    auth = AuthPolicy()
+    if "auth.toml" in docs:
+        auth = load_auth_policy(docs["auth.toml"], errors)
+    if errors or not scores_valid or actions is None or lists is None:
+        raise ConfigErrors(errors)
+    require = tls.require_tls
+    forced = {symbol: entry.forced_action() for symbol, entry in actions.forced.items()}
+    refusal = TLS_REFUSALS[require.action]
+    _tls_forced_actions(refusal, actions_doc, forced, errors)
     if errors:
         raise ConfigErrors(errors)
     return RuleSet(
-        scores=scores,
+        scores=scored,
         forced=forced,
-        quarantine_at=limits["quarantine"],
-        reject_at=limits["reject"],
-        lists=lists,
+        quarantine_at=actions.thresholds.quarantine,
+        reject_at=actions.thresholds.reject,
+        lists=Lists(
+            client_allow=NetworkList(lists.client_ip.allow),
+            client_block=NetworkList(lists.client_ip.block),
+            sender_allow=AddressList.parse(list(lists.sender.allow)),
+            sender_block=AddressList.parse(list(lists.sender.block)),
+        ),
         version=digest.hexdigest()[:12],
         loaded_at=time.time(),
         directory=directory,
         _where=where,
-        tls=tls,
+        tls=TlsPolicy(
+            require_all=require.all,
+            client_networks=NetworkList(require.client_networks),
+            sender_domains=AddressList.parse(list(require.sender_domains)),
+            recipient_domains=AddressList.parse(list(require.recipient_domains)),
+            refusal=refusal,
+        ),
         attachments=attachments,
         auth=auth,
     )
 
 
-def _domains(
-    doc: TomlFile, table: dict[str, Any], dotted: str, errors: list[ConfigError]
-) -> AddressList:
-    entries = _string_list(doc, table, dotted, errors)
-    for entry in entries:
-        bare = entry.strip().removeprefix(".")
-        if not bare or "@" in bare or any(c.isspace() for c in bare):
-            errors.append(doc.error(dotted, f"{entry!r} is not a domain (or .domain)"))
-    return AddressList.parse([e.rstrip(".") for e in entries])
-
-
 def _tls_forced_actions(
-    tls: TlsPolicy,
+    refusal: SmtpReply,
     actions_doc: TomlFile,
     forced: dict[str, ForcedAction],
     errors: list[ConfigError],
 ) -> None:
     """tls.toml `require_tls.action` is the forced action of the front's two domain symbols."""
-    action = Action.REJECT if tls.refusal.code >= 500 else Action.TEMPFAIL
+    action = Action.REJECT if refusal.code >= 500 else Action.TEMPFAIL
     for symbol in TLS_DOMAIN_SYMBOLS:
         if symbol in forced:
             errors.append(
@@ -429,35 +458,4 @@ def _tls_forced_actions(
                     f"forced.{symbol}", "is set by require_tls.action in tls.toml, not here"
                 )
             )
-        forced[symbol] = ForcedAction(action, tls.refusal)
-
-
-def _tls_policy(doc: TomlFile, errors: list[ConfigError]) -> TlsPolicy:
-    _unknown_tables(doc, {"require_tls"}, errors)
-    table = _table(doc, "require_tls", errors)
-    known = {"all", "client_networks", "sender_domains", "recipient_domains", "action"}
-    for key in table:
-        if key not in known:
-            errors.append(doc.error(f"require_tls.{key}", f"known: {', '.join(sorted(known))}"))
-    require_all = table.get("all", False)
-    if not isinstance(require_all, bool):
-        errors.append(doc.error("require_tls.all", "must be true or false"))
-        require_all = False
-    action = table.get("action", "tempfail")
-    if action not in TLS_REFUSALS:
-        errors.append(
-            doc.error("require_tls.action", f'must be "tempfail" or "reject", got {action!r}')
-        )
-        action = "tempfail"
-    return TlsPolicy(
-        require_all=require_all,
-        client_networks=_networks(
-            doc,
-            _string_list(doc, table, "require_tls.client_networks", errors),
-            "require_tls.client_networks",
-            errors,
-        ),
-        sender_domains=_domains(doc, table, "require_tls.sender_domains", errors),
-        recipient_domains=_domains(doc, table, "require_tls.recipient_domains", errors),
-        refusal=TLS_REFUSALS[action],
-    )
+        forced[symbol] = ForcedAction(action, refusal)

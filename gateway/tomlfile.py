@@ -93,13 +93,21 @@ class TomlFile:
 
 
 def _key_lines(text: str) -> dict[str, int]:
+    """Dotted key -> line; the i-th [[name]] table and its keys are also `name[i]...`."""
     lines: dict[str, int] = {}
     table: list[str] = []
+    entries: dict[str, int] = {}  # [[name]] tables seen so far
     for number, line in enumerate(text.splitlines(), start=1):
         table_match = _TABLE.match(line)
         if table_match:
             table = _split_key(table_match.group(1))
             lines.setdefault(".".join(table), number)
+            if line.lstrip().startswith("[["):
+                name = ".".join(table)
+                index = entries.get(name, 0)
+                entries[name] = index + 1
+                table = [*table[:-1], f"{table[-1]}[{index}]"]
+                lines[".".join(table)] = number
             continue
         key_match = _KEY.match(line)
         if key_match:

@@ -76,7 +76,7 @@ def test_trusted_sealers(tmp_path: Path) -> None:
         ('trusted_sealers = ["localhost"]', "arc.trusted_sealers", "is not a domain name"),
         ("trusted_sealers = [1]", "arc.trusted_sealers", "must be a list of domain names"),
         ('trusted_sealers = "lists.example.org"', "arc.trusted_sealers", "must be a list"),
-        ("trusted = []", "arc.trusted", "unknown key"),
+        ("trusted = []", "arc.trusted", "unknown setting"),
     ],
 )
 def test_auth_policy_errors_name_file_key_and_line(

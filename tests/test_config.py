@@ -217,3 +217,47 @@ def test_bad_workers_or_metrics_refused(tmp_path: Path, key: str, text: str) -> 
         text = BASE + "\n" + text
     errors = errors_of(write_config(tmp_path, text))
     assert [e.key for e in errors] == [key], [str(e) for e in errors]
+
+
+def test_plugin_tables_are_kept_raw_for_their_plugins(tmp_path: Path) -> None:
+    text = BASE + '\n[plugins]\ntimeout = 5\n\n[plugins.dnsbl]\nzones = ["zen.example"]\nx = 1\n'
+    settings = load_settings(write_config(tmp_path, text))
+    # not validated here: each plugin checks its own table
+    assert settings.plugins.tables == {"dnsbl": {"zones": ["zen.example"], "x": 1}}
+    assert settings.plugins.timeout_for("dnsbl") == 5.0
+    assert load_settings(write_config(tmp_path, BASE)).plugins.tables == {}
+    # a misspelt scalar in [plugins] is still an unknown setting
+    err = assert_one(
+        write_config(tmp_path, BASE + "\n[plugins]\ntimeot = 5\n"), "plugins.timeot", 19
+    )
+    assert "timeout" in err.problem
+
+
+def _scalar_keys() -> list[tuple[str, str]]:
+    """(table, key) of every number and flag a gateway.toml table may hold."""
+    import dataclasses
+    import typing
+
+    from gateway.config import GatewayFile
+
+    found = []
+    for table in dataclasses.fields(GatewayFile):
+        kind = typing.get_type_hints(GatewayFile)[table.name]
+        kind = next(a for a in typing.get_args(kind) or (kind,) if a is not type(None))
+        plain = typing.get_type_hints(kind)
+        annotated = typing.get_type_hints(kind, include_extras=True)
+        for item in dataclasses.fields(kind):
+            metadata = getattr(annotated[item.name], "__metadata__", ())
+            alias = next((m.alias for m in metadata if getattr(m, "alias", None)), item.name)
+            if plain[item.name] in (int, float, bool):
+                found.append((table.name, alias))
+    return found
+
+
+@pytest.mark.parametrize(("table", "key"), _scalar_keys())
+def test_every_number_and_flag_refuses_a_string(tmp_path: Path, table: str, key: str) -> None:
+    """Dataclass tables are validated in pydantic's lax mode: each scalar must carry its
+    strictness (gateway.schema's types), or "5" would pass for 5."""
+    text = f'[relay]\ndomains = ["example.com"]\n\n[{table}]\n{key} = "1"\n'
+    errors = errors_of(write_config(tmp_path, text))
+    assert [(e.key, e.line) for e in errors] == [(f"{table}.{key}", 5)], [str(e) for e in errors]

@@ -120,8 +120,8 @@ def test_errors_name_file_key_and_line(tmp_path: Path) -> None:
     assert has(4, "block.action"), messages
     assert has(6, "macros.action"), messages
     assert has(8, "sizes.max_attachment_bytes"), messages
-    assert has(11, "exceptions[1].senders"), messages
-    assert has(11, "exceptions[1].allow_macros"), messages
+    assert has(12, "exceptions[1].senders"), messages  # the line of the key itself
+    assert has(13, "exceptions[1].allow_macros"), messages
     assert has(14, "whatever"), messages
 
 

@@ -721,3 +721,23 @@ def test_plugin_timeout_for_a_plugin_not_in_the_order_is_refused(tmp_path: Path)
     settings = dataclasses.replace(base, plugins=plugins)
     with pytest.raises(PolicyError, match=r"plugins\.timeouts names 'header'"):
         load_checked_rules(settings, builtin_registry())
+
+
+def test_forced_symbol_must_be_upper_case(tmp_path: Path) -> None:
+    """A forced action for `lists_error` never matched a finding and loaded silently: now the
+    same rule as for scores applies (the reading was wrong)."""
+    text = GOOD["actions.toml"] + 'lists_error = "tempfail"\n'
+    rules = write_rules(tmp_path / "rules", actions=text)
+    err = only_error(rules)
+    assert_names(err, rules / "actions.toml", "forced.lists_error", 9)
+    assert "UPPER_CASE" in err.problem
+
+
+def test_forced_action_alone_or_as_a_table_name_the_symbol(tmp_path: Path) -> None:
+    text = GOOD["actions.toml"].replace(
+        'LISTS_ERROR = "tempfail"', 'LISTS_ERROR = { action = "tempfail", why = 1 }'
+    )
+    rules = write_rules(tmp_path / "rules", actions=text)
+    err = only_error(rules)
+    assert_names(err, rules / "actions.toml", "forced.LISTS_ERROR.why", 8)
+    assert "known: action, reply" in err.problem

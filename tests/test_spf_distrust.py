@@ -60,7 +60,7 @@ def test_distrust_includes_are_parsed_and_matched(tmp_path: Path) -> None:
     [
         ('distrust_includes = ["not a domain"]', "spf.distrust_includes", "is not a domain"),
         ("distrust_includes = [1]", "spf.distrust_includes", "must be a list of domain names"),
-        ("distrust = []", "spf.distrust", "unknown key"),
+        ("distrust = []", "spf.distrust", "unknown setting"),
     ],
 )
 def test_distrust_includes_errors_name_file_key_and_line(

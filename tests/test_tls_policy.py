@@ -86,7 +86,7 @@ def test_policy_matching(tmp_path: Path) -> None:
     [
         ('client_networks = ["192.0.2.300"]', "require_tls.client_networks", "not an IP"),
         ('sender_domains = ["alice@partner.example"]', "require_tls.sender_domains", "domain"),
-        ("recipient_domains = [3]", "require_tls.recipient_domains", "list of non-empty"),
+        ("recipient_domains = [3]", "require_tls.recipient_domains", "list of domain names"),
         ('action = "bounce"', "require_tls.action", '"tempfail" or "reject"'),
         ('all = "yes"', "require_tls.all", "true or false"),
         ("clients = []", "require_tls.clients", "known:"),

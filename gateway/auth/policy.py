@@ -12,20 +12,14 @@ scores of the DMARC_* symbols in actions.toml and scores.toml, where admins soft
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import ClassVar
 
+from pydantic import ConfigDict
+
+from gateway.schema import TABLE_CONFIG, Array, DnsName, HostName, validate_table
 from gateway.tomlfile import ConfigError, TomlFile
-
-_LDH = re.compile(
-    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+"
-)
-# SPF include targets are DNS names, not host names: "_spf.shared.example" is the usual form.
-_DNS_NAME = re.compile(
-    r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?)+"
-)
 
 
 @dataclass(frozen=True)
@@ -73,51 +67,32 @@ def _listed(domain: str, entries: Sequence[str]) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class ArcTable:
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    trusted_sealers: Array[HostName] = ()
+
+
+@dataclass(frozen=True)
+class SpfTable:
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    distrust_includes: Array[DnsName] = ()
+
+
+@dataclass(frozen=True)
+class AuthFile:
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    arc: ArcTable = field(default_factory=ArcTable)
+    spf: SpfTable = field(default_factory=SpfTable)
+
+
 def load_auth_policy(doc: TomlFile, errors: list[ConfigError]) -> AuthPolicy:
-    """Parse and validate rules/auth.toml; problems are appended to `errors`."""
-    known = {"arc": "trusted_sealers", "spf": "distrust_includes"}
-    for key in doc.data:
-        if key not in known:
-            errors.append(doc.error(key, "unknown table (known: arc, spf)"))
-    lists: dict[str, tuple[str, ...]] = {}
-    for name, list_key in known.items():
-        table: Any = doc.data.get(name, {})
-        if not isinstance(table, dict):
-            errors.append(doc.error(name, "must be a table"))
-            continue
-        for key in table:
-            if key != list_key:
-                errors.append(doc.error(f"{name}.{key}", f"unknown key (known: {list_key})"))
-        entries = table.get(list_key, [])
-        where = f"{name}.{list_key}"
-        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-            errors.append(doc.error(where, "must be a list of domain names"))
-            continue
-        pattern = _DNS_NAME if name == "spf" else _LDH
-        lists[list_key] = _domains(doc, where, entries, errors, pattern)
+    """rules/auth.toml as an AuthPolicy; its problems are appended to `errors`."""
+    written = validate_table(doc, "", AuthFile, doc.data, errors) or AuthFile()
     return AuthPolicy(
-        trusted_sealers=lists.get("trusted_sealers", ()),
-        distrust_includes=lists.get("distrust_includes", ()),
+        trusted_sealers=written.arc.trusted_sealers,
+        distrust_includes=written.spf.distrust_includes,
     )
-
-
-def _domains(
-    doc: TomlFile,
-    where: str,
-    entries: Sequence[str],
-    errors: list[ConfigError],
-    pattern: re.Pattern[str],
-) -> tuple[str, ...]:
-    out: list[str] = []
-    for raw in entries:
-        entry = raw.strip().lower().rstrip(".")
-        bare = entry.removeprefix(".")
-        if not pattern.fullmatch(bare):
-            errors.append(
-                doc.error(
-                    where, f"{raw!r} is not a domain name (or .domain for every domain below it)"
-                )
-            )
-            continue
-        out.append(entry)
-    return tuple(out)

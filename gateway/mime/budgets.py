@@ -8,26 +8,33 @@ never an accept.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
+
+from pydantic import ConfigDict
+
+from gateway.schema import TABLE_CONFIG, Count, Seconds, Text
 
 MiB = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class MimeSettings:
-    max_header_bytes: int = 256 * 1024  # the header section of the message or of one part
-    max_header_fields: int = 1000  # fields in one header section
-    max_parts: int = 500  # MIME entities in the message, all levels
-    max_depth: int = 20  # nesting of multipart and message/rfc822 entities
-    max_params: int = 64  # parameters in one Content-Type or Content-Disposition field
-    max_param_chars: int = 8192  # length of one Content-Type or Content-Disposition field
-    max_decoded_bytes: int = 128 * MiB  # decoded content of all parts of all readings
-    max_archive_depth: int = 4  # archives inside archives (a zip in a zip is depth 2)
-    max_archive_members: int = 1000  # members of all archives of one message
-    max_member_bytes: int = 64 * MiB  # one expanded member
-    max_archive_bytes: int = 256 * MiB  # all expanded members together
-    max_archive_ratio: int = 200  # expanded / compressed size of one member (zip bombs)
-    time_budget: float = 4.0  # seconds for the MIME walk of one message
-    scan_time_budget: float = 8.0  # seconds for the content scan (archives, documents) of one
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    max_header_bytes: Count = 256 * 1024  # the header section of the message or of one part
+    max_header_fields: Count = 1000  # fields in one header section
+    max_parts: Count = 500  # MIME entities in the message, all levels
+    max_depth: Count = 20  # nesting of multipart and message/rfc822 entities
+    max_params: Count = 64  # parameters in one Content-Type or Content-Disposition field
+    max_param_chars: Count = 8192  # length of one Content-Type or Content-Disposition field
+    max_decoded_bytes: Count = 128 * MiB  # decoded content of all parts of all readings
+    max_archive_depth: Count = 4  # archives inside archives (a zip in a zip is depth 2)
+    max_archive_members: Count = 1000  # members of all archives of one message
+    max_member_bytes: Count = 64 * MiB  # one expanded member
+    max_archive_bytes: Count = 256 * MiB  # all expanded members together
+    max_archive_ratio: Count = 200  # expanded / compressed size of one member (zip bombs)
+    time_budget: Seconds = 4.0  # seconds for the MIME walk of one message
+    scan_time_budget: Seconds = 8.0  # seconds for the content scan (archives, documents) of one
 
 
 DEFAULT_LIMITS = MimeSettings()
@@ -37,9 +44,11 @@ DEFAULT_LIMITS = MimeSettings()
 class ClamavSettings:
     """clamd, reached over its INSTREAM protocol ([clamav] in config/gateway.toml)."""
 
-    address: str | None = None  # a Unix socket path, or "host:port" (TCP)
-    timeout: float = 8.0  # seconds for connect, stream, verdict (under [plugins] timeout)
-    chunk_size: int = 64 * 1024  # bytes per INSTREAM chunk
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    address: Text | None = None  # a Unix socket path, or "host:port" (TCP)
+    timeout: Seconds = 8.0  # seconds for connect, stream, verdict (under [plugins] timeout)
+    chunk_size: Count = 64 * 1024  # bytes per INSTREAM chunk
     # clamd's StreamMaxLength (Debian's default is 25M): a larger stream is not sent (clamd would
     # cut the connection) but reported CLAMAV_UNSCANNED
-    max_stream: int = 25 * 1024 * 1024
+    max_stream: Count = 25 * 1024 * 1024

@@ -10,10 +10,11 @@ file/key/line errors.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, ConfigDict, PlainValidator
 
 from gateway.mime.filetypes import (
     DISK_IMAGE_EXTENSIONS,
@@ -21,10 +22,10 @@ from gateway.mime.filetypes import (
     SCRIPT_EXTENSIONS,
     FileFacts,
 )
+from gateway.schema import TABLE_CONFIG, Array, Count, DomainName, Flag, WordSet, validate_table
 from gateway.tomlfile import ConfigError, TomlFile
 from gateway.verdict import Finding
 
-ACTIONS = ("score", "quarantine", "reject")
 FAMILIES = frozenset(
     {
         "executable",
@@ -57,17 +58,39 @@ def _domain_match(address: str, domains: Sequence[str]) -> bool:
     return False
 
 
+def _family(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a list of file families (got {value!r})")
+    family = value.strip().lower().lstrip(".")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown {value!r} (known: {', '.join(sorted(FAMILIES))})")
+    return family
+
+
+def _extension(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip().lstrip("."):
+        raise ValueError(f"must be a list of file extensions (got {value!r})")
+    return value.strip().lower().lstrip(".")
+
+
+Family = Annotated[str, PlainValidator(_family)]
+Extension = Annotated[str, PlainValidator(_extension)]
+PolicyAction = Literal["score", "quarantine", "reject"]
+
+
 @dataclass(frozen=True)
 class AttachmentException:
     """Relaxations for some senders (envelope domain) or recipients (all of them must match)."""
 
-    senders: tuple[str, ...] = ()
-    recipients: tuple[str, ...] = ()
-    allow_families: frozenset[str] = frozenset()
-    allow_extensions: frozenset[str] = frozenset()
-    allow_encrypted: bool = False
-    allow_macros: bool = False
-    max_attachment_bytes: int | None = None
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    senders: Array[DomainName] = ()
+    recipients: Array[DomainName] = ()
+    allow_families: WordSet[Family] = frozenset()
+    allow_extensions: WordSet[Extension] = frozenset()
+    allow_encrypted: Flag = False
+    allow_macros: Flag = False
+    max_attachment_bytes: Count | None = None
 
     def applies(self, sender: str | None, recipients: Sequence[str]) -> bool:
         if sender and _domain_match(sender, self.senders):
@@ -135,153 +158,71 @@ class AttachmentPolicy:
         return [f for f in files if f.encrypted and f.family != "office"]
 
 
-def _exception_lines(doc: TomlFile) -> list[int]:
-    try:
-        text = doc.path.read_text(encoding="utf-8")
-    except OSError:
-        return []
-    return [
-        n for n, line in enumerate(text.splitlines(), 1) if re.match(r"\s*\[\[\s*exceptions", line)
-    ]
+# -- rules/attachments.toml as written ------------------------------------------------------------
+
+_DEFAULT = AttachmentPolicy()
+
+
+@dataclass(frozen=True)
+class BlockTable:
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    families: WordSet[Family] = _DEFAULT.block_families
+    extensions: WordSet[Extension] = _DEFAULT.block_extensions
+    action: PolicyAction = "reject"
+
+
+@dataclass(frozen=True)
+class EncryptedTable:
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    archives: PolicyAction = "quarantine"
+    documents: PolicyAction = "score"
+
+
+@dataclass(frozen=True)
+class MacrosTable:
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    action: PolicyAction = "quarantine"
+
+
+@dataclass(frozen=True)
+class SizesTable:
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    max_attachment_bytes: Count = _DEFAULT.max_attachment_bytes
+    action: PolicyAction = "reject"
+
+
+def _names_someone(exception: AttachmentException) -> AttachmentException:
+    if not exception.senders and not exception.recipients:
+        raise ValueError("names no senders and no recipients: it would apply to none")
+    return exception
+
+
+@dataclass(frozen=True)
+class AttachmentsFile:
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    block: BlockTable = field(default_factory=BlockTable)
+    encrypted: EncryptedTable = field(default_factory=EncryptedTable)
+    macros: MacrosTable = field(default_factory=MacrosTable)
+    sizes: SizesTable = field(default_factory=SizesTable)
+    exceptions: Array[Annotated[AttachmentException, AfterValidator(_names_someone)]] = ()
 
 
 def load_attachment_policy(doc: TomlFile, errors: list[ConfigError]) -> AttachmentPolicy:
-    """Validate rules/attachments.toml; problems go to `errors` with file, key and line."""
-    default = AttachmentPolicy()
-    known = {"block", "encrypted", "macros", "sizes", "exceptions"}
-    for key in doc.data:
-        if key not in known:
-            errors.append(doc.error(key, f"unknown table (known: {', '.join(sorted(known))})"))
-
-    def table(name: str, keys: set[str]) -> dict[str, Any]:
-        value = doc.data.get(name, {})
-        if not isinstance(value, dict):
-            errors.append(doc.error(name, "must be a table"))
-            return {}
-        for key in value:
-            if key not in keys:
-                errors.append(doc.error(f"{name}.{key}", f"known: {', '.join(sorted(keys))}"))
-        return value
-
-    def action(tab: dict[str, Any], dotted: str, fallback: str, line_error: Any = None) -> str:
-        value = tab.get(dotted.rpartition(".")[2], fallback)
-        if value not in ACTIONS:
-            errors.append((line_error or doc.error)(dotted, f"must be one of {', '.join(ACTIONS)}"))
-            return fallback
-        return str(value)
-
-    def words(tab: dict[str, Any], dotted: str, fallback: frozenset[str]) -> frozenset[str]:
-        value = tab.get(dotted.rpartition(".")[2])
-        if value is None:
-            return fallback
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            errors.append(doc.error(dotted, "must be a list of non-empty strings"))
-            return fallback
-        return frozenset(v.strip().lower().lstrip(".") for v in value)
-
-    def families(tab: dict[str, Any], dotted: str, fallback: frozenset[str]) -> frozenset[str]:
-        out = words(tab, dotted, fallback)
-        unknown = sorted(out - FAMILIES)
-        if unknown:
-            errors.append(
-                doc.error(dotted, f"unknown {unknown} (known: {', '.join(sorted(FAMILIES))})")
-            )
-        return out & FAMILIES
-
-    def size(tab: dict[str, Any], dotted: str, fallback: int | None) -> int | None:
-        value = tab.get(dotted.rpartition(".")[2], fallback)
-        if value is not fallback and (
-            isinstance(value, bool) or not isinstance(value, int) or value <= 0
-        ):
-            errors.append(doc.error(dotted, "must be a number of bytes (> 0)"))
-            return fallback
-        return value if isinstance(value, int) else fallback
-
-    block = table("block", {"families", "extensions", "action"})
-    encrypted = table("encrypted", {"archives", "documents"})
-    macros = table("macros", {"action"})
-    sizes = table("sizes", {"max_attachment_bytes", "action"})
-    exceptions: list[AttachmentException] = []
-    raw_exceptions = doc.data.get("exceptions", [])
-    lines = _exception_lines(doc)
-    if not isinstance(raw_exceptions, list):
-        errors.append(doc.error("exceptions", "must be [[exceptions]] tables"))
-        raw_exceptions = []
-    keys = {
-        "senders",
-        "recipients",
-        "allow_families",
-        "allow_extensions",
-        "allow_encrypted",
-        "allow_macros",
-        "max_attachment_bytes",
-    }
-    for index, entry in enumerate(raw_exceptions):
-        line = lines[index] if index < len(lines) else doc.line_of("exceptions")
-        where = f"exceptions[{index}]"
-
-        def err(dotted: str, problem: str, _line: int | None = line) -> ConfigError:
-            return ConfigError(doc.path, dotted, _line, problem)
-
-        if not isinstance(entry, dict):
-            errors.append(err(where, "must be a table"))
-            continue
-        for key in entry:
-            if key not in keys:
-                errors.append(err(f"{where}.{key}", f"known: {', '.join(sorted(keys))}"))
-        domains: dict[str, tuple[str, ...]] = {}
-        for key in ("senders", "recipients"):
-            value = entry.get(key, [])
-            if not isinstance(value, list) or not all(
-                isinstance(v, str) and v.strip() and "@" not in v and " " not in v.strip()
-                for v in value
-            ):
-                errors.append(err(f"{where}.{key}", 'must be a list of domains ("example.org")'))
-                value = []
-            domains[key] = tuple(v.strip().lower().lstrip("@").rstrip(".") for v in value)
-        if not domains["senders"] and not domains["recipients"]:
-            errors.append(err(where, "names no senders and no recipients: it would apply to none"))
-        flags: dict[str, bool] = {}
-        for key in ("allow_encrypted", "allow_macros"):
-            value = entry.get(key, False)
-            if not isinstance(value, bool):
-                errors.append(err(f"{where}.{key}", "must be true or false"))
-                value = False
-            flags[key] = value
-        allowed = entry.get("allow_families", [])
-        if not isinstance(allowed, list) or not set(allowed) <= FAMILIES:
-            errors.append(err(f"{where}.allow_families", f"known: {', '.join(sorted(FAMILIES))}"))
-            allowed = []
-        extensions = entry.get("allow_extensions", [])
-        if not isinstance(extensions, list) or not all(isinstance(v, str) for v in extensions):
-            errors.append(err(f"{where}.allow_extensions", "must be a list of extensions"))
-            extensions = []
-        max_bytes = entry.get("max_attachment_bytes")
-        if max_bytes is not None and (
-            isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0
-        ):
-            errors.append(err(f"{where}.max_attachment_bytes", "must be a number of bytes (> 0)"))
-            max_bytes = None
-        exceptions.append(
-            AttachmentException(
-                senders=domains["senders"],
-                recipients=domains["recipients"],
-                allow_families=frozenset(allowed),
-                allow_extensions=frozenset(e.lower().lstrip(".") for e in extensions),
-                allow_encrypted=flags["allow_encrypted"],
-                allow_macros=flags["allow_macros"],
-                max_attachment_bytes=max_bytes,
-            )
-        )
-    max_attachment = size(sizes, "sizes.max_attachment_bytes", default.max_attachment_bytes)
+    """rules/attachments.toml as an AttachmentPolicy; its problems are appended to `errors`."""
+    written = validate_table(doc, "", AttachmentsFile, doc.data, errors) or AttachmentsFile()
     return AttachmentPolicy(
-        block_families=families(block, "block.families", default.block_families),
-        block_extensions=words(block, "block.extensions", default.block_extensions),
-        block_action=action(block, "block.action", default.block_action),
-        encrypted_archives=action(encrypted, "encrypted.archives", default.encrypted_archives),
-        encrypted_documents=action(encrypted, "encrypted.documents", default.encrypted_documents),
-        macros=action(macros, "macros.action", default.macros),
-        max_attachment_bytes=max_attachment or default.max_attachment_bytes,
-        size_action=action(sizes, "sizes.action", default.size_action),
-        exceptions=tuple(exceptions),
+        block_families=written.block.families,
+        block_extensions=written.block.extensions,
+        block_action=written.block.action,
+        encrypted_archives=written.encrypted.archives,
+        encrypted_documents=written.encrypted.documents,
+        macros=written.macros.action,
+        max_attachment_bytes=written.sizes.max_attachment_bytes,
+        size_action=written.sizes.action,
+        exceptions=written.exceptions,
     )
