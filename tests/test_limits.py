@@ -100,7 +100,7 @@ async def test_data_over_the_limit_without_size_is_refused_and_not_relayed(
         assert (await wire.command("QUIT")).startswith("221 2.0.0")
     finally:
         await wire.close()
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert delivered.content.endswith(small)
     assert sink.commands.count("DATA") == 1
 
@@ -146,7 +146,7 @@ async def test_data_line_over_max_line_length_is_refused_and_not_relayed(
         assert (await wire.command("QUIT")).startswith("221 2.0.0")
     finally:
         await wire.close()
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert delivered.content.endswith(fits)
 
 
@@ -189,7 +189,7 @@ async def test_recipients_over_max_recipients_get_452_and_the_others_deliver(
         assert (await wire.command("QUIT")).startswith("221 2.0.0")
     finally:
         await wire.close()
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert delivered.rcpt_tos == ["one@example.com", "two@example.com"]
     assert not any(c in sink.commands for c in ("RCPT three@example.com", "RCPT four@example.com"))
 
@@ -308,7 +308,7 @@ async def test_data_timeout_does_not_cut_off_a_slow_delivery_server(
         assert (await wire.command("QUIT")).startswith("221 2.0.0")
     finally:
         await wire.close()
-    assert len(sink.wait_for(1)) == 1
+    assert len(await sink.arrived(1)) == 1
 
 
 # -- reply codes ----------------------------------------------------------------------------------
@@ -365,7 +365,7 @@ async def test_auth_is_refused_and_not_advertised(gw: RunningGateway, sink: Reco
         assert (await wire.command("QUIT")).startswith("221 2.0.0")
     finally:
         await wire.close()
-    assert len(sink.wait_for(1)) == 1
+    assert len(await sink.arrived(1)) == 1
 
 
 # -- failures inside the gateway ----------------------------------------------------------------
@@ -466,7 +466,7 @@ async def test_unexpected_exception_at_end_of_data_is_451_without_details(
         assert (await wire.command("QUIT")).startswith("221 2.0.0")
     finally:
         await wire.close()
-    assert len(sink.wait_for(1)) == 1
+    assert len(await sink.arrived(1)) == 1
 
 
 async def test_unexpected_exception_in_a_command_hook_is_451_without_details(
@@ -487,7 +487,7 @@ async def test_unexpected_exception_in_a_command_hook_is_451_without_details(
         assert (await wire.command("QUIT")).startswith("221 2.0.0")
     finally:
         await wire.close()
-    assert len(sink.wait_for(1)) == 1
+    assert len(await sink.arrived(1)) == 1
 
 
 async def test_unexpected_exception_before_the_greeting_is_421_without_details(

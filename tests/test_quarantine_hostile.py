@@ -161,7 +161,7 @@ async def test_escape_sequences_and_invalid_utf8_cannot_reach_the_terminal(
     assert raw.out.endswith(HOSTILE)
     released = await asyncio.to_thread(qcli, "release", qid)
     assert_safe(released)
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert delivered.content == raw.out
     assert delivered.rcpt_tos[1].encode("utf-8", "surrogateescape") == (
         b"b\xffob\xe2\x80\xae@example.com"
@@ -243,7 +243,7 @@ async def test_a_large_message_is_listed_shown_and_released_intact(
     assert raw.out.endswith(big)
     released = await asyncio.to_thread(qcli, "release", sent.qid)
     assert_safe(released)
-    [delivered] = sink.wait_for(1, timeout=20)
+    [delivered] = await sink.arrived(1)
     assert delivered.content == raw.out
 
 

@@ -175,7 +175,7 @@ async def test_smuggling_sequence_normalized_reaches_downstream_as_one_message(
     assert replies[0].startswith("250 2.0.0 OK id="), replies
     assert replies[1].startswith("221 2.0.0"), replies
 
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert sink.commands == [f"MAIL {SENDER}", f"RCPT {RECIPIENT}", "DATA"]
     assert_no_smuggled_transaction(sink)
     assert delivered.mail_from == SENDER
@@ -199,7 +199,7 @@ async def test_control_real_terminator_ends_data_and_the_rest_are_commands(
     replies = await smuggle(gw, b"\r\n.\r\n")
     codes = [reply[:3] for reply in replies]
     assert codes == ["250", "250", "250", "354", "250", "221"], replies
-    delivered = sink.wait_for(2)
+    delivered = await sink.arrived(2)
     assert [d.mail_from for d in delivered] == [SENDER, SMUGGLED_SENDER]
     assert delivered[1].rcpt_tos == [SMUGGLED_RECIPIENT]
     assert delivered[0].content.endswith(outer_message() + b"\r\n")
@@ -231,5 +231,5 @@ async def test_bare_lf_dot_lf_does_not_end_data(
         assert sink.delivered == []
         assert "DATA" not in sink.commands
     else:
-        [delivered] = sink.wait_for(1)
+        [delivered] = await sink.arrived(1)
         assert delivered.content.endswith(b"Hello Bob.\r\n.\r\n\r\n")
