@@ -83,7 +83,7 @@ class Served:
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
-    def wait_log(self, needle: str, count: int = 1, timeout: float = 5.0) -> str:
+    def wait_log(self, needle: str, count: int = 1, timeout: float = 30.0) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_text()
@@ -100,7 +100,7 @@ class Served:
         files = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime_ns)
         return [f.read_bytes() for f in files]
 
-    def wait_delivered(self, count: int, timeout: float = 5.0) -> list[bytes]:
+    def wait_delivered(self, count: int, timeout: float = 30.0) -> list[bytes]:
         deadline = time.monotonic() + timeout
         while len(self.delivered()) < count and time.monotonic() < deadline:
             time.sleep(0.02)

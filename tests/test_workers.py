@@ -33,7 +33,7 @@ class Cluster:
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
-    def wait_log(self, pattern: str, count: int = 1, timeout: float = 15.0) -> str:
+    def wait_log(self, pattern: str, count: int = 1, timeout: float = 30.0) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_text()
