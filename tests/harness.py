@@ -10,11 +10,12 @@ with aiosmtplib, or with smtplib through asyncio.to_thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import shutil
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from gateway.config import (
 )
 from gateway.devsink import XFORWARD_KEYWORD, EhloOffers, SinkController
 from gateway.server import GatewayServer
+from gateway.tls import ServerTls
 
 REPO = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
@@ -241,24 +243,39 @@ def sink() -> Iterator[RecordingSink]:
 GatewayFactory = Callable[..., Any]
 
 
+async def launch(settings: Settings, tls: ServerTls | None = None) -> RunningGateway:
+    """A gateway serving `settings` on this loop (stop it with `item.server.stop`)."""
+    gateway = Gateway.create(settings)
+    server = GatewayServer(gateway, tls)
+    host, port = await server.start()
+    return RunningGateway(gateway, server, host, port)
+
+
+@contextlib.asynccontextmanager
+async def gateways() -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
+    """`launch`, remembering what it started so that all of it is stopped on exit."""
+    running: list[RunningGateway] = []
+
+    async def launch_one(settings: Settings, tls: ServerTls | None = None) -> RunningGateway:
+        running.append(await launch(settings, tls))
+        return running[-1]
+
+    try:
+        yield launch_one
+    finally:
+        for item in running:
+            await item.server.stop(grace=1)
+
+
 @pytest.fixture
 async def start_gateway(tmp_path: Path, sink: RecordingSink) -> AsyncIterator[GatewayFactory]:
     """Start gateways on this test's loop: `await start_gateway(limits={...})`."""
-    running: list[RunningGateway] = []
+    async with gateways() as launch_one:
 
-    async def start(settings: Settings | None = None, **changes: Any) -> RunningGateway:
-        if settings is None:
-            settings = make_settings(tmp_path, sink.port, **changes)
-        gateway = Gateway.create(settings)
-        server = GatewayServer(gateway)
-        host, port = await server.start()
-        item = RunningGateway(gateway, server, host, port)
-        running.append(item)
-        return item
+        async def start(settings: Settings | None = None, **changes: Any) -> RunningGateway:
+            return await launch_one(settings or make_settings(tmp_path, sink.port, **changes))
 
-    yield start
-    for item in running:
-        await item.server.stop(grace=1)
+        yield start
 
 
 @pytest.fixture
