@@ -17,41 +17,26 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from gateway.devsink import XFORWARD_KEYWORD, EhloOffers, SinkSMTP
+
 SINK_TOKEN = "bench-sink"
 LOOPBACK = "127.0.0.1"
 
 
-class DiscardHandler:
+class DiscardHandler(EhloOffers):
     """aiosmtpd hooks: accept every sender, recipient and message; keep nothing."""
 
     def __init__(self) -> None:
         self.messages = 0
         self.bytes = 0
 
-    async def handle_EHLO(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        session.host_name = hostname
-        lines = [r[4:] for r in responses]
-        lines.insert(-1, "XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT")
-        return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+    def ehlo_changes(self, session: Session) -> tuple[list[str], set[str]]:
+        return [XFORWARD_KEYWORD], set()
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.messages += 1
         self.bytes += len(envelope.original_content or b"")
         return f"250 2.0.0 Ok: discarded by {SINK_TOKEN}"
-
-
-class SinkSMTP(SMTP):
-    line_length_limit = 1 << 20  # never stricter than the gateway in front of it
-
-    async def smtp_XFORWARD(self, arg: str) -> None:
-        await self.push("250 2.0.0 Ok")
 
 
 async def serve(host: str, port: int) -> None:

@@ -10,18 +10,17 @@ with aiosmtplib, or with smtplib through asyncio.to_thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import shutil
 import socket
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.app import Gateway
@@ -34,7 +33,9 @@ from gateway.config import (
     Settings,
     TlsSettings,
 )
+from gateway.devsink import XFORWARD_KEYWORD, EhloOffers, SinkController
 from gateway.server import GatewayServer
+from gateway.tls import ServerTls
 
 REPO = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
@@ -64,24 +65,10 @@ class SinkBehaviour:
     offer_smtputf8: bool = True
 
 
-class _SinkSMTP(SMTP):
-    line_length_limit = 1 << 20
-
-    async def smtp_XFORWARD(self, arg: str) -> None:
-        handler: RecordingSink = self.event_handler
-        for item in (arg or "").split():
-            key, _, value = item.partition("=")
-            handler.pending_xforward[key.upper()] = value
-        await self.push("250 2.0.0 Ok")
-
-
-class _SinkController(Controller):
-    def factory(self) -> SMTP:
-        return _SinkSMTP(self.handler, **self.SMTP_kwargs)
-
-
-class RecordingSink:
+class RecordingSink(EhloOffers):
     """aiosmtpd handler: records deliveries, replies as `behaviour` says."""
+
+    controller_class: type[SinkController] = SinkController
 
     def __init__(self) -> None:
         self.behaviour = SinkBehaviour()
@@ -90,26 +77,19 @@ class RecordingSink:
         self.connections = 0
         self.commands: list[str] = []
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self.controller: Any = None
         self.port = 0
 
     # -- aiosmtpd hooks -------------------------------------------------------------------
 
-    async def handle_EHLO(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        session.host_name = hostname
-        lines = [r[4:] for r in responses]
-        if not self.behaviour.offer_smtputf8:
-            lines = [line for line in lines if line != "SMTPUTF8"]
-        if self.behaviour.offer_xforward:
-            lines.insert(-1, "XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT")
-        return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+    def ehlo_changes(self, session: Session) -> tuple[list[str], set[str]]:
+        add = [XFORWARD_KEYWORD] if self.behaviour.offer_xforward else []
+        drop = set() if self.behaviour.offer_smtputf8 else {"SMTPUTF8"}
+        return add, drop
+
+    def record_xforward(self, attributes: dict[str, str]) -> None:
+        self.pending_xforward.update(attributes)
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -145,7 +125,7 @@ class RecordingSink:
             return "421 4.3.0 dropped"  # never reaches the client: the connection is gone
         if behaviour.data_reply:
             return behaviour.data_reply
-        with self._lock:
+        with self._arrived:
             self.delivered.append(
                 Delivered(
                     mail_from=envelope.mail_from,
@@ -155,6 +135,7 @@ class RecordingSink:
                     xforward=dict(self.pending_xforward),
                 )
             )
+            self._arrived.notify_all()
         self.pending_xforward = {}
         return "250 2.0.0 Ok: queued as SINK1"
 
@@ -162,25 +143,37 @@ class RecordingSink:
 
     def start(self) -> None:
         self.port = free_port()
-        self.controller = _SinkController(
+        self.controller = self.controller_class(
             self,
             hostname=LOOPBACK,
             port=self.port,
             server_hostname="sink.test",
             enable_SMTPUTF8=True,
             data_size_limit=None,
+            **self.controller_options(),
         )
         self.controller.start()
+
+    def controller_options(self) -> dict[str, Any]:
+        """More aiosmtpd SMTP options for a subclass (TLS: the STARTTLS context)."""
+        return {}
 
     def stop(self) -> None:
         if self.controller is not None:
             self.controller.stop()
 
-    def wait_for(self, count: int, timeout: float = 5.0) -> list[Delivered]:
-        deadline = time.monotonic() + timeout
-        while len(self.delivered) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return list(self.delivered)
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[Delivered]:
+        """The deliveries once `count` have arrived (or `timeout` passed: the caller's assert
+        shows how many did). Woken by each delivery, so the bound only matters on failure;
+        it is generous because a loaded CI machine can be slow to deliver."""
+        with self._arrived:
+            self._arrived.wait_for(lambda: len(self.delivered) >= count, timeout)
+            return list(self.delivered)
+
+    async def arrived(self, count: int) -> list[Delivered]:
+        """`wait_for` from a coroutine: waits in a thread, so the test loop (and the gateway on
+        it) keeps running while the sink is still receiving."""
+        return await asyncio.to_thread(self.wait_for, count)
 
 
 def free_port() -> int:
@@ -250,24 +243,39 @@ def sink() -> Iterator[RecordingSink]:
 GatewayFactory = Callable[..., Any]
 
 
+async def launch(settings: Settings, tls: ServerTls | None = None) -> RunningGateway:
+    """A gateway serving `settings` on this loop (stop it with `item.server.stop`)."""
+    gateway = Gateway.create(settings)
+    server = GatewayServer(gateway, tls)
+    host, port = await server.start()
+    return RunningGateway(gateway, server, host, port)
+
+
+@contextlib.asynccontextmanager
+async def gateways() -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
+    """`launch`, remembering what it started so that all of it is stopped on exit."""
+    running: list[RunningGateway] = []
+
+    async def launch_one(settings: Settings, tls: ServerTls | None = None) -> RunningGateway:
+        running.append(await launch(settings, tls))
+        return running[-1]
+
+    try:
+        yield launch_one
+    finally:
+        for item in running:
+            await item.server.stop(grace=1)
+
+
 @pytest.fixture
 async def start_gateway(tmp_path: Path, sink: RecordingSink) -> AsyncIterator[GatewayFactory]:
     """Start gateways on this test's loop: `await start_gateway(limits={...})`."""
-    running: list[RunningGateway] = []
+    async with gateways() as launch_one:
 
-    async def start(settings: Settings | None = None, **changes: Any) -> RunningGateway:
-        if settings is None:
-            settings = make_settings(tmp_path, sink.port, **changes)
-        gateway = Gateway.create(settings)
-        server = GatewayServer(gateway)
-        host, port = await server.start()
-        item = RunningGateway(gateway, server, host, port)
-        running.append(item)
-        return item
+        async def start(settings: Settings | None = None, **changes: Any) -> RunningGateway:
+            return await launch_one(settings or make_settings(tmp_path, sink.port, **changes))
 
-    yield start
-    for item in running:
-        await item.server.stop(grace=1)
+        yield start
 
 
 @pytest.fixture

@@ -50,8 +50,10 @@ class SinkConnections:
         return [server for server in self.distinct() if server.transport is not None]
 
 
-async def eventually(check: Callable[[], Any], within: float = 3.0) -> None:
-    """Poll `check` (on the test loop, so the gateway keeps running) until it is truthy."""
+async def eventually(check: Callable[[], Any], within: float = 30.0) -> None:
+    """Poll `check` (on the test loop, so the gateway keeps running) until it is truthy.
+
+    `within` only bounds a failure, so it is generous: a loaded CI machine can be slow."""
     deadline = time.monotonic() + within
     while not check():
         if time.monotonic() > deadline:

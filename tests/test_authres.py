@@ -156,7 +156,7 @@ async def test_every_relayed_message_gets_our_results_and_forged_ones_go(
         hostname=gw.host,
         port=gw.port,
     )
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     values = field_values(delivered.content, "Authentication-Results")
     assert values == ["mx.gateway.test; none", "mx.other.example; spf=fail"]
     assert delivered.content.endswith(theirs + message())
@@ -182,7 +182,7 @@ async def test_results_and_received_spf_with_the_auth_plugins(
         port=gw.port,
         local_hostname="[127.0.0.1]",
     )
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     [ar] = field_values(delivered.content, "Authentication-Results")
     assert ar.startswith("mx.gateway.test; spf=pass smtp.mailfrom=alice@good.example;")
     assert "dkim=pass (2048-bit key) header.d=good.example header.s=rsa2048" in ar

@@ -76,7 +76,7 @@ def symbols(content: bytes) -> str:
 
 async def test_aligned_dkim_and_spf_pass(auth_gw: RunningGateway, sink: RecordingSink) -> None:
     await send(auth_gw, sign(mail()))
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert "DMARC_PASS" in symbols(delivered.content)
     [ar] = field_values(delivered.content, "Authentication-Results")
     assert ar.startswith("mx.gateway.test;")
@@ -117,7 +117,7 @@ async def test_p_none_failure_is_relayed_and_scored(
     auth_gw: RunningGateway, sink: RecordingSink
 ) -> None:
     await send(auth_gw, mail(sender="a@monitor.example"), sender="bounce@attack.example")
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert "DMARC_NONE_POLICY(1)" in symbols(delivered.content)
     assert "DMARC_AUTH_UNALIGNED" in symbols(delivered.content)
 
@@ -231,7 +231,7 @@ async def test_trusted_arc_sealer_overrides_dmarc_failure(
     gw = await start_auth_gateway(tmp_path, sink.port, dns_server, start_gateway)
     trust_forwarder(gw)
     await send(gw, forwarded_by_list(), sender="list-bounces@forward.example")
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     found = symbols(delivered.content)
     assert "DMARC_ARC_OVERRIDE" in found and "DMARC_REJECT" not in found
     assert "ARC_PASS" in found and "ARC_TRUSTED_SEALER" in found

@@ -195,6 +195,6 @@ async def test_invisible_display_characters_are_scored(
 ) -> None:
     from_field = 'From: "\u202eelpmaxe.knab@nimda" <alice@good.example>\r\n'.encode()
     await send(auth_gw, sign(mail(from_field=from_field)))
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     [line] = field_values(delivered.content, "X-Mailgate-Symbols")
     assert "DMARC_FROM_INVISIBLE" in line and "DMARC_PASS" in line

@@ -116,7 +116,7 @@ async def test_timeout_is_bounded_by_the_configured_timeout(dns_server: DnsTestS
     result = await resolver.query("slow.example.com", "A")
     elapsed = time.monotonic() - started
     assert result.status is DnsStatus.TIMEOUT
-    assert 0.25 < elapsed < 1.0
+    assert 0.25 < elapsed < 3.0  # generous for a loaded machine; the default timeout is 5 s
 
 
 async def test_positive_ttl_is_respected(dns_server: DnsTestServer) -> None:

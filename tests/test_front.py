@@ -78,7 +78,7 @@ async def test_proxy_v1_from_trusted_balancer_gives_the_real_client(
     )
     assert greeting.startswith(b"220 ")
     assert replies[4].startswith(b"250 2.0.0"), replies
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert delivered.xforward["ADDR"] == "198.51.100.23"
     assert b"([198.51.100.23])" in delivered.content.split(b"\r\n\r\n")[0]
 
@@ -111,7 +111,7 @@ async def test_proxy_v2_from_trusted_balancer_gives_the_real_client(
     )
     assert greeting.startswith(b"220 ")
     assert replies[4].startswith(b"250 2.0.0"), replies
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert delivered.xforward["ADDR"] == "203.0.113.9"
     assert delivered.xforward["PORT"] == "41000"
 
@@ -193,7 +193,7 @@ async def test_starttls_is_offered_and_recorded_in_received(
             await smtp.sendmail("alice@example.net", ["bob@example.com"], message())
     finally:
         await server.stop(grace=1)
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     header = delivered.content.split(b"\r\n\r\n")[0].decode()
     assert "with ESMTPS" in header
     assert "(TLSv1.3:" in header or "(TLSv1.2:" in header

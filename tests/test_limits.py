@@ -12,10 +12,11 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
 from harness import GatewayFactory, RecordingSink, RunningGateway, message
+from sink_probe import eventually
 from test_smuggling import RECIPIENT, SENDER, Wire
 
 import gateway.session
@@ -52,13 +53,6 @@ async def session(gw: RunningGateway) -> Wire:
     assert wire.greeting.startswith("220 ")
     assert (await wire.command("EHLO client.example.net")).startswith("250")
     return wire
-
-
-async def wait_until(condition: Callable[[], object], within: float = 2.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 # -- message size -------------------------------------------------------------------------------
@@ -100,7 +94,7 @@ async def test_data_over_the_limit_without_size_is_refused_and_not_relayed(
         assert (await wire.command("QUIT")).startswith("221 2.0.0")
     finally:
         await wire.close()
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert delivered.content.endswith(small)
     assert sink.commands.count("DATA") == 1
 
@@ -115,11 +109,11 @@ async def test_refused_data_leaves_the_connection_idle_for_shutdown(
         reply = await transaction(wire, message(body=(b"y" * 70 + b"\r\n") * 20))
         assert reply.startswith("552 5.3.4 "), reply
         started = time.monotonic()
-        stopping = asyncio.create_task(gw.server.stop(grace=2))
-        assert await wire.replies_until_closed(within=1.5) == [
+        stopping = asyncio.create_task(gw.server.stop(grace=20))
+        assert await wire.replies_until_closed(within=15) == [
             "421 4.3.2 Service shutting down, try again later"
         ]
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 10  # at once, not after the 20 s grace
         await stopping
     finally:
         await wire.close()
@@ -146,7 +140,7 @@ async def test_data_line_over_max_line_length_is_refused_and_not_relayed(
         assert (await wire.command("QUIT")).startswith("221 2.0.0")
     finally:
         await wire.close()
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert delivered.content.endswith(fits)
 
 
@@ -189,7 +183,7 @@ async def test_recipients_over_max_recipients_get_452_and_the_others_deliver(
         assert (await wire.command("QUIT")).startswith("221 2.0.0")
     finally:
         await wire.close()
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert delivered.rcpt_tos == ["one@example.com", "two@example.com"]
     assert not any(c in sink.commands for c in ("RCPT three@example.com", "RCPT four@example.com"))
 
@@ -211,7 +205,7 @@ async def test_connections_per_ip_over_the_limit_get_421_greeting(
         # A refused connection took no slot, and a closed one gives its slot back.
         assert gw.gateway.connections == {"127.0.0.1": 2}
         assert (await first.command("QUIT")).startswith("221 2.0.0")
-        await wait_until(lambda: gw.gateway.connections == {"127.0.0.1": 1})
+        await eventually(lambda: gw.gateway.connections == {"127.0.0.1": 1})
         fourth = await Wire.connect(gw)
         assert fourth.greeting.startswith("220 ")
         await fourth.close()
@@ -251,12 +245,13 @@ async def test_idle_client_is_disconnected(
             assert (await wire.command(f"MAIL FROM:<{SENDER}>")).startswith("250")
             assert (await wire.command(f"RCPT TO:<{RECIPIENT}>")).startswith("250")
         started = time.monotonic()
-        assert await wire.replies_until_closed(within=2.5) == []
+        # Generous upper bound (a loaded CI machine); a timer that never fires still fails it.
+        assert await wire.replies_until_closed(within=15) == []
         elapsed = time.monotonic() - started
-        assert 0.4 <= elapsed < 1.5, elapsed
+        assert elapsed >= 0.4, elapsed
     finally:
         await wire.close()
-    await wait_until(lambda: gw.gateway.connections == {})
+    await eventually(lambda: gw.gateway.connections == {})
     assert sink.delivered == []
     assert "DATA" not in sink.commands
 
@@ -271,7 +266,7 @@ async def test_client_slower_than_data_timeout_is_disconnected_and_nothing_relay
     async def trickle() -> None:
         await wire.send(message(body=b""))
         with contextlib.suppress(ConnectionError, OSError):
-            for n in range(60):
+            for n in range(600):  # 30 s of trickle: longer than the bound below
                 await wire.send(b"line %d\r\n" % n)
                 await asyncio.sleep(0.05)
 
@@ -282,16 +277,18 @@ async def test_client_slower_than_data_timeout_is_disconnected_and_nothing_relay
         started = time.monotonic()
         sender = asyncio.create_task(trickle())
         try:
-            assert await wire.replies_until_closed(within=2.5) == []
+            # Closed long before the trickle ends, however loaded the machine: a timeout that
+            # each line restarted would let the trickle run its 30 s.
+            assert await wire.replies_until_closed(within=15) == []
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
         elapsed = time.monotonic() - started
-        assert 0.4 <= elapsed < 1.5, elapsed
+        assert elapsed >= 0.4, elapsed
     finally:
         await wire.close()
-    await wait_until(lambda: gw.gateway.connections == {})
+    await eventually(lambda: gw.gateway.connections == {})
     assert sink.delivered == []
     assert "DATA" not in sink.commands
 
@@ -308,7 +305,7 @@ async def test_data_timeout_does_not_cut_off_a_slow_delivery_server(
         assert (await wire.command("QUIT")).startswith("221 2.0.0")
     finally:
         await wire.close()
-    assert len(sink.wait_for(1)) == 1
+    assert len(await sink.arrived(1)) == 1
 
 
 # -- reply codes ----------------------------------------------------------------------------------
@@ -365,7 +362,7 @@ async def test_auth_is_refused_and_not_advertised(gw: RunningGateway, sink: Reco
         assert (await wire.command("QUIT")).startswith("221 2.0.0")
     finally:
         await wire.close()
-    assert len(sink.wait_for(1)) == 1
+    assert len(await sink.arrived(1)) == 1
 
 
 # -- failures inside the gateway ----------------------------------------------------------------
@@ -466,7 +463,7 @@ async def test_unexpected_exception_at_end_of_data_is_451_without_details(
         assert (await wire.command("QUIT")).startswith("221 2.0.0")
     finally:
         await wire.close()
-    assert len(sink.wait_for(1)) == 1
+    assert len(await sink.arrived(1)) == 1
 
 
 async def test_unexpected_exception_in_a_command_hook_is_451_without_details(
@@ -487,7 +484,7 @@ async def test_unexpected_exception_in_a_command_hook_is_451_without_details(
         assert (await wire.command("QUIT")).startswith("221 2.0.0")
     finally:
         await wire.close()
-    assert len(sink.wait_for(1)) == 1
+    assert len(await sink.arrived(1)) == 1
 
 
 async def test_unexpected_exception_before_the_greeting_is_421_without_details(
@@ -501,11 +498,11 @@ async def test_unexpected_exception_before_the_greeting_is_421_without_details(
         raise RuntimeError(SECRET)
 
     monkeypatch.setattr(Session, "on_connect", broken)
-    wire = await Wire.connect(gw, within=1.0)
+    wire = await Wire.connect(gw)
     try:
         assert wire.greeting == "421 4.3.0 Internal error, try again later"
         assert await wire.replies_until_closed() == []
     finally:
         await wire.close()
-    await wait_until(lambda: gw.gateway.connections == {})
+    await eventually(lambda: gw.gateway.connections == {})
     assert sink.commands == []

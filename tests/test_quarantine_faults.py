@@ -105,7 +105,7 @@ async def test_a_read_only_folder_answers_451_and_relaying_goes_on(
     assert refused.text.startswith("4.3.0 Could not store message")
     relayed = await send(gw, message(subject="clean"))
     assert relayed.code == 250
-    assert len(sink.wait_for(1)) == 1
+    assert len(await sink.arrived(1)) == 1
     _unmount(read_only_folder)  # the admin fixes the mount; no restart needed
     stored = await send(gw, SUSPICIOUS)
     assert stored.code == 250, stored

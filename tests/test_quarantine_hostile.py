@@ -161,7 +161,7 @@ async def test_escape_sequences_and_invalid_utf8_cannot_reach_the_terminal(
     assert raw.out.endswith(HOSTILE)
     released = await asyncio.to_thread(qcli, "release", qid)
     assert_safe(released)
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert delivered.content == raw.out
     assert delivered.rcpt_tos[1].encode("utf-8", "surrogateescape") == (
         b"b\xffob\xe2\x80\xae@example.com"
@@ -192,7 +192,7 @@ async def test_ten_thousand_recipients(
     started = time.monotonic()
     await asyncio.to_thread(store.put, ctx.queue_id, ctx.raw, metadata(ctx, verdict))
     stored = time.monotonic() - started
-    assert stored < 5
+    assert stored < 30  # generous for a loaded CI machine: alone it takes a fraction of that
 
     listing = assert_safe(await asyncio.to_thread(qcli, "list"))
     assert len(listing.splitlines()) == 3
@@ -219,7 +219,10 @@ async def test_a_large_message_is_listed_shown_and_released_intact(
             "max_attachment_bytes = 26214400", f"max_attachment_bytes = {2 * size}", 1
         )
     )
-    gw: RunningGateway = await start_gateway(limits={"max_message_size": size + (8 << 20)})
+    # Generous DATA time: 100 MB once failed here under load; the bound only matters on failure.
+    gw: RunningGateway = await start_gateway(
+        limits={"max_message_size": size + (8 << 20), "data_timeout": 300}
+    )
     payload = base64.encodebytes(bytes(range(256)) * (size // 256 * 3 // 4 // 1))
     big = (
         b"From: big@example.net\r\nTo: bob@example.com\r\nSubject: \x1b[2Jlarge\r\n"
@@ -243,7 +246,7 @@ async def test_a_large_message_is_listed_shown_and_released_intact(
     assert raw.out.endswith(big)
     released = await asyncio.to_thread(qcli, "release", sent.qid)
     assert_safe(released)
-    [delivered] = sink.wait_for(1, timeout=20)
+    [delivered] = await sink.arrived(1)
     assert delivered.content == raw.out
 
 

@@ -95,7 +95,7 @@ async def test_every_quarantined_message_is_released_byte_identical_with_its_env
     assert result.code == 0, result
     assert f"{len(CASES)} released," in result.text
 
-    delivered = sink.wait_for(len(CASES))
+    delivered = await sink.arrived(len(CASES))
     assert len(delivered) == len(CASES)
     by_qid = {d.xforward["IDENT"]: d for d in delivered}
     for reply, (_, kept, sender, rcpts, options) in zip(sent, CASES, strict=True):
@@ -122,10 +122,10 @@ async def test_release_is_idempotent_and_again_sends_again(
     second = await asyncio.to_thread(qcli, "release", qid.lower())
     assert second.code == 0
     assert f"{qid}  skipped: {qid} was released at " in second.text
-    assert len(sink.wait_for(1)) == 1
+    assert len(await sink.arrived(1)) == 1
     again = await asyncio.to_thread(qcli, "release", qid, "--again")
     assert again.code == 0
-    assert len(sink.wait_for(2)) == 2
+    assert len(await sink.arrived(2)) == 2
     assert sink.delivered[0].content == sink.delivered[1].content
 
 
@@ -138,7 +138,7 @@ async def test_concurrent_releases_of_one_entry_deliver_once(
     stores = [SqliteStore(gw.settings.quarantine_dir, create=False) for _ in range(4)]
     results = await asyncio.gather(*(release(s, gw.settings, qid) for s in stores))
     assert sorted(r.outcome for r in results) == ["released", "skipped", "skipped", "skipped"]
-    assert len(sink.wait_for(1)) == 1
+    assert len(await sink.arrived(1)) == 1
 
 
 @pytest.mark.parametrize(
@@ -192,7 +192,7 @@ async def test_a_failed_release_stays_in_quarantine_and_says_why(
     sink.behaviour = type(sink.behaviour)()
     retried = await asyncio.to_thread(qcli, "release", qid)
     assert retried.code == 0, retried
-    assert len(sink.wait_for(1)) == 1
+    assert len(await sink.arrived(1)) == 1
 
 
 async def test_release_to_other_recipients_and_partial_refusal(
@@ -205,7 +205,7 @@ async def test_release_to_other_recipients_and_partial_refusal(
         qcli, "release", one, "--to", "postmaster@example.com", "--to", "audit@example.com"
     )
     assert redirected.code == 0
-    [got] = sink.wait_for(1)
+    [got] = await sink.arrived(1)
     assert got.rcpt_tos == ["postmaster@example.com", "audit@example.com"]
 
     sink.behaviour.rcpt_replies["x@example.com"] = "550 5.1.1 No such user"
@@ -213,7 +213,7 @@ async def test_release_to_other_recipients_and_partial_refusal(
     assert partly.code == 1  # not everybody got it: the admin should look
     assert "partial: delivered to 1 of 2 recipients: 250 " in partly.text
     assert "refused: <x@example.com> 550 5.1.1 delivery server: No such user" in partly.text
-    assert sink.wait_for(2)[1].rcpt_tos == ["bob@example.com"]
+    assert (await sink.arrived(2))[1].rcpt_tos == ["bob@example.com"]
     bad = await asyncio.to_thread(qcli, "release", one, "--to", "not an address")
     assert bad.code == 2
 
@@ -241,7 +241,7 @@ async def test_bulk_release_by_selection_with_a_dry_run_first(
     done = await asyncio.to_thread(qcli, "release", "--from", "@y.example", "--since", "1d")
     assert done.code == 0
     assert "3 released, 0 released to some recipients only, 0 skipped, 0 failed" in done.text
-    assert sorted(d.xforward["IDENT"] for d in sink.wait_for(3)) == sorted(mine)
+    assert sorted(d.xforward["IDENT"] for d in await sink.arrived(3)) == sorted(mine)
     nothing = await asyncio.to_thread(qcli, "release")
     assert nothing.code == 2
     assert b"name entries by ID" in nothing.err

@@ -76,7 +76,7 @@ async def test_forged_received_spf_goes_without_the_spf_plugin(
         hostname=gw.host,
         port=gw.port,
     )
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     values = field_values(delivered.content, "Received-SPF")
     assert values == ["fail client-ip=192.0.2.9; receiver=mx.other.example"]
     assert delivered.content.endswith(theirs + message())
@@ -106,7 +106,7 @@ async def test_only_our_received_spf_names_us_with_the_spf_plugin(
         port=gw.port,
         local_hostname="[127.0.0.1]",
     )
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     [spf] = field_values(delivered.content, "Received-SPF")
     assert spf.startswith("Fail (mx.gateway.test: domain of good.example does not designate")
     assert delivered.content.count(b"receiver=mx.gateway.test") == 1

@@ -41,7 +41,7 @@ async def test_clean_mail_is_delivered_byte_identical_plus_trace_headers(
     original = message(body=b"Line one.\r\n.Leading dot stays.\r\n\r\nTrailing.\r\n")
     _, reply = await send(gw, original)
     assert reply.startswith("2.0.0 OK id=")
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     added = split_added(delivered.content, original)
     lines = added.decode().split("\r\n")
     assert lines[0].startswith("Received: from client.example.net ([127.0.0.1])")
@@ -60,7 +60,7 @@ async def test_each_recipient_reaches_downstream_and_null_sender_is_kept(
             return smtp.sendmail("", ["a@example.com", "b@x.sub.example.org"], message())
 
     assert await asyncio.to_thread(bounce) == {}
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert delivered.mail_from in ("", "<>")
     assert delivered.rcpt_tos == ["a@example.com", "b@x.sub.example.org"]
 
@@ -69,7 +69,7 @@ async def test_client_identity_is_forwarded_with_xforward(
     gw: RunningGateway, sink: RecordingSink
 ) -> None:
     await send(gw, message())
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert delivered.xforward["ADDR"] == "127.0.0.1"
     assert delivered.xforward["HELO"] == "client.example.net"
     assert delivered.xforward["PROTO"] == "ESMTP"
@@ -103,7 +103,7 @@ async def test_downstream_refusal_of_one_recipient_is_its_own_rcpt_answer(
     errors, _ = await send(gw, message(), rcpts=["nobody@example.com", "bob@example.com"])
     assert errors["nobody@example.com"].code == 550
     assert "5.1.1" in errors["nobody@example.com"].message
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert delivered.rcpt_tos == ["bob@example.com"]
 
 
@@ -143,4 +143,4 @@ async def test_smtplib_client_sees_the_advertised_extensions(
         assert extension in features
     assert "auth" not in features
     assert "starttls" not in features  # no certificate configured
-    assert len(sink.wait_for(1)) == 1
+    assert len(await sink.arrived(1)) == 1

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +72,27 @@ def write_served_config(
     return config, port
 
 
+def wait_for_log(
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    occurrences: Callable[[str, str], int],
+    needle: str,
+    count: int = 1,
+    timeout: float = 30.0,
+) -> str:
+    """The log once `occurrences(text, needle)` reaches `count`, polled (another process writes
+    it); fails at once if the process exits. `timeout` bounds a failure only: generous."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(encoding="utf-8", errors="replace")
+        if occurrences(text, needle) >= count:
+            return text
+        assert proc.poll() is None, f"mailgate exited:\n{text}"
+        time.sleep(0.02)
+    text = log.read_text(encoding="utf-8", errors="replace")
+    raise AssertionError(f"{needle!r} (x{count}) not logged in {timeout}s:\n{text}")
+
+
 @dataclass
 class Served:
     proc: subprocess.Popen[bytes]
@@ -83,15 +104,8 @@ class Served:
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
-    def wait_log(self, needle: str, count: int = 1, timeout: float = 5.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log_text()
-            if text.count(needle) >= count:
-                return text
-            assert self.proc.poll() is None, f"mailgate exited:\n{text}"
-            time.sleep(0.02)
-        raise AssertionError(f"{needle!r} (x{count}) not logged in {timeout}s:\n{self.log_text()}")
+    def wait_log(self, needle: str, count: int = 1, timeout: float = 30.0) -> str:
+        return wait_for_log(self.proc, self.log, str.count, needle, count, timeout)
 
     def delivered(self) -> list[bytes]:
         folder = self.maildir / "new"
@@ -100,7 +114,7 @@ class Served:
         files = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime_ns)
         return [f.read_bytes() for f in files]
 
-    def wait_delivered(self, count: int, timeout: float = 5.0) -> list[bytes]:
+    def wait_delivered(self, count: int, timeout: float = 30.0) -> list[bytes]:
         deadline = time.monotonic() + timeout
         while len(self.delivered()) < count and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -128,9 +142,8 @@ def _wait_for_banner(proc: subprocess.Popen[bytes], port: int, log: Path) -> Non
     raise AssertionError(f"mailgate did not greet on port {port}:\n{log.read_text()}")
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    config, port = write_served_config(tmp_path)
+def spawn_serve(tmp_path: Path, config: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """`mailgate --config CONFIG serve --dev` in `tmp_path`; its log is tmp_path/mailgate.log."""
     log = tmp_path / "mailgate.log"
     env = {k: v for k, v in os.environ.items() if k != "MAILGATE_CONFIG"}
     with open(log, "wb") as err, open(tmp_path / "stdout.log", "wb") as out:
@@ -142,6 +155,13 @@ def served(tmp_path: Path) -> Iterator[Served]:
             stdout=out,
             stderr=err,
         )
+    return proc, log
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    config, port = write_served_config(tmp_path)
+    proc, log = spawn_serve(tmp_path, config)
     try:
         _wait_for_banner(proc, port, log)
         yield Served(proc, port, tmp_path / "rules", tmp_path / "maildir", log)

@@ -117,7 +117,7 @@ async def test_without_the_option_a_shared_include_passes_dmarc(
 ) -> None:
     """The attack itself: an unsigned spoof from the shared service's IP passes DMARC."""
     await send(shared_gw, mail())
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert "DMARC_PASS" in symbols(delivered.content)
     assert "DMARC_SPF_DISTRUSTED" not in symbols(delivered.content)
 
@@ -137,7 +137,7 @@ async def test_aligned_dkim_still_passes_with_the_include_distrusted(
 ) -> None:
     distrust_shared(shared_gw)
     await send(shared_gw, sign(mail()))
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     found = symbols(delivered.content)
     assert "DMARC_PASS" in found and "DMARC_SPF_DISTRUSTED" in found and "SPF_PASS" in found
     [ar] = field_values(delivered.content, "Authentication-Results")

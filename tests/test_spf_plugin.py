@@ -64,14 +64,14 @@ async def test_spf_pass_is_relayed_with_its_symbols(
     spf_gw: RunningGateway, sink: RecordingSink
 ) -> None:
     await send(spf_gw, "alice@good.example")
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     symbols = symbols_of(delivered.content)
     assert "SPF_PASS(-0.2)" in symbols and "SPF_HELO_PASS(0)" in symbols
 
 
 async def test_spf_fail_is_scored_not_forced(spf_gw: RunningGateway, sink: RecordingSink) -> None:
     await send(spf_gw, "alice@bad.example")
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert "SPF_FAIL(2)" in symbols_of(delivered.content)
 
 
@@ -103,7 +103,7 @@ async def test_null_sender_is_checked_as_postmaster_at_helo(
             return smtp.sendmail("", ["bob@example.com"], message())
 
     assert await asyncio.to_thread(bounce) == {}
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     symbols = symbols_of(delivered.content)
     assert "SPF_PASS" in symbols and "SPF_HELO_" not in symbols
 
@@ -112,7 +112,7 @@ async def test_invalid_mail_from_domain_is_a_finding_not_a_lookup(
     spf_gw: RunningGateway, sink: RecordingSink, dns_server: DnsTestServer
 ) -> None:
     await send(spf_gw, "alice@localhost", helo="[127.0.0.1]")
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     symbols = symbols_of(delivered.content)
     assert "SPF_BAD_MAILFROM(1.5)" in symbols and "SPF_NONE(0)" in symbols
     assert "SPF_BAD_HELO" not in symbols  # an address literal is a legal HELO

@@ -90,7 +90,7 @@ async def test_required_tls_verified_by_ca_file(
     assert code == 250 and text.startswith("2.0.0 OK id="), text
     [record] = downstream.records
     assert record.tls_version == "TLSv1.3"
-    assert len(downstream.wait_for(1)) == 1
+    assert len(await downstream.arrived(1)) == 1
 
 
 async def test_verified_by_name_given_in_tls_server_name(

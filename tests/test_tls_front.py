@@ -61,7 +61,7 @@ async def test_starttls_with_smtplib_verifying_the_certificate(
     context = client_context(ca)  # verifies the chain and the name mx.gateway.test
     context.check_hostname = False  # smtplib connects to 127.0.0.1; the name is checked below
     version, cipher, bits = await asyncio.to_thread(smtplib_send_over_tls, gw.port, context)
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     header = header_of(delivered.content)
     received = header.split("\r\nX-Mailgate-ID")[0]
     # RFC 3848: ESMTPS; the negotiated version and cipher, exactly as the client saw them.
@@ -106,7 +106,7 @@ async def test_starttls_with_swaks(
     assert proc.returncode == 0, text
     assert "TLS started" in text, text
     assert "<~  250 2.0.0 OK id=" in text, text  # the reply after DATA, read over TLS
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert "with ESMTPS" in header_of(delivered.content)
 
 
@@ -120,7 +120,7 @@ async def test_plaintext_client_is_recorded_as_esmtp(
             smtp.sendmail("alice@example.net", ["bob@example.com"], message())
 
     await asyncio.to_thread(send)
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     header = header_of(delivered.content)
     assert "with ESMTP id" in header and "ESMTPS" not in header, header
     assert "(TLS" not in header
@@ -307,7 +307,7 @@ async def test_tls_symbols_and_quarantine_metadata(
             smtp.sendmail("alice@example.net", ["bob@example.com"], message())
 
     await asyncio.to_thread(plain)
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert "TLS_NONE(0)" in header_of(delivered.content)
 
 

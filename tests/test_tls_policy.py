@@ -161,7 +161,7 @@ async def test_listed_client_network_gets_530_before_mail(
     # The same client with STARTTLS delivers.
     refused = await asyncio.to_thread(tls_delivery, gw.port, ca, "a@example.net", ["b@example.com"])
     assert refused == {}
-    assert len(sink.wait_for(1)) == 1
+    assert len(await sink.arrived(1)) == 1
 
 
 async def test_unlisted_client_network_is_not_bothered(
@@ -207,7 +207,7 @@ async def test_sender_domain_requirement_is_answered_at_mail(
         tls_delivery, gw.port, ca, "ceo@partner.example", ["bob@example.com"]
     )
     assert refused_rcpts == {}
-    assert sink.wait_for(1)[0].mail_from == "ceo@partner.example"
+    assert (await sink.arrived(1))[0].mail_from == "ceo@partner.example"
 
 
 async def test_client_without_tls_cannot_send_to_a_protected_domain(
@@ -225,7 +225,7 @@ async def test_client_without_tls_cannot_send_to_a_protected_domain(
     assert list(refused) == [rcpts[0]]
     code, text = refused[rcpts[0]]
     assert code == 451 and text.startswith(b"4.7.1 TLS required: use STARTTLS, then try again (id=")
-    [delivered] = sink.wait_for(1)
+    [delivered] = await sink.arrived(1)
     assert delivered.rcpt_tos == ["carol@example.com"]  # only the unprotected recipient
     assert f"RCPT bob@{PROTECTED}" not in sink.commands  # never mirrored downstream
 
@@ -238,7 +238,7 @@ async def test_client_without_tls_cannot_send_to_a_protected_domain(
         await asyncio.to_thread(only_protected)
     # Over TLS both are delivered.
     assert await asyncio.to_thread(tls_delivery, gw.port, ca, "alice@example.net", rcpts) == {}
-    assert sink.wait_for(2)[1].rcpt_tos == rcpts
+    assert (await sink.arrived(2))[1].rcpt_tos == rcpts
 
 
 async def test_swaks_reaches_a_protected_domain_only_with_tls(
@@ -264,7 +264,7 @@ async def test_swaks_reaches_a_protected_domain_only_with_tls(
     assert sink.delivered == []
     code, text = await swaks("--tls", "--tls-verify", "--tls-ca-path", str(write_ca(ca, tmp_path)))
     assert code == 0, text
-    assert sink.wait_for(1)[0].rcpt_tos == [f"bob@{PROTECTED}"]
+    assert (await sink.arrived(1))[0].rcpt_tos == [f"bob@{PROTECTED}"]
 
 
 async def test_tls_policy_reloads_with_the_rules(

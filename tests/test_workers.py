@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from harness import LOOPBACK, message
-from test_signals import mailgate_command, write_served_config
+from test_signals import mailgate_command, spawn_serve, wait_for_log, write_served_config
 
 GRACE = 5.0
 WORKER_PID = re.compile(r"mailgate\.message\[worker (\d+) pid (\d+)\]: qid=")
@@ -33,15 +33,11 @@ class Cluster:
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
-    def wait_log(self, pattern: str, count: int = 1, timeout: float = 15.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log_text()
-            if len(re.findall(pattern, text)) >= count:
-                return text
-            assert self.proc.poll() is None, f"mailgate exited:\n{text}"
-            time.sleep(0.05)
-        raise AssertionError(f"{pattern!r} (x{count}) not logged in {timeout}s:\n{self.log_text()}")
+    def wait_log(self, pattern: str, count: int = 1, timeout: float = 30.0) -> str:
+        def matches(text: str, pattern: str) -> int:
+            return len(re.findall(pattern, text))
+
+        return wait_for_log(self.proc, self.log, matches, pattern, count, timeout)
 
     def worker_pids(self) -> dict[int, int]:
         """Worker index -> its latest pid, from the supervisor's log."""
@@ -76,17 +72,7 @@ def running(tmp_path: Path, workers: int, extra: str = "") -> Iterator[Cluster]:
     """`mailgate serve --dev` with `workers`, `extra` appended to the config; ready when every
     worker has logged that it listens."""
     config, port = write_served_config(tmp_path, [("listen", "workers", str(workers))], extra)
-    log = tmp_path / "mailgate.log"
-    env = {k: v for k, v in os.environ.items() if k != "MAILGATE_CONFIG"}
-    with open(log, "wb") as err, open(tmp_path / "stdout.log", "wb") as out:
-        proc = subprocess.Popen(
-            [*mailgate_command(), "--config", str(config), "serve", "--dev"],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-        )
+    proc, log = spawn_serve(tmp_path, config)
     cluster = Cluster(proc, port, log, tmp_path / "maildir")
     try:
         _wait_for_workers(cluster, workers)

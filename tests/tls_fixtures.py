@@ -13,12 +13,10 @@ from typing import Any
 
 import pytest
 import trustme
-from harness import RecordingSink, RunningGateway, make_settings
+from harness import RecordingSink, RunningGateway, gateways, make_settings
 from tls_helpers import TlsSink, write_cert
 
-from gateway.app import Gateway
 from gateway.config import Settings, TlsSettings
-from gateway.server import GatewayServer
 from gateway.tls import ServerTls
 
 
@@ -36,27 +34,20 @@ async def start_tls_gateway(
     `await start_tls_gateway(delivery_port=..., tls={...}, delivery={...})`; the downstream is the
     plain `sink` unless `delivery_port` names another. `settings=` starts exactly those settings.
     """
-    running: list[RunningGateway] = []
+    async with gateways() as launch_one:
 
-    async def start(
-        settings: Settings | None = None, delivery_port: int | None = None, **changes: Any
-    ) -> RunningGateway:
-        if settings is None:
-            cert_file, key_file = write_cert(ca, tmp_path / "tls")
-            tls = {"cert_file": cert_file, "key_file": key_file, **changes.pop("tls", {})}
-            settings = make_settings(
-                tmp_path, delivery_port or sink.port, tls=TlsSettings(**tls), **changes
-            )
-        gateway = Gateway.create(settings)
-        server = GatewayServer(gateway, ServerTls.load(settings.tls))
-        host, port = await server.start()
-        item = RunningGateway(gateway, server, host, port)
-        running.append(item)
-        return item
+        async def start(
+            settings: Settings | None = None, delivery_port: int | None = None, **changes: Any
+        ) -> RunningGateway:
+            if settings is None:
+                cert_file, key_file = write_cert(ca, tmp_path / "tls")
+                tls = {"cert_file": cert_file, "key_file": key_file, **changes.pop("tls", {})}
+                settings = make_settings(
+                    tmp_path, delivery_port or sink.port, tls=TlsSettings(**tls), **changes
+                )
+            return await launch_one(settings, ServerTls.load(settings.tls))
 
-    yield start
-    for item in running:
-        await item.server.stop(grace=1)
+        yield start
 
 
 @pytest.fixture

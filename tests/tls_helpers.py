@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 import trustme
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
-from harness import LOOPBACK, RecordingSink, _SinkController, _SinkSMTP, free_port
+from harness import LOOPBACK, RecordingSink
+
+from gateway.devsink import SinkController, SinkSMTP
 
 GATEWAY_NAME = "mx.gateway.test"
 
@@ -83,7 +85,7 @@ class TlsRecord:
     mail_options: list[str]
 
 
-class _TlsSinkSMTP(_SinkSMTP):
+class _TlsSinkSMTP(SinkSMTP):
     """The recording server, accepting the REQUIRETLS MAIL parameter when it offers it."""
 
     _in_mail = False
@@ -113,13 +115,14 @@ class _TlsSinkSMTP(_SinkSMTP):
         return result
 
 
-class _TlsSinkController(_SinkController):
-    def factory(self) -> SMTP:
-        return _TlsSinkSMTP(self.handler, **self.SMTP_kwargs)
+class _TlsSinkController(SinkController):
+    protocol = _TlsSinkSMTP
 
 
 class TlsSink(RecordingSink):
     """harness.RecordingSink with STARTTLS from `context` (None: no STARTTLS at all)."""
+
+    controller_class = _TlsSinkController
 
     def __init__(self, context: ssl.SSLContext | None, offer_requiretls: bool = False) -> None:
         super().__init__()
@@ -138,18 +141,11 @@ class TlsSink(RecordingSink):
             return "454 4.7.0 TLS handshake failed"  # the gateway gave up on our certificate
         raise error  # anything else: aiosmtpd's own report
 
-    async def handle_EHLO(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        lines: list[str] = await super().handle_EHLO(server, session, envelope, hostname, responses)
+    def ehlo_changes(self, session: Session) -> tuple[list[str], set[str]]:
+        add, drop = super().ehlo_changes(session)
         if self.offer_requiretls and session.ssl is not None:
-            lines = [*[f"250-{line[4:]}" for line in lines], "250 REQUIRETLS"]
-        return lines
+            add = [*add, "REQUIRETLS"]
+        return add, drop
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         reply: str = await super().handle_DATA(server, session, envelope)
@@ -159,19 +155,8 @@ class TlsSink(RecordingSink):
             self.records.append(TlsRecord(version, list(envelope.mail_options)))
         return reply
 
-    def start(self) -> None:
-        self.port = free_port()
-        kwargs: dict[str, Any] = {"tls_context": self.context} if self.context else {}
-        self.controller = _TlsSinkController(
-            self,
-            hostname=LOOPBACK,
-            port=self.port,
-            server_hostname="sink.test",
-            enable_SMTPUTF8=True,
-            data_size_limit=None,
-            **kwargs,
-        )
-        self.controller.start()
+    def controller_options(self) -> dict[str, Any]:
+        return {"tls_context": self.context} if self.context else {}
 
     def stop(self) -> None:
         """Close what is still connected first: the gateway's side of a TLS connection may
