@@ -7,14 +7,10 @@ policy in rules/ turns them into an action. Plugins talk to each other only thro
 
 from __future__ import annotations
 
-import email.message
-import email.parser
-import email.policy
 import enum
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import ClassVar, Protocol
 
 from gateway.auth.arc import ArcResult
@@ -24,7 +20,7 @@ from gateway.auth.spf import SpfResult
 from gateway.config import Settings
 from gateway.cputime import CpuMeter
 from gateway.dns import Resolver
-from gateway.mime.model import MimeReport
+from gateway.message import ParsedMessage
 from gateway.policy import RuleSet
 from gateway.verdict import Finding
 
@@ -88,14 +84,17 @@ class MessageContext:
     dkim: DkimResult | None = None  # set by the dkim plugin at DATA; DMARC reads it
     arc: ArcResult | None = None  # set by the arc plugin at DATA; DMARC may use it to override
     dmarc: DmarcResult | None = None  # set by the dmarc plugin at DATA
-    # the message parsed once (gateway.plugins.mime.mime_report): attachments, clamav read it
-    mime: MimeReport | None = None
+    _message: ParsedMessage | None = field(default=None, init=False, repr=False, compare=False)
 
-    @cached_property
-    def headers(self) -> email.message.Message:
-        """The header section, parsed once (compat32: tolerant and linear on hostile input)."""
-        parser = email.parser.BytesParser(policy=email.policy.compat32)
-        return parser.parsebytes(self.raw, headersonly=True)
+    @property
+    def message(self) -> ParsedMessage:
+        """The one parse of `raw` (gateway.message) that every plugin, the log line, the
+        quarantine record and the classifier read; made again only when `raw` is replaced
+        (line endings normalised, forged fields stripped), so it always reads the final bytes."""
+        found = self._message
+        if found is None or found.raw is not self.raw:
+            found = self._message = ParsedMessage(self.raw, self.settings.mime)
+        return found
 
     def meter(self, stage: str) -> CpuMeter:
         """The CPU meter of one plugin or stage ("relay", "quarantine") of this message."""
@@ -103,9 +102,6 @@ class MessageContext:
         if found is None:
             found = self.cpu[stage] = CpuMeter()
         return found
-
-    def header_values(self, name: str) -> list[str]:
-        return [str(v) for v in self.headers.get_all(name, [])]
 
 
 class Services:

@@ -16,7 +16,6 @@ from typing import ClassVar
 from gateway.mime.clamd import ClamdError, ClamdReply, instream
 from gateway.mime.symbols import CLAMAV_SYMBOLS
 from gateway.plugin import MessageContext, Phase, Services
-from gateway.plugins.mime import mime_report
 from gateway.verdict import Finding
 
 _MAX_EXTRA_STREAMS = 16
@@ -35,7 +34,7 @@ class ClamavScan:
         if address is None:
             return [Finding("CLAMAV_UNAVAILABLE", detail="no [clamav] address configured")]
         streams = [("message", ctx.raw)]
-        report = await mime_report(ctx)
+        report = await ctx.message.mime()
         extra = [
             leaf
             for leaf in report.leaves

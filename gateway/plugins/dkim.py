@@ -42,7 +42,7 @@ class DkimCheck:
         self.verifier = DkimVerifier(services.resolver, lifetime=lifetime)
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
-        result = await self.verifier.verify(ctx.raw)
+        result = await self.verifier.verify(ctx.raw, ctx.message.fields)
         ctx.dkim = result
         return dkim_findings(result)
 

@@ -48,7 +48,6 @@ from gateway.auth.dmarc import (
 )
 from gateway.auth.spf import SpfResult, SpfVerdict
 from gateway.plugin import MessageContext, Phase, Services
-from gateway.rfc5322 import author_info
 from gateway.text import printable
 from gateway.verdict import Finding
 
@@ -102,8 +101,11 @@ class DmarcCheck:
         self._dkim = DkimVerifier(services.resolver, lifetime=lifetime)
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
-        author = author_info(ctx.raw)
-        dkim = ctx.dkim if ctx.dkim is not None else await self._dkim.verify(ctx.raw)
+        message = ctx.message
+        author = message.authors
+        dkim = ctx.dkim
+        if dkim is None:
+            dkim = await self._dkim.verify(message.raw, message.fields)
         spf, distrusted = _distrust(ctx.spf, ctx.rules.auth.distrusted_include)
         result = await self.evaluator.evaluate(author, spf, dkim)
         trusted = ctx.rules.auth.trusts_sealer
