@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.domains import normalized
 from gateway.mime.budgets import ClamavSettings, MimeSettings
 from gateway.tomlfile import ConfigError, ConfigErrors, TomlFile
 
@@ -279,7 +280,7 @@ def _domain_list(value: Any) -> tuple[str, ...]:
         bare = domain.removeprefix(".")
         if not bare or "@" in bare or any(c.isspace() for c in bare):
             raise ValueError(f"{domain!r} is not a domain")
-    return tuple(d.lower().rstrip(".") for d in domains)
+    return tuple(normalized(d) for d in domains)
 
 
 def _networks(value: Any) -> tuple[Network, ...]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.auth.policy import AuthPolicy, load_auth_policy
+from gateway.domains import domain_matches
 from gateway.mime.policy import AttachmentPolicy, load_attachment_policy
 from gateway.tomlfile import ConfigError, ConfigErrors, TomlFile
 from gateway.verdict import Action, Finding, ForcedAction, SmtpReply, Verdict, combine
@@ -71,7 +72,7 @@ class AddressList:
         domain = address.rpartition("@")[2]
         if domain in self.domains:
             return True
-        return any(domain.endswith(parent) for parent in self.parents)
+        return domain_matches(domain, self.parents)
 
 
 @dataclass(frozen=True)

@@ -266,9 +266,9 @@ class DkimVerifier:
         except dkim.MessageFormatError as exc:
             return self._unparseable(message, fields, str(exc))
         body: bytes = verifier.body
-        fields = [v for name, v in verifier.headers if name.lower() == b"dkim-signature"]
-        skipped = max(0, len(fields) - self.max_signatures)
-        plans = [self._plan(i, value) for i, value in enumerate(fields[: self.max_signatures])]
+        values = [v for name, v in verifier.headers if name.lower() == b"dkim-signature"]
+        skipped = max(0, len(values) - self.max_signatures)
+        plans = [self._plan(i, value) for i, value in enumerate(values[: self.max_signatures])]
         keys = KeyCache(self.resolver)
         pending = [p for p in plans if p.pending]
         try:
@@ -430,9 +430,7 @@ class DkimVerifier:
 
     # -- a header section dkimpy cannot read ---------------------------------------------------
 
-    def _unparseable(
-        self, message: bytes, fields: Sequence[HeaderField], why: str
-    ) -> DkimResult:
+    def _unparseable(self, message: bytes, fields: Sequence[HeaderField], why: str) -> DkimResult:
         """dkimpy refused the header section (a line that is not a field): every signature we can
         see is a permerror, so it gives no credit and the reason is on record."""
         sigs: list[DkimSignature] = []

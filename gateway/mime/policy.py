@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.domains import domain_matches
 from gateway.mime.filetypes import (
     DISK_IMAGE_EXTENSIONS,
     EXECUTABLE_EXTENSIONS,
@@ -45,16 +46,7 @@ _ACTION_SYMBOL = {"quarantine": "ATT_POLICY_QUARANTINE", "reject": "ATT_POLICY_R
 
 
 def _domain_match(address: str, domains: Sequence[str]) -> bool:
-    domain = address.rpartition("@")[2].lower().rstrip(".")
-    if not domain:
-        return False
-    for entry in domains:
-        if entry.startswith("."):
-            if domain.endswith(entry):
-                return True
-        elif domain == entry:
-            return True
-    return False
+    return domain_matches(address.rpartition("@")[2], domains)
 
 
 @dataclass(frozen=True)
