@@ -163,6 +163,8 @@ def log_message(ctx: MessageContext, outcome: Outcome, elapsed: float) -> None:
         f"helo={quoted(ctx.client.helo or '')}",
         f"tls={tls}",
         f"from={quoted(ctx.mail_from or '')}",
+        # the From field as the quarantine record and every plugin read it (the first one)
+        f"header_from={quoted(ctx.message.decoded('from', 200) or '')}",
         f"rcpt={quoted(','.join(ctx.rcpt_tos), 400)}",
         # the same parse as every plugin and the quarantine record (one scan, shared)
         f"msgid={quoted(ctx.message.first('message-id') or '')}",
