@@ -174,7 +174,7 @@ def urls_in(text: str, limit: int = MAX_URLS) -> tuple[Url, ...]:
     for match in _URL.finditer(text):
         if len(found) >= limit:
             break
-        url = match.group(0)
+        url = match.group(0).rstrip(".,;:!?)")  # sentence punctuation after a link
         host_match = _HOST.match(url)
         host = host_match.group(1).lower().rstrip(".") if host_match else ""
         found.append(Url(url, host, registrable_domain(host) if host else ""))
