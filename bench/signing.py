@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench.corpus import Sample
-from gateway.rfc5322 import scan_header
+from gateway.message import scan_fields
 
 SIGNED_DOMAIN = "signed.bench.test"
 SELECTOR = "bench"
@@ -47,7 +47,7 @@ def ed25519_key() -> tuple[bytes, str]:
 def with_author(raw: bytes, index: int, domain: str) -> bytes:
     """The message with its From fields (and any old signature) replaced by one in `domain`."""
     kept = b"".join(
-        f.raw(raw) for f in scan_header(raw) if f.name not in ("from", "dkim-signature")
+        f.raw(raw) for f in scan_fields(raw) if f.name not in ("from", "dkim-signature")
     )
     end = raw.find(b"\r\n\r\n")
     body = raw[end:] if end != -1 else b"\r\n\r\n"

@@ -8,19 +8,14 @@ a delivery server behind us that trusts our address could otherwise be made to r
 from __future__ import annotations
 
 from gateway.config import RelaySettings
+from gateway.domains import domain_matches
 from gateway.policy import NetworkList
 from gateway.verdict import Replies, SmtpReply
 
 
 def domain_served(domain: str, served: tuple[str, ...]) -> bool:
-    domain = domain.lower().rstrip(".")
-    for entry in served:
-        if entry.startswith("."):
-            if domain.endswith(entry):
-                return True
-        elif domain == entry:
-            return True
-    return False
+    """`domain` is served: listed exactly, or below a ".parent" entry (gateway.domains)."""
+    return domain_matches(domain, served)
 
 
 def check_recipient(settings: RelaySettings, client_ip: str, address: str) -> SmtpReply | None:

@@ -293,7 +293,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 async def _scan(
     gateway: Gateway, raw: bytes, args: argparse.Namespace
 ) -> tuple[Verdict, MessageContext, bool]:
-    from gateway.headers import normalize_line_endings
+    from gateway.line_endings import normalize_line_endings
     from gateway.plugin import ClientInfo, MessageContext, Phase
     from gateway.transaction import inspect
 

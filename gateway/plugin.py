@@ -14,23 +14,19 @@ still override).
 
 from __future__ import annotations
 
-import email.message
-import email.parser
-import email.policy
 import enum
 import logging
 import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from gateway.config import Settings
 from gateway.cputime import CpuMeter
 from gateway.dns import Resolver
-from gateway.mime.model import MimeReport
+from gateway.message import ParsedMessage
 from gateway.policy import RuleSet
 from gateway.schema import Table, validate_table
 from gateway.tomlfile import ConfigError, ConfigErrors, TomlFile
@@ -127,14 +123,17 @@ class MessageContext:
     # typed results of the plugins (SpfResult at MAIL; DkimResult, ArcResult, DmarcResult at
     # DATA): what each provides, the ones after it read, and the trace fields report
     results: Results = field(default_factory=Results)
-    # the message parsed once (gateway.plugins.mime.mime_report): attachments, clamav read it
-    mime: MimeReport | None = None
+    _message: ParsedMessage | None = field(default=None, init=False, repr=False, compare=False)
 
-    @cached_property
-    def headers(self) -> email.message.Message:
-        """The header section, parsed once (compat32: tolerant and linear on hostile input)."""
-        parser = email.parser.BytesParser(policy=email.policy.compat32)
-        return parser.parsebytes(self.raw, headersonly=True)
+    @property
+    def message(self) -> ParsedMessage:
+        """The one parse of `raw` (gateway.message) that every plugin, the log line, the
+        quarantine record and the classifier read; made again only when `raw` is replaced
+        (line endings normalised, forged fields stripped), so it always reads the final bytes."""
+        found = self._message
+        if found is None or found.raw is not self.raw:
+            found = self._message = ParsedMessage(self.raw, self.settings.mime)
+        return found
 
     def meter(self, stage: str) -> CpuMeter:
         """The CPU meter of one plugin or stage ("relay", "quarantine") of this message."""
@@ -142,9 +141,6 @@ class MessageContext:
         if found is None:
             found = self.cpu[stage] = CpuMeter()
         return found
-
-    def header_values(self, name: str) -> list[str]:
-        return [str(v) for v in self.headers.get_all(name, [])]
 
 
 class Services:

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from gateway.auth.policy import AuthPolicy, load_auth_policy
+from gateway.domains import domain_matches
 from gateway.front_symbols import TLS_DOMAIN_SYMBOLS
 from gateway.mime.policy import AttachmentPolicy, load_attachment_policy
 from gateway.schema import (
@@ -94,7 +95,7 @@ class AddressList:
         domain = address.rpartition("@")[2]
         if domain in self.domains:
             return True
-        return any(domain.endswith(parent) for parent in self.parents)
+        return domain_matches(domain, self.parents)
 
 
 @dataclass(frozen=True)

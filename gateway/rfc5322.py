@@ -1,4 +1,4 @@
-"""A lenient header scanner and a strict From parser, for authentication (DMARC) and A-R hygiene.
+"""The strict From parser over gateway.message's lenient fields, for DMARC and A-R hygiene.
 
 Two ideas keep spoofing tricks out ("Composition Kills", Chen et al., USENIX Security 2020;
 "Weak Links in Authentication Chains", Shen et al., USENIX Security 2021):
@@ -18,14 +18,13 @@ Values are handled as text decoded from UTF-8 with replacement (SMTPUTF8 headers
 
 from __future__ import annotations
 
-import email.header
-import functools
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-_WSP = b" \t"
+from gateway.message import HeaderField, decode_encoded_words, scan_fields
+
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
 # What any reader might take as an address's domain: "@" then a run of domain characters.
 _LOOSE_DOMAIN = re.compile(r"@\s*\[?([A-Za-z0-9\u0080-\uffff](?:[A-Za-z0-9.\u0080-\uffff-]*))")
@@ -33,106 +32,6 @@ _LOOSE_DOMAIN = re.compile(r"@\s*\[?([A-Za-z0-9\u0080-\uffff](?:[A-Za-z0-9.\u008
 _LOOSE_ADDRESS = re.compile(
     r"[^\s<>()\[\],;:\"@\\]{1,64}@[A-Za-z0-9\u0080-\uffff][A-Za-z0-9.\u0080-\uffff-]{0,253}"
 )
-
-
-# -- the header section ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RawField:
-    """One header field as it is on the wire: [start, end) in the message, CRLF included.
-
-    `name` is the text before the first colon with all whitespace (folding too) removed, lower
-    case; `odd_name` says there was whitespace in or around it, or no colon at all (then
-    `name` is "" and `value` the whole line).
-    """
-
-    start: int
-    end: int
-    name: str
-    raw_value: bytes
-    odd_name: bool
-
-    @property
-    def value(self) -> str:
-        return _text(self.raw_value)
-
-    def raw(self, message: bytes) -> bytes:
-        return message[self.start : self.end]
-
-
-def header_end(message: bytes) -> int:
-    """Offset just past the header section's last CRLF (the empty line not included)."""
-    if message.startswith(b"\r\n"):
-        return 0
-    blank = message.find(b"\r\n\r\n")
-    return len(message) if blank == -1 else blank + 2
-
-
-def scan_header(message: bytes) -> list[RawField]:
-    """Every field of the header section, leniently: a line without a colon is a field of its
-    own (odd, nameless), a continuation line at the very start is a field too."""
-    end = header_end(message)
-    fields: list[RawField] = []
-    pos = 0
-    starts: list[int] = []
-    while pos < end:
-        eol = message.find(b"\r\n", pos, end)
-        nxt = end if eol == -1 else eol + 2
-        line = message[pos:nxt]
-        if not starts or line[:1] not in (b" ", b"\t"):
-            starts.append(pos)
-        pos = nxt
-    for i, start in enumerate(starts):
-        stop = starts[i + 1] if i + 1 < len(starts) else end
-        fields.append(_field(message, start, stop))
-    return fields
-
-
-@functools.lru_cache(maxsize=32)
-def _first_field_pattern(name: str) -> re.Pattern[bytes]:
-    # A line starting with the name (any case), optional blanks, a colon; the value runs over
-    # continuation lines. A lone CR or LF is part of the value, as scan_header reads it.
-    line = rb"(?:[^\r]|\r(?!\n))*"
-    return re.compile(
-        rb"(?:\A|\r\n)"
-        + re.escape(name.encode("ascii"))
-        + rb"[ \t]*:("
-        + line
-        + rb"(?:\r\n[ \t]"
-        + line
-        + rb")*)",
-        re.IGNORECASE,
-    )
-
-
-def first_field_value(message: bytes, name: str) -> str | None:
-    """The first `name` field's value, unfolded and stripped (UTF-8, undecodable bytes kept as
-    surrogate escapes), found with one regex search over the header section: for a log line,
-    where parsing the whole header would cost more than everything else the line needs."""
-    found = _first_field_pattern(name.lower()).search(message, 0, header_end(message))
-    if found is None:
-        return None
-    return found.group(1).replace(b"\r\n", b"").strip().decode("utf-8", "surrogateescape")
-
-
-_PLAIN_NAME = re.compile(rb"[!-9;-~]+")
-
-
-def _field(message: bytes, start: int, stop: int) -> RawField:
-    data = message[start:stop]
-    colon = data.find(b":")
-    if colon == -1:
-        return RawField(start, stop, "", data, True)
-    raw_name = data[:colon]
-    if _PLAIN_NAME.fullmatch(raw_name):
-        return RawField(start, stop, raw_name.decode("ascii").lower(), data[colon + 1 :], False)
-    name = re.sub(rb"\s+", b"", raw_name)
-    return RawField(start, stop, _text(name).lower(), data[colon + 1 :], True)
-
-
-def _text(data: bytes) -> str:
-    return data.decode("utf-8", errors="replace")
 
 
 def unfold(value: str) -> str:
@@ -322,32 +221,10 @@ def parse_address_list(value: str) -> ParsedAddresses:
     return out
 
 
-def decode_words(text: str) -> str:
-    """RFC 2047 encoded-words decoded (best effort), for looking at what a reader displays."""
-
-    def one(match: re.Match[str]) -> str:
-        try:
-            parts = email.header.decode_header(match.group())
-        except (ValueError, LookupError, UnicodeError):
-            return match.group()
-        out = []
-        for data, charset in parts:
-            if isinstance(data, bytes):
-                try:
-                    out.append(data.decode(charset or "ascii", errors="replace"))
-                except LookupError:
-                    out.append(data.decode("ascii", errors="replace"))
-            else:
-                out.append(data)
-        return "".join(out)
-
-    return _ENCODED_WORD.sub(one, text)
-
-
 def loose_domains(text: str) -> list[str]:
     """Every domain some reader might see after an "@" in `text` (raw and decoded), in order."""
     found: list[str] = []
-    for candidate in (text, decode_words(text)):
+    for candidate in (text, decode_encoded_words(text)):
         for match in _LOOSE_DOMAIN.finditer(candidate):
             domain = match.group(1).rstrip(".-").lower()
             if domain and domain not in found:
@@ -359,7 +236,7 @@ def shown_text(text: str) -> str:
     """What a renderer may show for `text`: encoded-words decoded, compatibility forms folded
     (NFKC: a fullwidth "\uff20" or small "\ufe6b" is an "@", fullwidth letters are ASCII),
     invisible format characters (bidi controls, zero-width spaces: category Cf) dropped."""
-    folded = unicodedata.normalize("NFKC", decode_words(text))
+    folded = unicodedata.normalize("NFKC", decode_encoded_words(text))
     return "".join(c for c in folded if unicodedata.category(c) != "Cf")
 
 
@@ -372,7 +249,7 @@ def invisible_characters(text: str) -> list[str]:
     """Format characters (Unicode category Cf: RTL/LTR overrides and isolates, zero-width
     space/joiners, soft hyphen) in `text`, after decoding encoded-words, as U+XXXX."""
     found: list[str] = []
-    for c in decode_words(text):
+    for c in decode_encoded_words(text):
         if unicodedata.category(c) == "Cf":
             code = f"U+{ord(c):04X}"
             if code not in found:
@@ -483,9 +360,10 @@ class AuthorInfo:
     display_addresses: tuple[tuple[str, str], ...] = ()
 
 
-def author_info(message: bytes) -> AuthorInfo:
-    """Find and parse the From field(s) of `message` (CRLF line endings)."""
-    fields = scan_header(message)
+def author_info(source: bytes | Sequence[HeaderField]) -> AuthorInfo:
+    """Find and parse the From field(s) of a message (CRLF line endings), or of its fields as
+    gateway.message scanned them (what ParsedMessage.authors passes)."""
+    fields = scan_fields(source) if isinstance(source, bytes) else source
     from_fields = [f for f in fields if f.name == "from"]
     problems: dict[str, str] = {}
     if not from_fields:
@@ -521,7 +399,7 @@ def author_info(message: bytes) -> AuthorInfo:
                 domains.append(domain)
         # An address inside an encoded-word outside a well-formed mailbox is shown by some
         # readers as the sender.
-        hidden = any("@" in decode_words(w) for w in _ENCODED_WORD.findall(value))
+        hidden = any("@" in decode_encoded_words(w) for w in _ENCODED_WORD.findall(value))
         if hidden and (not parsed.mailboxes or parsed.errors):
             loose_everything = True
     for value in values:

@@ -37,6 +37,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from gateway.domains import normalized
 from gateway.tomlfile import ConfigError, TomlFile
 
 M = TypeVar("M")
@@ -108,7 +109,7 @@ def _domain(value: Any) -> str:
     matcher's business, not the loader's."""
     if not isinstance(value, str):
         raise ValueError(f"must be a list of domain names (got {value!r})")
-    entry = value.strip().lower().rstrip(".")
+    entry = normalized(value)
     bare = entry.removeprefix(".")
     if not bare or "@" in bare or any(c.isspace() for c in bare):
         raise ValueError(f"{value!r} is not a domain name (or .domain)")

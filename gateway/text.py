@@ -49,3 +49,18 @@ def quoted(value: str | bytes, limit: int = 200) -> str:
     """A double-quoted, escaped rendering for key=value log lines."""
     text = _as_text(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{printable(text, limit)}"'
+
+
+def quoted_string(text: str) -> str:
+    """An RFC 5322 3.2.4 quoted-string of `text` (backslash and DQUOTE as quoted-pairs), for
+    header values we write; the caller has already reduced `text` to printable ASCII."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def rfc5322_comment(text: str) -> str:
+    """An RFC 5322 3.2.2 comment of `text` ("(", ")" and backslash as quoted-pairs), for header
+    values we write; the caller has already reduced `text` to printable ASCII."""
+    return "(" + _COMMENT_SPECIAL.sub(r"\\\1", text) + ")"
+
+
+_COMMENT_SPECIAL = re.compile(r"([()\\])")

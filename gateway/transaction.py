@@ -17,24 +17,13 @@ from gateway.app import Gateway
 from gateway.cputime import metered, offload
 from gateway.delivery import DeliveryTransport
 from gateway.front_symbols import BARE_LINE_ENDING, NUL_CHARACTER
-from gateway.headers import (
-    auth_fields,
-    has_bare_line_endings,
-    has_nul,
-    normalize_line_endings,
-    prepend_fields,
-    received_field,
-    strip_authentication_results,
-    strip_nul,
-    strip_our_fields,
-    strip_received_spf,
-    verdict_fields,
-)
+from gateway.header_edit import prepend_fields, remove_forged
+from gateway.line_endings import has_bare_line_endings, has_nul, normalize_line_endings, strip_nul
 from gateway.plugin import MessageContext, Phase
 from gateway.quarantine import StoreError
-from gateway.quarantine.model import DAY, decode_header_text, raw_header_values
-from gateway.rfc5322 import first_field_value
+from gateway.quarantine.model import DAY
 from gateway.text import quoted
+from gateway.trace_fields import auth_fields, received_field, verdict_fields
 from gateway.verdict import Action, Finding, Replies, SmtpReply, Verdict
 
 log = logging.getLogger("mailgate.message")
@@ -69,15 +58,11 @@ async def _decide_and_act(
     if refused is not None:
         await metered(delivery.reset(), ctx.meter("relay"))
         return Outcome(refused, _with_id(refused.reply, ctx.queue_id))
-    ctx.raw, forged = strip_our_fields(ctx.raw)
-    ctx.raw, forged_ar = strip_authentication_results(ctx.raw, gateway.settings.listen.hostname)
-    ctx.raw, forged_spf = strip_received_spf(ctx.raw, gateway.settings.listen.hostname)
+    # The parse the forged fields are found with is the one every plugin then reads (made
+    # again only if something was cut out: ctx.message always reads the final bytes).
+    ctx.raw, forged = remove_forged(ctx.message, gateway.settings.listen.hostname)
     verdict = await inspect(gateway, ctx)
-    note = f"removed {forged} forged X-Mailgate fields" if forged else ""
-    if forged_ar:
-        note = (note + "; " if note else "") + f"removed {forged_ar} forged Authentication-Results"
-    if forged_spf:
-        note = (note + "; " if note else "") + f"removed {forged_spf} forged Received-SPF"
+    note = forged.note()
     if verdict.action is Action.RELAY:
         message = prepend_fields(
             ctx.raw,
@@ -160,10 +145,10 @@ def metadata(ctx: MessageContext, verdict: Verdict) -> Mapping[str, Any]:
         "mail_from": ctx.mail_from,
         "rcpt_tos": list(ctx.rcpt_tos),
         "mail_options": list(ctx.mail_options),
-        "message_id": first_field_value(ctx.raw, "message-id"),
+        "message_id": ctx.message.first("message-id"),
         # Decoded (RFC 2047) for display and search; untrusted like every header.
-        "from": decode_header_text(raw_header_values(ctx.raw, "from")),
-        "subject": decode_header_text(raw_header_values(ctx.raw, "subject")),
+        "from": ctx.message.decoded("from"),
+        "subject": ctx.message.decoded("subject"),
         "size": len(ctx.raw),
         "action": verdict.action.value,
         "score": verdict.score,
@@ -187,9 +172,11 @@ def log_message(ctx: MessageContext, outcome: Outcome, elapsed: float) -> None:
         f"helo={quoted(ctx.client.helo or '')}",
         f"tls={tls}",
         f"from={quoted(ctx.mail_from or '')}",
+        # the From field as the quarantine record and every plugin read it (the first one)
+        f"header_from={quoted(ctx.message.decoded('from', 200) or '')}",
         f"rcpt={quoted(','.join(ctx.rcpt_tos), 400)}",
-        # from the raw header: the pass-through path parses nothing else per message
-        f"msgid={quoted(first_field_value(ctx.raw, 'message-id') or '')}",
+        # the same parse as every plugin and the quarantine record (one scan, shared)
+        f"msgid={quoted(ctx.message.first('message-id') or '')}",
         f"size={len(ctx.raw)}",
         f"action={verdict.action.value}",
         f"score={verdict.score:g}",

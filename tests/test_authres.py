@@ -21,7 +21,7 @@ from harness import GatewayFactory, RecordingSink, RunningGateway, message
 from gateway.auth.dkim import DkimResult, DkimSignature, DkimVerdict
 from gateway.auth.results import authentication_results, parse_results, pvalue
 from gateway.auth.spf import SpfEvaluation, SpfIdentity, SpfResult, SpfVerdict
-from gateway.headers import strip_authentication_results
+from gateway.header_edit import strip_authentication_results
 
 ID = "mx.gateway.test"
 

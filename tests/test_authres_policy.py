@@ -65,7 +65,9 @@ def test_trusted_sealers(tmp_path: Path) -> None:
     assert policy.trusted_sealers == ("lists.example.org", ".forward.example")
     assert policy.trusts_sealer("LISTS.example.org.")
     assert not policy.trusts_sealer("evil.lists.example.org")
-    assert policy.trusts_sealer("forward.example") and policy.trusts_sealer("a.b.forward.example")
+    # ".forward.example" is every domain below it, not forward.example itself (gateway.domains)
+    assert not policy.trusts_sealer("forward.example")
+    assert policy.trusts_sealer("a.b.forward.example")
     assert not policy.trusts_sealer("notforward.example")
 
 

@@ -16,9 +16,9 @@ from gateway.classifier.features import (
     extract,
     html_to_text,
     message_times,
-    registered_domain,
 )
 from gateway.classifier.vectorize import VectorSpec, hashed_counts, weighted
+from gateway.domains import registrable_domain
 
 MIME = REPO.parent / "shared" / "mime"
 
@@ -189,9 +189,9 @@ def test_every_shared_mime_sample_and_a_corpus_slice_extract() -> None:
 
 
 def test_registered_domain() -> None:
-    assert registered_domain("www.Example.COM.") == "example.com"
-    assert registered_domain("a.b.example.co.uk") == "example.co.uk"
-    assert registered_domain("localhost") == "localhost"
+    assert registrable_domain("www.Example.COM.") == "example.com"
+    assert registrable_domain("a.b.example.co.uk") == "example.co.uk"
+    assert registrable_domain("localhost") == "localhost"
 
 
 def test_time_order_prefers_a_plausible_date_and_distrusts_forged_ones() -> None:

@@ -21,7 +21,7 @@ from gateway.app import Gateway
 from gateway.classifier.model import ModelError, card_path_for
 from gateway.cli import main
 from gateway.config import ClassifierSettings, PluginSettings, Settings
-from gateway.headers import normalize_line_endings
+from gateway.line_endings import normalize_line_endings
 from gateway.plugin import ClientInfo, MessageContext
 from gateway.plugins.classifier import spam_weight
 from gateway.transaction import inspect

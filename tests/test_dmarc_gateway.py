@@ -265,7 +265,7 @@ async def test_arc_key_timeout(
 def trust_forwarder(gw: RunningGateway) -> None:
     auth = gw.settings.rules_dir / "auth.toml"
     auth.write_text(
-        auth.read_text().replace("trusted_sealers = []", 'trusted_sealers = [".forward.example"]')
+        auth.read_text().replace("trusted_sealers = []", 'trusted_sealers = ["forward.example"]')
     )
     assert gw.gateway.reload_rules()
 

@@ -7,7 +7,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.headers import has_bare_line_endings, normalize_line_endings
+from gateway.line_endings import has_bare_line_endings, normalize_line_endings
 
 BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")  # the definition: a CR not before LF, an LF not after CR
 
@@ -28,9 +28,13 @@ def test_examples() -> None:
     assert not has_bare_line_endings(b"")
 
 
-def test_first_field_value_reads_the_header_only() -> None:
-    from gateway.rfc5322 import first_field_value
+def first_field_value(raw: bytes, name: str) -> str | None:
+    from gateway.message import ParsedMessage
 
+    return ParsedMessage(raw).first(name)
+
+
+def test_first_field_value_reads_the_header_only() -> None:
     raw = (
         b"Subject: x\r\nMESSAGE-ID :\r\n <a@b>\r\nMessage-ID: <second@b>\r\n\r\n"
         b"Message-ID: <in-body@b>\r\n"

@@ -141,7 +141,7 @@ async def _findings(settings: Settings, raw: bytes, sender: str = "a@x.example")
     services = Services(settings)
     found = list(await MimeStructure(services).check(Phase.DATA, ctx))
     found += await AttachmentInspection(services).check(Phase.DATA, ctx)
-    assert ctx.mime is not None  # parsed once, shared: the second plugin reused it
+    assert ctx.message.mime_report is not None  # parsed once, shared: the second plugin reused it
     return found
 
 

@@ -71,10 +71,10 @@ class ShoutCheck(PluginBase):
         self.settings = services.config_for(self.name, ShoutConfig) or ShoutConfig()
 
     async def check(self, phase, ctx):
-        for value in ctx.header_values("subject"):
-            letters = [c for c in value if c.isalpha()]
-            if len(letters) >= self.settings.min_letters and all(c.isupper() for c in letters):
-                return [Finding("SHOUT_SUBJECT", detail=value[:40])]
+        subject = ctx.message.decoded("subject") or ""  # the one parse every plugin reads
+        letters = [c for c in subject if c.isalpha()]
+        if len(letters) >= self.settings.min_letters and all(c.isupper() for c in letters):
+            return [Finding("SHOUT_SUBJECT", detail=subject[:40])]
         return []
 '''
 

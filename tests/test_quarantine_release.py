@@ -15,7 +15,7 @@ import pytest
 from harness import GatewayFactory, RecordingSink, RunningGateway, free_port, message
 from quarantine_fixtures import CliResult, QuarantineCli, Sent, run_cli, send, write_config
 
-from gateway.headers import split_header
+from gateway.message import ParsedMessage
 from gateway.quarantine import SqliteStore
 from gateway.quarantine.release import release
 
@@ -63,8 +63,10 @@ def check_delivered(content: bytes, kept: bytes, qid: str, stored: bytes) -> Non
     assert content == stored
     assert content.endswith(kept)
     trace = content[: len(content) - len(kept)]
-    fields, rest = split_header(trace + b"\r\n")
-    assert rest == b"\r\n"
+    parsed = ParsedMessage(trace + b"\r\n")
+    assert parsed.header_end == len(trace)
+    fields = [f.raw(parsed.raw) for f in parsed.fields]
+    assert all(not f.odd_name for f in parsed.fields)
     names = [f.split(b":")[0].lower() for f in fields]
     assert names[0] == b"received"
     assert all(n in TRACE_FIELDS or n.startswith(b"x-mailgate-") for n in names), names

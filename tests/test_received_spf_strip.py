@@ -15,7 +15,7 @@ from auth_helpers import field_values, key_zone, mail, sign, start_auth_gateway
 from dns_server import DnsTestServer
 from harness import GatewayFactory, RecordingSink, RunningGateway, message
 
-from gateway.headers import strip_received_spf
+from gateway.header_edit import strip_received_spf
 
 ID = "mx.gateway.test"
 BODY = b"\r\nReceived-SPF: pass receiver=mx.gateway.test (in the body: kept)\r\n"

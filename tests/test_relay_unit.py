@@ -425,8 +425,8 @@ async def test_deliver_to_a_closed_port_is_451_441() -> None:
 
 
 def test_received_field_writes_ipv6_address_literals() -> None:
-    from gateway.headers import received_field
     from gateway.plugin import ClientInfo
+    from gateway.trace_fields import received_field
 
     field = received_field(
         ClientInfo(ip="2001:db8::7", port=1, helo="h.example", esmtp=True),
@@ -438,7 +438,7 @@ def test_received_field_writes_ipv6_address_literals() -> None:
 
 
 def test_forged_verdict_fields_are_removed_however_they_are_written() -> None:
-    from gateway.headers import strip_our_fields
+    from gateway.header_edit import strip_our_fields
 
     forged = (
         b"X-Mailgate-Action: relay\r\n"

@@ -47,7 +47,8 @@ def test_distrust_includes_are_parsed_and_matched(tmp_path: Path) -> None:
     assert policy.distrusted_include("include:_spf.shared.example") == "_spf.shared.example"
     assert policy.distrusted_include("+include:_SPF.shared.example.") == "_spf.shared.example."
     assert policy.distrusted_include("include:eu.relay.example") == "eu.relay.example"
-    assert policy.distrusted_include("include:relay.example") == "relay.example"
+    # ".relay.example" is every name below it, not relay.example itself (gateway.domains)
+    assert not policy.distrusted_include("include:relay.example")
     assert not policy.distrusted_include("include:other.shared.example")
     assert not policy.distrusted_include("include:notrelay.example")
     assert not policy.distrusted_include("ip4:127.0.0.1")

@@ -32,7 +32,7 @@ from gateway.auth.dkim import (
 from gateway.auth.spf import valid_domain
 from gateway.cputime import offload
 from gateway.dns import Resolver
-from gateway.rfc5322 import header_end
+from gateway.message import header_end
 
 log = logging.getLogger("mailgate.arc")
 

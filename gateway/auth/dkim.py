@@ -35,7 +35,7 @@ import dataclasses
 import enum
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 from gateway.auth.spf import valid_domain
 from gateway.cputime import offload
 from gateway.dns import DnsResult, DnsStatus, Resolver
-from gateway.rfc5322 import header_end, scan_header
+from gateway.message import HeaderField, header_end, scan_fields
 
 log = logging.getLogger("mailgate.dkim")
 # dkimpy logs what it thinks of hostile input at ERROR level; our findings say it instead.
@@ -251,19 +251,24 @@ class DkimVerifier:
         self.thread_threshold = thread_threshold
         self.min_key_bits = min_key_bits
 
-    async def verify(self, message: bytes) -> DkimResult:
-        """All signatures of `message` (CRLF line endings), in header order."""
+    async def verify(
+        self, message: bytes, fields: Sequence[HeaderField] | None = None
+    ) -> DkimResult:
+        """All signatures of `message` (CRLF line endings), in header order. `fields` is the
+        message's header section as gateway.message scanned it (scanned here when not given)."""
         head = message[: header_end(message)]
         if b"dkim-signature" not in head.lower():
             return DkimResult()
+        if fields is None:
+            fields = scan_fields(message)
         try:
             verifier = dkim.DKIM(message, logger=DKIMPY_LOG, minkey=0)
         except dkim.MessageFormatError as exc:
-            return self._unparseable(message, str(exc))
+            return self._unparseable(message, fields, str(exc))
         body: bytes = verifier.body
-        fields = [v for name, v in verifier.headers if name.lower() == b"dkim-signature"]
-        skipped = max(0, len(fields) - self.max_signatures)
-        plans = [self._plan(i, value) for i, value in enumerate(fields[: self.max_signatures])]
+        values = [v for name, v in verifier.headers if name.lower() == b"dkim-signature"]
+        skipped = max(0, len(values) - self.max_signatures)
+        plans = [self._plan(i, value) for i, value in enumerate(values[: self.max_signatures])]
         keys = KeyCache(self.resolver)
         pending = [p for p in plans if p.pending]
         try:
@@ -275,7 +280,7 @@ class DkimVerifier:
             self._check_key(plan, keys)
         pending = [p for p in plans if p.pending]
         if pending:
-            counts = _field_counts(message)
+            counts = _field_counts(fields)
             if len(message) > self.thread_threshold:
                 await offload(self._verify_all, verifier, body, pending, keys, counts)
             else:
@@ -425,11 +430,11 @@ class DkimVerifier:
 
     # -- a header section dkimpy cannot read ---------------------------------------------------
 
-    def _unparseable(self, message: bytes, why: str) -> DkimResult:
+    def _unparseable(self, message: bytes, fields: Sequence[HeaderField], why: str) -> DkimResult:
         """dkimpy refused the header section (a line that is not a field): every signature we can
         see is a permerror, so it gives no credit and the reason is on record."""
         sigs: list[DkimSignature] = []
-        for f in scan_header(message):
+        for f in fields:
             if f.name != "dkim-signature":
                 continue
             raw = f.raw(message)
@@ -445,9 +450,9 @@ class DkimVerifier:
         )
 
 
-def _field_counts(message: bytes) -> dict[str, int]:
+def _field_counts(fields: Sequence[HeaderField]) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for f in scan_header(message):
+    for f in fields:
         if f.name:
             counts[f.name] = counts.get(f.name, 0) + 1
     return counts

@@ -12,12 +12,12 @@ scores of the DMARC_* symbols in actions.toml and scores.toml, where admins soft
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pydantic import ConfigDict
 
+from gateway.domains import domain_matches
 from gateway.schema import TABLE_CONFIG, Array, DnsName, HostName, validate_table
 from gateway.tomlfile import ConfigError, TomlFile
 
@@ -25,13 +25,13 @@ from gateway.tomlfile import ConfigError, TomlFile
 @dataclass(frozen=True)
 class AuthPolicy:
     """`trusted_sealers`: "lists.example.org" (that domain) or ".example.org" (every domain
-    below example.org, and example.org itself), lower case, no final dot."""
+    below example.org, not example.org itself: gateway.domains), lower case, no final dot."""
 
     trusted_sealers: tuple[str, ...] = ()
     distrust_includes: tuple[str, ...] = ()
 
     def trusts_sealer(self, domain: str) -> bool:
-        return _listed(domain, self.trusted_sealers)
+        return domain_matches(domain, self.trusted_sealers)
 
     def distrusted_include(self, mechanism: str) -> str:
         """The include's domain when an SPF pass came through a distrusted include, else "".
@@ -52,19 +52,7 @@ class AuthPolicy:
         if not term.startswith("include:"):
             return ""
         domain = term.removeprefix("include:")
-        return domain if _listed(domain, self.distrust_includes) else ""
-
-
-def _listed(domain: str, entries: Sequence[str]) -> bool:
-    """`domain` is an entry, or below a ".domain" entry (or that domain itself)."""
-    name = domain.lower().rstrip(".")
-    for entry in entries:
-        if entry.startswith("."):
-            if name == entry[1:] or name.endswith(entry):
-                return True
-        elif name == entry:
-            return True
-    return False
+        return domain if domain_matches(domain, self.distrust_includes) else ""
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from gateway.text import quoted_string, rfc5322_comment
+
 if TYPE_CHECKING:
     from gateway.auth.arc import ArcResult
     from gateway.auth.dkim import DkimResult
@@ -60,13 +62,12 @@ def quote(value: str) -> str:
     text = _UNSAFE_CHARS.sub("?", value)
     if len(text) > MAX_VALUE:
         text = text[:MAX_VALUE] + "..."
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return quoted_string(text)
 
 
 def _comment(text: str) -> str:
     """A comment of our own words; escaped anyway."""
-    safe = _UNSAFE_CHARS.sub("?", text)[:MAX_VALUE]
-    return "(" + re.sub(r"([()\\])", r"\\\1", safe) + ")"
+    return rfc5322_comment(_UNSAFE_CHARS.sub("?", text)[:MAX_VALUE])
 
 
 def _resinfo(method: str, result: str, comment: str = "", **props: str) -> str:

@@ -49,7 +49,7 @@ import spf as pyspf
 
 from gateway.dns import DnsResult, DnsStatus, Resolver, normalize_name
 from gateway.folding import fold_items
-from gateway.text import printable
+from gateway.text import printable, quoted_string, rfc5322_comment
 
 log = logging.getLogger("mailgate.spf")
 
@@ -531,13 +531,12 @@ def _value(value: str) -> str:
     text = _safe(value)
     if _DOT_ATOM.fullmatch(text):
         return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return quoted_string(text)
 
 
 def _comment(value: str) -> str:
     """A comment with "(", ")" and "\\" escaped as quoted-pairs (RFC 5322 3.2.2)."""
-    text = _safe(value, 400)
-    return "(" + re.sub(r"([()\\])", r"\\\1", text) + ")"
+    return rfc5322_comment(_safe(value, 400))
 
 
 def _header_comment(check: SpfEvaluation, receiver: str) -> str:

@@ -39,6 +39,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.domains import registrable_domain
+from gateway.line_endings import has_bare_line_endings, normalize_line_endings
+from gateway.message import HeaderField, ParsedMessage, decode_encoded_words
+
 log = logging.getLogger("mailgate.classifier")
 
 Fields = dict[str, list[str]]
@@ -252,9 +256,6 @@ _WS = re.compile(r"\s+")
 _NON_LETTERS = re.compile(r"[\W\d_]+")
 _NON_UPPER = re.compile(r"[^A-Z\u00c0-\u00d6\u00d8-\u00de\u0391-\u03a9\u0410-\u042f]+")
 _ASCII = re.compile(r"[\x00-\x7f]+")
-# Second-level labels under which registrations happen (co.uk, com.au...): a short list is enough
-# for a feature (the registered domain of an URL), this is no public-suffix authority.
-_SLD = {"co", "com", "net", "org", "gov", "ac", "edu", "ne", "or", "go", "gob", "nic"}
 _FREEMAIL = {
     "yahoo",
     "hotmail",
@@ -287,40 +288,24 @@ def _bucket(n: float, edges: Iterable[float]) -> str:
     return "top"
 
 
-def _decode_header(value: Any) -> str:
-    """An RFC 2047 header value as text; never raises (unknown charsets become latin-1)."""
-    text = str(value) if value is not None else ""
-    if "=?" not in text:
-        return text
-    try:
-        chunks = email.header.decode_header(text)
-    except Exception:
-        return text
-    out = []
-    for chunk, charset in chunks:
-        if isinstance(chunk, str):
-            out.append(chunk)
-            continue
-        try:
-            out.append(chunk.decode(charset or "latin-1", errors="replace"))
-        except LookupError:
-            out.append(chunk.decode("latin-1"))
-    return "".join(out)
+def parsed_header(raw: bytes) -> ParsedMessage:
+    """The header section of a stored message parsed as the gateway parses a received one (CRLF
+    line endings, as SMTP delivers them: corpus files often have LF)."""
+    head = raw[: body_start(raw)]
+    if has_bare_line_endings(head):
+        head = normalize_line_endings(head)
+    return ParsedMessage(head)
+
+
+def _model_text(f: HeaderField) -> str:
+    """A field's value as the model was trained to read it: unfolded, each 8-bit byte one
+    U+FFFD (what the email package's compat32 gave it: the tokens stay the model's)."""
+    return f.raw_value.replace(b"\r\n", b"").strip().decode("ascii", errors="replace")
 
 
 def _domain_of(address: str) -> str:
     found = _ADDR_DOMAIN.search(address)
     return found.group(1).lower().strip(".") if found else ""
-
-
-@functools.lru_cache(maxsize=1 << 14)
-def registered_domain(host: str) -> str:
-    labels = [x for x in host.lower().strip(".").split(".") if x]
-    if len(labels) <= 2:
-        return ".".join(labels)
-    if labels[-2] in _SLD or (len(labels[-1]) == 2 and len(labels[-2]) <= 2):
-        return ".".join(labels[-3:])
-    return ".".join(labels[-2:])
 
 
 def _date_tuple(value: str) -> tuple[datetime | None, list[str]]:
@@ -480,7 +465,7 @@ def _parse_url(url: str, out: list[str], hosts: set[str]) -> None:
         hosts.add(host)
         return
     hosts.add(host)
-    reg = registered_domain(host)
+    reg = registrable_domain(host)
     out.append(f"host:{host}")
     out.append(f"dom:{reg}")
     out.append(f"tld:{host.rpartition('.')[2]}")
@@ -502,16 +487,19 @@ def extract(
     settings: FeatureSettings,
     envelope_from: str | None = None,
     arrival: datetime | None = None,
+    message: ParsedMessage | None = None,
 ) -> Fields:
     """Tokens per field for one message; never raises.
 
     `envelope_from` is the SMTP MAIL FROM (the Return-Path field stands in for it when training
     on stored mail); `arrival` is when the message reached us (else the newest Received
-    timestamp that is not the collector's), for date anomalies.
+    timestamp that is not the collector's), for date anomalies. `message` is the gateway's one
+    parse of `raw` (gateway.message), whose header fields are read here; without it (training
+    on stored mail, often with LF line endings) the header section is parsed the same way.
     """
     fields: Fields = {name: [] for name in FIELDS}
     try:
-        _extract(raw, settings, envelope_from, arrival, fields)
+        _extract(raw, settings, envelope_from, arrival, fields, message or parsed_header(raw))
     except Exception as exc:  # hostile MIME must give a feature, never an exception
         log.debug("feature extraction stopped: %s", type(exc).__name__)
         fields["header"].append("parse:error")
@@ -579,6 +567,7 @@ def _extract(
     envelope_from: str | None,
     arrival: datetime | None,
     fields: Fields,
+    message: ParsedMessage,
 ) -> None:
     compiled = _compiled(settings)
 
@@ -597,17 +586,17 @@ def _extract(
     if defects:
         traits.append("mime:defects")
 
-    # -- header traits ---------------------------------------------------------------------------
-    def get(name: str) -> Any:
-        return msg.get(name)
+    # -- header traits: the gateway's one reading of the header fields (gateway.message) -------
+    def get(name: str) -> str | None:
+        found = message.all(name)
+        return _model_text(found[0]) if found else None
 
-    def get_all(name: str) -> list[Any]:
-        values: list[Any] = msg.get_all(name, [])
-        return values
+    def get_all(name: str) -> list[str]:
+        return [_model_text(f) for f in message.all(name)]
 
     def first(name: str) -> str:
         value = get(name)
-        return _decode_header(value) if value is not None else ""
+        return decode_encoded_words(value) if value is not None else ""
 
     is_list = any(get(name) is not None for name in _LIST_FIELDS)
     subject = first("subject")
@@ -628,7 +617,7 @@ def _extract(
         traits.append("from:no_domain")
     else:
         traits.append(f"from:tld:{from_dom.rpartition('.')[2]}")
-        reg = registered_domain(from_dom)
+        reg = registrable_domain(from_dom)
         if reg.split(".")[0] in _FREEMAIL:
             traits.append("from:freemail")
         if reg:
@@ -652,7 +641,7 @@ def _extract(
     if reply_to:
         rdom = _domain_of(reply_to)
         traits.append("replyto:present")
-        if from_dom and rdom and registered_domain(rdom) != registered_domain(from_dom):
+        if from_dom and rdom and registrable_domain(rdom) != registrable_domain(from_dom):
             traits.append("replyto:other_domain")
         if reply_to.strip() and from_addr and from_addr not in reply_to:
             traits.append("replyto:other_address")
@@ -665,7 +654,7 @@ def _extract(
     else:
         edom = _domain_of(envelope)
         if from_dom and edom:
-            if registered_domain(edom) != registered_domain(from_dom):
+            if registrable_domain(edom) != registrable_domain(from_dom):
                 traits.append("env:other_domain")
             elif from_addr and from_addr not in envelope:
                 traits.append("env:same_domain_other_address")
@@ -699,7 +688,7 @@ def _extract(
         mdom = _domain_of(msgid).rstrip(">")
         if not mdom:
             traits.append("msgid:no_domain")
-        elif from_dom and registered_domain(mdom) != registered_domain(from_dom):
+        elif from_dom and registrable_domain(mdom) != registrable_domain(from_dom):
             traits.append("msgid:other_domain")
         if not (msgid.startswith("<") and msgid.endswith(">")):
             traits.append("msgid:no_brackets")
@@ -821,13 +810,13 @@ def _extract(
                 url_tokens.append("mailto")
                 dom = _domain_of(lowered)
                 if dom:
-                    url_tokens.append(f"mailto:{registered_domain(clean(dom))}")
+                    url_tokens.append(f"mailto:{registrable_domain(clean(dom))}")
             elif lowered.startswith(("http", "www.")):
                 _url_tokens(clean(lowered), url_tokens, hosts)
             elif lowered.startswith("cid:"):
                 url_tokens.append("cid")
     traits.append(f"urls:{_bucket(len(hosts), (1, 2, 3, 5, 10))}")
-    if from_dom and any(registered_domain(h) == registered_domain(from_dom) for h in hosts):
+    if from_dom and any(registrable_domain(h) == registrable_domain(from_dom) for h in hosts):
         traits.append("urls:from_domain")
     words = _words(body, settings.max_tokens)
     if settings.body_bigrams:
@@ -972,15 +961,12 @@ def message_times(raw: bytes) -> MessageTimes:
     """Dates used to order a corpus in time; never raises."""
     out = MessageTimes()
     try:
-        head = raw[: min(body_start(raw), 65536)]
-        msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
-            head, headersonly=True
-        )
-        date = msg.get("date")
-        if date is not None:
-            out.date, out.anomalies = _date_tuple(_decode_header(date))
-        for value in msg.get_all("received", [])[:3]:
-            when = received_time(str(value))
+        header = parsed_header(raw[:65536])
+        dates = header.all("date")
+        if dates:
+            out.date, out.anomalies = _date_tuple(decode_encoded_words(_model_text(dates[0])))
+        for f in header.all("received")[:3]:
+            when = received_time(_model_text(f))
             if when is not None:
                 out.arrival = when
                 break

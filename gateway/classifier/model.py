@@ -33,6 +33,7 @@ import numpy as np
 
 from gateway.classifier.features import FeatureSettings, extract
 from gateway.classifier.vectorize import FloatArray, LinearScorer, VectorSpec
+from gateway.message import ParsedMessage
 from gateway.tomlfile import ConfigError
 
 FORMAT = "mailgate-spam-model/1"
@@ -137,9 +138,14 @@ class SpamModel:
         return 1.0 / (1.0 + math.exp(-t))
 
     def score(
-        self, raw: bytes, envelope_from: str | None = None, arrival: datetime | None = None
+        self,
+        raw: bytes,
+        envelope_from: str | None = None,
+        arrival: datetime | None = None,
+        message: ParsedMessage | None = None,
     ) -> Score:
-        z = self.z_of_fields(extract(raw, self.features, envelope_from, arrival))
+        """P(spam) of `raw`; `message` is the gateway's parse of it, when there is one."""
+        z = self.z_of_fields(extract(raw, self.features, envelope_from, arrival, message))
         return Score(self.probability_of_z(z), z)
 
 

@@ -1,7 +1,7 @@
 """HTML as a mail client renders it: scripts, forms, frames, hidden text, deceptive links.
 
 A bounded pass of the stdlib HTMLParser (tolerant of broken markup). A link is deceptive when
-its visible text shows a domain and its href goes to another registrable domain.
+its visible text shows a domain and its href goes to another registrable domain (by the PSL).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import re
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
+from gateway.domains import registrable_domain
 from gateway.mime.model import BudgetExceeded, Deadline
 
 MAX_HTML = 2 * 1024 * 1024
@@ -26,18 +27,7 @@ _HIDDEN_STYLE = re.compile(
 _DOMAIN = re.compile(
     r"(?:https?://)?((?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,24})(?![a-z0-9.-])", re.I
 )
-_SECOND_LEVEL = frozenset({"co", "com", "net", "org", "gov", "ac", "edu", "ne", "or", "go"})
 _HIDDEN_MIN_CHARS = 30
-
-
-def registrable(host: str) -> str:
-    """An approximation of the registrable domain (no public suffix list): the last two labels,
-    three under a two-letter country code's generic second level (example.co.uk)."""
-    host = host.lower().rstrip(".")
-    labels = host.split(".")
-    if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL:
-        return ".".join(labels[-3:])
-    return ".".join(labels[-2:])
 
 
 class _Scanner(HTMLParser):
@@ -141,8 +131,8 @@ class _Scanner(HTMLParser):
             ipaddress.ip_address(target)
             target_domain = target
         except ValueError:
-            target_domain = registrable(target)
-        if registrable(shown.group(1)) != target_domain:
+            target_domain = registrable_domain(target)
+        if registrable_domain(shown.group(1)) != target_domain:
             self._add("HTML_LINK_MISMATCH", f"shows {shown.group(1)[:50]}, goes to {target[:50]}")
 
 

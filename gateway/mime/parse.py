@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from gateway.message import decode_encoded_words
 from gateway.mime.budgets import DEFAULT_LIMITS, MimeSettings
 from gateway.mime.model import BudgetExceeded, Deadline, Leaf, MimeReport
 from gateway.mime.symbols import MIME_SYMBOLS
@@ -198,27 +199,6 @@ def _raw_has_duplicate_boundary(raw: bytes, limits: MimeSettings) -> bool:
     return False
 
 
-def _decode_words(value: str) -> str:
-    """RFC 2047 encoded words, decoded as clients do (even inside a quoted parameter)."""
-    value = value[:_MAX_NAME_CHARS]
-    if "=?" not in value:
-        return value
-    try:
-        parts = email.header.decode_header(value)
-    except (email.errors.HeaderParseError, ValueError, LookupError):
-        return value
-    out: list[str] = []
-    for chunk, charset in parts:
-        if isinstance(chunk, str):
-            out.append(chunk)
-            continue
-        try:
-            out.append(chunk.decode(charset or "ascii", "replace"))
-        except LookupError:
-            out.append(chunk.decode("latin-1"))
-    return "".join(out)
-
-
 def _param_text(value: Any) -> str:
     if isinstance(value, tuple) and len(value) == 3:
         charset, language, text = value
@@ -243,7 +223,7 @@ def _names(msg: _Entity) -> tuple[str, ...]:
             for key, raw_value in params[1:]:
                 key = key.lower()
                 if key == param or key.startswith(param + "*"):
-                    name = _decode_words(_param_text(raw_value)).strip()
+                    name = decode_encoded_words(_param_text(raw_value)[:_MAX_NAME_CHARS]).strip()
                     if name and name not in names:
                         names.append(name)
     return tuple(names)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, ConfigDict, PlainValidator
 
+from gateway.domains import domain_matches
 from gateway.mime.filetypes import (
     DISK_IMAGE_EXTENSIONS,
     EXECUTABLE_EXTENSIONS,
@@ -46,16 +47,7 @@ _ACTION_SYMBOL = {"quarantine": "ATT_POLICY_QUARANTINE", "reject": "ATT_POLICY_R
 
 
 def _domain_match(address: str, domains: Sequence[str]) -> bool:
-    domain = address.rpartition("@")[2].lower().rstrip(".")
-    if not domain:
-        return False
-    for entry in domains:
-        if entry.startswith("."):
-            if domain.endswith(entry):
-                return True
-        elif domain == entry:
-            return True
-    return False
+    return domain_matches(address.rpartition("@")[2], domains)
 
 
 def _family(value: Any) -> str:

@@ -1,9 +1,9 @@
 """Attachments at end of DATA: what each file really is, archives, documents, HTML; the policy.
 
-Reads the one parse of the message (`ctx.mime`, made by the mime plugin or here on first use),
-scans every leaf of every reading under its own time budget (on the loop for small messages
-without archives or documents, in a worker thread otherwise)
-(gateway.mime.content), then applies rules/attachments.toml for this envelope.
+Reads the one parse of the message (`ctx.message.mime()`, made by the mime plugin or here on
+first use), scans every leaf of every reading under its own time budget (on the loop for small
+messages without archives or documents, in a worker thread otherwise) (gateway.mime.content),
+then applies rules/attachments.toml for this envelope.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from gateway.cputime import offload
+from gateway.message import INLINE_BYTES
 from gateway.mime.content import scan, scan_light
 from gateway.mime.symbols import ATTACHMENT_SYMBOLS
 from gateway.plugin import MessageContext, Phase, PluginBase
-from gateway.plugins.mime import INLINE_BYTES, mime_report
 from gateway.verdict import Finding
 
 # Up to INLINE_BYTES (the mime plugin's limit) a message with no archive or document is scanned
@@ -32,7 +32,7 @@ class AttachmentInspection(PluginBase):
     symbols: ClassVar[Mapping[str, str]] = ATTACHMENT_SYMBOLS
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
-        report = await mime_report(ctx)
+        report = await ctx.message.mime()
         limits = ctx.settings.mime
         content = scan_light(report, limits) if len(ctx.raw) <= INLINE_BYTES else None
         if content is None:

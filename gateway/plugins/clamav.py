@@ -22,7 +22,6 @@ from gateway.mime.budgets import ClamavSettings
 from gateway.mime.clamd import ClamdError, ClamdReply, instream
 from gateway.mime.symbols import CLAMAV_SYMBOLS
 from gateway.plugin import MessageContext, Phase, PluginBase, Services
-from gateway.plugins.mime import mime_report
 from gateway.schema import Table
 from gateway.verdict import Finding
 
@@ -56,7 +55,7 @@ class ClamavScan(PluginBase):
         if address is None:
             return [Finding("CLAMAV_UNAVAILABLE", detail="no [plugins.clamav] address")]
         streams = [("message", ctx.raw)]
-        report = await mime_report(ctx)
+        report = await ctx.message.mime()
         extra = [
             leaf
             for leaf in report.leaves

@@ -83,9 +83,11 @@ class SpamClassifier(PluginBase):
         if len(ctx.raw) > OFF_LOOP_BYTES:
             # Feature extraction grows with the message (about 1 ms for a typical one, ~10 ms
             # for the largest corpus messages): keep big ones off the event loop.
-            score = await offload(model.score, ctx.raw, envelope_from=sender, arrival=arrival)
+            score = await offload(
+                model.score, ctx.raw, envelope_from=sender, arrival=arrival, message=ctx.message
+            )
         else:
-            score = model.score(ctx.raw, envelope_from=sender, arrival=arrival)
+            score = model.score(ctx.raw, envelope_from=sender, arrival=arrival, message=ctx.message)
         p = score.probability
         t = model.thresholds
         detail = f"p={p:.4f} model {model.version}"

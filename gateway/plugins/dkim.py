@@ -43,7 +43,7 @@ class DkimCheck(PluginBase):
         self.verifier = DkimVerifier(services.resolver, lifetime=lifetime)
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
-        result = await self.verifier.verify(ctx.raw)
+        result = await self.verifier.verify(ctx.raw, ctx.message.fields)
         ctx.results.put(result)
         return dkim_findings(result)
 

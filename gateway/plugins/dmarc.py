@@ -48,7 +48,6 @@ from gateway.auth.dmarc import (
 )
 from gateway.auth.spf import SpfResult, SpfVerdict
 from gateway.plugin import MessageContext, Phase, PluginBase, Services
-from gateway.rfc5322 import author_info
 from gateway.text import printable
 from gateway.verdict import Finding
 
@@ -104,7 +103,8 @@ class DmarcCheck(PluginBase):
         self.evaluator = DmarcEvaluator(services.resolver, lifetime=lifetime)
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
-        author = author_info(ctx.raw)
+        message = ctx.message
+        author = message.authors
         dkim = ctx.results.get(DkimResult)
         if dkim is None:  # the chain runs dmarc only after dkim provided its result
             raise LookupError("no DkimResult: the dkim plugin must run before dmarc")

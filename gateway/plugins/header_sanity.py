@@ -2,6 +2,9 @@
 
 Two From fields is the classic way to show a mail client one sender and an authentication check
 another; a missing Date or Message-ID is typical of bulk tools. Scores live in rules/scores.toml.
+
+Fields are counted in the one lenient reading of the header (gateway.message) that DMARC reads
+too: `From : x` is a From, and a line that is not a field does not hide the fields after it.
 """
 
 from __future__ import annotations
@@ -30,14 +33,13 @@ class HeaderSanity(PluginBase):
     }
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
-        headers = ctx.headers
-        if not headers.keys():
+        names = [f.name for f in ctx.message.fields if f.name]
+        if not names:
             return [Finding("HDR_NO_HEADERS")]
         found: list[Finding] = []
         counts = {"from": 0, "date": 0, "message-id": 0}
         duplicates: dict[str, int] = {}
-        for key in headers:
-            name = key.lower()
+        for name in names:
             if name in counts:
                 counts[name] += 1
             if name in _SINGLETONS:

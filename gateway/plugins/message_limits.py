@@ -29,7 +29,7 @@ class MessageLimits(PluginBase):
         found: list[Finding] = []
         if not ctx.raw.strip():
             found.append(Finding("MSG_EMPTY"))
-        hops = len(ctx.headers.get_all("received", []))
+        hops = ctx.message.count("received")
         if hops >= LOOP_HOPS:
             found.append(Finding("MSG_MAIL_LOOP", detail=f"{hops} Received fields"))
         if len(ctx.rcpt_tos) >= MANY_RECIPIENTS:

@@ -9,7 +9,6 @@ Everything in an `Entry` came from a sender and is hostile: render it through ga
 
 from __future__ import annotations
 
-import email.header
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -231,51 +230,6 @@ class Store(Protocol):
     def sweep(self, min_age: float = 3600.0) -> int: ...
 
     def close(self) -> None: ...
-
-
-def raw_header_values(raw: bytes, name: str) -> list[str]:
-    """The values of one header field, unfolded, as sent: UTF-8 (RFC 6532), with undecodable
-    bytes kept as surrogate escapes (the email package's compat32 turns 8-bit text into U+FFFD)."""
-    from gateway.headers import split_header
-
-    fields, _ = split_header(raw)
-    prefix = name.lower().encode("ascii")
-    values = []
-    for field_bytes in fields:
-        field_name, _, value = field_bytes.partition(b":")
-        if field_name.strip().lower() == prefix:
-            unfolded = value.replace(b"\r\n", b"").strip()
-            values.append(unfolded.decode("utf-8", errors="surrogateescape"))
-    return values
-
-
-def decode_header_text(values: Sequence[object], limit: int = 2000) -> str | None:
-    """The first value of a header field with RFC 2047 encoded words decoded, for display only.
-
-    Best effort and never raising: unknown charsets and broken encodings give replacement
-    characters. The result is untrusted text (it may hold ESC, CR, bidi overrides): print it
-    through gateway.text.printable.
-    """
-    if not values:
-        return None
-    value = str(values[0])[: limit * 4]
-    try:
-        parts = email.header.decode_header(value)
-    except Exception:  # a hostile header must not stop quarantining; show it undecoded
-        return value[:limit]
-    out: list[str] = []
-    for chunk, charset in parts:
-        if isinstance(chunk, str):
-            out.append(chunk)
-        elif charset is None or charset == "unknown-8bit":
-            # decode_header turned undecoded text into bytes with raw-unicode-escape.
-            out.append(chunk.decode("raw-unicode-escape", errors="replace"))
-        else:
-            try:
-                out.append(chunk.decode(charset, errors="replace"))
-            except (LookupError, ValueError):  # unknown or refused charset name
-                out.append(chunk.decode("utf-8", errors="replace"))
-    return "".join(out)[:limit]
 
 
 def storable(value: str) -> str:

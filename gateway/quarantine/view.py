@@ -15,9 +15,8 @@ import re
 from dataclasses import dataclass
 from html.parser import HTMLParser
 
-from gateway.headers import split_header
+from gateway.message import DISPLAY_CHARS, ParsedMessage, decode_encoded_words
 from gateway.mime.html import feed_all
-from gateway.quarantine.model import decode_header_text
 
 MAX_PARTS = 500
 MAX_DEPTH = 30
@@ -49,15 +48,16 @@ class MessageView:
 
 
 def view_message(raw: bytes, preview_chars: int = PREVIEW_CHARS) -> MessageView:
-    fields, _ = split_header(raw)
+    # The same lenient reading of the header section as the gateway's plugins made: a line
+    # that is not a field is listed (with no name) instead of hiding every field after it.
+    fields = ParsedMessage(raw).fields
     headers: list[tuple[str, str]] = []
     for field in fields[:MAX_HEADERS]:
-        name, _, value = field.partition(b":")
-        text = _FOLD.sub(b"", value).strip()
+        name = field.written_name(raw)
         headers.append(
             (
-                name.decode("ascii", errors="backslashreplace"),
-                text.decode("utf-8", errors="surrogateescape"),
+                _FOLD.sub(b"", name).strip().decode("ascii", errors="backslashreplace"),
+                field.unfolded,
             )
         )
     parts: list[Part] = []
@@ -101,7 +101,7 @@ def _describe(part: email.message.Message, path: str) -> Part:
         name = part.get_filename() or part.get_param("name")
         if isinstance(name, tuple):  # RFC 2231 value get_param did not collapse
             name = email.utils.collapse_rfc2231_value(name)
-        filename = decode_header_text([name]) if name else None
+        filename = decode_encoded_words(str(name), DISPLAY_CHARS) if name else None
     except Exception:  # malformed parameters: say so rather than fail the whole view
         filename = "(unreadable file name)"
     size = 0

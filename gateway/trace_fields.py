@@ -1,0 +1,64 @@
+"""The header fields the gateway writes on top of a message: Received, Authentication-Results
+with Received-SPF, and the X-Mailgate-* verdict fields (gateway.header_edit strips forged ones).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+from gateway import __version__
+from gateway.auth.arc import ArcResult
+from gateway.auth.dkim import DkimResult
+from gateway.auth.dmarc import DmarcResult
+from gateway.auth.results import authentication_results
+from gateway.auth.spf import SpfResult, received_spf
+from gateway.folding import fold_items
+from gateway.plugin import ClientInfo, MessageContext
+from gateway.text import ascii_printable
+from gateway.verdict import Verdict
+
+
+def auth_fields(ctx: MessageContext, authserv_id: str) -> bytes:
+    """Authentication-Results with our authserv-id (always), and Received-SPF when SPF ran."""
+    results = ctx.results
+    spf = results.get(SpfResult)
+    fields = authentication_results(
+        authserv_id,
+        spf=spf,
+        dkim=results.get(DkimResult),
+        arc=results.get(ArcResult),
+        dmarc=results.get(DmarcResult),
+    )
+    if spf is not None:
+        fields += received_spf(spf.mailfrom, authserv_id)
+    return fields
+
+
+def received_field(
+    client: ClientInfo, hostname: str, queue_id: str, recipients: Sequence[str]
+) -> bytes:
+    """RFC 5321 4.4 trace field; protocol per RFC 3848 (ESMTPS when TLS was used)."""
+    helo = ascii_printable(client.helo or "unknown", 100).replace("(", "").replace(")", "")
+    protocol = ("ESMTP" if client.esmtp else "SMTP") + ("S" if client.tls else "")
+    literal = f"IPv6:{client.ip}" if ":" in client.ip else client.ip  # RFC 5321 4.1.3
+    items = [f"from {helo} ([{literal}])", f"by {hostname} (mailgate {__version__})"]
+    if client.tls:
+        items.append(f"({client.tls.version}:{client.tls.cipher}:{client.tls.bits})")
+    items += [f"with {protocol}", f"id {queue_id}"]
+    if len(recipients) == 1:
+        items.append(f"for <{ascii_printable(recipients[0], 200)}>")
+    items[-1] += ";"
+    items.append(format_datetime(datetime.now(UTC)))
+    return fold_items("Received", items)
+
+
+def verdict_fields(verdict: Verdict, queue_id: str) -> bytes:
+    """X-Mailgate-* fields: what we decided and why, for the delivery server and the user."""
+    symbols = verdict.symbols_text().split(",") if verdict.findings else ["none"]
+    return (
+        f"X-Mailgate-ID: {queue_id}\r\n"
+        f"X-Mailgate-Action: {verdict.action.value}\r\n"
+        f"X-Mailgate-Score: {verdict.score:g}\r\n"
+    ).encode("ascii") + fold_items("X-Mailgate-Symbols", symbols)
