@@ -25,6 +25,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from gateway.folding import fold_items
 from gateway.text import quoted_string, rfc5322_comment
 
 if TYPE_CHECKING:
@@ -152,14 +153,12 @@ def authentication_results(
 
 
 def fold_field(name: str, authserv_id: str, items: Sequence[str]) -> bytes:
-    """`name: id; item; item` with each item on its own line (RFC 5322 folding)."""
-    head = f"{name}: {pvalue(authserv_id)}"
+    """`name: id; item; item` with each item on its own line (gateway.folding)."""
+    head = pvalue(authserv_id)
     if not items:
-        return f"{head}; none\r\n".encode("ascii")
-    lines = [head + ";"]
-    for i, item in enumerate(items):
-        lines.append("\t" + item + (";" if i < len(items) - 1 else ""))
-    return ("\r\n".join(lines) + "\r\n").encode("ascii", errors="replace")
+        return fold_items(name, [f"{head}; none"])
+    separated = [f"{head};", *(f"{item};" for item in items[:-1]), items[-1]]
+    return fold_items(name, separated, each_on_own_line=True)
 
 
 # -- reading ---------------------------------------------------------------------------------------
