@@ -267,6 +267,7 @@ class _Scanner:
             if reader.is_encrypted and not reader.decrypt(""):
                 self.unread(f"{where}: encrypted PDF")
                 return
+            seen: set[object] = set()
             for number, page in enumerate(reader.pages, start=1):
                 if self.over_time():
                     self.skip(f"{where}: time budget of {self.limits.qr_time_budget:g}s spent")
@@ -277,12 +278,12 @@ class _Scanner:
                     if number > PDF_LOOKAHEAD_PAGES:
                         self.skip(f"{where}: more than {PDF_LOOKAHEAD_PAGES} pages")
                         return
-                    if any(_page_images(page)):
+                    if any(_page_images(page, seen)):
                         limit = self.limits.qr_max_pdf_pages
                         self.skip(f"{where}: page {number} has images past {limit} pages")
                         return
                     continue
-                for index, stream in enumerate(_page_images(page)):
+                for index, stream in enumerate(_page_images(page, seen)):
                     if self.over_time() or self.images >= self.limits.qr_max_images:
                         self.picture_slot(f"{where} page {number}")  # records the bound
                         return
@@ -297,16 +298,13 @@ class _Scanner:
             return
         if width < MIN_SIDE or height < MIN_SIDE:
             return
-        filters = _entry(stream, "/Filter")
-        names = filters if isinstance(filters, ArrayObject) else [filters]
-        refused = sorted(
-            {str(n) for n in names if isinstance(n, NameObject)} & _PDF_REFUSED_FILTERS
-        )
+        filters = _filters(stream)
+        refused = sorted(set(filters) & _PDF_REFUSED_FILTERS)
         if refused:
             self.unread(f"{where}: {refused[0]} not decoded")
             return
         try:
-            image = stream.decode_as_image()
+            image = _pdf_picture(stream, filters, width, height)
             with image:
                 self.image(image, where, in_pdf=True)
         except _Skip as exc:
@@ -315,6 +313,50 @@ class _Scanner:
             self.skip(f"{where}: over Pillow's pixel limit")
         except Exception as exc:  # a broken image stream hides nothing a reader would show
             self.unread(f"{where}: {type(exc).__name__}")
+
+
+def _filters(stream: StreamObject) -> list[str]:
+    found = _entry(stream, "/Filter")
+    names = found if isinstance(found, ArrayObject) else [found]
+    return [str(n) for n in names if isinstance(n, NameObject)]
+
+
+_COMPONENTS = {"/DeviceGray": 1, "/DeviceRGB": 3, "/DeviceCMYK": 4}
+_RAW_MODES = {(1, 8): "L", (1, 1): "1", (3, 8): "RGB", (4, 8): "CMYK"}
+
+
+def _components(space: object) -> int:
+    """Colour components of a plain colour space (DeviceGray/RGB/CMYK, ICCBased), else 0."""
+    if isinstance(space, NameObject):
+        return _COMPONENTS.get(str(space), 0)
+    if isinstance(space, ArrayObject) and len(space) == 2 and space[0] == "/ICCBased":
+        profile = space[1].get_object()
+        if isinstance(profile, StreamObject):
+            count = _int(_entry(profile, "/N"))
+            return count if count in (1, 3, 4) else 0
+    return 0
+
+
+def _pdf_picture(stream: StreamObject, filters: list[str], width: int, height: int) -> Image.Image:
+    """The pixels of a PDF image XObject, the cheap way when it is a JPEG or plain samples.
+
+    pypdf's decode_as_image also re-encodes every image (PNG, or JPEG 2000 beside a soft mask:
+    half a second for a page-wide banner), which the QR search does not need: it is only the
+    fallback, for palettes, fax (CCITT) and the rarer colour spaces. Soft masks are ignored:
+    a PDF page is white under its images.
+    """
+    data = stream.get_data()  # every filter applied but DCT, whose data stays a JPEG file
+    if filters and filters[-1] in ("/DCTDecode", "/DCT"):
+        return Image.open(io.BytesIO(data), formats=("JPEG",))
+    components = _components(_entry(stream, "/ColorSpace"))
+    mode = _RAW_MODES.get((components, _int(_entry(stream, "/BitsPerComponent"))))
+    if mode is not None and not set(filters) & {"/CCITTFaxDecode", "/CCF"}:
+        bits = 1 if mode == "1" else 8 * components
+        needed = (width * bits + 7) // 8 * height
+        if len(data) >= needed:
+            return Image.frombytes(mode, (width, height), data[:needed])
+    image: Image.Image = stream.decode_as_image()
+    return image
 
 
 def _entry(holder: DictionaryObject, key: str) -> object:
@@ -328,13 +370,13 @@ def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _page_images(page: DictionaryObject) -> Iterator[StreamObject]:
-    """The image XObjects of a page, and of the forms it uses (to _FORM_DEPTH), each once.
+def _page_images(page: DictionaryObject, seen: set[object]) -> Iterator[StreamObject]:
+    """The image XObjects of a page, and of the forms it uses (to _FORM_DEPTH), each once in
+    the document (`seen`: a letterhead on every page is decoded once).
 
     Read from the resource dictionaries, not the content stream: an image declared and never
     drawn is still found (cheaper, and it errs toward looking). Inline images are not read.
     """
-    seen: set[int] = set()
 
     def walk(holder: DictionaryObject, depth: int) -> Iterator[StreamObject]:
         resources = holder.get("/Resources")
@@ -347,9 +389,13 @@ def _page_images(page: DictionaryObject) -> Iterator[StreamObject]:
             return
         for name in list(xobjects)[:256]:
             entry = xobjects[name].get_object()
-            if not isinstance(entry, StreamObject) or id(entry) in seen:
+            if not isinstance(entry, StreamObject):
                 continue
-            seen.add(id(entry))
+            ref = entry.indirect_reference
+            key: object = (ref.idnum, ref.generation) if ref is not None else id(entry)
+            if key in seen:
+                continue
+            seen.add(key)
             subtype = entry.get("/Subtype")
             if subtype == "/Image":
                 yield entry
@@ -362,25 +408,19 @@ def _page_images(page: DictionaryObject) -> Iterator[StreamObject]:
 def _on_white(image: Image.Image, pixels: int) -> Image.Image:
     """The image in grayscale as a mail client paints it, reduced to at most `pixels`:
     transparency over a white page (a black-on-transparent QR code read without its alpha is
-    all black). Reduced before the alpha is applied, which is the costly step."""
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (
-        image.mode == "P" and "transparency" in image.info
-    )
-    if has_alpha:
-        image = image if image.mode in ("RGBA", "LA") else image.convert("RGBA")
-    elif image.mode != "L":
-        image = image.convert("L")
-    if image.width * image.height > pixels:
-        image = image.reduce(math.ceil(math.sqrt(image.width * image.height / pixels)))
-    if not has_alpha:
-        return image.copy() if isinstance(image, ImageFile.ImageFile) else image
-    alpha = image.getchannel("A")
-    gray = image.convert("L")
-    if alpha.getextrema() == (255, 255):
-        return gray  # opaque after all (most screenshots are saved with an alpha channel)
-    page = Image.new("L", image.size, 255)
-    page.paste(gray, mask=alpha)
-    return page
+    all black). Gray first, then reduced: Pillow's reduce of RGBA costs 40x that of L."""
+    if (image.mode == "P" and "transparency" in image.info) or image.mode == "PA":
+        image = image.convert("RGBA")
+    gray = image.convert("L")  # a copy, loaded, even when already "L"
+    if image.mode in ("RGBA", "LA"):
+        alpha = image.getchannel("A")
+        if alpha.getextrema() != (255, 255):  # most screenshots are opaque, alpha or not
+            page = Image.new("L", image.size, 255)
+            page.paste(gray, mask=alpha)
+            gray = page
+    if gray.width * gray.height > pixels:
+        gray = gray.reduce(math.ceil(math.sqrt(gray.width * gray.height / pixels)))
+    return gray
 
 
 def scan(found: list[Picture], limits: MimeSettings = DEFAULT_LIMITS) -> QrScan:
