@@ -355,7 +355,28 @@ def _pdf_picture(stream: StreamObject, filters: list[str], width: int, height: i
         needed = (width * bits + 7) // 8 * height
         if len(data) >= needed:
             return Image.frombytes(mode, (width, height), data[:needed])
+    indexed = _indexed(stream, data, width, height)
+    if indexed is not None:
+        return indexed
     image: Image.Image = stream.decode_as_image()
+    return image
+
+
+def _indexed(stream: StreamObject, data: bytes, width: int, height: int) -> Image.Image | None:
+    """An 8-bit /Indexed image over a gray or RGB palette (what Pillow writes for a palette
+    image; pypdf 7 decodes it into one colour), or None for another kind."""
+    space = _entry(stream, "/ColorSpace")
+    if not (isinstance(space, ArrayObject) and len(space) == 4 and space[0] == "/Indexed"):
+        return None
+    if _int(_entry(stream, "/BitsPerComponent")) != 8 or len(data) < width * height:
+        return None
+    components = _components(space[1].get_object())
+    lookup = space[3].get_object()
+    table = lookup.get_data() if isinstance(lookup, StreamObject) else lookup
+    if components not in (1, 3) or not isinstance(table, bytes):
+        return None
+    image = Image.frombytes("P", (width, height), data[: width * height])
+    image.putpalette(table[: 256 * components], rawmode="L" if components == 1 else "RGB")
     return image
 
 
