@@ -325,3 +325,10 @@ async def test_quishing_over_smtp_is_quarantined_and_a_letter_with_a_qr_pdf_rela
     assert {"QR_CODE_URL", "QR_CODE_ONLY_CONTENT"} <= {f["symbol"] for f in meta["findings"]}
     [delivered] = sink.delivered
     assert b"a.pdf" in delivered.content
+
+
+async def test_a_picture_attached_twice_is_decoded_once() -> None:
+    png = qr_png(PHISH)
+    raw = mail(attachments=((png, "image/png", "a.png"), (png, "image/png", "b.png")))
+    scan = await scan_of(raw)
+    assert scan.images == 1 and [c.text for c in scan.codes] == [PHISH]

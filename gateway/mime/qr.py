@@ -74,6 +74,7 @@ _DATA_IMAGE = re.compile(
     rb"data:image/(?:png|jpe?g|gif|bmp|webp)\s*;\s*base64\s*,\s*([A-Za-z0-9+/=\s]{60,})", re.I
 )
 # PDF filters whose decoders are another program (jbig2dec) or a large parser (OpenJPEG)
+_DATA_IMAGE_HINT = re.compile(rb"data:image", re.I)
 _PDF_REFUSED_FILTERS = frozenset({"/JBIG2Decode", "/JPXDecode"})
 PDF_LOOKAHEAD_PAGES = 200  # pages past qr_max_pdf_pages looked at (not decoded) for images
 _FORM_DEPTH = 3  # form XObjects inside form XObjects searched for images
@@ -94,7 +95,7 @@ class Picture:
 
     data: bytes
     where: str
-    kind: str  # "image" or "pdf"
+    kind: str  # "image", "pdf", or "html" (a body with data: images)
 
 
 @dataclass(frozen=True)
@@ -138,38 +139,37 @@ def _label(leaf: Leaf) -> str:
 
 
 def pictures(report: MimeReport) -> list[Picture]:
-    """Every picture of every reading of the message, once each (by content), in order.
+    """Every leaf of every reading that is, or may carry, a picture: images, PDFs, and HTML
+    bodies with `data:` images (kind "html", opened by `scan`), in order.
 
-    Cheap (a look at the first bytes of each leaf, a substring search of HTML bodies): made on
-    the event loop, so a message without pictures costs nothing more.
+    Cheap (the first bytes of each leaf, a case-insensitive search of HTML bodies, no copy):
+    made on the event loop, so a message without pictures costs nothing more. Hashing and
+    base64 decoding wait for `scan`, in its thread.
     """
     found: list[Picture] = []
-    seen: set[bytes] = set()
-
-    def add(data: bytes, where: str, kind: str) -> None:
-        digest = hashlib.sha256(data).digest()
-        if digest not in seen:
-            seen.add(digest)
-            found.append(Picture(data, where, kind))
-
     for leaf in report.leaves:
         if leaf.kind == "raw" or not leaf.data:
             continue  # the unparsed message: no picture a client would show
         if image_format(leaf.data) is not None:
-            add(leaf.data, _label(leaf), "image")
+            found.append(Picture(leaf.data, _label(leaf), "image"))
         elif is_pdf(leaf.data):
-            add(leaf.data, _label(leaf), "pdf")
-        elif leaf.content_type == "text/html" and b"data:image" in leaf.data.lower():
-            for count, match in enumerate(_DATA_IMAGE.finditer(leaf.data)):
-                if count >= MAX_DATA_URIS:
-                    break
-                try:
-                    data = base64.b64decode(re.sub(rb"\s+", b"", match.group(1)))
-                except (binascii.Error, ValueError):
-                    continue
-                if image_format(data) is not None:
-                    add(data, f"{_label(leaf)} data: image {count + 1}", "image")
+            found.append(Picture(leaf.data, _label(leaf), "pdf"))
+        elif leaf.content_type == "text/html" and _DATA_IMAGE_HINT.search(leaf.data):
+            found.append(Picture(leaf.data, _label(leaf), "html"))
     return found
+
+
+def _data_images(picture: Picture) -> Iterator[Picture]:
+    """The `data:` images of an HTML body (at most MAX_DATA_URIS looked at)."""
+    for count, match in enumerate(_DATA_IMAGE.finditer(picture.data)):
+        if count >= MAX_DATA_URIS:
+            return
+        try:
+            data = base64.b64decode(re.sub(rb"\s+", b"", match.group(1)))
+        except (binascii.Error, ValueError):
+            continue
+        if image_format(data) is not None:
+            yield Picture(data, f"{picture.where} data: image {count + 1}", "image")
 
 
 class _Skip(Exception):
@@ -190,6 +190,7 @@ class _Scanner:
     unreadable: list[str] = field(default_factory=list)
     images: int = 0
     pdfs: int = 0
+    seen: set[bytes] = field(default_factory=set)  # digests of the pictures scanned
 
     def over_time(self) -> bool:
         return time.monotonic() > self.deadline
@@ -215,6 +216,14 @@ class _Scanner:
             self.unreadable.append(detail[:160])
 
     def scan(self, picture: Picture) -> None:
+        if picture.kind == "html":
+            for inner in _data_images(picture):
+                self.scan(inner)
+            return
+        digest = hashlib.sha256(picture.data).digest()
+        if digest in self.seen:  # the same picture in both readings, or attached twice
+            return
+        self.seen.add(digest)
         if picture.kind == "pdf":
             self.pdf(picture)
         else:
