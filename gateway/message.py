@@ -6,13 +6,15 @@ before From: DMARC saw a From, header sanity saw none). So there is one reading 
 section, the most generous one (see `scan_fields`): a line without a colon is a field of its own
 (nameless, odd), whitespace before the colon still names the field (`From : x` is a From), a
 continuation line at the very start is a field too. Everything else (decoded values, authors,
-the MIME report, text, URLs) is derived from that reading, the costly parts lazily.
+the MIME report, text, URLs, the QR codes of its pictures) is derived from that reading, the
+costly parts lazily.
 
 The message bytes are never re-serialised: header edits are made by offset (gateway.header_edit).
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.header
 import re
 from collections.abc import Sequence
@@ -26,6 +28,7 @@ from gateway.mime.budgets import DEFAULT_LIMITS, MimeSettings
 
 if TYPE_CHECKING:
     from gateway.mime.model import MimeReport
+    from gateway.mime.qr import QrScan
     from gateway.rfc5322 import AuthorInfo
 
 # Up to this size the MIME walk takes well under a millisecond: a thread hop would cost more. The
@@ -156,11 +159,13 @@ def decode_encoded_words(text: str, limit: int | None = None) -> str:
 @dataclass(frozen=True, slots=True)
 class Url:
     """A URL of the message text, its host, and the host's registrable domain (public suffix
-    list), so "does this link go where it says" has one answer everywhere."""
+    list), so "does this link go where it says" has one answer everywhere. `source` says where
+    it was read: "text" (the bodies) or "qr" (a QR code in a picture, `qr_urls`)."""
 
     url: str
     host: str
     domain: str
+    source: str = "text"
 
 
 _URL = re.compile(r"(?:https?://|www\.)[^\s<>\"'()\[\]{}\\^`|]{1,500}", re.I)
@@ -168,7 +173,7 @@ _HOST = re.compile(r"(?:https?://)?(?:[^/?#@\s]*@)?(\[[^\]]*\]|[^/?#:\s]*)", re.
 MAX_URLS = 200
 
 
-def urls_in(text: str, limit: int = MAX_URLS) -> tuple[Url, ...]:
+def urls_in(text: str, limit: int = MAX_URLS, source: str = "text") -> tuple[Url, ...]:
     """The first `limit` URLs of `text` (http, https, or starting with www.), in order."""
     found: list[Url] = []
     for match in _URL.finditer(text):
@@ -177,8 +182,22 @@ def urls_in(text: str, limit: int = MAX_URLS) -> tuple[Url, ...]:
         url = match.group(0).rstrip(".,;:!?)")  # sentence punctuation after a link
         host_match = _HOST.match(url)
         host = host_match.group(1).lower().rstrip(".") if host_match else ""
-        found.append(Url(url, host, registrable_domain(host) if host else ""))
+        found.append(Url(url, host, registrable_domain(host) if host else "", source))
     return tuple(found)
+
+
+# A QR code holding only "host.tld/path": phone cameras open it as a web address.
+_BARE_LINK = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,62}\.)+[a-z]{2,24})(?:[/?#]\S*)?", re.I)
+
+
+def qr_code_urls(text: str, limit: int = MAX_URLS) -> tuple[Url, ...]:
+    """The URLs a phone would open from a QR code's text (with the text extractor's reading;
+    a bare "host.tld/path" is one too, as http)."""
+    text = text.strip()
+    found = urls_in(text, limit, source="qr")
+    if not found and _BARE_LINK.fullmatch(text):
+        found = urls_in(f"http://{text}", limit, source="qr")
+    return found
 
 
 # -- the message ----------------------------------------------------------------------------------
@@ -197,6 +216,8 @@ class ParsedMessage:
         self._mime: MimeReport | None = None
         self._text: str | None = None
         self._urls: tuple[Url, ...] | None = None
+        self._qr: asyncio.Future[QrScan] | None = None
+        self._qr_urls: tuple[Url, ...] | None = None
 
     @cached_property
     def header_end(self) -> int:
@@ -268,7 +289,46 @@ class ParsedMessage:
         return self._text
 
     async def urls(self) -> tuple[Url, ...]:
-        """The URLs of the message text with their registrable domains."""
+        """The URLs of the message text with their registrable domains (no QR codes: the
+        classifier reads these, and must not wait for image decoding; see `all_urls`)."""
         if self._urls is None:
             self._urls = urls_in(await self.text())
         return self._urls
+
+    @property
+    def qr_report(self) -> QrScan | None:
+        """The QR scan when it has been made (see `qr_scan`), else None."""
+        found = self._qr
+        return found.result() if found is not None and found.done() else None
+
+    async def qr_scan(self) -> QrScan:
+        """The QR codes of the message's pictures (gateway.mime.qr), decoded on first use in a
+        worker thread, within the [mime] qr_* bounds. Free for a message without pictures (no
+        thread). Made once: a caller cancelled while it runs (a plugin timeout) leaves the
+        decoding to finish for the next caller, rather than starting it again."""
+        if self._qr is None:
+            from gateway.mime import qr
+
+            found = qr.pictures(await self.mime())
+            if self._qr is None:  # another caller may have started it meanwhile
+                if not found:
+                    self._qr = asyncio.get_running_loop().create_future()
+                    self._qr.set_result(qr.NO_PICTURES)
+                else:
+                    self._qr = asyncio.ensure_future(offload(qr.scan, found, self.mime_settings))
+        return await asyncio.shield(self._qr)
+
+    async def qr_urls(self) -> tuple[Url, ...]:
+        """The URLs of the QR codes in the message's pictures (`Url.source` "qr"), in order."""
+        if self._qr_urls is None:
+            scan = await self.qr_scan()
+            found: list[Url] = []
+            for code in scan.codes:
+                found.extend(qr_code_urls(code.text, MAX_URLS - len(found)))
+            self._qr_urls = tuple(found)
+        return self._qr_urls
+
+    async def all_urls(self) -> tuple[Url, ...]:
+        """Every link a reader can follow: the text's (`urls`), then the QR codes' (`qr_urls`).
+        What the link checks read."""
+        return await self.urls() + await self.qr_urls()

@@ -35,6 +35,13 @@ class MimeSettings:
     max_archive_ratio: Count = 200  # expanded / compressed size of one member (zip bombs)
     time_budget: Seconds = 4.0  # seconds for the MIME walk of one message
     scan_time_budget: Seconds = 8.0  # seconds for the content scan (archives, documents) of one
+    # QR codes in pictures (gateway.mime.qr): what one message may make the decoder do
+    qr_max_images: Count = 20  # pictures decoded (image parts, data: images, PDF images)
+    qr_max_image_pixels: Count = 16_000_000  # one picture; larger is never decoded (bombs)
+    qr_max_pdfs: Count = 4  # PDF attachments whose images are decoded
+    qr_max_pdf_pages: Count = 10  # pages of one PDF searched for images
+    qr_max_pdf_bytes: Count = 16 * MiB  # a larger PDF is not opened
+    qr_time_budget: Seconds = 4.0  # seconds for the QR scan of one message
 
 
 DEFAULT_LIMITS = MimeSettings()
