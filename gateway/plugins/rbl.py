@@ -35,6 +35,7 @@ from gateway.dnsbl import (
     domain_query_name,
     ip_query_name,
     listable_address,
+    log,
     read_answer,
 )
 from gateway.domains import registrable_domain
@@ -169,6 +170,13 @@ class ReputationLists(PluginBase):
                     refused.add(dns_list.name)
                     self.suspensions.suspend(dns_list.name, dns_list.zone, reading.refusal)
                     continue
+                if reading.unknown:
+                    log.debug(
+                        "rbl: %s answered %s for %s: no meaning in rules/reputation.toml",
+                        dns_list.zone,
+                        ",".join(reading.unknown),
+                        query.target,
+                    )
                 code = ",".join(addresses)
                 for symbol in reading.symbols:
                     item = f"{dns_list.zone} {code}: {query.target}"
