@@ -60,6 +60,13 @@ RELAY = Counter(
     ["reply_class"],
     registry=REGISTRY,
 )
+DNSBL_SUSPENDED = Counter(
+    "mailgate_dnsbl_suspended",
+    "DNS lists suspended because they refused our queries (a refusal code, or an answer from "
+    "outside 127.0.0.0/8: a public or lying resolver), by list; never scored as hits",
+    ["list"],
+    registry=REGISTRY,
+)
 
 enabled = False  # set by `serve_metrics`; `record` is a no-op until then
 
@@ -79,6 +86,12 @@ def record(ctx: MessageContext, outcome: Outcome, elapsed: float) -> None:
     MESSAGE_SECONDS.observe(elapsed)
     if outcome.relay_class:
         _child(RELAY, outcome.relay_class).inc()
+
+
+def count_dnsbl_suspension(name: str) -> None:
+    """One suspension of DNS list `name` (rare: counted whether the endpoint is on or not, so
+    a scrape after enabling it still shows what happened)."""
+    DNSBL_SUSPENDED.labels(name).inc()
 
 
 # `labels()` takes a lock and builds a key on every call (dozens per message): keep the labelled

@@ -31,6 +31,7 @@ from gateway.auth.policy import AuthPolicy, load_auth_policy
 from gateway.domains import domain_matches
 from gateway.front_symbols import TLS_DOMAIN_SYMBOLS
 from gateway.mime.policy import AttachmentPolicy, load_attachment_policy
+from gateway.reputation import ReputationPolicy, load_reputation_policy
 from gateway.schema import (
     TABLE_CONFIG,
     Array,
@@ -47,7 +48,8 @@ from gateway.tomlfile import ConfigError, ConfigErrors, TomlFile
 from gateway.verdict import Action, Finding, ForcedAction, SmtpReply, Verdict, combine
 
 # tls.toml is optional (no file: nothing required), so a rules/ written before it still loads;
-# so is auth.toml (no file: no trusted ARC sealers), and attachments.toml (no file: defaults).
+# so is auth.toml (no file: no trusted ARC sealers), attachments.toml (no file: defaults) and
+# reputation.toml (no file: no DNS lists are asked).
 RULE_FILES = (
     "scores.toml",
     "actions.toml",
@@ -55,8 +57,9 @@ RULE_FILES = (
     "tls.toml",
     "auth.toml",
     "attachments.toml",
+    "reputation.toml",
 )
-_OPTIONAL_RULE_FILES = frozenset({"tls.toml", "auth.toml", "attachments.toml"})
+_OPTIONAL_RULE_FILES = frozenset({"tls.toml", "auth.toml", "attachments.toml", "reputation.toml"})
 # per-plugin score files (same [scores] format as scores.toml), merged with it: a plugin ships
 # its scores as one file, with no edit of scores.toml
 SCORES_DIR = "scores.d"
@@ -176,6 +179,7 @@ class RuleSet:
     tls: TlsPolicy = TlsPolicy()
     attachments: AttachmentPolicy = field(default_factory=AttachmentPolicy)  # attachments.toml
     auth: AuthPolicy = field(default_factory=AuthPolicy)
+    reputation: ReputationPolicy = field(default_factory=ReputationPolicy)  # reputation.toml
 
     def decide(self, findings: list[Finding]) -> Verdict:
         return combine(findings, self.scores, self.forced, self.quarantine_at, self.reject_at)
@@ -409,6 +413,9 @@ def load_rules(directory: Path) -> RuleSet:
     auth = AuthPolicy()
     if "auth.toml" in docs:
         auth = load_auth_policy(docs["auth.toml"], errors)
+    reputation = ReputationPolicy()
+    if "reputation.toml" in docs:
+        reputation = load_reputation_policy(docs["reputation.toml"], errors)
     if errors or not scores_valid or actions is None or lists is None:
         raise ConfigErrors(errors)
     require = tls.require_tls
@@ -441,6 +448,7 @@ def load_rules(directory: Path) -> RuleSet:
         ),
         attachments=attachments,
         auth=auth,
+        reputation=reputation,
     )
 
 
