@@ -358,6 +358,8 @@ async def _send_demo(settings: Settings, host: str, port: int, sink: Any, world:
                 start_tls=False,
                 local_hostname=helo,
             )
+        except aiosmtplib.SMTPResponseException as exc:
+            return f"the gateway refused the message: {exc.code} {printable(exc.message)}"
         except aiosmtplib.SMTPException as exc:
             return f"the gateway refused the message: {printable(str(exc))}"
         return f"the gateway answered: {printable(reply)}"

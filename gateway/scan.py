@@ -90,8 +90,8 @@ def _folder(folder: Path, max_size: int) -> Iterator[Found]:
                 yield from _maildir_part(path, max_size)
             elif not (maildir and entry.name == "tmp"):
                 yield from _folder(path, max_size)
-        elif entry.is_file() and not entry.name.startswith("."):
-            yield from _file(path, max_size)
+        elif entry.is_file() and not entry.name.startswith(".") and not maildir:
+            yield from _file(path, max_size)  # a Maildir's own files (dovecot-uidlist...) are not
 
 
 def _maildir_part(folder: Path, max_size: int) -> Iterator[Found]:
