@@ -97,7 +97,7 @@ def test_mbox_is_split_as_python_mailbox_splits_it(tmp_path: Path) -> None:
     )
     mine = [found.raw for found in messages([str(box)], 1 << 20, io.BytesIO())]
     reference = mailbox.mbox(box)
-    theirs = [reference.get_bytes(key) for key in reference.keys()]
+    theirs = [reference.get_bytes(key) for key in reference.iterkeys()]
     reference.close()
     assert mine == theirs and len(mine) == 3
 
@@ -203,8 +203,9 @@ def test_many_messages_text_blocks_and_exit_by_action(tmp_path: Path, narrow: Pa
     assert out[0] == f"{box}:1  RELAY 0  subject fine"
     assert f"{box}:2  RELAY 0  subject also fine" in out
     assert out[-1].startswith("summary   2 messages: relay 2")
-    (tmp_path / "q.eml").write_bytes(mail("no date").replace(b"Date: Fri", b"X-Date: Fri")
-                                     .replace(b"From: Alice", b"From: A <a@example.net>\nFrom: Alice"))  # fmt: skip
+    quarantined = mail("no date").replace(b"Date: Fri", b"X-Date: Fri")
+    quarantined = quarantined.replace(b"From: Alice", b"From: A <a@example.net>\nFrom: Alice")
+    (tmp_path / "q.eml").write_bytes(quarantined)
     result = mailgate("--config", narrow, "scan", tmp_path / "q.eml", cwd=tmp_path)
     assert result.returncode == 2  # quarantine (6.5)
     assert b"verdict   QUARANTINE" in result.stdout
