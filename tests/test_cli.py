@@ -46,6 +46,7 @@ def install(tmp_path: Path) -> Path:
     root = tmp_path / "install"
     shutil.copytree(REPO / "config", root / "config")
     shutil.copytree(REPO / "rules", root / "rules")
+    (root / "models").symlink_to(REPO / "models")  # the classifier's model, at ../models
     return root / "config" / "gateway.toml"
 
 
