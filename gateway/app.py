@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from gateway.chain import Chain
 from gateway.config import Settings
+from gateway.dns import Resolver
 from gateway.plugin import Registry, RegistryError, Services
 from gateway.plugins import plugin_registry
 from gateway.policy import RuleSet, load_rules
@@ -60,13 +61,16 @@ class Gateway:
     services: Services | None = None
 
     @classmethod
-    def create(cls, settings: Settings, registry: Registry | None = None) -> Gateway:
+    def create(
+        cls, settings: Settings, registry: Registry | None = None, resolver: Resolver | None = None
+    ) -> Gateway:
+        """`resolver`: instead of the one [dns] describes (`mailgate scan --dns-off`)."""
         try:
             registry = registry or plugin_registry()
         except RegistryError as exc:  # a broken or clashing third-party plugin
             raise PolicyError(str(exc)) from exc
         rules = load_checked_rules(settings, registry)
-        services = Services(settings)
+        services = Services(settings, resolver)
         try:
             chain = Chain.build(registry, services)
         except RegistryError as exc:

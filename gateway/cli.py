@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -24,8 +25,9 @@ from gateway.tomlfile import ConfigError, ConfigErrors
 
 if TYPE_CHECKING:  # imported where used: `serve` with workers must not load them (see cmd_serve)
     from gateway.app import Gateway
-    from gateway.plugin import MessageContext
-    from gateway.verdict import Verdict
+    from gateway.demo import DemoWorld
+    from gateway.dns import DnsProbe, Resolver
+    from gateway.scan import Envelope, Found, Scanned
 
 DEFAULT_CONFIG = Path("config/gateway.toml")
 
@@ -61,16 +63,66 @@ def _setup_logging(level: str, worker: int | None = None) -> None:
     logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
-def _load(args: argparse.Namespace, out: TextIO) -> tuple[Settings, Gateway] | None:
+def _load(
+    args: argparse.Namespace,
+    out: TextIO,
+    demo_dns_port: int | None = None,
+    resolver: Resolver | None = None,
+) -> tuple[Settings, Gateway] | None:
+    """Settings and the gateway they describe; with `demo_dns_port`, its resolver asks the demo
+    DNS server on that loopback port instead of [dns]."""
     from gateway.app import Gateway, PolicyError
 
     try:
         settings = load_settings(_config_path(args.config))
-        gateway = Gateway.create(settings)
+        if demo_dns_port is not None:
+            from gateway.demo import demo_dns_settings
+
+            settings = replace(settings, dns=demo_dns_settings(settings.dns, demo_dns_port))
+        gateway = Gateway.create(settings, resolver=resolver)
     except (ConfigError, ConfigErrors, PolicyError) as exc:
         print(f"mailgate: configuration error:\n{exc}", file=out)
         return None
     return settings, gateway
+
+
+def _plugins_off(gateway: Gateway) -> list[str]:
+    """What `check` says about shipped plugins the configured order leaves out."""
+    order = set(gateway.settings.plugins.order)
+    off = [name for name in gateway.registry.names() if name not in order]
+    lines = []
+    if "clamav" in off:
+        lines.append(
+            'clamav: off (opt-in: it needs a clamd daemon; to turn it on, add "clamav" to '
+            "[plugins] order and set [plugins.clamav] address)"
+        )
+    others = [name for name in off if name != "clamav"]
+    if others:
+        lines.append(f"also available, off: {', '.join(others)}")
+    return lines
+
+
+DNS_DOWN_MEANS = (
+    "every SPF, DKIM and DMARC check is a temporary error, so mail is deferred (4xx) until it "
+    "answers; set [dns] nameservers to a recursive resolver that does"
+)
+
+
+async def _probe(resolver: Resolver) -> DnsProbe:
+    try:
+        return await resolver.probe()
+    finally:
+        await resolver.aclose()
+
+
+async def _probe_and_log(resolver: Resolver) -> None:
+    """Start-up: one query, and a WARNING naming the servers when nothing answers."""
+    found = await resolver.probe()
+    logger = logging.getLogger("mailgate")
+    if found.answered:
+        logger.info("DNS: %s", found.text)
+    else:
+        logger.warning("DNS: %s: %s", found.text, DNS_DOWN_MEANS)
 
 
 # -- check ---------------------------------------------------------------------------------------
@@ -98,6 +150,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{gateway.rules.quarantine_at:g}, reject at {gateway.rules.reject_at:g})"
     )
     print(f"plugins: {', '.join(p.name for p in gateway.chain.plugins) or '(none)'}")
+    for line in _plugins_off(gateway):
+        print(line)
+    if args.no_dns_probe or gateway.services is None:
+        return 0
+    found = asyncio.run(_probe(gateway.services.resolver))
+    if not found.answered:
+        print(f"mailgate: DNS: {found.text}: {DNS_DOWN_MEANS}", file=sys.stderr)
+        return 1
+    print(f"dns OK: {found.text}")
     return 0
 
 
@@ -120,19 +181,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 return 1
             _setup_logging(settings.log_level, None)
             return asyncio.run(_supervise(settings, dev=args.dev, demo=args.demo))
-    loaded = _load(args, sys.stderr)
-    if loaded is None:
-        return 1
-    settings, gateway = loaded
-    from gateway.tlscli import tls_errors
+    world: DemoWorld | None = None
+    demo_port: int | None = None
+    if worker is not None:
+        from gateway.demo import advertised_port
 
-    tls_problems = tls_errors(settings)
-    for problem in tls_problems:
-        print(f"mailgate: {problem}", file=sys.stderr)
-    if tls_problems:
-        return 1
-    _setup_logging(settings.log_level, worker)
-    return asyncio.run(_serve(settings, gateway, dev=args.dev, demo=args.demo, worker=worker))
+        demo_port = advertised_port()  # the supervisor's demo DNS server, under --dev/--demo
+    elif args.dev or args.demo:
+        from gateway.demo import DemoWorld
+
+        world = DemoWorld().start()
+        demo_port = world.server.port
+    try:
+        loaded = _load(args, sys.stderr, demo_dns_port=demo_port)
+        if loaded is None:
+            return 1
+        settings, gateway = loaded
+        from gateway.tlscli import tls_errors
+
+        tls_problems = tls_errors(settings)
+        for problem in tls_problems:
+            print(f"mailgate: {problem}", file=sys.stderr)
+        if tls_problems:
+            return 1
+        _setup_logging(settings.log_level, worker)
+        return asyncio.run(
+            _serve(settings, gateway, dev=args.dev, demo=args.demo, worker=worker, world=world)
+        )
+    finally:
+        if world is not None:
+            world.stop()
 
 
 def _checked_in_child(args: argparse.Namespace) -> bool:
@@ -143,7 +221,10 @@ def _checked_in_child(args: argparse.Namespace) -> bool:
     argv = [sys.executable, "-m", "gateway"]
     if args.config:
         argv += ["--config", args.config]
-    done = subprocess.run([*argv, "check"], stdout=subprocess.DEVNULL, check=False)
+    # The supervisor probes DNS itself, once, and only warns: see _supervise.
+    done = subprocess.run(
+        [*argv, "check", "--no-dns-probe"], stdout=subprocess.DEVNULL, check=False
+    )
     return done.returncode == 0
 
 
@@ -164,26 +245,45 @@ def _start_sink(settings: Settings) -> tuple[Any, Any]:
 
 async def _supervise(settings: Settings, dev: bool, demo: bool) -> int:
     """`workers = N`: the dev sink runs here, once; the workers serve."""
+    from gateway.dns import Resolver
     from gateway.supervisor import Supervisor, wait_listening
 
     sink_controller: Any = None
     sink: Any = None
+    world: DemoWorld | None = None
+    dns = settings.dns
     if dev or demo:
+        from gateway.demo import DemoWorld, advertise, demo_dns_settings
+
         sink_controller, sink = _start_sink(settings)
+        world = DemoWorld().start()
+        advertise(world)  # the workers, started below, point their resolvers at it
+        dns = demo_dns_settings(dns, world.server.port)
     supervisor = Supervisor(settings)
+    probe: asyncio.Task[None] | None = None
     try:
         task = asyncio.create_task(supervisor.run())
+        probe = asyncio.create_task(_probe_and_log(Resolver.from_settings(dns)))
         listen = settings.listen
-        if demo and await wait_listening(listen.host, listen.port):
-            await _send_demo(settings, listen.host, listen.port, sink)
+        if demo and world is not None and await wait_listening(listen.host, listen.port):
+            await _send_demo(settings, listen.host, listen.port, sink, world)
         return await task
     finally:
+        if probe is not None:
+            probe.cancel()
         if sink_controller is not None:
             sink_controller.stop()
+        if world is not None:
+            world.stop()
 
 
 async def _serve(
-    settings: Settings, gateway: Gateway, dev: bool, demo: bool, worker: int | None = None
+    settings: Settings,
+    gateway: Gateway,
+    dev: bool,
+    demo: bool,
+    worker: int | None = None,
+    world: DemoWorld | None = None,
 ) -> int:
     from gateway.server import GatewayServer, install_signals
     from gateway.supervisor import watch_parent
@@ -199,6 +299,7 @@ async def _serve(
     server = GatewayServer(gateway, ServerTls.load(settings.tls), maintenance=not worker)
     stop = asyncio.Event()
     watcher: asyncio.Task[None] | None = None
+    probe: asyncio.Task[None] | None = None
     metrics: Any = None
     if settings.metrics.host is not None:
         from gateway.metrics import MetricsServer
@@ -217,11 +318,15 @@ async def _serve(
         install_signals(asyncio.get_running_loop(), gateway, stop.set, server.tls)
         if worker is not None:
             watcher = asyncio.create_task(watch_parent(stop))
-        if demo:
-            await _send_demo(settings, host, port, sink)
+        elif gateway.services is not None:  # a supervisor probes for its workers
+            probe = asyncio.create_task(_probe_and_log(gateway.services.resolver))
+        if demo and world is not None:
+            await _send_demo(settings, host, port, sink, world)
         await stop.wait()
         await server.stop()
     finally:
+        if probe is not None:
+            probe.cancel()
         if watcher is not None:
             watcher.cancel()
         if metrics is not None:
@@ -231,41 +336,48 @@ async def _serve(
     return 0
 
 
-DEMO_MESSAGE = (
-    b"From: Demo Sender <demo@example.net>\r\n"
-    b"To: Postmaster <postmaster@example.com>\r\n"
-    b"Subject: mailgate demo\r\n"
-    b"Date: Fri, 27 Nov 2026 10:00:00 +0000\r\n"
-    b"Message-ID: <demo@example.net>\r\n"
-    b"\r\n"
-    b"This message went through mailgate end to end.\r\n"
-)
-
-
-async def _send_demo(settings: Settings, host: str, port: int, sink: Any) -> None:
-    """Send one message through the running gateway and show where it landed."""
+async def _send_demo(settings: Settings, host: str, port: int, sink: Any, world: DemoWorld) -> None:
+    """Send the demo's two messages through the running gateway and show what became of them:
+    a signed one from example.net (SPF, DKIM and DMARC pass: delivered) and a spoof of
+    example.net, whose DMARC policy is p=reject (refused)."""
     import aiosmtplib
 
+    from gateway.demo import SENDER_DOMAIN, SPOOF_MESSAGE, SPOOFER_DOMAIN
+
     rcpt = f"postmaster@{settings.relay.domains[0]}" if settings.relay.domains else "x@example.com"
-    try:
-        _, reply = await aiosmtplib.send(
-            DEMO_MESSAGE,
-            sender="demo@example.net",
-            recipients=[rcpt],
-            hostname=host,
-            port=port,
-            start_tls=False,
-            local_hostname="demo.example.net",
-        )
-        print(f"demo: the gateway answered: {printable(reply)}", flush=True)
-    except aiosmtplib.SMTPException as exc:
-        print(f"demo: the gateway refused the message: {printable(str(exc))}", flush=True)
-        return
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+
+    async def send(message: bytes, sender: str, helo: str) -> str:
+        try:
+            _, reply = await aiosmtplib.send(
+                message,
+                sender=sender,
+                recipients=[rcpt],
+                hostname=target,
+                port=port,
+                start_tls=False,
+                local_hostname=helo,
+            )
+        except aiosmtplib.SMTPResponseException as exc:
+            return f"the gateway refused the message: {exc.code} {printable(exc.message)}"
+        except aiosmtplib.SMTPException as exc:
+            return f"the gateway refused the message: {printable(str(exc))}"
+        return f"the gateway answered: {printable(reply)}"
+
+    answer = await send(world.signed_message(), f"demo@{SENDER_DOMAIN}", f"demo.{SENDER_DOMAIN}")
+    print(f"demo: a message from {SENDER_DOMAIN}, DKIM-signed: {answer}", flush=True)
     files = sink.new_files() if sink else []
     if files:
         print(f"demo: delivered to {files[-1]}", flush=True)
-        for line in files[-1].read_bytes().splitlines()[:8]:
+        for line in files[-1].read_bytes().splitlines()[:40]:
+            if line.startswith(b"DKIM-Signature:"):
+                break  # what follows is the message as sent
             print(f"demo:   {printable(line.expandtabs(4))}", flush=True)
+    answer = await send(SPOOF_MESSAGE, f"spoofer@{SPOOFER_DOMAIN}", f"mail.{SPOOFER_DOMAIN}")
+    print(
+        f"demo: a spoof of {SENDER_DOMAIN} (DMARC p=reject) sent by {SPOOFER_DOMAIN}: {answer}",
+        flush=True,
+    )
     print(f"demo: gateway listening on {host}:{port}; Ctrl-C to stop", flush=True)
 
 
@@ -273,86 +385,112 @@ async def _send_demo(settings: Settings, host: str, port: int, sink: Any) -> Non
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    loaded = _load(args, sys.stderr)
+    from gateway.scan import EXIT_CONFIG, Envelope, messages
+
+    resolver = None
+    if args.dns_off:
+        from gateway.dns import OfflineResolver
+
+        resolver = OfflineResolver()
+    loaded = _load(args, sys.stderr, resolver=resolver)
     if loaded is None:
-        return 1
-    _, gateway = loaded
+        return EXIT_CONFIG
+    settings, gateway = loaded
+    gc.freeze()  # the gateway lives as long as the scan: keep it out of full collections
+    envelope = Envelope(
+        mail_from=getattr(args, "from"),
+        rcpt_tos=tuple(args.rcpt),
+        client_ip=args.ip,
+        helo=args.helo,
+    )
+    found = messages(args.paths, settings.limits.max_message_size, sys.stdin.buffer)
+    return asyncio.run(_scan_all(gateway, found, envelope, args))
+
+
+async def _scan_all(
+    gateway: Gateway, found: Iterator[Found], envelope: Envelope, args: argparse.Namespace
+) -> int:
+    """Scan message after message (one in memory at a time). The first result waits until a
+    second exists: one message gets the full explanation, many get a block each and a summary."""
+    from gateway.scan import Summary, next_found, record, scan_message
+
+    summary = Summary()
+    first: Scanned | None = None
+    count = 0
     try:
-        raw = Path(args.file).read_bytes()
-    except OSError as exc:
-        print(f"mailgate: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return 1
-    verdict, ctx, normalized = asyncio.run(_scan(gateway, raw, args))
-    if args.json:
-        print(json.dumps(_scan_json(args.file, ctx, verdict, normalized), indent=2))
-    else:
-        _print_scan(gateway, args.file, ctx, verdict, normalized)
-    return 0
+        while (item := await next_found(found)) is not None:
+            if item.raw is None:
+                summary.add_problem(item)
+                print(f"mailgate: {printable(item.label)}: {item.problem}", file=sys.stderr)
+                continue
+            scanned = await scan_message(gateway, item.label, item.raw, envelope)
+            summary.add(scanned)
+            count += 1
+            if args.jsonl:
+                print(json.dumps(record(scanned)), flush=False)
+                continue
+            if count == 1:
+                first = scanned
+                continue
+            if args.json:
+                print("mailgate: --json shows one message; use --jsonl for many", file=sys.stderr)
+                return 64  # sysexits EX_USAGE
+            if first is not None:
+                _print_brief(gateway, first)
+                first = None
+            _print_brief(gateway, scanned)
+    finally:
+        await gateway.aclose()
+    if first is not None and count == 1:
+        if args.json:
+            print(json.dumps(record(first), indent=2))
+        else:
+            _print_scan(gateway, first)
+    if count != 1 or summary.skipped or summary.unreadable:
+        out = sys.stderr if args.jsonl or args.json else sys.stdout
+        for line in summary.lines():
+            print(line, file=out)
+    return summary.exit_status()
 
 
-async def _scan(
-    gateway: Gateway, raw: bytes, args: argparse.Namespace
-) -> tuple[Verdict, MessageContext, bool]:
-    from gateway.line_endings import normalize_line_endings
-    from gateway.plugin import ClientInfo, MessageContext, Phase
-    from gateway.transaction import inspect
-
-    # Files on disk often have LF line endings; over SMTP they would arrive as CRLF.
-    crlf = normalize_line_endings(raw)
-    client = ClientInfo(ip=args.ip, port=0, helo=args.helo, esmtp=True)
-    ctx = MessageContext(client=client, rules=gateway.rules, settings=gateway.settings)
-    chain = gateway.chain
-    await chain.run(Phase.CONNECT, ctx)
-    await chain.run(Phase.HELO, ctx)
-    ctx.mail_from = getattr(args, "from")
-    await chain.run(Phase.MAIL, ctx)
-    for rcpt in args.rcpt:
-        ctx.rcpt_tos.append(rcpt)
-        await chain.run(Phase.RCPT, ctx)
-    ctx.raw = crlf
-    verdict = await inspect(gateway, ctx)
-    return verdict, ctx, crlf != raw
-
-
-def _scan_json(
-    path: str, ctx: MessageContext, verdict: Verdict, normalized: bool
-) -> dict[str, Any]:
-    return {
-        "file": path,
-        "id": ctx.queue_id,
-        "size": len(ctx.raw),
-        "line_endings_normalized": normalized,
-        "envelope": {"from": ctx.mail_from, "rcpt": ctx.rcpt_tos},
-        "client": {"ip": ctx.client.ip, "helo": ctx.client.helo},
-        "action": verdict.action.value,
-        "score": verdict.score,
-        "reason": verdict.reason,
-        "reply": str(verdict.reply),
-        "findings": [
-            {"symbol": f.symbol, "score": f.score, "detail": f.finding.detail}
-            for f in verdict.findings
-        ],
-        "thresholds": {"quarantine": ctx.rules.quarantine_at, "reject": ctx.rules.reject_at},
-        "policy_version": ctx.rules.version,
-        "plugin_ms": {k: round(v * 1000, 3) for k, v in ctx.timings.items()},
-    }
-
-
-def _print_scan(
-    gateway: Gateway, path: str, ctx: MessageContext, verdict: Verdict, normalized: bool
-) -> None:
+def _finding_lines(gateway: Gateway, scanned: Scanned, indent: str) -> list[str]:
     descriptions = gateway.registry.all_symbols()
     p = printable
-    print(f"message   {p(path)} ({len(ctx.raw)} bytes{', LF -> CRLF' if normalized else ''})")
+    lines = []
+    for f in sorted(scanned.verdict.findings, key=lambda f: (-f.score, f.symbol)):
+        detail = f" [{p(f.finding.detail, 120)}]" if f.finding.detail else ""
+        lines.append(
+            f"{indent}{f.symbol:<26} {f.score:>7g}  {p(descriptions.get(f.symbol, ''))}{detail}"
+        )
+    return lines
+
+
+def _print_brief(gateway: Gateway, scanned: Scanned) -> None:
+    """One message among many: its verdict on one line, then each finding."""
+    p = printable
+    verdict = scanned.verdict
+    subject = scanned.ctx.message.decoded("subject", 80) or ""
+    print(
+        f"{p(scanned.label)}  {verdict.action.value.upper()} {verdict.score:g}  "
+        f"subject {p(subject, 80)!s}"
+    )
+    for line in _finding_lines(gateway, scanned, "    "):
+        print(line)
+
+
+def _print_scan(gateway: Gateway, scanned: Scanned) -> None:
+    """One message: everything that explains its verdict."""
+    ctx, verdict = scanned.ctx, scanned.verdict
+    p = printable
+    note = ", LF -> CRLF" if scanned.normalized else ""
+    print(f"message   {p(scanned.label)} ({len(ctx.raw)} bytes{note})")
     recipients = ", ".join(f"<{p(r)}>" for r in ctx.rcpt_tos)
     print(f"envelope  from <{p(ctx.mail_from or '')}> to {recipients}")
     print(f"client    {p(ctx.client.ip)} helo {p(ctx.client.helo or '-')}")
     print("findings")
-    if not verdict.findings:
-        print("  (none)")
-    for f in sorted(verdict.findings, key=lambda f: (-f.score, f.symbol)):
-        detail = f" [{p(f.finding.detail, 80)}]" if f.finding.detail else ""
-        print(f"  {f.symbol:<26} {f.score:>7g}  {p(descriptions.get(f.symbol, ''))}{detail}")
+    lines = _finding_lines(gateway, scanned, "  ")
+    for line in lines or ["  (none)"]:
+        print(line)
     rules = ctx.rules
     print(
         f"score     {verdict.score:g} (quarantine at {rules.quarantine_at:g}, "
@@ -378,28 +516,65 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--dev",
         action="store_true",
-        help="also start the built-in delivery sink (Maildir) on the [delivery] address",
+        help="also start the built-in delivery sink (Maildir) on the [delivery] address, and "
+        "a DNS server on loopback for the demo zones, which the resolver asks instead of "
+        "[dns]: nothing leaves the machine",
     )
     serve.add_argument(
         "--demo",
         action="store_true",
-        help="like --dev, and send one message through the gateway at start-up",
+        help="like --dev, and send two messages through the gateway at start-up: one "
+        "that passes SPF, DKIM and DMARC, and a spoof of a DMARC p=reject domain",
     )
     serve.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check", help="validate config and rules, then exit")
+    check = sub.add_parser(
+        "check",
+        help="validate config and rules, ask DNS once, then exit",
+        description=(
+            "Validate config and rules, say which plugins are off, and send one DNS query "
+            "(NS of the root zone) to the configured resolver: exit 1 when any of it fails, "
+            "since without DNS every SPF, DKIM and DMARC check defers mail."
+        ),
+    )
+    check.add_argument("--no-dns-probe", action="store_true", help="do not send the DNS query")
     check.set_defaults(func=cmd_check)
 
-    scan = sub.add_parser("scan", help="run the chain on an .eml file and explain the verdict")
-    scan.add_argument("file", help="the message (RFC 5322, as bytes)")
+    scan = sub.add_parser(
+        "scan",
+        help="run messages through the chain and policy offline and explain each verdict",
+        description=(
+            "Run messages through the same chain and policy as serve, one at a time, and say "
+            "what each verdict would be and why. PATH is a message file, an mbox file (one "
+            "that starts with a 'From ' line), a folder (recursively; a Maildir's cur/ and "
+            "new/) or - for stdin. One message gets the full explanation; many get a block "
+            "each and a summary of actions and top symbols."
+        ),
+        epilog=(
+            "exit status, from the worst message: 0 relay, 1 tag, 2 quarantine, 3 tempfail, "
+            "4 reject, 5 an action this table lacks; 66 an input could not be read (wins over "
+            "any action); 78 configuration error; 2 is also argparse's usage error."
+        ),
+    )
+    scan.add_argument("paths", nargs="+", metavar="PATH", help="message, mbox, folder, or -")
     scan.add_argument("--from", default="sender@example.net", help="envelope sender")
     scan.add_argument(
         "--rcpt", action="append", default=None, help="envelope recipient (repeatable)"
     )
     scan.add_argument("--ip", default="192.0.2.1", help="client IP address")
     scan.add_argument("--helo", default="client.example.net", help="client HELO name")
-    scan.add_argument("--json", action="store_true", help="machine-readable output")
+    output = scan.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="one message, as a JSON document")
+    output.add_argument(
+        "--jsonl", action="store_true", help="one JSON line per message (summary on stderr)"
+    )
+    scan.add_argument(
+        "--dns-off",
+        action="store_true",
+        help="answer every DNS lookup NXDOMAIN without sending anything (not listed, no "
+        "SPF/DKIM/DMARC records): measure mail offline, deterministically",
+    )
     scan.set_defaults(func=cmd_scan)
 
     from gateway.quarantine.cli import add_quarantine_parser

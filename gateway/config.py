@@ -50,6 +50,7 @@ from gateway.tomlfile import ConfigError, ConfigErrors, TomlFile
 
 __all__ = [
     "DEFAULT_CIPHERS",
+    "DEFAULT_PLUGIN_ORDER",
     "ClamavSettings",
     "ClassifierSettings",
     "DeliverySettings",
@@ -215,6 +216,25 @@ class DeliverySettings:
         return self.tls != "none" and (self.tls_ca_file is not None or bool(self.tls_fingerprints))
 
 
+# Every built-in check that needs no server of its own (clamav needs clamd: opt-in). Sender
+# authentication runs before the MIME stages that read the body, DMARC after SPF, DKIM and ARC
+# (the registry checks that order), the advisory classifier last.
+DEFAULT_PLUGIN_ORDER = (
+    "lists",
+    "headers",
+    "limits",
+    "tls",
+    "spf",
+    "mime",
+    "attachments",
+    "qr",
+    "dkim",
+    "arc",
+    "dmarc",
+    "classifier",
+)
+
+
 @dataclass(frozen=True)
 class PluginSettings:
     """[plugins]: the order, the time limits, and each plugin's own [plugins.NAME] table.
@@ -224,7 +244,7 @@ class PluginSettings:
 
     __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
 
-    order: Array[Text] = ("lists", "headers", "limits", "mime", "attachments", "qr")
+    order: Array[Text] = DEFAULT_PLUGIN_ORDER
     timeout: Seconds = 10.0
     timeouts: Mapping[str, Seconds] = field(default_factory=dict)
     tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -247,15 +267,17 @@ def _plugin_tables_apart(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class DnsSettings:
-    """The one resolver every DNS check uses (SPF, DKIM, DMARC). Defaults stay on loopback:
-    point `nameservers` at your recursive resolver."""
+    """The one resolver every DNS check uses (SPF, DKIM, DMARC...). Without `nameservers`, the
+    system's: the nameserver lines of `resolv_conf`, as dnspython reads them, so a fresh install
+    authenticates mail with whatever resolver the machine already uses."""
 
     __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
 
-    nameservers: Annotated[Array[IpAddress], Field(min_length=1)] = ("127.0.0.1",)
+    nameservers: Annotated[Array[IpAddress], Field(min_length=1)] | None = None
     port: Port = 53
     timeout: Seconds = 5.0  # seconds per query, retransmissions and TCP fallback included
     cache_size: CountOrZero = 10000  # answers kept (LRU); 0 disables the cache
+    resolv_conf: SettingPath = Path("/etc/resolv.conf")  # read only when nameservers is unset
 
 
 @dataclass(frozen=True)

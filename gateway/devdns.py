@@ -302,7 +302,7 @@ class LoopbackDnsServer:
             if apex in self._soas:
                 ttl, minimum = self._soas[apex]
                 return self._soa_rrset(apex, ttl, minimum)
-        if self.negative_soa_everywhere is not None:
+        if self.negative_soa_everywhere is not None and name:  # the root has no parent zone
             apex = ".".join(labels[-2:])
             return self._soa_rrset(apex, self.default_ttl, self.negative_soa_everywhere)
         return None

@@ -2,9 +2,12 @@
 
 Every check that needs DNS (SPF, DKIM keys, DMARC policies, ARC) asks this resolver, so lookups
 share one cache and one set of limits, and nothing calls the blocking system resolver on the event
-loop. It is a stub resolver on dnspython's asyncio resolver: it asks the configured nameservers
-(a local recursive resolver, normally) and never reads /etc/resolv.conf, so an untouched
-configuration sends nothing off loopback.
+loop. It is a stub resolver on dnspython's asyncio resolver: it asks `[dns] nameservers` when
+they are set, else the system's (the nameserver lines of /etc/resolv.conf, read once at start-up
+by dnspython; none there means this machine, as the C library does). `probe` sends the one query
+`mailgate check` and start-up use to say plainly when those servers do not answer.
+`OfflineResolver` answers NXDOMAIN for every name without sending anything (`mailgate scan
+--dns-off`: measuring a folder of mail as if nothing were listed anywhere).
 
 Every answer is a `DnsResult` whose `status` says what happened, because the callers must tell
 them apart: a name that does not exist (NXDOMAIN) or has no records of the type (NODATA) is an
@@ -33,6 +36,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import dns.asyncresolver
@@ -54,6 +58,7 @@ if TYPE_CHECKING:
 DEFAULT_MAX_TTL = 86400.0  # cap on how long a positive answer is trusted
 DEFAULT_MAX_NEGATIVE_TTL = 900.0  # cap on negative caching (RFC 2308 section 5 allows 3 hours)
 EDNS_PAYLOAD = 1232  # the DNS Flag Day 2020 UDP size: larger answers come over TCP
+LOCAL_NAMESERVERS = ("127.0.0.1", "::1")  # resolv.conf(5): no nameserver line means this host
 
 
 class DnsStatus(enum.Enum):
@@ -196,6 +201,7 @@ class Resolver:
         self.max_ttl = max_ttl
         self.max_negative_ttl = max_negative_ttl
         self._clock = clock
+        self.origin = "the nameservers given"  # what `describe` says they came from
         # configure=False: never read /etc/resolv.conf; only the nameservers we were given.
         resolver = dns.asyncresolver.Resolver(configure=False)
         resolver.nameservers = list(self.nameservers)
@@ -214,12 +220,40 @@ class Resolver:
 
     @classmethod
     def from_settings(cls, settings: DnsSettings) -> Resolver:
-        return cls(
-            nameservers=settings.nameservers,
+        if settings.nameservers is not None:
+            nameservers, origin = settings.nameservers, "[dns] nameservers"
+        else:
+            nameservers, origin = system_nameservers(settings.resolv_conf)
+        resolver = cls(
+            nameservers=nameservers,
             port=settings.port,
             timeout=settings.timeout,
             cache_size=settings.cache_size,
         )
+        resolver.origin = origin
+        return resolver
+
+    def describe(self) -> str:
+        """The servers asked, and where that list came from: for the admin's eyes."""
+        servers = ", ".join(_server_text(ns, self.port) for ns in self.nameservers)
+        return f"{servers} (from {self.origin})"
+
+    async def probe(self) -> DnsProbe:
+        """Ask the servers once (NS of the root zone, bounded by `timeout`), uncached.
+
+        Any answer, even NXDOMAIN, shows a server that talks DNS; a timeout or SERVFAIL means
+        every SPF, DKIM and DMARC check would be a temporary error.
+        """
+        result = await self._ask(dns.name.root, dns.rdatatype.NS, ".", "NS")
+        if result.status is DnsStatus.TIMEOUT:
+            return DnsProbe(False, f"no answer from {self.describe()} within {self.timeout:g}s")
+        if result.status is DnsStatus.SERVFAIL:
+            return DnsProbe(
+                False,
+                f"{self.describe()} answered SERVFAIL for the root zone: it cannot resolve "
+                f"({result.detail})",
+            )
+        return DnsProbe(True, f"{self.describe()} answers")
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -333,6 +367,17 @@ class Resolver:
         qname = _to_name(name)
         if qname is None:
             return failed(DnsStatus.INVALID, "not a name DNS can carry")
+        return await self._ask(qname, qtype, name, rdtype)
+
+    async def _ask(
+        self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType, name: str, rdtype: str
+    ) -> DnsResult:
+        """Send one question (retransmissions and TCP fallback included) and classify the
+        outcome; the only place that talks to the network."""
+
+        def failed(status: DnsStatus, detail: str, ttl: float = 0.0) -> DnsResult:
+            return DnsResult(name, rdtype, status, ttl=ttl, detail=detail)
+
         self._queries += 1
         try:
             answer = await self._resolver.resolve(
@@ -395,6 +440,57 @@ class Resolver:
                 ttl = min(rrset.ttl, soa.minimum, *(c.ttl for c in cnames))
                 return float(min(ttl, self.max_negative_ttl))
         return 0.0  # RFC 2308 section 5: no SOA, no negative caching
+
+
+@dataclass(frozen=True, slots=True)
+class DnsProbe:
+    """What `Resolver.probe` found: whether the servers answer, in one line naming them."""
+
+    answered: bool
+    text: str
+
+
+class OfflineResolver(Resolver):
+    """Every valid name answers NXDOMAIN ("not listed", "no record") and nothing is sent.
+
+    For measuring mail offline (`mailgate scan --dns-off`): SPF, DKIM and DMARC read "none"
+    and every list "not listed", deterministically, on a machine with no network at all.
+    Names DNS cannot carry stay INVALID, as with a real resolver.
+    """
+
+    def __init__(self, timeout: float = 5.0) -> None:
+        super().__init__(nameservers=("0.0.0.0",), timeout=timeout, cache_size=0)
+        self.origin = "--dns-off"
+
+    def describe(self) -> str:
+        return "no server: DNS is off, every name answers NXDOMAIN"
+
+    async def _ask(
+        self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType, name: str, rdtype: str
+    ) -> DnsResult:
+        return DnsResult(name, rdtype, DnsStatus.NXDOMAIN, detail="DNS off: not looked up")
+
+
+def system_nameservers(resolv_conf: Path) -> tuple[tuple[str, ...], str]:
+    """The nameservers of a resolv.conf file as dnspython reads it, and where they came from.
+
+    A missing or unreadable file, or one without nameserver lines, means this machine
+    (127.0.0.1 and ::1), which is what the C library's resolver does (resolv.conf(5)).
+    """
+    reader = dns.resolver.Resolver(configure=False)
+    try:
+        reader.read_resolv_conf(str(resolv_conf))
+    except (dns.resolver.NoResolverConfiguration, OSError, ValueError) as exc:
+        reason = _short(exc).rstrip(".")
+        return LOCAL_NAMESERVERS, f"{resolv_conf}: {reason}; this machine, as the C library does"
+    servers = tuple(ns for ns in reader.nameservers if isinstance(ns, str))
+    if not servers:
+        return LOCAL_NAMESERVERS, f"{resolv_conf}: no usable nameserver; this machine"
+    return servers, str(resolv_conf)
+
+
+def _server_text(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _short(exc: BaseException) -> str:

@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 from postfix_instance import PostfixInstance, find_postfix
 
+import gateway.dns
+
+SYSTEM_RESOLV_CONF = Path("/etc/resolv.conf")
+
 
 def _postfix_unavailable(reason: str) -> None:
     """Skip on a developer machine without Postfix, but fail in CI, which installs it.
@@ -52,6 +56,22 @@ def postfix(postfix_scratch_dir: Path) -> Iterator[PostfixInstance]:
     """
     with PostfixInstance(postfix_scratch_dir) as instance:
         yield instance
+
+
+@pytest.fixture(autouse=True)
+def _never_the_system_resolver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests use loopback DNS only. A gateway built from settings without [dns] nameservers
+    reads /etc/resolv.conf (the product's default); in a test process it gets 127.0.0.1
+    instead, where no server listens: a test that forgot its loopback DNS server fails (its
+    lookups time out) rather than asking the machine's real resolver."""
+    real = gateway.dns.system_nameservers
+
+    def loopback_only(resolv_conf: Path) -> tuple[tuple[str, ...], str]:
+        if Path(resolv_conf) == SYSTEM_RESOLV_CONF:
+            return ("127.0.0.1",), "tests: never the system's resolver"
+        return real(resolv_conf)
+
+    monkeypatch.setattr(gateway.dns, "system_nameservers", loopback_only)
 
 
 # The gateway harness (recording downstream, running gateway) lives in tests/harness.py.

@@ -140,6 +140,9 @@ data_timeout = 60  # a release of 100 MB on a loaded 2-core CI machine (only bou
 [plugins]
 order = ["lists", "headers", "limits"]
 
+[dns]
+nameservers = ["127.0.0.1"]  # no plugin here asks; the start-up probe stays on loopback
+
 [paths]
 rules = "{rules}"
 quarantine = "{quarantine}"

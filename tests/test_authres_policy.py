@@ -29,13 +29,16 @@ def test_shipped_rules_score_every_auth_symbol() -> None:
     assert builtin_registry().check_policy(AUTH_ORDER, load_rules(REPO / "rules")) == []
 
 
-def test_auth_plugins_are_not_in_the_default_order() -> None:
-    """Without a resolver configured, every DKIM/DMARC lookup would temperror (and defer)."""
+def test_auth_plugins_are_in_the_default_order_after_what_they_need() -> None:
+    """On by default (the resolver is the system's without [dns] nameservers), and in an order
+    the registry accepts: DMARC after SPF, DKIM and ARC."""
     for order in (
         PluginSettings().order,
         load_settings(REPO / "config/gateway.toml").plugins.order,
     ):
-        assert not {"dkim", "arc", "dmarc"} & set(order)
+        assert {"spf", "dkim", "arc", "dmarc"} <= set(order)
+        assert order.index("dmarc") > max(order.index(n) for n in ("spf", "dkim", "arc"))
+        assert builtin_registry().check_policy(order, load_rules(REPO / "rules")) == []
 
 
 def test_default_policy_honours_dmarc_and_defers_dns_failures() -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from dns_server import DnsTestServer
 from harness import REPO
 
 from gateway.cli import SafeFormatter
@@ -44,23 +46,70 @@ def install(tmp_path: Path) -> Path:
     root = tmp_path / "install"
     shutil.copytree(REPO / "config", root / "config")
     shutil.copytree(REPO / "rules", root / "rules")
+    (root / "models").symlink_to(REPO / "models")  # the classifier's model, at ../models
     return root / "config" / "gateway.toml"
+
+
+NARROW_ORDER = '["lists", "headers", "limits", "mime", "attachments"]'
+
+
+@pytest.fixture
+def narrow(install: Path) -> Path:
+    """The shipped install with only the checks that need no DNS and no model: exact scores."""
+    text = install.read_text()
+    text = re.sub(r"(?m)^order = \[.*\]$", f"order = {NARROW_ORDER}", text)
+    install.write_text(text)
+    return install
 
 
 # -- check ---------------------------------------------------------------------------------------
 
 
 def test_check_ok_on_the_repository_config(tmp_path: Path) -> None:
-    result = mailgate("--config", REPO / "config" / "gateway.toml", "check", cwd=tmp_path)
+    result = mailgate(
+        "--config", REPO / "config" / "gateway.toml", "check", "--no-dns-probe", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr.decode()
     out = result.stdout.decode()
     assert f"config OK: {(REPO / 'config' / 'gateway.toml').resolve()}" in out
     assert f"rules OK: {(REPO / 'rules').resolve()}" in out
-    assert "plugins: lists, headers, limits" in out
+    assert "plugins: lists, headers, limits, tls, spf, mime, attachments, dkim, arc, dmarc, " in out
+    assert "clamav: off (opt-in: it needs a clamd daemon; to turn it on, add" in out
+
+
+def _dns_pointed_at(install: Path, server: DnsTestServer) -> None:
+    text = install.read_text()
+    text += f'\n[dns]\nnameservers = ["{server.host}"]\nport = {server.port}\ntimeout = 1\n'
+    text += '\n[plugins.classifier]\nmodel = "' + str(REPO / "models" / "spam.npz") + '"\n'
+    install.write_text(text.replace("# [dns]\n", "# (dns)\n"))
+
+
+def test_check_asks_dns_once_and_says_it_answers(install: Path, dns_server: DnsTestServer) -> None:
+    _dns_pointed_at(install, dns_server)
+    result = mailgate("--config", install, "check", cwd=install.parent)
+    assert result.returncode == 0, result.stderr.decode()
+    out = result.stdout.decode()
+    server = f"{dns_server.host}:{dns_server.port}"
+    assert f"dns OK: {server} (from [dns] nameservers) answers" in out
+    assert [(q.name, q.rtype) for q in dns_server.queries] == [("", "NS")]
+
+
+def test_check_names_the_dns_server_that_does_not_answer(
+    install: Path, dns_server: DnsTestServer
+) -> None:
+    dns_server.timeout("")
+    _dns_pointed_at(install, dns_server)
+    result = mailgate("--config", install, "check", cwd=install.parent)
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    server = f"{dns_server.host}:{dns_server.port}"
+    assert f"mailgate: DNS: no answer from {server} (from [dns] nameservers) within 1s" in err
+    assert "mail is deferred (4xx) until it answers" in err
+    assert "config OK" in result.stdout.decode()  # everything else was fine
 
 
 def test_check_finds_config_gateway_toml_in_the_current_directory() -> None:
-    result = mailgate("check", cwd=REPO)
+    result = mailgate("check", "--no-dns-probe", cwd=REPO)
     assert result.returncode == 0, result.stderr.decode()
     assert b"config OK" in result.stdout
 
@@ -118,11 +167,11 @@ SUSPICIOUS = (
 )  # two From fields (5) + no Date (1.5) = 6.5: quarantine; LF endings as files often have
 
 
-def test_scan_prints_findings_score_verdict_and_reply(tmp_path: Path) -> None:
+def test_scan_prints_findings_score_verdict_and_reply(tmp_path: Path, narrow: Path) -> None:
     eml = tmp_path / "suspicious.eml"
     eml.write_bytes(SUSPICIOUS)
-    result = mailgate("--config", REPO / "config" / "gateway.toml", "scan", eml, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr.decode()
+    result = mailgate("--config", narrow, "scan", eml, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr.decode()  # quarantine
     lines = result.stdout.decode().splitlines()
     assert lines[0].startswith(f"message   {eml} (")
     assert "LF -> CRLF" in lines[0]
@@ -135,14 +184,14 @@ def test_scan_prints_findings_score_verdict_and_reply(tmp_path: Path) -> None:
     assert "reply     250 2.0.0 Message accepted" in lines
 
 
-def test_scan_clean_message_relays(tmp_path: Path) -> None:
+def test_scan_clean_message_relays(tmp_path: Path, narrow: Path) -> None:
     eml = tmp_path / "clean.eml"
     eml.write_bytes(
         SUSPICIOUS.replace(b"From: Bank <security@bank.example>\n", b"").replace(
             b"To:", b"Date: Fri, 27 Nov 2026 10:00:00 +0000\nTo:"
         )
     )
-    result = mailgate("--config", REPO / "config" / "gateway.toml", "scan", eml, cwd=tmp_path)
+    result = mailgate("--config", narrow, "scan", eml, cwd=tmp_path)
     assert result.returncode == 0
     out = result.stdout.decode()
     assert "  (none)" in out
@@ -150,12 +199,12 @@ def test_scan_clean_message_relays(tmp_path: Path) -> None:
     assert "reply     250 2.0.0 OK" in out
 
 
-def test_scan_json(tmp_path: Path) -> None:
+def test_scan_json(tmp_path: Path, narrow: Path) -> None:
     eml = tmp_path / "suspicious.eml"
     eml.write_bytes(SUSPICIOUS)
     result = mailgate(
         "--config",
-        REPO / "config" / "gateway.toml",
+        narrow,
         "scan",
         "--json",
         "--from",
@@ -167,8 +216,11 @@ def test_scan_json(tmp_path: Path) -> None:
         eml,
         cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr.decode()
+    assert result.returncode == 2, result.stderr.decode()
     data = json.loads(result.stdout)
+    assert data["path"] == str(eml)
+    assert (data["message_id"], data["subject"]) == ("<scan-1@example.net>", "verify your account")
+    assert data["from"] == "Alice <alice@example.net>"  # the first, as every plugin reads it
     assert data["action"] == "quarantine"
     assert data["score"] == 6.5
     assert {(f["symbol"], f["score"]) for f in data["findings"]} == {
@@ -184,11 +236,9 @@ def test_scan_json(tmp_path: Path) -> None:
     assert set(data["plugin_ms"]) == {"lists", "headers", "limits", "mime", "attachments", "qr"}
 
 
-def test_scan_unreadable_file_exit_1(tmp_path: Path) -> None:
-    result = mailgate(
-        "--config", REPO / "config" / "gateway.toml", "scan", tmp_path / "absent.eml", cwd=tmp_path
-    )
-    assert result.returncode == 1
+def test_scan_unreadable_file_exit_66(tmp_path: Path, narrow: Path) -> None:
+    result = mailgate("--config", narrow, "scan", tmp_path / "absent.eml", cwd=tmp_path)
+    assert result.returncode == 66  # sysexits EX_NOINPUT: not mistaken for any action
     assert b"cannot read" in result.stderr
 
 
@@ -209,7 +259,7 @@ def test_scan_never_prints_raw_escape_or_bell(tmp_path: Path, as_json: bool) -> 
     name = os.fsdecode(b"evil-\x1b]0;pwned\x07-\x1b[2J-\xff.eml")
     eml = tmp_path / name
     eml.write_bytes(HOSTILE)
-    args: list[str | Path] = ["--config", REPO / "config" / "gateway.toml", "scan"]
+    args: list[str | Path] = ["--config", REPO / "config" / "gateway.toml", "scan", "--dns-off"]
     if as_json:
         args.append("--json")
     args += [
@@ -222,7 +272,7 @@ def test_scan_never_prints_raw_escape_or_bell(tmp_path: Path, as_json: bool) -> 
         name,
     ]
     result = mailgate(*args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode in (0, 1, 2), result.stderr  # relay, tag or quarantine
     for stream in (result.stdout, result.stderr):
         assert b"\x1b" not in stream
         assert b"\x07" not in stream
@@ -230,11 +280,11 @@ def test_scan_never_prints_raw_escape_or_bell(tmp_path: Path, as_json: bool) -> 
         data = json.loads(result.stdout)
         # escaped for the terminal, but the values survive intact for a program
         assert data["envelope"]["from"] == "a\x1b]0;t\x07@example.net"
-        assert {f["symbol"] for f in data["findings"]} == {
+        assert {
             "HDR_DUPLICATE_FIELD",
             "HDR_MESSAGE_ID_MISSING",
             "MIME_8BIT_IN_7BIT",  # raw 8-bit bytes in the Subject, no MIME declaration
-        }
+        } <= {f["symbol"] for f in data["findings"]}
     else:
         out = result.stdout.decode("utf-8")
         assert "\\x1b" in out
@@ -271,9 +321,10 @@ def test_scan_spamassassin_corpus_message(tmp_path: Path, sample: Path) -> None:
     raw = sample.read_bytes()  # many are not UTF-8
     assert raw
     result = mailgate(
-        "--config", REPO / "config" / "gateway.toml", "scan", "--json", sample, cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr.decode(errors="replace")
+        "--config", REPO / "config" / "gateway.toml", "scan", "--dns-off", "--json", sample,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode in (0, 1, 2, 3, 4), result.stderr.decode(errors="replace")
     data = json.loads(result.stdout)
     assert data["action"] in {"relay", "quarantine", "reject", "tempfail"}
     assert not any(f["symbol"].endswith("_ERROR") for f in data["findings"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from harness import REPO
 
-from gateway.config import load_settings
+from gateway.config import DEFAULT_PLUGIN_ORDER, load_settings
 from gateway.tomlfile import ConfigError, ConfigErrors
 
 SHIPPED = REPO / "config" / "gateway.toml"
@@ -21,7 +21,10 @@ def test_shipped_config_loads() -> None:
     assert settings.relay.domains == ("example.com",)
     assert settings.limits.max_line_length >= 1000
     assert settings.tls.cert_file is None and settings.tls.key_file is None
-    assert settings.plugins.order == ("lists", "headers", "limits", "mime", "attachments", "qr")
+    # every check that needs no server of its own, the same with a file as without one
+    assert settings.plugins.order == DEFAULT_PLUGIN_ORDER == load_settings(None).plugins.order
+    assert {"spf", "dkim", "arc", "dmarc", "classifier", "tls"} <= set(DEFAULT_PLUGIN_ORDER)
+    assert "clamav" not in DEFAULT_PLUGIN_ORDER  # needs clamd: opt-in
     # relative paths in the shipped file point at the repository's folders
     assert settings.rules_dir == (REPO / "rules").resolve()
     assert settings.quarantine_dir == (REPO / "var" / "quarantine").resolve()

@@ -10,7 +10,7 @@ import pytest
 from dns_server import DnsTestServer
 
 from gateway.config import DnsSettings, Settings, load_settings
-from gateway.dns import DnsStatus, Resolver
+from gateway.dns import DnsStatus, OfflineResolver, Resolver
 from gateway.plugin import Services
 from gateway.tomlfile import ConfigErrors
 
@@ -325,12 +325,85 @@ async def test_spf_suite_zone_conventions(
 # -- configuration --------------------------------------------------------------------------
 
 
-def test_defaults_never_leave_loopback() -> None:
-    assert DnsSettings().nameservers == ("127.0.0.1",)
-    settings = load_settings(None)
-    assert settings.dns == DnsSettings()
-    resolver = Services(settings).resolver
+def test_default_is_the_system_resolver_from_resolv_conf(tmp_path: Path) -> None:
+    """No [dns] nameservers: the nameserver lines of resolv.conf, as dnspython reads them (a
+    file of our own here, so nothing but loopback is ever named)."""
+    assert DnsSettings().nameservers is None
+    assert DnsSettings().resolv_conf == Path("/etc/resolv.conf")
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("# written by a test\nsearch example.com\nnameserver 127.0.0.1\n")
+    resolver = Resolver.from_settings(DnsSettings(resolv_conf=conf))
     assert resolver.nameservers == ("127.0.0.1",) and resolver.port == 53
+    assert resolver.describe() == f"127.0.0.1:53 (from {conf})"
+
+
+def test_resolv_conf_without_nameservers_means_this_machine(tmp_path: Path) -> None:
+    """resolv.conf(5): no nameserver line (or no file) means the server on this host."""
+    empty = tmp_path / "resolv.conf"
+    empty.write_text("options ndots:1\n")
+    for path in (empty, tmp_path / "absent.conf"):
+        resolver = Resolver.from_settings(DnsSettings(resolv_conf=path))
+        assert resolver.nameservers == ("127.0.0.1", "::1")
+        assert str(path) in resolver.describe() and "this machine" in resolver.describe()
+
+
+def test_resolv_conf_is_read_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.1\nnameserver ::1\n")
+    settings = load_settings(_config(tmp_path, '[dns]\nresolv_conf = "resolv.conf"\n'))
+    assert settings.dns.resolv_conf == tmp_path / "resolv.conf"
+    assert Services(settings).resolver.nameservers == ("127.0.0.1", "::1")
+
+
+async def test_system_resolver_path_queries_the_server_resolv_conf_names(
+    tmp_path: Path, dns_server: DnsTestServer
+) -> None:
+    dns_server.load(ZONE)
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(f"nameserver {dns_server.host}\n")
+    resolver = Resolver.from_settings(
+        DnsSettings(resolv_conf=conf, port=dns_server.port, timeout=0.5)
+    )
+    result = await resolver.query("example.com", "A")
+    assert result.status is DnsStatus.ANSWER and result.addresses() == ["192.0.2.1"]
+    await resolver.aclose()
+
+
+async def test_probe_says_the_server_answers(dns_server: DnsTestServer) -> None:
+    resolver = resolver_for(dns_server)
+    found = await resolver.probe()
+    assert found.answered
+    assert found.text == f"{dns_server.host}:{dns_server.port} (from the nameservers given) answers"
+    assert [(q.name, q.rtype) for q in dns_server.queries] == [("", "NS")]  # one query
+
+
+async def test_probe_names_the_server_that_does_not_answer(dns_server: DnsTestServer) -> None:
+    dns_server.timeout("")  # the root: silent
+    resolver = resolver_for(dns_server, timeout=0.3)
+    found = await resolver.probe()
+    assert not found.answered
+    assert found.text == (
+        f"no answer from {dns_server.host}:{dns_server.port} (from the nameservers given) "
+        "within 0.3s"
+    )
+
+
+async def test_probe_reports_servfail(dns_server: DnsTestServer) -> None:
+    dns_server.servfail("")
+    found = await resolver_for(dns_server).probe()
+    assert not found.answered and "answered SERVFAIL for the root zone" in found.text
+
+
+async def test_offline_resolver_answers_nxdomain_and_sends_nothing(
+    dns_server: DnsTestServer,
+) -> None:
+    resolver = OfflineResolver()
+    for name, rdtype in [("example.com", "TXT"), ("2.0.0.127.zen.example", "A")]:
+        result = await resolver.query(name, rdtype)
+        assert result.status is DnsStatus.NXDOMAIN and not result.is_temporary
+    assert (await resolver.query("bad..name", "A")).status is DnsStatus.INVALID
+    assert (await resolver.probe()).answered
+    assert resolver.stats().queries == 0
+    assert dns_server.queries == []
 
 
 def _config(tmp_path: Path, dns_table: str) -> Path:
@@ -347,6 +420,7 @@ def test_dns_table_is_read(tmp_path: Path) -> None:
     )
     settings: Settings = load_settings(path)
     assert settings.dns == DnsSettings(("192.0.2.53", "2001:db8::53"), 5353, 2.5, 0)
+    assert settings.dns.resolv_conf == Path("/etc/resolv.conf")  # not read: nameservers set
     resolver = Resolver.from_settings(settings.dns)
     assert resolver.timeout == 2.5 and resolver.cache_size == 0
 

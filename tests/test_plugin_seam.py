@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import aiosmtplib
 import pytest
-from harness import REPO, GatewayFactory, RecordingSink, make_settings, message
+from harness import HARNESS_ORDER, REPO, GatewayFactory, RecordingSink, make_settings, message
 
 from gateway.app import Gateway, PolicyError
 from gateway.auth.dkim import DkimResult
@@ -144,7 +144,7 @@ async def test_a_third_party_plugin_is_one_module_its_scores_and_its_corpus_file
         REPO / "rules" / "scores.toml"
     ).read_bytes()
 
-    order = (*PluginSettings().order, "shout")
+    order = (*HARNESS_ORDER, "shout")
     plugins = PluginSettings(order=order, tables={"shout": {"min_letters": 6}})
     caplog.set_level(logging.INFO, logger="mailgate.message")
     gw = await start_gateway(settings=make_settings(tmp_path, sink.port, plugins=plugins))

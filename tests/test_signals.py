@@ -53,6 +53,7 @@ def write_served_config(
     etc = tmp_path / "etc"
     etc.mkdir()
     shutil.copytree(REPO / "rules", tmp_path / "rules")
+    (tmp_path / "models").symlink_to(REPO / "models")  # the classifier's, at ../models
     port, delivery_port = free_port(), free_port()
     text = (REPO / "config" / "gateway.toml").read_text(encoding="utf-8")
     for table, key, value in [

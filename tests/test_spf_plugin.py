@@ -184,7 +184,7 @@ def test_shipped_rules_score_every_spf_symbol() -> None:
     assert registry.check_policy(ORDER, load_rules(REPO / "rules")) == []
 
 
-def test_spf_is_not_in_the_default_order() -> None:
-    """Without a resolver configured, 127.0.0.1:53 would temperror (and defer) every message."""
-    assert "spf" not in PluginSettings().order
-    assert "spf" not in load_settings(REPO / "config" / "gateway.toml").plugins.order
+def test_spf_is_in_the_default_order() -> None:
+    """On by default: without [dns] nameservers the resolver is the system's (resolv.conf)."""
+    assert "spf" in PluginSettings().order
+    assert "spf" in load_settings(REPO / "config" / "gateway.toml").plugins.order

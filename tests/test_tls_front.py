@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import trustme
-from harness import LOOPBACK, REPO, RecordingSink, RunningGateway, message
+from harness import HARNESS_ORDER, LOOPBACK, REPO, RecordingSink, RunningGateway, message
 from tls_helpers import (
     GATEWAY_NAME,
     client_context,
@@ -286,7 +286,7 @@ async def test_tls_symbols_and_quarantine_metadata(
     shutil.copytree(REPO / "rules", rules)
     with (rules / "actions.toml").open("a") as actions:
         actions.write('TLS_V1_3 = "quarantine"\n')
-    order = (*PluginSettings().order, "tls")
+    order = (*HARNESS_ORDER, "tls")
     gw: RunningGateway = await start_tls_gateway(plugins=PluginSettings(order=order))
     context = client_context(ca)
     context.check_hostname = False
