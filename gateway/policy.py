@@ -161,6 +161,15 @@ class TlsPolicy:
 
 
 @dataclass(frozen=True)
+class TagPolicy:
+    """What tagging writes: X-Spam-Flag/X-Spam-Status on every relayed message (YES when
+    tagged, NO otherwise) when `add_headers`, and `subject_prefix` before a tagged Subject."""
+
+    add_headers: bool = True
+    subject_prefix: str = ""
+
+
+@dataclass(frozen=True)
 class RuleSet:
     """One consistent version of the policy. Never mutated: reloads replace it."""
 
@@ -176,9 +185,18 @@ class RuleSet:
     tls: TlsPolicy = TlsPolicy()
     attachments: AttachmentPolicy = field(default_factory=AttachmentPolicy)  # attachments.toml
     auth: AuthPolicy = field(default_factory=AuthPolicy)
+    tag_at: float | None = None  # None: no tag step (see Thresholds)
+    tag: TagPolicy = TagPolicy()
+
+    @property
+    def tag_threshold(self) -> float:
+        """The score from which a message is tagged (the quarantine threshold: no tag step)."""
+        return self.quarantine_at if self.tag_at is None else self.tag_at
 
     def decide(self, findings: list[Finding]) -> Verdict:
-        return combine(findings, self.scores, self.forced, self.quarantine_at, self.reject_at)
+        return combine(
+            findings, self.scores, self.forced, self.quarantine_at, self.reject_at, self.tag_at
+        )
 
     def with_defaults(
         self, scores: Mapping[str, float], forced: Mapping[str, ForcedAction]
@@ -227,18 +245,45 @@ class ScoresFile:
     scores: Mapping[Symbol, FiniteNumber] = field(default_factory=dict)
 
 
-def _quarantine_not_above_reject(thresholds: Thresholds) -> Thresholds:
+def _ladder_in_order(thresholds: Thresholds) -> Thresholds:
+    """tag <= quarantine <= reject: a step equal to the next one is skipped (tag = quarantine:
+    no tag step; quarantine = reject: no quarantine step), one out of order is a mistake."""
     if thresholds.quarantine > thresholds.reject:
         raise KeyProblem("quarantine", "must not be above thresholds.reject")
+    if thresholds.tag is not None and thresholds.tag > thresholds.quarantine:
+        raise KeyProblem("tag", "must not be above thresholds.quarantine")
     return thresholds
 
 
 @dataclass(frozen=True)
 class Thresholds:
+    """The verdict ladder: relay below `tag`, tag (relay marked as spam) below `quarantine`,
+    quarantine below `reject`. No `tag` (rules/ written before the tag step): no tag step."""
+
     __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
 
+    tag: FiniteNumber | None = None
     quarantine: FiniteNumber = 6.0
     reject: FiniteNumber = 15.0
+
+
+def _prefix_text(value: Any) -> Any:
+    if isinstance(value, str) and (
+        len(value) > 40 or any(not 0x20 <= ord(c) < 0x7F for c in value)
+    ):
+        raise ValueError("a Subject prefix is printable ASCII, at most 40 characters")
+    return value
+
+
+@dataclass(frozen=True)
+class TagTable:
+    """`[tag]`: how a tagged message is marked. The X-Spam-* fields are what Sieve rules (or a
+    delivery server's junk filter) route on; the Subject prefix is for users without them."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    add_headers: Flag = True
+    subject_prefix: Annotated[str, Strict(), BeforeValidator(_prefix_text)] = ""
 
 
 def _parse_reply(text: str) -> SmtpReply:
@@ -281,9 +326,10 @@ def _reply_fits_action(entry: ForcedEntry) -> ForcedEntry:
 class ActionsFile:
     __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
 
-    thresholds: Annotated[Thresholds, AfterValidator(_quarantine_not_above_reject)] = field(
+    thresholds: Annotated[Thresholds, AfterValidator(_ladder_in_order)] = field(
         default_factory=Thresholds
     )
+    tag: TagTable = field(default_factory=TagTable)
     forced: Mapping[
         Symbol,
         Annotated[ForcedEntry, BeforeValidator(_action_alone), AfterValidator(_reply_fits_action)],
@@ -422,6 +468,8 @@ def load_rules(directory: Path) -> RuleSet:
         forced=forced,
         quarantine_at=actions.thresholds.quarantine,
         reject_at=actions.thresholds.reject,
+        tag_at=actions.thresholds.tag,
+        tag=TagPolicy(actions.tag.add_headers, actions.tag.subject_prefix),
         lists=Lists(
             client_allow=NetworkList(lists.client_ip.allow),
             client_block=NetworkList(lists.client_ip.block),
