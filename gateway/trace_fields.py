@@ -6,9 +6,9 @@ with Received-SPF, the X-Mailgate-* verdict fields and the X-Spam-* fields of th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.auth.arc import ArcResult
