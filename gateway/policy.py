@@ -60,6 +60,9 @@ _OPTIONAL_RULE_FILES = frozenset({"tls.toml", "auth.toml", "attachments.toml"})
 # per-plugin score files (same [scores] format as scores.toml), merged with it: a plugin ships
 # its scores as one file, with no edit of scores.toml
 SCORES_DIR = "scores.d"
+# scores fitted to labelled mail (`mailgate rules fit`): read last, overriding scores.toml and
+# scores.d/ for the symbols it names (each must be scored there: a typo is an error)
+FITTED_SCORES = "fitted.toml"
 # symbols the plugin registry scores by default (0): a forced action may name them unscored
 _DEFAULT_SCORED_SUFFIXES = ("_ERROR", "_TIMEOUT")
 
@@ -386,6 +389,33 @@ def _where_written(doc: TomlFile, table: str) -> dict[str, str]:
     return {symbol: f"{doc.path}:{doc.line_of(f'{table}.{symbol}') or '?'}" for symbol in written}
 
 
+def _overlay_fitted(
+    path: Path,
+    scored: dict[str, float],
+    where: dict[str, str],
+    errors: list[ConfigError],
+    digest: Any,
+) -> bool:
+    """rules/fitted.toml over the other score files; False when it is unusable."""
+    try:
+        doc = TomlFile.load(path)
+        digest.update(path.read_bytes())
+    except ConfigError as exc:
+        errors.append(exc)
+        return False
+    found = validate_table(doc, "", ScoresFile, doc.data, errors)
+    if found is None:
+        return False
+    places = _where_written(doc, "scores")
+    for symbol, score in found.scores.items():
+        if symbol not in where:
+            errors.append(doc.error(f"scores.{symbol}", "fits a symbol no score file scores"))
+            continue
+        scored[symbol] = score
+        where[symbol] = places[symbol]
+    return True
+
+
 def load_rules(directory: Path) -> RuleSet:
     """Load and validate rules/; raises ConfigErrors listing every problem found."""
     errors: list[ConfigError] = []
@@ -428,6 +458,9 @@ def load_rules(directory: Path) -> RuleSet:
             where[symbol] = place
             if found is not None:
                 scored[symbol] = found.scores[symbol]
+    fitted_path = directory / FITTED_SCORES
+    if fitted_path.exists():
+        scores_valid = _overlay_fitted(fitted_path, scored, where, errors, digest) and scores_valid
     actions = validate_table(actions_doc, "", ActionsFile, actions_doc.data, errors)
     scored_names = set(where)
     for symbol, place in _where_written(actions_doc, "forced").items():

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
-from auth_helpers import field_values, header_block
+from auth_helpers import field_values, header_block, mail, sign, start_auth_gateway
+from dns_server import DnsTestServer
 from harness import GatewayFactory, RecordingSink, RunningGateway, make_settings, message
+from test_dmarc_gateway import load_zones
 
 from gateway import metrics
 from gateway.header_edit import prefix_subject
@@ -255,3 +257,53 @@ async def test_quarantined_mail_is_stored_unmarked(
     assert meta["action"] == "quarantine"
     assert b"X-Spam-" not in stored.split(b"\r\n\r\n")[0]
     assert b"Subject: hello\r\n" in stored
+
+
+# -- authentication credit -----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def known_gw(
+    tmp_path: Path, sink: RecordingSink, dns_server: DnsTestServer, start_gateway: GatewayFactory
+) -> RunningGateway:
+    """The authentication plugins on, good.example listed as a well-known sender."""
+    load_zones(dns_server)
+    rules = rules_copy(tmp_path)
+    edit(rules / "auth.toml", "known_senders = [\n", 'known_senders = [\n    "good.example",\n')
+    return await start_auth_gateway(tmp_path, sink.port, dns_server, start_gateway)
+
+
+async def send_auth(gw: RunningGateway, content: bytes) -> None:
+    await aiosmtplib.send(
+        content,
+        sender="alice@good.example",
+        recipients=["bob@example.com"],
+        hostname=gw.host,
+        port=gw.port,
+        local_hostname="client.test.example",
+    )
+
+
+async def test_only_an_aligned_dkim_pass_of_a_known_sender_earns_credit(
+    known_gw: RunningGateway, sink: RecordingSink
+) -> None:
+    await send_auth(known_gw, sign(mail()))
+    await send_auth(known_gw, mail())  # SPF passes and aligns: DMARC passes, no credit
+    signed, unsigned = await sink.arrived(2)
+    [symbols] = field_values(signed.content, "X-Mailgate-Symbols")
+    assert "DMARC_KNOWN_SENDER(-" in symbols and "DMARC_PASS(0)" in symbols
+    assert "DKIM_VALID(0)" in symbols and "SPF_PASS(0)" in symbols
+    [symbols] = field_values(unsigned.content, "X-Mailgate-Symbols")
+    assert "DMARC_PASS(0)" in symbols and "DMARC_KNOWN_SENDER" not in symbols
+
+
+def test_a_pass_for_a_domain_anyone_can_register_is_worth_nothing() -> None:
+    rules = load_rules(Path(__file__).resolve().parent.parent / "rules")
+    for symbol in ("SPF_PASS", "DKIM_VALID", "DMARC_PASS"):
+        assert rules.scores[symbol] == 0.0
+    assert rules.scores["DMARC_KNOWN_SENDER"] < 0
+    assert rules.scores["SPF_FAIL"] > 0 and rules.scores["DKIM_INVALID"] > 0
+    assert not rules.auth.known_sender("gmail.com") and not rules.auth.known_sender("outlook.com")
+    # spam the model is certain of, from a self-registered domain passing everything: not relayed
+    spammy = [Finding(s) for s in ("SPF_PASS", "DKIM_VALID", "DMARC_PASS", "ML_BAND_999")]
+    assert rules.decide(spammy).action.severity >= Action.TAG.severity
