@@ -94,8 +94,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"config OK: {source}")
     print(
         f"rules OK: {settings.rules_dir} (policy {gateway.rules.version}, "
-        f"{len(gateway.rules.scores)} scored symbols, quarantine at "
-        f"{gateway.rules.quarantine_at:g}, reject at {gateway.rules.reject_at:g})"
+        f"{len(gateway.rules.scores)} scored symbols, tag at {gateway.rules.tag_threshold:g}, "
+        f"quarantine at {gateway.rules.quarantine_at:g}, reject at {gateway.rules.reject_at:g})"
     )
     print(f"plugins: {', '.join(p.name for p in gateway.chain.plugins) or '(none)'}")
     return 0
@@ -332,7 +332,11 @@ def _scan_json(
             {"symbol": f.symbol, "score": f.score, "detail": f.finding.detail}
             for f in verdict.findings
         ],
-        "thresholds": {"quarantine": ctx.rules.quarantine_at, "reject": ctx.rules.reject_at},
+        "thresholds": {
+            "tag": ctx.rules.tag_threshold,
+            "quarantine": ctx.rules.quarantine_at,
+            "reject": ctx.rules.reject_at,
+        },
         "policy_version": ctx.rules.version,
         "plugin_ms": {k: round(v * 1000, 3) for k, v in ctx.timings.items()},
     }
@@ -355,7 +359,8 @@ def _print_scan(
         print(f"  {f.symbol:<26} {f.score:>7g}  {p(descriptions.get(f.symbol, ''))}{detail}")
     rules = ctx.rules
     print(
-        f"score     {verdict.score:g} (quarantine at {rules.quarantine_at:g}, "
+        f"score     {verdict.score:g} (tag at {rules.tag_threshold:g}, "
+        f"quarantine at {rules.quarantine_at:g}, "
         f"reject at {rules.reject_at:g}; policy {rules.version})"
     )
     print(f"verdict   {verdict.action.value.upper()}: {verdict.reason}")
