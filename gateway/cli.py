@@ -381,7 +381,7 @@ def cmd_rules_fit(args: argparse.Namespace) -> int:
     sources = [("phish", Path(p)) for p in args.phish or []]
     sources += [("spam", Path(p)) for p in args.spam or []]
     sources += [("ham", Path(p)) for p in args.ham or []]
-    if not args.ham or not (args.spam or args.phish):
+    if not args.vectors and (not args.ham or not (args.spam or args.phish)):
         print(
             "mailgate: rules fit needs both ham and spam (--ham, --spam/--phish)", file=sys.stderr
         )
@@ -414,7 +414,15 @@ def cmd_rules_fit(args: argparse.Namespace) -> int:
 
         async def go() -> Any:
             try:
-                return await fit_sources(gateway, sources, fit, args.limit, progress)
+                return await fit_sources(
+                    gateway,
+                    sources,
+                    fit,
+                    args.limit,
+                    progress,
+                    Path(args.vectors) if args.vectors else None,
+                    Path(args.save_vectors) if args.save_vectors else None,
+                )
             finally:
                 await gateway.aclose()
 
@@ -452,6 +460,10 @@ def _add_rules_commands(sub: Any) -> None:
     fit.add_argument("--min-count", type=int, default=5, help="fewest messages a fitted symbol")
     fit.add_argument("--keep", action="append", metavar="SYMBOL", help="do not fit this symbol")
     fit.add_argument("--limit", type=int, default=None, help="at most this many per source")
+    fit.add_argument("--save-vectors", metavar="FILE", help="also write the symbol vectors (JSONL)")
+    fit.add_argument(
+        "--vectors", metavar="FILE", help="fit saved vectors instead of running the chain"
+    )
     fit.set_defaults(func=cmd_rules_fit)
 
 

@@ -47,8 +47,38 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
 
 HAM, SPAM, PHISH = "ham", "spam", "phish"
-# Symbols whose offline reading (every DNS answer NXDOMAIN) says nothing about live mail.
-DNS_PREFIXES = ("SPF_", "DKIM_", "DMARC_", "ARC_")
+# Results that need DNS: offline (every answer NXDOMAIN) a signed message reads DKIM_PERMERROR,
+# every domain DMARC_NO_RECORD..., which says nothing about live mail. They are not fitted, and
+# count 0 in the offline totals. (The From and signature checks that need no DNS, such as
+# DMARC_FROM_* or DKIM_SIGNED_FIELD_REPEATED, are fitted like any symbol.)
+DNS_PREFIXES = ("SPF_", "ARC_", "RBL_", "URIBL_", "DNSBL_")
+DNS_SYMBOLS = frozenset(
+    {
+        "DKIM_VALID",
+        "DKIM_INVALID",
+        "DKIM_NONE",
+        "DKIM_TEMPERROR",
+        "DKIM_PERMERROR",
+        "DKIM_WEAK_KEY",
+        "DMARC_PASS",
+        "DMARC_KNOWN_SENDER",
+        "DMARC_REJECT",
+        "DMARC_QUARANTINE",
+        "DMARC_NONE_POLICY",
+        "DMARC_NO_RECORD",
+        "DMARC_TEMPERROR",
+        "DMARC_PERMERROR",
+        "DMARC_AUTH_UNALIGNED",
+        "DMARC_SPF_DISTRUSTED",
+        "DMARC_ARC_OVERRIDE",
+    }
+)
+
+
+def needs_dns(symbol: str) -> bool:
+    return symbol in DNS_SYMBOLS or symbol.startswith(DNS_PREFIXES)
+
+
 FITTED_FILE = "fitted.toml"
 
 
@@ -201,8 +231,8 @@ def fit_symbols(
     for symbol in sorted({sym for s in train for sym in s.vector}):
         if symbol in policy.forced:
             kept[symbol] = "decided by a forced action"
-        elif symbol.startswith(DNS_PREFIXES):
-            kept[symbol] = "needs DNS (offline it reads NXDOMAIN)"
+        elif needs_dns(symbol):
+            kept[symbol] = "needs DNS (offline it reads NXDOMAIN): counted 0 here"
         elif symbol in settings.keep:
             kept[symbol] = "kept by the admin (--keep)"
         elif counts.get(symbol, 0) < settings.min_count:
@@ -251,7 +281,12 @@ def _logistic(
 
 
 def _total(sample: Sample, scores: Mapping[str, float]) -> float:
-    return sum(scores.get(symbol, 0.0) * value for symbol, value in sample.vector.items())
+    """The sample's score as live mail would have it, DNS results left out (see DNS_SYMBOLS)."""
+    return sum(
+        scores.get(symbol, 0.0) * value
+        for symbol, value in sample.vector.items()
+        if not needs_dns(symbol)
+    )
 
 
 def _scaled(coef: Mapping[str, float], factor: float, policy: Policy) -> dict[str, float]:
@@ -262,10 +297,13 @@ def _scaled(coef: Mapping[str, float], factor: float, policy: Policy) -> dict[st
 def calibrate(
     coef: Mapping[str, float], ham: Sequence[Sample], policy: Policy, settings: FitSettings
 ) -> dict[str, float]:
-    """Scores: the coefficients times the largest factor that keeps at most `target_fpr` of
-    `ham` at or above the calibrated threshold (kept symbols adding their rules/ scores)."""
+    """Scores: the coefficients times the largest factor that lets at most `target_fpr` of
+    `ham` more reach the calibrated threshold than the kept symbols' rules/ scores already do."""
     threshold = policy.tag if settings.calibrate_at == "tag" else policy.quarantine
     allowed = math.floor(settings.target_fpr * len(ham))
+    allowed += sum(
+        _total(s, {**policy.scores, **dict.fromkeys(coef, 0.0)}) >= threshold for s in ham
+    )
     biggest = max((abs(c) for c in coef.values()), default=0.0)
     if biggest == 0.0 or not ham:
         return _scaled(coef, 0.0, policy)
@@ -474,14 +512,51 @@ def offline_gateway(gateway_settings: Any, dns_port: int, workdir: Path) -> Gate
     return Gateway.create(settings)
 
 
+def save_samples(samples: Iterable[Sample], path: Path) -> None:
+    """The symbol vectors as JSON lines, to refit (other settings) without running the chain."""
+    import json
+
+    with path.open("w", encoding="utf-8") as out:
+        for s in samples:
+            row = {"label": s.label, "source": s.source, "time": s.time, "forced": s.forced}
+            out.write(json.dumps({**row, "vector": dict(s.vector)}, allow_nan=True) + "\n")
+
+
+def load_samples(path: Path) -> list[Sample]:
+    import json
+
+    samples = []
+    with path.open(encoding="utf-8") as rows:
+        for line in rows:
+            row = json.loads(line)
+            samples.append(
+                Sample(
+                    str(row["label"]),
+                    str(row["source"]),
+                    float(row["time"]),
+                    {str(k): float(v) for k, v in row["vector"].items()},
+                    str(row.get("forced", "")),
+                )
+            )
+    return samples
+
+
 async def fit_sources(
     gateway: Gateway,
     sources: Sequence[tuple[str, Path]],
     settings: FitSettings,
     limit: int | None = None,
     progress: Callable[[str], None] | None = None,
+    vectors: Path | None = None,
+    save: Path | None = None,
 ) -> tuple[FitReport, Policy]:
-    samples = await collect(gateway, sources, limit, progress)
+    """Collect (or load `vectors`), optionally save them, validate and fit."""
+    if vectors is not None:
+        samples = await asyncio.to_thread(load_samples, vectors)
+    else:
+        samples = await collect(gateway, sources, limit, progress)
+    if save is not None:
+        await asyncio.to_thread(save_samples, samples, save)
     policy = policy_of(gateway)
     report = await asyncio.to_thread(run, samples, policy, settings)
     return report, policy

@@ -128,7 +128,9 @@ def test_rules_fit_writes_a_file_rules_load(
     ham = [corpus(tmp_path / f"ham{k}", ham_message, 30, 100 * k) for k in range(2)]
     spam = [corpus(tmp_path / f"spam{k}", spam_message, 30, 100 * k) for k in range(2)]
     out = tmp_path / "fitted.toml"
+    vectors = tmp_path / "vectors.jsonl"
     argv = ["--config", str(config), "rules", "fit", "--out", str(out)]
+    argv += ["--save-vectors", str(vectors)]
     for path in ham:
         argv += ["--ham", str(path)]
     for path in spam:
@@ -142,6 +144,12 @@ def test_rules_fit_writes_a_file_rules_load(
     rules = load_rules(settings.rules_dir)
     assert rules.scores["HTML_SCRIPT"] != 2.0 and rules.scores["HTML_SCRIPT"] > 0
     assert rules.where("HTML_SCRIPT").startswith(str(settings.rules_dir / "fitted.toml"))
+    # the saved vectors refit without the chain, to the same scores
+    (settings.rules_dir / "fitted.toml").unlink()
+    again = tmp_path / "again.toml"
+    base = ["--config", str(config), "rules", "fit", "--vectors", str(vectors)]
+    assert main([*base, "--out", str(again)]) == 0
+    assert again.read_text().split("[scores]")[1] == text.split("[scores]")[1]
 
 
 def test_rules_fit_refuses_one_label(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
