@@ -146,8 +146,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"config OK: {source}")
     print(
         f"rules OK: {settings.rules_dir} (policy {gateway.rules.version}, "
-        f"{len(gateway.rules.scores)} scored symbols, quarantine at "
-        f"{gateway.rules.quarantine_at:g}, reject at {gateway.rules.reject_at:g})"
+        f"{len(gateway.rules.scores)} scored symbols, tag at {gateway.rules.tag_threshold:g}, "
+        f"quarantine at {gateway.rules.quarantine_at:g}, reject at {gateway.rules.reject_at:g})"
     )
     print(f"plugins: {', '.join(p.name for p in gateway.chain.plugins) or '(none)'}")
     for line in _plugins_off(gateway):
@@ -493,11 +493,112 @@ def _print_scan(gateway: Gateway, scanned: Scanned) -> None:
         print(line)
     rules = ctx.rules
     print(
-        f"score     {verdict.score:g} (quarantine at {rules.quarantine_at:g}, "
+        f"score     {verdict.score:g} (tag at {rules.tag_threshold:g}, "
+        f"quarantine at {rules.quarantine_at:g}, "
         f"reject at {rules.reject_at:g}; policy {rules.version})"
     )
     print(f"verdict   {verdict.action.value.upper()}: {verdict.reason}")
     print(f"reply     {verdict.reply}")
+
+
+# -- rules fit -----------------------------------------------------------------------------------
+
+
+def cmd_rules_fit(args: argparse.Namespace) -> int:
+    """Fit the scores of rules/ to labelled mail, offline; write rules/fitted.toml (or --out)."""
+    import tempfile
+
+    from gateway.app import PolicyError
+    from gateway.devdns import LoopbackDnsServer
+    from gateway.scorefit import FitSettings, fit_sources, offline_gateway, render
+
+    sources = [("phish", Path(p)) for p in args.phish or []]
+    sources += [("spam", Path(p)) for p in args.spam or []]
+    sources += [("ham", Path(p)) for p in args.ham or []]
+    if not args.vectors and (not args.ham or not (args.spam or args.phish)):
+        print(
+            "mailgate: rules fit needs both ham and spam (--ham, --spam/--phish)", file=sys.stderr
+        )
+        return 1
+    for _, path in sources:
+        if not path.exists():
+            print(f"mailgate: {printable(str(path))}: no such file or folder", file=sys.stderr)
+            return 1
+    try:
+        settings = load_settings(_config_path(args.config))
+    except (ConfigError, ConfigErrors) as exc:
+        print(f"mailgate: configuration error:\n{exc}", file=sys.stderr)
+        return 1
+    fit = FitSettings(
+        target_fpr=args.target_fpr,
+        calibrate_at=args.at,
+        test_fraction=args.test_fraction,
+        min_count=args.min_count,
+        keep=frozenset(args.keep or ()),
+    )
+    with LoopbackDnsServer() as dns, tempfile.TemporaryDirectory() as scratch:
+        try:
+            gateway = offline_gateway(settings, dns.port, Path(scratch))
+        except (ConfigError, ConfigErrors, PolicyError) as exc:
+            print(f"mailgate: configuration error:\n{exc}", file=sys.stderr)
+            return 1
+
+        def progress(line: str) -> None:
+            print(f"mailgate: {printable(line)}", file=sys.stderr)
+
+        async def go() -> Any:
+            try:
+                return await fit_sources(
+                    gateway,
+                    sources,
+                    fit,
+                    args.limit,
+                    progress,
+                    Path(args.vectors) if args.vectors else None,
+                    Path(args.save_vectors) if args.save_vectors else None,
+                )
+            finally:
+                await gateway.aclose()
+
+        report, policy = asyncio.run(go())
+    text = render(report, policy, fit)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"mailgate: wrote {len(report.scores)} fitted scores to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _add_rules_commands(sub: Any) -> None:
+    rules = sub.add_parser("rules", help="work on rules/: fit the scores to labelled mail")
+    commands = rules.add_subparsers(dest="rules_command", required=True)
+    fit = commands.add_parser(
+        "fit",
+        help="fit the scores to labelled mail, offline (README: How the default scores are made)",
+    )
+    where = "a folder of .eml files, a Maildir or an mbox file (repeatable)"
+    fit.add_argument("--ham", action="append", metavar="PATH", help=f"legitimate mail: {where}")
+    fit.add_argument("--spam", action="append", metavar="PATH", help=f"spam: {where}")
+    fit.add_argument("--phish", action="append", metavar="PATH", help=f"phishing: {where}")
+    fit.add_argument("--out", help="write the scores here (e.g. rules/fitted.toml); default stdout")
+    fit.add_argument(
+        "--target-fpr", type=float, default=0.001, help="ham share allowed at the threshold"
+    )
+    fit.add_argument(
+        "--at", choices=("tag", "quarantine"), default="tag", help="the threshold calibrated"
+    )
+    fit.add_argument(
+        "--test-fraction", type=float, default=0.2, help="newest share held out (time split)"
+    )
+    fit.add_argument("--min-count", type=int, default=5, help="fewest messages a fitted symbol")
+    fit.add_argument("--keep", action="append", metavar="SYMBOL", help="do not fit this symbol")
+    fit.add_argument("--limit", type=int, default=None, help="at most this many per source")
+    fit.add_argument("--save-vectors", metavar="FILE", help="also write the symbol vectors (JSONL)")
+    fit.add_argument(
+        "--vectors", metavar="FILE", help="fit saved vectors instead of running the chain"
+    )
+    fit.set_defaults(func=cmd_rules_fit)
 
 
 # -- entry point ---------------------------------------------------------------------------------
@@ -576,6 +677,8 @@ def build_parser() -> argparse.ArgumentParser:
         "SPF/DKIM/DMARC records): measure mail offline, deterministically",
     )
     scan.set_defaults(func=cmd_scan)
+
+    _add_rules_commands(sub)
 
     from gateway.quarantine.cli import add_quarantine_parser
 

@@ -19,6 +19,9 @@ from gateway.message import HeaderField, ParsedMessage
 from gateway.rfc5322 import unfold
 
 OUR_PREFIX = "x-mailgate-"
+# X-Spam-Flag, X-Spam-Status (and the -Score, -Level, -Report kin other filters write): the tag
+# step writes the first two, and Sieve rules route on any of them, so none may come from outside.
+SPAM_PREFIX = "x-spam-"
 
 
 def remove_fields(
@@ -47,6 +50,11 @@ def prepend_fields(raw: bytes, *fields: bytes) -> bytes:
 def is_our_field(f: HeaderField) -> bool:
     """An X-Mailgate-* field: only we write those, so downstream may trust them."""
     return f.name.startswith(OUR_PREFIX)
+
+
+def is_spam_field(f: HeaderField) -> bool:
+    """An X-Spam-* field: a verdict a Sieve rule might act on, so only ours may reach it."""
+    return f.name.startswith(SPAM_PREFIX)
 
 
 def claims_our_results(f: HeaderField, authserv_id: str) -> bool:
@@ -98,10 +106,11 @@ class ForgedFields:
     ours: int = 0
     authentication_results: int = 0
     received_spf: int = 0
+    spam_status: int = 0
 
     @property
     def total(self) -> int:
-        return self.ours + self.authentication_results + self.received_spf
+        return self.ours + self.authentication_results + self.received_spf + self.spam_status
 
     def note(self) -> str:
         parts = []
@@ -111,20 +120,55 @@ class ForgedFields:
             parts.append(f"removed {self.authentication_results} forged Authentication-Results")
         if self.received_spf:
             parts.append(f"removed {self.received_spf} forged Received-SPF")
+        if self.spam_status:
+            parts.append(f"removed {self.spam_status} X-Spam fields")
         return "; ".join(parts)
 
 
 def remove_forged(message: ParsedMessage, hostname: str) -> tuple[bytes, ForgedFields]:
     """The message without fields only we may write (X-Mailgate-*, Authentication-Results with
-    our authserv-id, Received-SPF naming us), in one pass over the parse's fields."""
+    our authserv-id, Received-SPF naming us, X-Spam-*), in one pass over the parse's fields."""
     ours = [f for f in message.fields if is_our_field(f)]
     results = [f for f in message.fields if claims_our_results(f, hostname)]
     spf = [f for f in message.fields if claims_our_spf(f, hostname)]
-    if not (ours or results or spf):
+    spam = [f for f in message.fields if is_spam_field(f)]
+    if not (ours or results or spf or spam):
         return message.raw, ForgedFields()
-    doomed = {f.start for f in (*ours, *results, *spf)}
+    doomed = {f.start for f in (*ours, *results, *spf, *spam)}
     raw, _ = remove_fields(message, lambda f: f.start in doomed)
-    return raw, ForgedFields(len(ours), len(results), len(spf))
+    return raw, ForgedFields(len(ours), len(results), len(spf), len(spam))
+
+
+def prefix_subject(message: ParsedMessage, prefix: str) -> bytes:
+    """The message with `prefix` before the value of every Subject field, by offset.
+
+    The value itself is untouched (an RFC 2047 encoded-word stays as it was: the prefix ends in
+    a blank or gets one, so the encoded-word still stands alone); every Subject gets it, so
+    whichever one a reader shows carries the mark. A message without a Subject gets one that
+    is the prefix alone. A Subject that already starts with the prefix is left as it is."""
+    if not prefix:
+        return message.raw
+    raw = message.raw
+    mark = prefix.encode("ascii")
+    subjects = [f for f in message.fields if f.name == "subject"]
+    if not subjects:
+        return b"Subject: " + mark.rstrip() + b"\r\n" + raw
+    out, pos = [], 0
+    for f in subjects:
+        colon = raw.index(b":", f.start, f.end) + 1
+        at = colon
+        while at < f.end and raw[at] in b" \t":
+            at += 1
+        if raw.startswith(mark.rstrip(), at):
+            continue
+        insert = mark if mark.endswith((b" ", b"\t")) else mark + b" "
+        if at == colon:
+            insert = b" " + insert
+        out.append(raw[pos:at])
+        out.append(insert)
+        pos = at
+    out.append(raw[pos:])
+    return b"".join(out)
 
 
 def strip_our_fields(message: ParsedMessage | bytes) -> tuple[bytes, int]:

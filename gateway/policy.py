@@ -63,6 +63,9 @@ _OPTIONAL_RULE_FILES = frozenset({"tls.toml", "auth.toml", "attachments.toml", "
 # per-plugin score files (same [scores] format as scores.toml), merged with it: a plugin ships
 # its scores as one file, with no edit of scores.toml
 SCORES_DIR = "scores.d"
+# scores fitted to labelled mail (`mailgate rules fit`): read last, overriding scores.toml and
+# scores.d/ for the symbols it names (each must be scored there: a typo is an error)
+FITTED_SCORES = "fitted.toml"
 # symbols the plugin registry scores by default (0): a forced action may name them unscored
 _DEFAULT_SCORED_SUFFIXES = ("_ERROR", "_TIMEOUT")
 
@@ -164,6 +167,15 @@ class TlsPolicy:
 
 
 @dataclass(frozen=True)
+class TagPolicy:
+    """What tagging writes: X-Spam-Flag/X-Spam-Status on every relayed message (YES when
+    tagged, NO otherwise) when `add_headers`, and `subject_prefix` before a tagged Subject."""
+
+    add_headers: bool = True
+    subject_prefix: str = ""
+
+
+@dataclass(frozen=True)
 class RuleSet:
     """One consistent version of the policy. Never mutated: reloads replace it."""
 
@@ -180,9 +192,18 @@ class RuleSet:
     attachments: AttachmentPolicy = field(default_factory=AttachmentPolicy)  # attachments.toml
     auth: AuthPolicy = field(default_factory=AuthPolicy)
     reputation: ReputationPolicy = field(default_factory=ReputationPolicy)  # reputation.toml
+    tag_at: float | None = None  # None: no tag step (see Thresholds)
+    tag: TagPolicy = TagPolicy()
+
+    @property
+    def tag_threshold(self) -> float:
+        """The score from which a message is tagged (the quarantine threshold: no tag step)."""
+        return self.quarantine_at if self.tag_at is None else self.tag_at
 
     def decide(self, findings: list[Finding]) -> Verdict:
-        return combine(findings, self.scores, self.forced, self.quarantine_at, self.reject_at)
+        return combine(
+            findings, self.scores, self.forced, self.quarantine_at, self.reject_at, self.tag_at
+        )
 
     def with_defaults(
         self, scores: Mapping[str, float], forced: Mapping[str, ForcedAction]
@@ -231,18 +252,45 @@ class ScoresFile:
     scores: Mapping[Symbol, FiniteNumber] = field(default_factory=dict)
 
 
-def _quarantine_not_above_reject(thresholds: Thresholds) -> Thresholds:
+def _ladder_in_order(thresholds: Thresholds) -> Thresholds:
+    """tag <= quarantine <= reject: a step equal to the next one is skipped (tag = quarantine:
+    no tag step; quarantine = reject: no quarantine step), one out of order is a mistake."""
     if thresholds.quarantine > thresholds.reject:
         raise KeyProblem("quarantine", "must not be above thresholds.reject")
+    if thresholds.tag is not None and thresholds.tag > thresholds.quarantine:
+        raise KeyProblem("tag", "must not be above thresholds.quarantine")
     return thresholds
 
 
 @dataclass(frozen=True)
 class Thresholds:
+    """The verdict ladder: relay below `tag`, tag (relay marked as spam) below `quarantine`,
+    quarantine below `reject`. No `tag` (rules/ written before the tag step): no tag step."""
+
     __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
 
+    tag: FiniteNumber | None = None
     quarantine: FiniteNumber = 6.0
     reject: FiniteNumber = 15.0
+
+
+def _prefix_text(value: Any) -> Any:
+    if isinstance(value, str) and (
+        len(value) > 40 or any(not 0x20 <= ord(c) < 0x7F for c in value)
+    ):
+        raise ValueError("a Subject prefix is printable ASCII, at most 40 characters")
+    return value
+
+
+@dataclass(frozen=True)
+class TagTable:
+    """`[tag]`: how a tagged message is marked. The X-Spam-* fields are what Sieve rules (or a
+    delivery server's junk filter) route on; the Subject prefix is for users without them."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    add_headers: Flag = True
+    subject_prefix: Annotated[str, Strict(), BeforeValidator(_prefix_text)] = ""
 
 
 def _parse_reply(text: str) -> SmtpReply:
@@ -285,9 +333,10 @@ def _reply_fits_action(entry: ForcedEntry) -> ForcedEntry:
 class ActionsFile:
     __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
 
-    thresholds: Annotated[Thresholds, AfterValidator(_quarantine_not_above_reject)] = field(
+    thresholds: Annotated[Thresholds, AfterValidator(_ladder_in_order)] = field(
         default_factory=Thresholds
     )
+    tag: TagTable = field(default_factory=TagTable)
     forced: Mapping[
         Symbol,
         Annotated[ForcedEntry, BeforeValidator(_action_alone), AfterValidator(_reply_fits_action)],
@@ -344,6 +393,33 @@ def _where_written(doc: TomlFile, table: str) -> dict[str, str]:
     return {symbol: f"{doc.path}:{doc.line_of(f'{table}.{symbol}') or '?'}" for symbol in written}
 
 
+def _overlay_fitted(
+    path: Path,
+    scored: dict[str, float],
+    where: dict[str, str],
+    errors: list[ConfigError],
+    digest: Any,
+) -> bool:
+    """rules/fitted.toml over the other score files; False when it is unusable."""
+    try:
+        doc = TomlFile.load(path)
+        digest.update(path.read_bytes())
+    except ConfigError as exc:
+        errors.append(exc)
+        return False
+    found = validate_table(doc, "", ScoresFile, doc.data, errors)
+    if found is None:
+        return False
+    places = _where_written(doc, "scores")
+    for symbol, score in found.scores.items():
+        if symbol not in where:
+            errors.append(doc.error(f"scores.{symbol}", "fits a symbol no score file scores"))
+            continue
+        scored[symbol] = score
+        where[symbol] = places[symbol]
+    return True
+
+
 def load_rules(directory: Path) -> RuleSet:
     """Load and validate rules/; raises ConfigErrors listing every problem found."""
     errors: list[ConfigError] = []
@@ -386,6 +462,9 @@ def load_rules(directory: Path) -> RuleSet:
             where[symbol] = place
             if found is not None:
                 scored[symbol] = found.scores[symbol]
+    fitted_path = directory / FITTED_SCORES
+    if fitted_path.exists():
+        scores_valid = _overlay_fitted(fitted_path, scored, where, errors, digest) and scores_valid
     actions = validate_table(actions_doc, "", ActionsFile, actions_doc.data, errors)
     scored_names = set(where)
     for symbol, place in _where_written(actions_doc, "forced").items():
@@ -429,6 +508,8 @@ def load_rules(directory: Path) -> RuleSet:
         forced=forced,
         quarantine_at=actions.thresholds.quarantine,
         reject_at=actions.thresholds.reject,
+        tag_at=actions.thresholds.tag,
+        tag=TagPolicy(actions.tag.add_headers, actions.tag.subject_prefix),
         lists=Lists(
             client_allow=NetworkList(lists.client_ip.allow),
             client_block=NetworkList(lists.client_ip.block),

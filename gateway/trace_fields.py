@@ -1,5 +1,6 @@
 """The header fields the gateway writes on top of a message: Received, Authentication-Results
-with Received-SPF, and the X-Mailgate-* verdict fields (gateway.header_edit strips forged ones).
+with Received-SPF, the X-Mailgate-* verdict fields and the X-Spam-* fields of the tag step
+(gateway.header_edit strips forged ones).
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.auth.arc import ArcResult
@@ -17,7 +19,10 @@ from gateway.auth.spf import SpfResult, received_spf
 from gateway.folding import fold_items
 from gateway.plugin import ClientInfo, MessageContext
 from gateway.text import ascii_printable
-from gateway.verdict import Verdict
+from gateway.verdict import Action, Verdict
+
+if TYPE_CHECKING:
+    from gateway.policy import RuleSet
 
 
 def auth_fields(ctx: MessageContext, authserv_id: str) -> bytes:
@@ -62,3 +67,27 @@ def verdict_fields(verdict: Verdict, queue_id: str) -> bytes:
         f"X-Mailgate-Action: {verdict.action.value}\r\n"
         f"X-Mailgate-Score: {verdict.score:g}\r\n"
     ).encode("ascii") + fold_items("X-Mailgate-Symbols", symbols)
+
+
+def spam_fields(verdict: Verdict, rules: RuleSet) -> bytes:
+    """X-Spam-Flag and X-Spam-Status as SpamAssassin writes them, for Sieve rules and junk
+    filters that already know these names: YES on a tagged message, NO on every other relayed
+    one (so a missing field is never read as "not spam" after a forged one was removed).
+
+    `tests=` lists the symbols that moved the score (score not 0), by name, like SpamAssassin."""
+    if not rules.tag.add_headers:
+        return b""
+    tagged = verdict.action is Action.TAG
+    tests = sorted({f.symbol for f in verdict.findings if f.score != 0.0})
+    names = [f"{name}," for name in tests[:-1]] + tests[-1:] or ["none"]
+    items = [
+        "Yes," if tagged else "No,",
+        f"score={verdict.score:g}",
+        f"tag={rules.tag_threshold:g}",
+        f"quarantine={rules.quarantine_at:g}",
+        f"reject={rules.reject_at:g}",
+        f"tests={names[0]}",
+        *names[1:],
+    ]
+    flag = b"X-Spam-Flag: YES\r\n" if tagged else b"X-Spam-Flag: NO\r\n"
+    return flag + fold_items("X-Spam-Status", items)

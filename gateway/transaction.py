@@ -17,13 +17,13 @@ from gateway.app import Gateway
 from gateway.cputime import metered, offload
 from gateway.delivery import DeliveryTransport
 from gateway.front_symbols import BARE_LINE_ENDING, NUL_CHARACTER
-from gateway.header_edit import prepend_fields, remove_forged
+from gateway.header_edit import prefix_subject, prepend_fields, remove_forged
 from gateway.line_endings import has_bare_line_endings, has_nul, normalize_line_endings, strip_nul
 from gateway.plugin import MessageContext, Phase
 from gateway.quarantine import StoreError
 from gateway.quarantine.model import DAY
 from gateway.text import quoted
-from gateway.trace_fields import auth_fields, received_field, verdict_fields
+from gateway.trace_fields import auth_fields, received_field, spam_fields, verdict_fields
 from gateway.verdict import Action, Finding, Replies, SmtpReply, Verdict
 
 log = logging.getLogger("mailgate.message")
@@ -63,14 +63,15 @@ async def _decide_and_act(
     ctx.raw, forged = remove_forged(ctx.message, gateway.settings.listen.hostname)
     verdict = await inspect(gateway, ctx)
     note = forged.note()
-    if verdict.action is Action.RELAY:
+    if verdict.action in (Action.RELAY, Action.TAG):
         message = prepend_fields(
-            ctx.raw,
+            _marked(ctx, verdict),
             received_field(
                 ctx.client, gateway.settings.listen.hostname, ctx.queue_id, ctx.rcpt_tos
             ),
             auth_fields(ctx, gateway.settings.listen.hostname),
             verdict_fields(verdict, ctx.queue_id),
+            spam_fields(verdict, ctx.rules),
         )
         answer = await metered(delivery.data(message), ctx.meter("relay"))
         if answer.is_positive:
@@ -82,6 +83,15 @@ async def _decide_and_act(
     if verdict.action is Action.QUARANTINE:
         return await _quarantine(gateway, ctx, verdict, note)
     return Outcome(verdict, _with_id(verdict.reply, ctx.queue_id), note)
+
+
+def _marked(ctx: MessageContext, verdict: Verdict) -> bytes:
+    """The relayed bytes: a tagged message gets the Subject prefix of rules/ (by offset, on the
+    one parse); anything else goes as it is."""
+    prefix = ctx.rules.tag.subject_prefix
+    if verdict.action is Action.TAG and prefix:
+        return prefix_subject(ctx.message, prefix)
+    return ctx.raw
 
 
 def _refused_for_line_endings(gateway: Gateway, ctx: MessageContext) -> Verdict | None:

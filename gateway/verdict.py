@@ -18,6 +18,7 @@ class Action(enum.Enum):
     """What happens to a message, from the mildest to the most severe outcome."""
 
     RELAY = "relay"
+    TAG = "tag"  # relayed, marked as spam (X-Spam-Flag: YES) for the user's Junk folder
     QUARANTINE = "quarantine"
     TEMPFAIL = "tempfail"
     REJECT = "reject"
@@ -27,7 +28,13 @@ class Action(enum.Enum):
         return _SEVERITY[self]
 
 
-_SEVERITY = {Action.RELAY: 0, Action.QUARANTINE: 1, Action.TEMPFAIL: 2, Action.REJECT: 3}
+_SEVERITY = {
+    Action.RELAY: 0,
+    Action.TAG: 1,
+    Action.QUARANTINE: 2,
+    Action.TEMPFAIL: 3,
+    Action.REJECT: 4,
+}
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 
@@ -146,6 +153,7 @@ def default_reply(action: Action) -> SmtpReply:
     """The reply for an action when no forced rule names its own."""
     return {
         Action.RELAY: Replies.OK,
+        Action.TAG: Replies.OK,
         Action.QUARANTINE: Replies.QUARANTINED,
         Action.TEMPFAIL: Replies.TEMPFAIL,
         Action.REJECT: Replies.POLICY_REJECT,
@@ -158,12 +166,15 @@ def combine(
     forced: Mapping[str, ForcedAction],
     quarantine_at: float,
     reject_at: float,
+    tag_at: float | None = None,
 ) -> Verdict:
     """Score every finding and pick one action.
 
     A forced action beats any score; among several forced actions the most severe wins
-    (reject > tempfail > quarantine > relay), so an allow-list entry can never hide a hard failure
-    that policy says to refuse. Otherwise the total score is compared with the thresholds.
+    (reject > tempfail > quarantine > tag > relay), so an allow-list entry can never hide a hard
+    failure that policy says to refuse. Otherwise the total score is compared with the
+    thresholds: the verdict ladder relay < tag < quarantine < reject. `tag_at` None (or not below
+    `quarantine_at`) means no tag step.
     """
     scored = tuple(
         ScoredFinding(f, round(scores.get(f.symbol, 0.0) * f.weight, 3)) for f in findings
@@ -193,6 +204,8 @@ def combine(
             Action.QUARANTINE,
             f"score {total:g} >= quarantine threshold {quarantine_at:g}",
         )
+    elif tag_at is not None and tag_at < quarantine_at and total >= tag_at:
+        action, reason = Action.TAG, f"score {total:g} >= tag threshold {tag_at:g}"
     else:
         action, reason = Action.RELAY, f"score {total:g} below thresholds"
     return Verdict(

@@ -94,13 +94,14 @@ def run_mailgate(*args: str | Path, timeout: float = 30) -> subprocess.Completed
 
 
 def quarantine_everything(rules: Path) -> Path:
-    """Make a rules/ copy quarantine every message: thresholds.quarantine = -100."""
+    """Make a rules/ copy quarantine every message: thresholds.quarantine = -100 (and the tag
+    threshold with it, which must not be above it)."""
     if not rules.exists():
         shutil.copytree(REPO / "rules", rules)
     actions = rules / "actions.toml"
     text = actions.read_text(encoding="utf-8")
-    text, count = re.subn(r"(?m)^quarantine = [-0-9.]+", "quarantine = -100.0", text)
-    assert count == 1
+    text, count = re.subn(r"(?m)^(tag|quarantine) = [-0-9.]+", r"\1 = -100.0", text)
+    assert count in (1, 2)
     actions.write_text(text, encoding="utf-8")
     return rules
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -52,7 +53,9 @@ def test_default_policy_honours_dmarc_and_defers_dns_failures() -> None:
     for symbol in ("DMARC_TEMPERROR", "DKIM_TEMPERROR", "ARC_TEMPERROR", "DKIM_ERROR"):
         assert rules.forced[symbol].action is Action.TEMPFAIL
     assert "DMARC_ARC_OVERRIDE" not in rules.forced
-    assert rules.auth == AuthPolicy()
+    # no trusted sealer, no distrusted include; the shipped well-known senders
+    assert dataclasses.replace(rules.auth, known_senders=()) == AuthPolicy()
+    assert rules.auth.known_sender("amazon.com") and not rules.auth.known_sender("gmail.com")
 
 
 def test_rules_without_auth_toml_still_load(tmp_path: Path) -> None:
@@ -96,8 +99,8 @@ def test_auth_policy_errors_name_file_key_and_line(
 
 
 def test_unknown_table_in_auth_toml(tmp_path: Path) -> None:
-    rules = rules_with_auth(tmp_path, "[arc]\n\n[dmarc]\np = 1\n")
+    rules = rules_with_auth(tmp_path, "[arc]\n\n[dmark]\np = 1\n")
     with pytest.raises(ConfigErrors) as caught:
         load_rules(rules)
     [error] = caught.value.errors
-    assert (error.key, error.line) == ("dmarc", 3)
+    assert (error.key, error.line) == ("dmark", 3)

@@ -23,7 +23,7 @@ from gateway.cli import main
 from gateway.config import ClassifierSettings, PluginSettings, Settings
 from gateway.line_endings import normalize_line_endings
 from gateway.plugin import ClientInfo, MessageContext
-from gateway.plugins.classifier import spam_weight
+from gateway.plugins.classifier import BANDS, band_of
 from gateway.transaction import inspect
 from gateway.verdict import Action, Verdict
 
@@ -72,11 +72,23 @@ async def test_large_messages_are_scored_off_the_event_loop(
     assert threads[1] is not threading.main_thread()
 
 
-def test_spam_weight() -> None:
-    assert spam_weight(0.5, 0.5, 0.9) == 0.0
-    assert spam_weight(0.7, 0.5, 0.9) == pytest.approx(0.5)
-    assert spam_weight(0.95, 0.5, 0.9) == 1.0
-    assert spam_weight(0.6, 0.5, 0.5) == 1.0
+def test_bands_cover_the_whole_probability_range_once() -> None:
+    assert band_of(0.0) == "ML_BAND_00" and band_of(0.00999) == "ML_BAND_00"
+    assert band_of(0.01) == "ML_BAND_05" and band_of(0.5) == "ML_BAND_50"
+    assert band_of(0.9989) == "ML_BAND_99" and band_of(0.999) == "ML_BAND_999"
+    assert band_of(1.0) == "ML_BAND_999"
+    assert band_of(float("nan")) == "ML_BAND_50"  # a broken model is not confident
+    floors = [floor for _, floor in BANDS]
+    assert floors == sorted(floors) and floors[0] == 0.0
+
+
+def test_every_band_is_scored_hammy_negative_spammy_positive() -> None:
+    from gateway.policy import load_rules
+
+    scores = load_rules(REPO / "rules").scores
+    values = [scores[name] for name, _ in BANDS]
+    assert values == sorted(values)  # more spammy, never less score
+    assert scores["ML_BAND_00"] < 0 < scores["ML_BAND_999"]
 
 
 async def test_shipped_model_in_the_chain(tmp_path: Path) -> None:
@@ -86,20 +98,19 @@ async def test_shipped_model_in_the_chain(tmp_path: Path) -> None:
     for path in corpus_files("spam_2", 1200, 6):
         ctx, _ = await run(gateway, path.read_bytes())
         spam_symbols += [f.symbol for f in ctx.findings]
-        for f in ctx.findings:
-            assert f.symbol in ("ML_SPAM", "ML_HAM") and "p=" in f.detail
-            assert 0.0 < f.weight <= 1.0
-    assert spam_symbols.count("ML_SPAM") >= 5
+        [band] = ctx.findings  # exactly one band per message
+        assert band.symbol.startswith("ML_BAND_") and "p=" in band.detail and band.weight == 1
+    assert sum(s in ("ML_BAND_95", "ML_BAND_99", "ML_BAND_999") for s in spam_symbols) >= 5
     ham_symbols = []
     for path in corpus_files("easy_ham_2", 1200, 6):
         ctx, verdict = await run(gateway, path.read_bytes())
         ham_symbols += [f.symbol for f in ctx.findings]
         assert verdict.action is Action.RELAY
-    assert "ML_SPAM" not in ham_symbols and ham_symbols.count("ML_HAM") >= 5
+    assert sum(s in ("ML_BAND_00", "ML_BAND_05") for s in ham_symbols) >= 5
     assert 0.5 <= thresholds.spam <= 1.0
 
 
-async def test_the_classifier_alone_quarantines_only_past_its_spam_threshold(
+async def test_the_classifier_alone_quarantines_only_where_its_band_scores_that_much(
     tmp_path: Path,
 ) -> None:
     gateway = Gateway.create(settings_with(tmp_path, SHIPPED))
@@ -109,7 +120,8 @@ async def test_the_classifier_alone_quarantines_only_past_its_spam_threshold(
         _, verdict = await run(gateway, raw)
         p = model.score(normalize_line_endings(raw), envelope_from="sender@example.net").probability
         quarantined = verdict.action is Action.QUARANTINE
-        assert quarantined == (p >= model.thresholds.spam)
+        rules = gateway.rules
+        assert quarantined == (rules.scores[band_of(p)] >= rules.quarantine_at)
 
 
 def test_classifier_failure_is_advisory() -> None:
@@ -121,7 +133,7 @@ def test_classifier_failure_is_advisory() -> None:
     rules = load_rules(REPO / "rules").with_defaults(*defaults)
     assert rules.scores["CLASSIFIER_ERROR"] == 0.0 and rules.scores["CLASSIFIER_TIMEOUT"] == 0.0
     assert "CLASSIFIER_ERROR" not in rules.forced and "CLASSIFIER_TIMEOUT" not in rules.forced
-    assert rules.scores["ML_SPAM"] > 0 > rules.scores["ML_HAM"]
+    assert rules.scores["ML_BAND_999"] > 0 > rules.scores["ML_BAND_00"]
 
 
 def _broken_model(tmp_path: Path) -> Path:

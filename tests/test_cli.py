@@ -179,7 +179,9 @@ def test_scan_prints_findings_score_verdict_and_reply(tmp_path: Path, narrow: Pa
     findings = lines[lines.index("findings") + 1 :]
     assert findings[0].split()[:2] == ["HDR_FROM_MULTIPLE", "5"]
     assert findings[1].split()[:2] == ["HDR_DATE_MISSING", "1.5"]
-    assert any(line.startswith("score     6.5 (quarantine at 6, reject at 15") for line in lines)
+    assert any(
+        line.startswith("score     6.5 (tag at 4, quarantine at 6, reject at 15") for line in lines
+    )
     assert "verdict   QUARANTINE: score 6.5 >= quarantine threshold 6" in lines
     assert "reply     250 2.0.0 Message accepted" in lines
 

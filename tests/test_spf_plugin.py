@@ -66,7 +66,7 @@ async def test_spf_pass_is_relayed_with_its_symbols(
     await send(spf_gw, "alice@good.example")
     [delivered] = await sink.arrived(1)
     symbols = symbols_of(delivered.content)
-    assert "SPF_PASS(-0.2)" in symbols and "SPF_HELO_PASS(0)" in symbols
+    assert "SPF_PASS(0)" in symbols and "SPF_HELO_PASS(0)" in symbols
 
 
 async def test_spf_fail_is_scored_not_forced(spf_gw: RunningGateway, sink: RecordingSink) -> None:

@@ -1,10 +1,11 @@
 """rules/auth.toml: sender-authentication policy that is not a score or a forced action.
 
-Two tables: `[arc] trusted_sealers`, the ARC sealers (RFC 8617) whose valid chain may override a
-DMARC failure caused by forwarding (mailing lists, forwarding services); `[spf]
-distrust_includes`, shared sending services whose SPF pass gives no DMARC credit (see
-`AuthPolicy.distrusted_include`). Validated like the rest of rules/: every problem names the file,
-the key and the line.
+Three tables: `[dmarc] known_senders`, the well-known senders whose aligned DKIM pass earns the
+only authentication credit (DMARC_KNOWN_SENDER); `[arc] trusted_sealers`, the ARC sealers (RFC
+8617) whose valid chain may override a DMARC failure caused by forwarding (mailing lists,
+forwarding services); `[spf] distrust_includes`, shared sending services whose SPF pass gives no
+DMARC credit (see `AuthPolicy.distrusted_include`). Validated like the rest of rules/: every
+problem names the file, the key and the line.
 
 What a DMARC result *does* (reject, quarantine, nothing) is not here: it is the forced actions and
 scores of the DMARC_* symbols in actions.toml and scores.toml, where admins soften it.
@@ -29,9 +30,14 @@ class AuthPolicy:
 
     trusted_sealers: tuple[str, ...] = ()
     distrust_includes: tuple[str, ...] = ()
+    known_senders: tuple[str, ...] = ()
 
     def trusts_sealer(self, domain: str) -> bool:
         return domain_matches(domain, self.trusted_sealers)
+
+    def known_sender(self, domain: str) -> bool:
+        """A From domain whose aligned DKIM pass earns DMARC_KNOWN_SENDER (`[dmarc]`)."""
+        return domain_matches(domain.lower().rstrip("."), self.known_senders)
 
     def distrusted_include(self, mechanism: str) -> str:
         """The include's domain when an SPF pass came through a distrusted include, else "".
@@ -70,11 +76,19 @@ class SpfTable:
 
 
 @dataclass(frozen=True)
+class DmarcTable:
+    __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
+
+    known_senders: Array[HostName] = ()
+
+
+@dataclass(frozen=True)
 class AuthFile:
     __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
 
     arc: ArcTable = field(default_factory=ArcTable)
     spf: SpfTable = field(default_factory=SpfTable)
+    dmarc: DmarcTable = field(default_factory=DmarcTable)
 
 
 def load_auth_policy(doc: TomlFile, errors: list[ConfigError]) -> AuthPolicy:
@@ -83,4 +97,5 @@ def load_auth_policy(doc: TomlFile, errors: list[ConfigError]) -> AuthPolicy:
     return AuthPolicy(
         trusted_sealers=written.arc.trusted_sealers,
         distrust_includes=written.spf.distrust_includes,
+        known_senders=written.dmarc.known_senders,
     )

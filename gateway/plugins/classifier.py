@@ -6,18 +6,15 @@ once, when the plugin is built at start-up: a missing, corrupt or mismatched mod
 `mailgate serve` and fails `mailgate check` with a ModelError naming the file, never a crash in
 the middle of a transaction.
 
-Findings, from the spam probability p and the card's thresholds:
-
-- `ML_SPAM` when p >= thresholds.suspect (0.5), its weight rising linearly from 0 there to 1 at
-  thresholds.spam (where at most 0.1% of ham scored higher in time-ordered validation). With
-  ML_SPAM scored at the quarantine threshold, the classifier alone quarantines only past that
-  point; below it, it adds to other evidence.
-- `ML_HAM` when p <= thresholds.ham (weight 1), a small negative score.
+Findings: exactly one band of the spam probability p, like SpamAssassin's BAYES_00 ... BAYES_999,
+so the model speaks over its whole range (the hammy bands carry negative scores, the spammy ones
+positive) and rules/scores.toml, fitted to data (gateway.scorefit), says what each band is worth.
+The cut points are fixed probabilities, not the card's thresholds: a retrained model moves its
+thresholds, and the scores fitted to the bands are refitted with it (`mailgate rules fit`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,13 +32,37 @@ from gateway.verdict import Action, Finding
 OFF_LOOP_BYTES = 32 * 1024
 
 
-def spam_weight(p: float, suspect: float, spam: float) -> float:
-    """0 at `suspect`, 1 at `spam` and above; linear between."""
-    if p >= spam:
-        return 1.0
-    if spam <= suspect:
-        return 1.0 if p >= suspect else 0.0
-    return max(0.0, min(1.0, (p - suspect) / (spam - suspect)))
+# (symbol, lowest p in the band): a band runs from its floor to the next band's floor.
+BANDS: tuple[tuple[str, float], ...] = (
+    ("ML_BAND_00", 0.0),
+    ("ML_BAND_05", 0.01),
+    ("ML_BAND_20", 0.05),
+    ("ML_BAND_40", 0.20),
+    ("ML_BAND_50", 0.40),
+    ("ML_BAND_60", 0.60),
+    ("ML_BAND_80", 0.80),
+    ("ML_BAND_95", 0.95),
+    ("ML_BAND_99", 0.99),
+    ("ML_BAND_999", 0.999),
+)
+
+
+def band_of(p: float) -> str:
+    """The one band symbol a spam probability falls in (a NaN counts as the neutral band)."""
+    if p != p:  # NaN: a broken model must not look confident either way
+        return "ML_BAND_50"
+    symbol = BANDS[0][0]
+    for name, floor in BANDS:
+        if p >= floor:
+            symbol = name
+    return symbol
+
+
+def _describe(index: int) -> str:
+    floor = BANDS[index][1]
+    if index + 1 < len(BANDS):
+        return f"spam classifier: {floor:g} <= p < {BANDS[index + 1][1]:g}"
+    return f"spam classifier: p >= {floor:g}"
 
 
 class ClassifierConfig(Table):
@@ -61,11 +82,7 @@ class ClassifierConfig(Table):
 class SpamClassifier(PluginBase):
     name: ClassVar[str] = "classifier"
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.DATA})
-    symbols: ClassVar[Mapping[str, str]] = {
-        "ML_SPAM": "the spam classifier finds the message spammy (weight: how far past p=0.5 "
-        "toward the model's spam threshold)",
-        "ML_HAM": "the spam classifier is confident the message is not spam",
-    }
+    symbols: ClassVar[Mapping[str, str]] = {name: _describe(i) for i, (name, _) in enumerate(BANDS)}
     config: ClassVar[type[Table] | None] = ClassifierConfig
     replaces_tables: ClassVar[tuple[str, ...]] = ("classifier",)
     on_error: ClassVar[Action | None] = None  # advisory: a failure has no effect on the verdict
@@ -89,14 +106,5 @@ class SpamClassifier(PluginBase):
         else:
             score = model.score(ctx.raw, envelope_from=sender, arrival=arrival, message=ctx.message)
         p = score.probability
-        t = model.thresholds
         detail = f"p={p:.4f} model {model.version}"
-        if p >= t.suspect:
-            # rounded down, so weight 1 (the classifier alone reaching quarantine with the
-            # default scores) means p really is at or past the spam threshold
-            weight = math.floor(spam_weight(p, t.suspect, t.spam) * 1000) / 1000
-            if weight > 0.0:
-                return [Finding("ML_SPAM", weight=weight, detail=detail)]
-        elif p <= t.ham:
-            return [Finding("ML_HAM", detail=detail)]
-        return []
+        return [Finding(band_of(p), detail=detail)]

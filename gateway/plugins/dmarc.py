@@ -7,11 +7,14 @@ DkimResult (so "dkim" must run before "dmarc": the registry refuses any other or
 fails, dmarc is not run but yields DMARC_ERROR), and reads SpfResult and ArcResult when "spf" and
 "arc" are enabled (without spf, SPF gives no alignment; without arc, no override).
 
-Symbols: DMARC_PASS; a failure is DMARC_REJECT, DMARC_QUARANTINE or DMARC_NONE_POLICY after the
-record's p/sp and pct; DMARC_NO_RECORD, DMARC_TEMPERROR, DMARC_PERMERROR; DMARC_ARC_OVERRIDE when
-a trusted sealer's valid ARC chain vouches for a failing message (then no policy symbol is
-emitted, so the forced action does not apply). rules/actions.toml forces DMARC_REJECT to a 550,
-DMARC_QUARANTINE to quarantine and DMARC_TEMPERROR to a 4xx; admins soften them there.
+Symbols: DMARC_PASS (worth nothing by itself: anyone can pass for a domain they registered) and
+DMARC_KNOWN_SENDER, the credit that matters: a pass by aligned DKIM of a domain on the short list
+of well-known senders in rules/auth.toml `[dmarc] known_senders`; a failure is DMARC_REJECT,
+DMARC_QUARANTINE or DMARC_NONE_POLICY after the record's p/sp and pct; DMARC_NO_RECORD,
+DMARC_TEMPERROR, DMARC_PERMERROR; DMARC_ARC_OVERRIDE when a trusted sealer's valid ARC chain
+vouches for a failing message (then no policy symbol is emitted, so the forced action does not
+apply). rules/actions.toml forces DMARC_REJECT to a 550, DMARC_QUARANTINE to quarantine and
+DMARC_TEMPERROR to a 4xx; admins soften them there.
 
 From tricks aimed at how a reader renders or parses the field (Shen et al., "Weak Links in
 Authentication Chains", USENIX Security 2021): DMARC_FROM_MALFORMED; DMARC_FROM_DISPLAY_ADDRESS
@@ -73,6 +76,7 @@ class DmarcCheck(PluginBase):
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.DATA})
     symbols: ClassVar[Mapping[str, str]] = {
         "DMARC_PASS": "the author domain authenticated (aligned SPF or DKIM pass)",
+        "DMARC_KNOWN_SENDER": "DMARC pass by aligned DKIM of a well-known sender (auth.toml)",
         "DMARC_REJECT": "DMARC failed and the domain's policy is reject",
         "DMARC_QUARANTINE": "DMARC failed; policy quarantine (or reject lowered by pct)",
         "DMARC_NONE_POLICY": "DMARC failed; the domain's policy is none (monitoring only)",
@@ -125,10 +129,32 @@ class DmarcCheck(PluginBase):
         result = DmarcResult(author, evaluations)
         ctx.results.put(result)
         found = dmarc_findings(result)
+        known = known_sender(result, ctx.rules.auth.known_sender)
+        if known:
+            found.append(Finding("DMARC_KNOWN_SENDER", detail=printable(known, 200)))
         if distrusted:
             detail = f"{distrusted} (include of {spf.mailfrom.domain if spf else ''})"
             found.append(Finding("DMARC_SPF_DISTRUSTED", detail=printable(detail, 200)))
         return found
+
+
+def known_sender(result: DmarcResult, listed: Callable[[str], bool]) -> str:
+    """The author domain when the message earns the well-known-sender credit, else "".
+
+    Only a clean case counts: one author, no From trick, DMARC pass through an aligned DKIM
+    signature (SPF alone can pass for every customer of a shared sender), domain listed."""
+    author = result.author
+    if author.problems or len(result.evaluations) != 1:
+        return ""
+    for shown, actual in author.display_addresses:
+        if organizational_domain(shown.rpartition("@")[2].rstrip(".").lower()) != (
+            organizational_domain(actual)
+        ):
+            return ""  # a display name showing another organisation's address
+    [ev] = result.evaluations
+    if ev.verdict is not DmarcVerdict.PASS or not ev.dkim_aligned or not listed(ev.domain):
+        return ""
+    return f"{ev.domain} (DKIM d={ev.dkim_aligned[0]})"
 
 
 def _distrust(
