@@ -341,7 +341,7 @@ def _scan_json(
 def _print_scan(
     gateway: Gateway, path: str, ctx: MessageContext, verdict: Verdict, normalized: bool
 ) -> None:
-    descriptions = gateway.registry.all_symbols()
+    descriptions = gateway.registry.all_symbols(ctx.rules)
     p = printable
     print(f"message   {p(path)} ({len(ctx.raw)} bytes{', LF -> CRLF' if normalized else ''})")
     recipients = ", ".join(f"<{p(r)}>" for r in ctx.rcpt_tos)
