@@ -16,6 +16,7 @@ here: the chain evaluates them after every plugin, over every symbol.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, ClassVar
 
@@ -115,7 +116,7 @@ class ContentRulesPlugin(PluginBase):
             all_headers = b"\n".join(lines)[: limits.all_header_chars]
         body = b""
         if "body" in needs:
-            body = utf8((await message.text())[: limits.body_chars])
+            body = utf8(visible((await message.text())[: limits.body_chars]))
         rawbody = b""
         if "rawbody" in needs:
             rawbody = utf8((await message.mime()).body_text(limits.rawbody_chars))
@@ -148,6 +149,23 @@ class ContentRulesPlugin(PluginBase):
             envelope_from=ctx.mail_from or "",
             client_ip=ctx.client.ip,
         )
+
+
+def visible(text: str) -> str:
+    """`text` without invisible format characters (Unicode Cf: soft hyphens, zero-width joiners,
+    bidi controls), which a reader never sees and phishing puts between letters ("P\u200dass
+    word") so that no phrase matches."""
+    return _INVISIBLE.sub("", text)
+
+
+# Unicode category Cf (Unicode 14, Python 3.11's unicodedata; a test checks it is complete),
+# written out: building it from unicodedata costs a second at start-up
+_INVISIBLE = re.compile(
+    "[\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd"
+    "\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001"
+    "\U000e0020-\U000e007f]"
+)
 
 
 async def _files(ctx: MessageContext) -> tuple[tuple[bytes, bytes], ...]:
