@@ -427,10 +427,16 @@ class Registry:
                 )
         return problems
 
-    def symbols_of(self, names: Sequence[str]) -> dict[str, str]:
+    def symbols_of(self, names: Sequence[str], rules: RuleSet | None = None) -> dict[str, str]:
+        """The symbols these plugins may emit; given `rules`, with those of its admin rules
+        (content rules of these plugins, and the composites, which the chain evaluates)."""
         out: dict[str, str] = {}
         for name in names:
             out.update(declared_symbols(self.get(name)))
+            if rules is not None:
+                out.update(symbols_from_rules(self.get(name), rules))
+        if rules is not None:
+            out.update(rules.content.composite_symbols)
         return out
 
     def policy_defaults(

@@ -181,7 +181,14 @@ def test_scan_json(tmp_path: Path) -> None:
         "rcpt": ["a@example.com", "b@example.com"],
     }
     assert data["line_endings_normalized"] is True
-    assert set(data["plugin_ms"]) == {"lists", "headers", "limits", "mime", "attachments"}
+    assert set(data["plugin_ms"]) == {
+        "lists",
+        "headers",
+        "limits",
+        "mime",
+        "attachments",
+        "content",
+    }
 
 
 def test_scan_unreadable_file_exit_1(tmp_path: Path) -> None:

@@ -499,3 +499,21 @@ def test_rules_without_content_files_have_no_rules(tmp_path: Path) -> None:
     (directory / "content.toml").unlink()
     rules: RuleSet = load_rules(directory)
     assert rules.content.rules == () and rules.content.composites == ()
+
+
+def test_mailgate_check_names_file_line_and_rule(tmp_path: Path) -> None:
+    from test_cli import mailgate
+
+    root = tmp_path / "install"
+    shutil.copytree(REPO / "config", root / "config")
+    shutil.copytree(REPO / "rules", root / "rules")
+    content = root / "rules" / "content.toml"
+    broken = rule("LOCAL_LOOKAROUND", "body", pattern="prize(?! draw)")
+    content.write_text(content.read_text() + "\n" + broken)
+    line = line_of(content, "prize(?!")
+    result = mailgate("--config", root / "config" / "gateway.toml", "check", cwd=root)
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert f"{content.resolve()}:{line}: key 'rule[" in err, err
+    assert "rule LOCAL_LOOKAROUND: not an RE2 pattern" in err
+    assert "Traceback" not in err
