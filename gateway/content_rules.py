@@ -503,9 +503,6 @@ class ContentRules:
                 return composite.origin
         return None
 
-    def kinds(self) -> frozenset[str]:
-        return frozenset(rule.kind for rule in self.rules)
-
     def evaluate(self, view: MessageView) -> list[Finding]:
         """The findings of every rule that hits `view` (synchronous: RE2 over bounded text)."""
         found: list[Finding] = []

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
-from harness import REPO, RunningGateway, make_settings, message
+from harness import REPO, RecordingSink, RunningGateway, make_settings, message
 from quarantine_fixtures import send
 
 from gateway.app import PolicyError, load_checked_rules
@@ -517,3 +517,13 @@ def test_mailgate_check_names_file_line_and_rule(tmp_path: Path) -> None:
     assert f"{content.resolve()}:{line}: key 'rule[" in err, err
     assert "rule LOCAL_LOOKAROUND: not an RE2 pattern" in err
     assert "Traceback" not in err
+
+
+async def test_gtube_over_smtp_is_refused_and_nothing_is_relayed(
+    gw: RunningGateway, sink: RecordingSink
+) -> None:
+    refused = await send(gw, message(body=f"{GTUBE}\r\n".encode()))
+    assert refused.code == 554 and "GTUBE" in refused.text
+    assert (await send(gw, message())).code == 250
+    delivered = await sink.arrived(1)
+    assert len(delivered) == 1 and GTUBE.encode() not in delivered[0].content
