@@ -6,6 +6,9 @@ The chain fails closed on purpose: a plugin that raises or overruns its time yie
 policy never meets a symbol it cannot score. So is a plugin whose required result is missing
 because its provider failed: it is not run on half the evidence (DMARC without DKIM would
 reject a signed message) but yields its `_ERROR` symbol.
+
+After the last DATA plugin, the policy's composite rules (rules/content.toml `meta` rules, e.g.
+`A && !B`) are evaluated over every symbol found, so they may name any plugin's symbols.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from gateway.plugin import (
     RegistryError,
     Services,
     error_symbol,
+    symbols_from_rules,
     timeout_symbol,
 )
 from gateway.text import printable
@@ -71,6 +75,10 @@ class Chain:
             ctx.timings[plugin.name] = ctx.timings.get(plugin.name, 0.0) + elapsed
             ctx.findings.extend(findings)
             found.extend(findings)
+        if phase is Phase.DATA:
+            composites = ctx.rules.content.composite_findings(ctx.findings)
+            ctx.findings.extend(composites)
+            found.extend(composites)
         return found
 
     async def _run_one(self, plugin: Plugin, phase: Phase, ctx: MessageContext) -> list[Finding]:
@@ -110,7 +118,10 @@ class Chain:
             log.error("qid=%s plugin=%s returned %s", ctx.queue_id, plugin.name, type(results))
             return [Finding(error_symbol(plugin.name), detail="malformed result")]
         for finding in results:
-            if isinstance(finding, Finding) and finding.symbol in plugin.symbols:
+            if isinstance(finding, Finding) and (
+                finding.symbol in plugin.symbols
+                or finding.symbol in symbols_from_rules(plugin, ctx.rules)
+            ):
                 checked.append(finding)
             else:
                 log.error(

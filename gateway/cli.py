@@ -454,7 +454,7 @@ async def _scan_all(
 
 
 def _finding_lines(gateway: Gateway, scanned: Scanned, indent: str) -> list[str]:
-    descriptions = gateway.registry.all_symbols()
+    descriptions = gateway.registry.all_symbols(gateway.rules)
     p = printable
     lines = []
     for f in sorted(scanned.verdict.findings, key=lambda f: (-f.score, f.symbol)):

@@ -228,6 +228,7 @@ DEFAULT_PLUGIN_ORDER = (
     "mime",
     "attachments",
     "qr",
+    "content",
     "dkim",
     "arc",
     "dmarc",

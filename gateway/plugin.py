@@ -168,7 +168,10 @@ class Plugin(Protocol):
       that runs before it; `optional_requires`: read when present (a provider must then run
       before it, or the reading would be silently missed);
     - `on_error`: the forced action of its `_ERROR` / `_TIMEOUT` symbols (None: no effect, for
-      advisory plugins); rules/actions.toml may override it.
+      advisory plugins); rules/actions.toml may override it;
+    - optionally `rule_symbols(rules)`, a classmethod: symbols it emits for rules an admin wrote
+      in rules/ (the content plugin's), with their descriptions, declared by that RuleSet (see
+      `symbols_from_rules`).
 
     `PluginBase` gives the defaults; a class that does not inherit it is read the same way.
     """
@@ -231,6 +234,16 @@ def declared_symbols(plugin: PluginClass) -> dict[str, str]:
     symbols[error_symbol(plugin.name)] = f"the {plugin.name} plugin raised an error"
     symbols[timeout_symbol(plugin.name)] = f"the {plugin.name} plugin did not answer in time"
     return symbols
+
+
+def symbols_from_rules(plugin: object, rules: RuleSet) -> Mapping[str, str]:
+    """The symbols a plugin (class or instance) takes from `rules`: those of admin-written
+    rules, which change with each reload, so they cannot be class constants ({} for most)."""
+    reader = getattr(plugin, "rule_symbols", None)
+    if reader is None:
+        return {}
+    found: Mapping[str, str] = reader(rules)
+    return found
 
 
 def looks_like_plugin(candidate: object) -> bool:
@@ -376,17 +389,54 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._plugins)
 
-    def all_symbols(self) -> dict[str, str]:
-        """Every symbol any registered plugin may emit, with its description."""
+    def all_symbols(self, rules: RuleSet | None = None) -> dict[str, str]:
+        """Every symbol any registered plugin may emit, with its description; given `rules`,
+        those its admin rules declare too (content rules, composites)."""
         out = dict(self._own_symbols)
         for plugin in self._plugins.values():
             out.update(declared_symbols(plugin))
+        if rules is not None:
+            for plugin in self._plugins.values():
+                out.update(symbols_from_rules(plugin, rules))
+            out.update(rules.content.composite_symbols)
         return out
 
-    def symbols_of(self, names: Sequence[str]) -> dict[str, str]:
+    def _rule_symbol_problems(self, rules: RuleSet) -> list[str]:
+        """Symbols of admin rules that clash with a plugin's, and composites naming a symbol
+        nothing declares (a typo there would make `A && !B` quietly always or never hold)."""
+        problems: list[str] = []
+        written: dict[str, str] = {}
+        for name, plugin in self._plugins.items():
+            for symbol in symbols_from_rules(plugin, rules):
+                written[symbol] = name
+        for symbol in rules.content.composite_symbols:
+            written[symbol] = "composites"
+        for symbol in sorted(written):
+            owner = self._symbol_owner.get(symbol)
+            if owner is not None:
+                problems.append(
+                    f"{rules.where(symbol)}: rule {symbol}: the symbol is already declared by "
+                    f"{owner!r}: name the rule differently"
+                )
+        known = self.all_symbols(rules)
+        for composite in rules.content.composites:
+            for symbol in sorted(composite.expression.symbols() - set(known)):
+                problems.append(
+                    f"{rules.where(composite.symbol)}: rule {composite.symbol}: {symbol} is not "
+                    "declared by any plugin or rule"
+                )
+        return problems
+
+    def symbols_of(self, names: Sequence[str], rules: RuleSet | None = None) -> dict[str, str]:
+        """The symbols these plugins may emit; given `rules`, with those of its admin rules
+        (content rules of these plugins, and the composites, which the chain evaluates)."""
         out: dict[str, str] = {}
         for name in names:
             out.update(declared_symbols(self.get(name)))
+            if rules is not None:
+                out.update(symbols_from_rules(self.get(name), rules))
+        if rules is not None:
+            out.update(rules.content.composite_symbols)
         return out
 
     def policy_defaults(
@@ -452,7 +502,8 @@ class Registry:
             except RegistryError as exc:
                 problems.append(str(exc))
         problems += self.order_problems(order)
-        known = self.all_symbols()
+        problems += self._rule_symbol_problems(rules)
+        known = self.all_symbols(rules)
         for name in order:
             if name not in self._plugins:
                 continue

@@ -1,7 +1,8 @@
 """Admin policy: rules/*.toml -> an immutable `RuleSet`.
 
 rules/ holds what admins tune: the score of every symbol (scores.toml), the thresholds and the
-forced actions (actions.toml), and allow/block lists (lists.toml). Loading validates everything
+forced actions (actions.toml), allow/block lists (lists.toml), and the admin's own content
+rules and composites (content.toml, content.d/: gateway.content_rules). Loading validates everything
 and reports each problem with file, key and line; a reload builds a new RuleSet and swaps it in
 whole, so a transaction never sees half of an edit.
 """
@@ -22,17 +23,18 @@ from pydantic import (
     AfterValidator,
     BeforeValidator,
     ConfigDict,
-    PlainValidator,
     Strict,
     StringConstraints,
 )
 
 from gateway.auth.policy import AuthPolicy, load_auth_policy
+from gateway.content_rules import ContentRules, load_content_rules
 from gateway.domains import domain_matches
 from gateway.front_symbols import TLS_DOMAIN_SYMBOLS
 from gateway.mime.policy import AttachmentPolicy, load_attachment_policy
 from gateway.reputation import ReputationPolicy, load_reputation_policy
 from gateway.schema import (
+    SYMBOL_SYNTAX,
     TABLE_CONFIG,
     Array,
     DomainName,
@@ -41,6 +43,7 @@ from gateway.schema import (
     KeyProblem,
     Network,
     NetworkEntry,
+    Symbol,
     Text,
     validate_table,
 )
@@ -200,6 +203,9 @@ class RuleSet:
         """The score from which a message is tagged (the quarantine threshold: no tag step)."""
         return self.quarantine_at if self.tag_at is None else self.tag_at
 
+    # content.toml, content.d/*.toml: admin rules (the content plugin) and composites (the chain)
+    content: ContentRules = field(default_factory=ContentRules)
+
     def decide(self, findings: list[Finding]) -> Verdict:
         return combine(
             findings, self.scores, self.forced, self.quarantine_at, self.reject_at, self.tag_at
@@ -231,17 +237,10 @@ class RuleSet:
 
 # -- the files as written: dataclasses checked by gateway.schema ---------------------------------
 
-_SYMBOL = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
+_SYMBOL = SYMBOL_SYNTAX
 _REPLY = re.compile(r"^([245]\d\d) ([245]\.\d{1,3}\.\d{1,3}) (\S.{0,300})$")
 
 
-def _symbol(value: Any) -> str:
-    if not isinstance(value, str) or not _SYMBOL.match(value):
-        raise ValueError("a symbol is UPPER_CASE letters, digits and _")
-    return value
-
-
-Symbol = Annotated[str, PlainValidator(_symbol)]
 ListEntry = Annotated[str, Strict(), StringConstraints(strip_whitespace=True, min_length=1)]
 
 
@@ -465,6 +464,10 @@ def load_rules(directory: Path) -> RuleSet:
     fitted_path = directory / FITTED_SCORES
     if fitted_path.exists():
         scores_valid = _overlay_fitted(fitted_path, scored, where, errors, digest) and scores_valid
+    content, content_bytes = load_content_rules(directory, errors)
+    for data in content_bytes:
+        digest.update(data)
+    _score_content_rules(content, directory, scored, where, errors)
     actions = validate_table(actions_doc, "", ActionsFile, actions_doc.data, errors)
     scored_names = set(where)
     for symbol, place in _where_written(actions_doc, "forced").items():
@@ -530,7 +533,32 @@ def load_rules(directory: Path) -> RuleSet:
         attachments=attachments,
         auth=auth,
         reputation=reputation,
+        content=content,
     )
+
+
+def _score_content_rules(
+    content: ContentRules,
+    directory: Path,
+    scored: dict[str, float],
+    where: dict[str, str],
+    errors: list[ConfigError],
+) -> None:
+    """Each content rule and composite carries its own score: one place per symbol, so a rule
+    also scored in scores.toml (or scores.d) is an error naming both places."""
+    for symbol, score, origin in content.scored():
+        if symbol in where:
+            errors.append(
+                ConfigError(
+                    directory / origin.path,
+                    None,
+                    origin.line,
+                    f"rule {symbol}: the symbol is already scored at {where[symbol]}",
+                )
+            )
+            continue
+        where[symbol] = f"{directory / origin.path}:{origin.line or '?'}"
+        scored[symbol] = score
 
 
 def _tls_forced_actions(

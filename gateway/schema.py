@@ -86,6 +86,16 @@ Array = Annotated[tuple[T, ...], Strict(False)]
 WordSet = Annotated[frozenset[T], Strict(False)]
 
 
+# A symbol names one observation everywhere: plugins, scores, forced actions, admin rules.
+SYMBOL_SYNTAX = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
+
+
+def _symbol(value: Any) -> str:
+    if not isinstance(value, str) or not SYMBOL_SYNTAX.match(value):
+        raise ValueError("a symbol is UPPER_CASE letters, digits and _")
+    return value
+
+
 def _network(value: Any) -> Network:
     if not isinstance(value, str):
         raise ValueError(f"must be a list of IP addresses or networks (got {value!r})")
@@ -149,6 +159,7 @@ def _setting_path(value: Any, info: ValidationInfo) -> Path:
     return (Path(base) / value).resolve() if base is not None else Path(value)
 
 
+Symbol = Annotated[str, PlainValidator(_symbol)]
 NetworkEntry = Annotated[Network, PlainValidator(_network)]
 IpAddress = Annotated[str, PlainValidator(_ip_address)]
 DomainName = Annotated[str, PlainValidator(_domain)]

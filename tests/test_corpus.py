@@ -31,6 +31,7 @@ The public DKIM keys of tests/auth_helpers.py are always published, so cases can
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from gateway.config import ClassifierSettings, PluginSettings, Settings
 from gateway.dns import Resolver
 from gateway.plugin import ClientInfo, MessageContext, Phase, Services, TlsInfo
 from gateway.plugins import builtin_registry
-from gateway.policy import load_rules
+from gateway.policy import RuleSet, load_rules
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 ENVELOPE: Mapping[str, Any] = {
@@ -229,11 +230,20 @@ async def test_corpus_case(
     )
 
 
-def test_every_case_names_declared_symbols_of_its_chain() -> None:
+def case_rules(case: CorpusCase, tmp_path: Path) -> RuleSet:
+    """The shipped rules/ with the case's own files (content rules declare symbols)."""
+    directory = tmp_path / case.plugin / case.name
+    shutil.copytree(REPO / "rules", directory)
+    for name, text in case.rules.items():
+        (directory / name).write_text(text)
+    return load_rules(directory)
+
+
+def test_every_case_names_declared_symbols_of_its_chain(tmp_path: Path) -> None:
     """A misspelt symbol would make `unexpected` pass vacuously."""
     registry = builtin_registry()
     for case in CASES:
-        declared = registry.symbols_of(case.order)
+        declared = registry.symbols_of(case.order, case_rules(case, tmp_path))
         assert case.expected or case.unexpected, f"{case.id} expects nothing"
         assert case.plugin in case.order, f"{case.id}: the chain lacks {case.plugin}"
         unknown = (case.expected | case.unexpected) - set(declared)

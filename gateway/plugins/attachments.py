@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from gateway.cputime import offload
 from gateway.message import INLINE_BYTES
-from gateway.mime.content import scan, scan_light
+from gateway.mime.content import ContentReport, scan, scan_light
 from gateway.mime.symbols import ATTACHMENT_SYMBOLS
 from gateway.plugin import MessageContext, Phase, PluginBase
 from gateway.verdict import Finding
@@ -30,6 +30,8 @@ class AttachmentInspection(PluginBase):
     name: ClassVar[str] = "attachments"
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.DATA})
     symbols: ClassVar[Mapping[str, str]] = ATTACHMENT_SYMBOLS
+    # what each file is (by content, archive members too): content rules on attachments read it
+    provides: ClassVar[frozenset[type[object]]] = frozenset({ContentReport})
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         report = await ctx.message.mime()
@@ -37,6 +39,7 @@ class AttachmentInspection(PluginBase):
         content = scan_light(report, limits) if len(ctx.raw) <= INLINE_BYTES else None
         if content is None:
             content = await offload(scan, report, limits)
+        ctx.results.put(content)
         found = list(content.findings)
         if not report.complete and not any(f.symbol == "ATT_UNSCANNABLE" for f in found):
             # the MIME stage stopped early: what was not reached was not scanned either
