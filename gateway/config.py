@@ -224,7 +224,7 @@ class PluginSettings:
 
     __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
 
-    order: Array[Text] = ("lists", "headers", "limits", "mime", "attachments")
+    order: Array[Text] = ("lists", "headers", "limits", "mime", "attachments", "links")
     timeout: Seconds = 10.0
     timeouts: Mapping[str, Seconds] = field(default_factory=dict)
     tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)

@@ -30,6 +30,7 @@ from pydantic import (
 from gateway.auth.policy import AuthPolicy, load_auth_policy
 from gateway.domains import domain_matches
 from gateway.front_symbols import TLS_DOMAIN_SYMBOLS
+from gateway.linkcheck import LinkPolicy, load_link_policy
 from gateway.mime.policy import AttachmentPolicy, load_attachment_policy
 from gateway.schema import (
     TABLE_CONFIG,
@@ -55,8 +56,9 @@ RULE_FILES = (
     "tls.toml",
     "auth.toml",
     "attachments.toml",
+    "links.toml",
 )
-_OPTIONAL_RULE_FILES = frozenset({"tls.toml", "auth.toml", "attachments.toml"})
+_OPTIONAL_RULE_FILES = frozenset({"tls.toml", "auth.toml", "attachments.toml", "links.toml"})
 # per-plugin score files (same [scores] format as scores.toml), merged with it: a plugin ships
 # its scores as one file, with no edit of scores.toml
 SCORES_DIR = "scores.d"
@@ -176,6 +178,7 @@ class RuleSet:
     tls: TlsPolicy = TlsPolicy()
     attachments: AttachmentPolicy = field(default_factory=AttachmentPolicy)  # attachments.toml
     auth: AuthPolicy = field(default_factory=AuthPolicy)
+    links: LinkPolicy = field(default_factory=LinkPolicy)  # links.toml
 
     def decide(self, findings: list[Finding]) -> Verdict:
         return combine(findings, self.scores, self.forced, self.quarantine_at, self.reject_at)
@@ -409,6 +412,9 @@ def load_rules(directory: Path) -> RuleSet:
     auth = AuthPolicy()
     if "auth.toml" in docs:
         auth = load_auth_policy(docs["auth.toml"], errors)
+    links = LinkPolicy()
+    if "links.toml" in docs:
+        links = load_link_policy(docs["links.toml"], errors)
     if errors or not scores_valid or actions is None or lists is None:
         raise ConfigErrors(errors)
     require = tls.require_tls
@@ -441,6 +447,7 @@ def load_rules(directory: Path) -> RuleSet:
         ),
         attachments=attachments,
         auth=auth,
+        links=links,
     )
 
 
