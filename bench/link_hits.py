@@ -35,13 +35,17 @@ def crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-async def measure(folder: Path, limit: int) -> tuple[int, Counter[str], float, list[str]]:
+def files_of(folder: Path, limit: int) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())[:limit]
+
+
+async def measure(folder: Path, paths: list[Path]) -> tuple[int, Counter[str], float, list[str]]:
     rules = load_rules(ROOT / "rules")
     counts: Counter[str] = Counter()
     cpu = 0.0
     total = 0
     examples: list[str] = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file())[:limit]:
+    for path in paths:
         message = ParsedMessage(crlf(path.read_bytes()))
         report = await message.mime()
         started = time.process_time()
@@ -69,7 +73,7 @@ def main() -> None:
     symbols = [*LINK_SYMBOLS, *HTML_SYMBOLS]
     print("folder".ljust(40), "n".rjust(5), "ms/msg".rjust(7), " ".join(s[5:][:9] for s in symbols))
     for folder in args.folders:
-        total, counts, cpu, examples = asyncio.run(measure(folder, args.limit))
+        total, counts, cpu, examples = asyncio.run(measure(folder, files_of(folder, args.limit)))
         rates = " ".join(f"{100 * counts[s] / max(total, 1):9.1f}" for s in symbols)
         name = "/".join(folder.parts[-2:])[:40]
         print(name.ljust(40), f"{total:5d}", f"{1000 * cpu / max(total, 1):7.2f}", rates)

@@ -315,9 +315,9 @@ class LinkChecker:
             self._add("LINK_PUNYCODE", host)
         if target.userinfo and target.scheme in ("http", "https"):
             self._add("LINK_USERINFO", target.url)
-        if url.source in ("href", "text", "refresh"):
-            if self.policy.shorteners.matches(host, target.path):
-                self._add("LINK_SHORTENER", target.url)
+        shortened = self.policy.shorteners.matches(host, target.path)
+        if shortened and url.source in ("href", "text", "refresh"):
+            self._add("LINK_SHORTENER", target.url)
         # a link (not an address quoted in a text: people paste their slides and blogs)
         if url.source in ("href", "refresh") and self.policy.hosting.matches(host, target.path):
             self._add("LINK_HOSTING_SERVICE", target.url)

@@ -184,7 +184,9 @@ class Url:
         return "" if self.url.startswith("//") else "http"
 
 
-_URL = re.compile(r"(?:https?://|www\.)[^\s<>\"'()\[\]{}\\^`|]{1,500}", re.I)
+_URL = re.compile(
+    r"(?:https?://\[[0-9a-f:.]{2,45}\]|https?://|www\.)[^\s<>\"'()\[\]{}\\^`|]{1,500}", re.I
+)  # an IPv6 literal in brackets, or an address without brackets
 # Host as a browser reads it (WHATWG URL): the userinfo runs to the LAST "@" before the path, and
 # a backslash ends the authority like a slash (http://evil.example\@bank.example goes to
 # evil.example).

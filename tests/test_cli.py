@@ -181,7 +181,7 @@ def test_scan_json(tmp_path: Path) -> None:
         "rcpt": ["a@example.com", "b@example.com"],
     }
     assert data["line_endings_normalized"] is True
-    assert set(data["plugin_ms"]) == {"lists", "headers", "limits", "mime", "attachments"}
+    assert set(data["plugin_ms"]) == {"lists", "headers", "limits", "mime", "attachments", "links"}
 
 
 def test_scan_unreadable_file_exit_1(tmp_path: Path) -> None:

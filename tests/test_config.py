@@ -21,7 +21,7 @@ def test_shipped_config_loads() -> None:
     assert settings.relay.domains == ("example.com",)
     assert settings.limits.max_line_length >= 1000
     assert settings.tls.cert_file is None and settings.tls.key_file is None
-    assert settings.plugins.order == ("lists", "headers", "limits", "mime", "attachments")
+    assert settings.plugins.order == ("lists", "headers", "limits", "mime", "attachments", "links")
     # relative paths in the shipped file point at the repository's folders
     assert settings.rules_dir == (REPO / "rules").resolve()
     assert settings.quarantine_dir == (REPO / "var" / "quarantine").resolve()

@@ -52,7 +52,9 @@ _SCRIPT_REDIRECT = re.compile(
     re.I,
 )
 _REFRESH_URL = re.compile(r"^\s*\d*(?:\.\d*)?\s*[;,]?\s*(?:url\s*=\s*)?['\"]?\s*([^'\"\s]+)", re.I)
-_TEXT_URL = re.compile(r"(?:https?://|www\.)[^\s<>\"'()\[\]{}\\^`|]{1,500}", re.I)
+_TEXT_URL = re.compile(
+    r"(?:https?://\[[0-9a-f:.]{2,45}\]|https?://|www\.)[^\s<>\"'()\[\]{}\\^`|]{1,500}", re.I
+)  # an IPv6 literal in brackets, or an address without brackets
 _SPACES = re.compile(r"\s+")
 # attributes that load or go to an address, by tag
 _SRC_TAGS = frozenset({"img", "iframe", "frame", "embed", "script", "source", "video", "audio"})
