@@ -92,7 +92,8 @@ def test_the_url_list_reads_bodies_and_html_attachments_and_drops_other_schemes(
 
 
 def test_the_url_list_is_bounded_and_linear() -> None:
-    body = "".join(f'<a href="https://h{i}.example/">https://h{i}.example/</a>' for i in range(3000))
+    link = '<a href="https://h{0}.example/">https://h{0}.example/</a>'
+    body = "".join(link.format(i) for i in range(3000))
     message = _message(f"--b\r\nContent-Type: text/html\r\n\r\n{body}\r\n--b--\r\n")
     started = time.process_time()
     urls = asyncio.run(message.urls())
