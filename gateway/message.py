@@ -301,8 +301,10 @@ def message_urls(report: MimeReport, limit: int = MAX_URLS) -> tuple[Url, ...]:
         if not leaf.is_text_body and not leaf.is_attachment:
             continue
         exts = extensions(leaf.name) if leaf.name else []
-        family = family_of(true_type(leaf.data))
-        if is_html(family, leaf.content_type, name_family(exts[-1] if exts else "")):
+        named = name_family(exts[-1] if exts else "")
+        # without a "<" no reader calls it HTML, whatever its type or name: libmagic spared
+        family = family_of(true_type(leaf.data)) if b"<" in leaf.data else "text"
+        if is_html(family, leaf.content_type, named):
             if html_budget <= 0:
                 continue
             data = leaf.data[:html_budget]
