@@ -229,6 +229,7 @@ DEFAULT_PLUGIN_ORDER = (
     "attachments",
     "qr",
     "content",
+    "links",
     "dkim",
     "arc",
     "dmarc",

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import email.header
+import ipaddress
 import re
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -158,19 +160,108 @@ def decode_encoded_words(text: str, limit: int | None = None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Url:
-    """A URL of the message text, its host, and the host's registrable domain (public suffix
-    list), so "does this link go where it says" has one answer everywhere. `source` says where
-    it was read: "text" (the bodies) or "qr" (a QR code in a picture, `qr_urls`)."""
+    """A URL of the message, its host, and the host's registrable domain (public suffix list),
+    so "does this link go where it says" has one answer everywhere.
+
+    `source` says where it was found: "text" (written in a plain-text body or in the visible
+    text of HTML), "href" (a link; `text` is what the link shows), "src" (an image, frame or
+    script loaded), "action" (where a form posts), "refresh" (a meta refresh), "qr" (a QR code
+    in a picture, `qr_urls`). `attachment` is true for the links of an HTML attachment (a saved
+    page the reader opens in a browser). data:, javascript: and vbscript: addresses of HTML are
+    kept too (host ""); other schemes (mailto:, cid:, tel:) and relative links are not.
+    """
 
     url: str
     host: str
     domain: str
+    text: str = ""
     source: str = "text"
+    attachment: bool = False
+
+    @property
+    def scheme(self) -> str:
+        """ "http", "https", "data"... ("http" for a bare "www." address, "" for "//host")."""
+        head, colon, _rest = self.url.partition(":")
+        if colon and head.isascii() and head.isalpha():
+            return head.lower()
+        return "" if self.url.startswith("//") else "http"
 
 
-_URL = re.compile(r"(?:https?://|www\.)[^\s<>\"'()\[\]{}\\^`|]{1,500}", re.I)
-_HOST = re.compile(r"(?:https?://)?(?:[^/?#@\s]*@)?(\[[^\]]*\]|[^/?#:\s]*)", re.I)
-MAX_URLS = 200
+_URL = re.compile(
+    r"(?:https?://\[[0-9a-f:.]{2,45}\]|https?://|www\.)[^\s<>\"'()\[\]{}\\^`|]{1,500}", re.I
+)  # an IPv6 literal in brackets, or an address without brackets
+# Host as a browser reads it (WHATWG URL): the userinfo runs to the LAST "@" before the path, and
+# a backslash ends the authority like a slash (http://evil.example\@bank.example goes to
+# evil.example).
+_HOST = re.compile(
+    r"(?:[a-z][a-z0-9+.-]*:)?(?://)?(?:[^/\\?#\s]*@)?(\[[^\]]*\]|[^/\\?#:\s]*)", re.I
+)
+_WEB = re.compile(r"(?:https?:)?//|www\.", re.I)
+_SCRIPT_SCHEMES = ("data:", "javascript:", "vbscript:")
+_URL_NOISE = re.compile(r"[\t\r\n]")  # browsers drop these anywhere in a URL
+MAX_URLS = 500
+MAX_HTML_BYTES = 4 << 20  # of HTML read for links, over every part of a message
+MAX_TEXT_BYTES = 1 << 20  # of plain text read for URLs, over every part
+
+
+def host_of(url: str) -> str:
+    """The host of a web address as a browser reads it: lower case, percent-decoded, without a
+    trailing dot, and an IPv4 address in any form written dotted (see ip_literal)."""
+    match = _HOST.match(url)
+    if not match:
+        return ""
+    host = match.group(1)
+    if "%" in host:
+        host = urllib.parse.unquote(host)
+    host = host.lower().rstrip(".")
+    return ip_literal(host) or host
+
+
+_IPV4_PART = re.compile(r"0x[0-9a-f]*|[0-9]+", re.I)
+
+
+def ip_literal(host: str) -> str | None:
+    """The IP address a browser connects to for `host` (dotted, or "[v6]"), None for a name.
+
+    WHATWG URL: a host whose last label is a number is IPv4, in any of its forms: dotted,
+    one 32-bit number (http://3221225985/), hex (0xc0.0xa8...), octal (0300.0250...), or with
+    fewer than four parts (http://192.168.257/).
+    """
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return f"[{ipaddress.IPv6Address(host[1:-1])}]"
+        except ValueError:
+            return None
+    parts = host.split(".")
+    if parts and parts[-1] == "":
+        parts.pop()
+    if not parts or len(parts) > 4 or not _IPV4_PART.fullmatch(parts[-1]):
+        return None
+    numbers: list[int] = []
+    for part in parts:
+        if not _IPV4_PART.fullmatch(part):
+            return None
+        if part[:2].lower() == "0x":
+            numbers.append(int(part[2:] or "0", 16))
+        elif len(part) > 1 and part[0] == "0":
+            if any(c in "89" for c in part):
+                return None
+            numbers.append(int(part, 8))
+        else:
+            numbers.append(int(part))
+    *head, last = numbers
+    if any(n > 255 for n in head) or last >= 256 ** (5 - len(numbers)):
+        return None
+    value = last
+    for index, number in enumerate(head):
+        value += number << (8 * (3 - index))
+    return str(ipaddress.IPv4Address(value))
+
+
+def make_url(url: str, source: str = "text", text: str = "", attachment: bool = False) -> Url:
+    """A Url with its host and registrable domain ("" for data:, javascript: and the like)."""
+    host = host_of(url) if _WEB.match(url) else ""
+    return Url(url, host, registrable_domain(host) if host else "", text, source, attachment)
 
 
 def urls_in(text: str, limit: int = MAX_URLS, source: str = "text") -> tuple[Url, ...]:
@@ -180,10 +271,57 @@ def urls_in(text: str, limit: int = MAX_URLS, source: str = "text") -> tuple[Url
         if len(found) >= limit:
             break
         url = match.group(0).rstrip(".,;:!?)")  # sentence punctuation after a link
-        host_match = _HOST.match(url)
-        host = host_match.group(1).lower().rstrip(".") if host_match else ""
-        found.append(Url(url, host, registrable_domain(host) if host else "", source))
+        found.append(make_url(url, source))
     return tuple(found)
+
+
+def html_url(written: str, source: str, text: str = "", attachment: bool = False) -> Url | None:
+    """A link of HTML as a Url, or None for what is no web or script address (mailto:, #top,
+    a relative path)."""
+    url = _URL_NOISE.sub("", written).strip(" \x00\x0b\x0c")
+    if not _WEB.match(url) and not url[:11].lower().startswith(_SCRIPT_SCHEMES):
+        return None
+    return make_url(url, source, text, attachment)
+
+
+def message_urls(report: MimeReport, limit: int = MAX_URLS) -> tuple[Url, ...]:
+    """Every URL of a message's bodies and HTML attachments, each reading, in order, distinct.
+
+    Plain-text bodies are searched for addresses; HTML (by the content scan's own test,
+    gateway.mime.content.is_html, so both read the same parts as HTML) is read by the HTML
+    scanner, which gives each link with the text it shows. Bounded in bytes and in count.
+    """
+    from gateway.mime import html
+    from gateway.mime.content import extensions, family_of, is_html, name_family, true_type
+
+    found: dict[tuple[str, str, str, bool], Url] = {}
+    html_budget, text_budget = MAX_HTML_BYTES, MAX_TEXT_BYTES
+    for leaf in report.leaves:
+        if len(found) >= limit:
+            break
+        if leaf.kind not in ("part", "body") or not leaf.data:
+            continue
+        if not leaf.is_text_body and not leaf.is_attachment:
+            continue
+        exts = extensions(leaf.name) if leaf.name else []
+        named = name_family(exts[-1] if exts else "")
+        # without a "<" no reader calls it HTML, whatever its type or name: libmagic spared
+        family = family_of(true_type(leaf.data)) if b"<" in leaf.data else "text"
+        if is_html(family, leaf.content_type, named):
+            if html_budget <= 0:
+                continue
+            data = leaf.data[:html_budget]
+            html_budget -= len(data)
+            for link in html.read(data).links:
+                url = html_url(link.url, link.source, link.text, leaf.is_attachment)
+                if url is not None:
+                    found.setdefault((url.url, url.source, url.text, url.attachment), url)
+        elif leaf.is_text_body and text_budget > 0:
+            data = leaf.data[:text_budget]
+            text_budget -= len(data)
+            for url in urls_in(data.decode("utf-8", "replace"), limit):
+                found.setdefault((url.url, url.source, url.text, url.attachment), url)
+    return tuple(found.values())[:limit]
 
 
 # A QR code holding only "host.tld/path": phone cameras open it as a web address.
@@ -289,10 +427,19 @@ class ParsedMessage:
         return self._text
 
     async def urls(self) -> tuple[Url, ...]:
-        """The URLs of the message text with their registrable domains (no QR codes: the
-        classifier reads these, and must not wait for image decoding; see `all_urls`)."""
+        """The URLs of the message bodies and HTML attachments with their registrable domains
+        and, for links, the text they show (see message_urls); off the event loop when there is
+        more than INLINE_BYTES to read. No QR codes: the classifier reads these and must not wait
+        for image decoding (see `all_urls`)."""
         if self._urls is None:
-            self._urls = urls_in(await self.text())
+            report = await self.mime()
+            size = sum(len(leaf.data) for leaf in report.leaves)
+            if size <= INLINE_BYTES:
+                found = message_urls(report)
+            else:
+                found = await offload(message_urls, report)
+            if self._urls is None:
+                self._urls = found
         return self._urls
 
     @property

@@ -31,6 +31,7 @@ from gateway.auth.policy import AuthPolicy, load_auth_policy
 from gateway.content_rules import ContentRules, load_content_rules
 from gateway.domains import domain_matches
 from gateway.front_symbols import TLS_DOMAIN_SYMBOLS
+from gateway.linkcheck import LinkPolicy, load_link_policy
 from gateway.mime.policy import AttachmentPolicy, load_attachment_policy
 from gateway.reputation import ReputationPolicy, load_reputation_policy
 from gateway.schema import (
@@ -61,8 +62,11 @@ RULE_FILES = (
     "auth.toml",
     "attachments.toml",
     "reputation.toml",
+    "links.toml",
 )
-_OPTIONAL_RULE_FILES = frozenset({"tls.toml", "auth.toml", "attachments.toml", "reputation.toml"})
+_OPTIONAL_RULE_FILES = frozenset(
+    {"tls.toml", "auth.toml", "attachments.toml", "reputation.toml", "links.toml"}
+)
 # per-plugin score files (same [scores] format as scores.toml), merged with it: a plugin ships
 # its scores as one file, with no edit of scores.toml
 SCORES_DIR = "scores.d"
@@ -205,6 +209,7 @@ class RuleSet:
 
     # content.toml, content.d/*.toml: admin rules (the content plugin) and composites (the chain)
     content: ContentRules = field(default_factory=ContentRules)
+    links: LinkPolicy = field(default_factory=LinkPolicy)  # links.toml
 
     def decide(self, findings: list[Finding]) -> Verdict:
         return combine(
@@ -498,6 +503,9 @@ def load_rules(directory: Path) -> RuleSet:
     reputation = ReputationPolicy()
     if "reputation.toml" in docs:
         reputation = load_reputation_policy(docs["reputation.toml"], errors)
+    links = LinkPolicy()
+    if "links.toml" in docs:
+        links = load_link_policy(docs["links.toml"], errors)
     if errors or not scores_valid or actions is None or lists is None:
         raise ConfigErrors(errors)
     require = tls.require_tls
@@ -534,6 +542,7 @@ def load_rules(directory: Path) -> RuleSet:
         auth=auth,
         reputation=reputation,
         content=content,
+        links=links,
     )
 
 

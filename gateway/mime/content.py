@@ -223,6 +223,25 @@ def family_of(mime_type: str) -> str:
     return "other"
 
 
+_HTML_TYPES = frozenset({"text/html", "application/xhtml+xml", "image/svg+xml"})
+
+
+def name_family(extension: str) -> str | None:
+    """The family a file name's last extension claims ("html" for .htm, .svg...), or None."""
+    return _EXTENSION_FAMILY.get(extension)
+
+
+def is_html(family: str, declared: str | None, name_family: str | None) -> bool:
+    """Whether a file is read as HTML: by its content, its declared type (a browser renders
+    text/html and SVG whatever libmagic says), or its name (a saved "invoice.htm" opens in a
+    browser even when declared text/plain). The message's URL list asks the same question."""
+    return (
+        family == "html"
+        or (declared in _HTML_TYPES and family in ("text", "html", "other"))
+        or (name_family == "html" and family in ("text", "other"))
+    )
+
+
 def extensions(name: str) -> list[str]:
     """Extensions as Windows sees them: after a NUL the name ends; trailing dots, spaces go."""
     name = name.split("\x00")[0].strip().rstrip(". ")
@@ -384,7 +403,7 @@ class _Scanner:
         elif family == "pdf":
             for symbol in pdf.inspect(data):
                 self.add(symbol, label)
-        if family == "html" or (declared == "text/html" and family == "text"):
+        if is_html(family, declared, name_family):
             for symbol, detail in html.inspect(data, deadline=self.deadline).items():
                 self.add(symbol, f"{label}: {detail}")
         if is_file or depth > 0:

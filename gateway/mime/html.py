@@ -1,17 +1,24 @@
-"""HTML as a mail client renders it: scripts, forms, frames, hidden text, deceptive links.
+"""HTML as a mail client (or a browser opening an attachment) renders it: scripts, forms,
+frames, hidden text, deceptive links, and every link with the text it shows.
 
-A bounded pass of the stdlib HTMLParser (tolerant of broken markup). A link is deceptive when
-its visible text shows a domain and its href goes to another registrable domain (by the PSL).
+A bounded pass of the stdlib HTMLParser (tolerant of broken markup). The content scan reads its
+symbols (`inspect`); the message's URL list reads its links (`read(...).links`): one scanner, so
+the two can never disagree on what an HTML file holds. Whether a link goes where its text says
+is the links plugin's question (gateway.linkcheck): it knows the sender and the redirectors.
+
+HTML smuggling (a script that decodes a payload in the browser, or sends the reader on to a
+credential page) and password fields are found in bodies, attachments and SVG images alike.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import hashlib
 import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from html.parser import HTMLParser
-from urllib.parse import urlsplit
 
-from gateway.domains import registrable_domain
 from gateway.mime.model import BudgetExceeded, Deadline
 
 MAX_HTML = 2 * 1024 * 1024
@@ -24,10 +31,53 @@ _HIDDEN_STYLE = re.compile(
     r"|opacity\s*:\s*0(?:\.0*)?\s*(?:;|$)|max-height\s*:\s*0",
     re.I,
 )
-_DOMAIN = re.compile(
-    r"(?:https?://)?((?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,24})(?![a-z0-9.-])", re.I
-)
 _HIDDEN_MIN_CHARS = 30
+MAX_LINKS = 500  # links kept per HTML file (the message's URL list has its own bound)
+_MAX_LINK_TEXT = 300  # characters of an anchor's visible text kept
+_MAX_URL = 2000  # characters of an attribute kept as a link
+_MAX_SCRIPT = 256 * 1024  # characters of script (elements and handlers) looked at
+# A script that builds a payload in the browser: base64 or char-code decoding, a Blob saved or
+# opened (HTML smuggling, as in the QakBot/IcedID/Nobelium campaigns).
+_SCRIPT_DECODE = re.compile(
+    r"\batob\s*\(|\bunescape\s*\(|fromCharCode\s*\(|\bnew\s+Blob\s*\(|createObjectURL"
+    r"|msSaveOrOpenBlob|msSaveBlob|;base64,[A-Za-z0-9+/]{40}",
+    re.I,
+)
+# A script that sends the reader elsewhere: location = ..., location.href = ..., replace/assign.
+# ("location=yes" in a window.open feature string is no redirect)
+_SCRIPT_REDIRECT = re.compile(
+    r"\b(?:window|document|top|self|parent)\s*\.\s*location\s*(?:\.\s*href\s*)?=(?!=)"
+    r"|\blocation\s*\.\s*href\s*=(?!=)|(?:^|[;{}\s])location\s*=(?!=)"
+    r"|\blocation\s*\.\s*(?:replace|assign)\s*\(",
+    re.I,
+)
+_REFRESH_URL = re.compile(r"^\s*\d*(?:\.\d*)?\s*[;,]?\s*(?:url\s*=\s*)?['\"]?\s*([^'\"\s]+)", re.I)
+_TEXT_URL = re.compile(
+    r"(?:https?://\[[0-9a-f:.]{2,45}\]|https?://|www\.)[^\s<>\"'()\[\]{}\\^`|]{1,500}", re.I
+)  # an IPv6 literal in brackets, or an address without brackets
+_SPACES = re.compile(r"\s+")
+# attributes that load or go to an address, by tag
+_SRC_TAGS = frozenset({"img", "iframe", "frame", "embed", "script", "source", "video", "audio"})
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """An address the HTML goes to or loads, as written, with where it came from: `source` is
+    "href" (a, area), "src" (img, iframe, embed, script...), "action" (form), "refresh" (meta
+    refresh) or "text" (an address in the visible text); `text` is an anchor's visible text,
+    or for a form the types of its inputs ("email password", sorted)."""
+
+    url: str
+    source: str
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HtmlReading:
+    """What one HTML file holds: the HTML_* symbols (with a detail each) and its links."""
+
+    found: dict[str, str]
+    links: tuple[Link, ...]
 
 
 class _Scanner(HTMLParser):
@@ -41,6 +91,10 @@ class _Scanner(HTMLParser):
         self.hidden_chars = 0
         self.link: str | None = None
         self.link_text: list[str] = []
+        self.links: list[Link] = []
+        self.script_chars = 0
+        self.form: str | None = None  # the action of the form open now
+        self.form_inputs: set[str] = set()
 
     @property
     def hidden(self) -> bool:
@@ -64,6 +118,37 @@ class _Scanner(HTMLParser):
         if self.deadline is not None and not self.events & 255:
             self.deadline.check()
 
+    def _keep(self, url: str, source: str, text: str = "") -> None:
+        url = url.strip()
+        if url and len(self.links) < MAX_LINKS:
+            if url[:5].lower() == "data:":
+                url = url[:100]  # the media type is what matters; the payload can be megabytes
+            self.links.append(Link(url[:_MAX_URL], source, text))
+
+    def _script(self, code: str, where: str) -> None:
+        """Look at script text (an element, a handler, a javascript: address), bounded."""
+        if self.script_chars >= _MAX_SCRIPT:
+            return
+        code = code[: _MAX_SCRIPT - self.script_chars]
+        self.script_chars += len(code)
+        if _SCRIPT_DECODE.search(code):
+            self._add("HTML_SCRIPT_DECODE", where)
+        if _SCRIPT_REDIRECT.search(code):
+            self._add("HTML_SCRIPT_REDIRECT", where)
+
+    def _end_form(self) -> None:
+        """Keep the open form's action, with its input types as the link's text ("email
+        password"): a search box posting to a newsletter's site is no credential form."""
+        if self.form is not None:
+            self._keep(self.form, "action", " ".join(sorted(self.form_inputs)))
+            self.form = None
+
+    def _end_link(self) -> None:
+        if self.link is not None:
+            text = _SPACES.sub(" ", "".join(self.link_text)).strip()[:_MAX_LINK_TEXT]
+            self._keep(self.link, "href", text)
+            self.link = None
+
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self._tick()
         values = {k.lower(): (v or "") for k, v in attrs}
@@ -71,18 +156,46 @@ class _Scanner(HTMLParser):
             self._add("HTML_SCRIPT", "<script>")
         elif tag == "form":
             self._add("HTML_FORM", values.get("action", "")[:100])
+            self._end_form()
+            self.form = values.get("action", "")
+            self.form_inputs = set()
         elif tag in _FRAMES:
             self._add("HTML_IFRAME", f"<{tag}>")
+        elif tag == "input":
+            kind = values.get("type", "text").strip().lower()[:20] or "text"
+            if kind == "password":
+                self._add(
+                    "HTML_PASSWORD_FIELD", f"<input type=password name={values.get('name', '')}>"
+                )
+            if self.form is not None and len(self.form_inputs) < 20:
+                self.form_inputs.add(kind)
+        elif tag == "meta" and values.get("http-equiv", "").strip().lower() == "refresh":
+            match = _REFRESH_URL.match(values.get("content", ""))
+            target = match.group(1) if match else ""
+            if target.lower().startswith(("http:", "https:", "//", "data:", "javascript:")):
+                self._add("HTML_META_REFRESH", target[:100])
+                self._keep(target, "refresh")
         for key, value in values.items():
             if key.startswith("on") and value:
                 self._add("HTML_SCRIPT", f"{key} handler")
+                self._script(value, f"{key} handler")
             if key in ("href", "src", "action") and value.strip().lower().startswith(
                 ("javascript:", "vbscript:")
             ):
                 self._add("HTML_SCRIPT", f"{key}=javascript:")
-        if tag == "a" and "href" in values:
-            self.link = values["href"].strip()
-            self.link_text = []
+                self._script(value, f"{key}=javascript:")
+        href = values.get("href", values.get("xlink:href"))  # SVG 1.1 links are xlink:href
+        if tag in ("a", "area") and href is not None:
+            self._end_link()  # an anchor left open ends where the next one starts
+            if tag == "a":
+                self.link = href.strip()
+                self.link_text = []
+            else:
+                self._keep(href, "href", values.get("alt", "")[:_MAX_LINK_TEXT])
+        elif tag in _SRC_TAGS and values.get("src"):
+            self._keep(values["src"], "src")
+        elif tag == "object" and values.get("data"):
+            self._keep(values["data"], "src")
         if tag not in _VOID:
             style = values.get("style")
             hidden = "hidden" in values or bool(style and _HIDDEN_STYLE.search(style))
@@ -97,43 +210,28 @@ class _Scanner(HTMLParser):
             if self.stack[index][0] == tag:
                 self._pop(index)
                 break
-        if tag == "a" and self.link is not None:
-            self._check_link(self.link, "".join(self.link_text))
-            self.link = None
+        if tag == "a":
+            self._end_link()
+        elif tag == "form":
+            self._end_form()
 
     def handle_data(self, data: str) -> None:
         self._tick()
         if self.stack and self.stack[-1][0] in ("style", "script", "title"):
+            if self.stack[-1][0] == "script":
+                self._script(data, "<script>")
             return
         if self.link is not None and len(self.link_text) < 50:
             self.link_text.append(data)
+        if len(self.links) < MAX_LINKS and ("//" in data or "www." in data.lower()):
+            for match in _TEXT_URL.finditer(data):
+                self._keep(match.group(0).rstrip(".,;:!?)"), "text")
+                if len(self.links) >= MAX_LINKS:
+                    break
         if self.hidden:
             self.hidden_chars += len(data.strip())
             if self.hidden_chars >= _HIDDEN_MIN_CHARS:
                 self._add("HTML_HIDDEN_TEXT", f"{self.hidden_chars}+ hidden characters")
-
-    def _check_link(self, href: str, text: str) -> None:
-        text = text.strip()
-        # only text that reads as an address (not "Walmart.com" in a sentence): phishing shows
-        # the address it pretends to be, newsletters' click tracking shows names
-        if not text.lower().startswith(("http://", "https://", "www.")):
-            return
-        shown = _DOMAIN.match(text)
-        if not shown or not href.lower().startswith(("http://", "https://")):
-            return
-        try:
-            target = urlsplit(href).hostname or ""
-        except ValueError:
-            return
-        if not target:
-            return
-        try:
-            ipaddress.ip_address(target)
-            target_domain = target
-        except ValueError:
-            target_domain = registrable_domain(target)
-        if registrable_domain(shown.group(1)) != target_domain:
-            self._add("HTML_LINK_MISMATCH", f"shows {shown.group(1)[:50]}, goes to {target[:50]}")
 
 
 def feed_all(parser: HTMLParser, text: str) -> None:
@@ -155,6 +253,26 @@ def inspect(
 ) -> dict[str, str]:
     """HTML_* symbols with a detail each. With `deadline`, the parse checks it as it goes and
     raises BudgetExceeded when it is over (the caller's scan is then incomplete)."""
+    return dict(read(data, charset, deadline).found)
+
+
+# Readings of the last few HTML files, by content: the content scan and the message's URL list
+# read the same bodies, and the second asks for what the first already parsed. Shared by the
+# loop and the scan threads, hence the lock; only whole readings are kept.
+_CACHE_SIZE = 32
+_cache: OrderedDict[tuple[bytes, str], HtmlReading] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def read(data: bytes, charset: str = "utf-8", deadline: Deadline | None = None) -> HtmlReading:
+    """The HTML reading of `data` (its first MAX_HTML bytes): symbols and links. Linear in the
+    input; with `deadline`, raises BudgetExceeded when it is over."""
+    key = (hashlib.sha256(data).digest(), charset)
+    with _cache_lock:
+        cached = _cache.get(key)
+        if cached is not None:
+            _cache.move_to_end(key)
+            return cached
     try:
         text = data[:MAX_HTML].decode(charset or "utf-8", "replace")
     except LookupError:
@@ -162,8 +280,15 @@ def inspect(
     scanner = _Scanner(deadline)
     try:
         feed_all(scanner, text)
+        scanner._end_link()
+        scanner._end_form()
     except BudgetExceeded:
         raise
     except Exception:  # HTMLParser is tolerant; an exception here is a bug, not a verdict
         pass
-    return scanner.found
+    reading = HtmlReading(dict(scanner.found), tuple(scanner.links))
+    with _cache_lock:
+        _cache[key] = reading
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return reading

@@ -80,7 +80,13 @@ ATTACHMENT_SYMBOLS: dict[str, str] = {
     "HTML_FORM": "HTML with a form (credential phishing)",
     "HTML_IFRAME": "HTML with an iframe, object or embed",
     "HTML_HIDDEN_TEXT": "HTML text hidden from the reader (display:none, zero size...)",
-    "HTML_LINK_MISMATCH": "a link whose visible text shows another domain than its target",
+    "HTML_PASSWORD_FIELD": "HTML with a password field (a credential phishing page)",
+    "HTML_SCRIPT_DECODE": (
+        "script that decodes a payload in the browser (atob, unescape, fromCharCode, a Blob"
+        " saved or opened): HTML smuggling"
+    ),
+    "HTML_SCRIPT_REDIRECT": "script that sends the reader to another address (location = ...)",
+    "HTML_META_REFRESH": "a meta refresh that sends the reader to a web address",
     # policy (rules/attachments.toml)
     "ATT_POLICY_REJECT": "an attachment rules/attachments.toml refuses",
     "ATT_POLICY_QUARANTINE": "an attachment rules/attachments.toml sends to quarantine",

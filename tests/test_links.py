@@ -1,0 +1,134 @@
+"""The URL list as a browser reads it, and rules/links.toml as the admin wrote it.
+
+The detectors themselves are tested over built messages in tests/corpus/links/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.linkcheck import check_links
+from gateway.message import MAX_URLS, ParsedMessage, host_of, ip_literal, make_url
+from gateway.mime.html import read
+from gateway.policy import load_rules
+from gateway.tomlfile import ConfigErrors
+
+RULES = Path(__file__).resolve().parents[1] / "rules"
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("http://a@b@evil.example/x", "evil.example"),  # userinfo runs to the last @
+        ("http://evil.example\\@bank.example/", "evil.example"),  # a backslash ends the host
+        ("https://PayPal.COM./", "paypal.com"),
+        ("http://%65vil.example/", "evil.example"),  # percent-encoded host
+        ("http://3221225985/", "192.0.2.1"),  # one 32-bit number
+        ("http://0xc0.0xa8.0x1.0x1/", "192.168.1.1"),
+        ("http://0300.0250.01.01/", "192.168.1.1"),
+        ("http://192.168.257/", "192.168.1.1"),  # three parts: the last one is 16 bits
+        ("http://[2001:DB8::1]/", "[2001:db8::1]"),
+        ("http://1.2.3.4.example/", "1.2.3.4.example"),  # a name ending in a label
+    ],
+)
+def test_hosts_are_read_as_a_browser_reads_them(url: str, host: str) -> None:
+    assert host_of(url) == host
+    assert make_url(url).host == host
+
+
+def test_ip_literal_refuses_names_and_out_of_range_numbers() -> None:
+    assert ip_literal("example.com") is None
+    assert ip_literal("256.1.1.1") is None
+    assert ip_literal("09.1.1.1") is None  # not octal
+    assert ip_literal("4294967296") is None
+    assert ip_literal("4294967295") == "255.255.255.255"
+
+
+def test_links_carry_their_text_and_source() -> None:
+    html = (
+        b'<a href="https://a.example/x"> Sign <b>in</b>\n now </a>'
+        b'<form action="https://b.example/p"><input type=email><input type=password></form>'
+        b'<img src="https://c.example/i.png"><meta http-equiv="refresh" content="5;URL=\'https://d.example/\'">'
+        b"<p>see www.e.example today</p><a href=mailto:x@y.example>mail</a>"
+    )
+    links = {(link.source, link.url, link.text) for link in read(html).links}
+    assert links == {
+        ("href", "https://a.example/x", "Sign in now"),
+        ("action", "https://b.example/p", "email password"),
+        ("src", "https://c.example/i.png", ""),
+        ("refresh", "https://d.example/", ""),
+        ("text", "www.e.example", ""),
+        ("href", "mailto:x@y.example", "mail"),
+    }
+
+
+def _message(parts: str) -> ParsedMessage:
+    raw = (
+        "From: a@example.net\r\nTo: b@example.com\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n' + parts
+    )
+    return ParsedMessage(raw.encode())
+
+
+def test_the_url_list_reads_bodies_and_html_attachments_and_drops_other_schemes() -> None:
+    message = _message(
+        "--b\r\nContent-Type: text/plain\r\n\r\nhi https://plain.example/a\r\n"
+        '--b\r\nContent-Type: text/plain; name="x.html"\r\nContent-Disposition: attachment;'
+        ' filename="x.html"\r\n\r\n<a href="https://att.example/">go</a>'
+        '<a href="cid:logo">c</a><a href="#top">t</a>\r\n'
+        '--b\r\nContent-Type: text/plain; name="notes.txt"\r\nContent-Disposition: attachment\r\n'
+        "\r\nhttps://not-read.example/\r\n--b--\r\n"
+    )
+    urls = asyncio.run(message.urls())
+    assert [(u.host, u.source, u.attachment) for u in urls] == [
+        ("plain.example", "text", False),
+        ("att.example", "href", True),
+    ]
+
+
+def test_the_url_list_is_bounded_and_linear() -> None:
+    link = '<a href="https://h{0}.example/">https://h{0}.example/</a>'
+    body = "".join(link.format(i) for i in range(3000))
+    message = _message(f"--b\r\nContent-Type: text/html\r\n\r\n{body}\r\n--b--\r\n")
+    started = time.process_time()
+    urls = asyncio.run(message.urls())
+    assert len(urls) == MAX_URLS
+    assert time.process_time() - started < 5  # about 0.1 s; a quadratic pass takes minutes
+
+
+def test_findings_carry_what_they_saw() -> None:
+    rules = load_rules(RULES)
+    urls = [make_url("https://www.google.com/url?q=http://198.51.100.9/x", "href", "login")]
+    details = {f.symbol: f.detail for f in check_links(urls, rules.links, "example.net")}
+    assert details == {
+        "LINK_REDIRECTOR": "www.google.com -> 198.51.100.9",
+        "LINK_IP_HOST": "http://198.51.100.9/x",
+    }
+
+
+def test_links_toml_errors_name_file_line_and_key(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    (rules / "links.toml").write_text(
+        '[shorteners]\nmatch = ["bit.ly", "not a host"]\n'
+        '[redirectors]\nopen = [{ match = "google.com/url" }]\n[nonsense]\n'
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        load_rules(rules)
+    text = str(caught.value)
+    assert "links.toml:2" in text and "not a host" in text
+    assert "redirectors.open[0].param': is required" in text
+    assert "nonsense" in text
+
+
+def test_links_toml_is_optional(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    (rules / "links.toml").unlink()
+    found = check_links([make_url("https://bit.ly/x", "href")], load_rules(rules).links, "")
+    assert found == []  # no lists, no list findings
