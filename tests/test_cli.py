@@ -73,7 +73,10 @@ def test_check_ok_on_the_repository_config(tmp_path: Path) -> None:
     out = result.stdout.decode()
     assert f"config OK: {(REPO / 'config' / 'gateway.toml').resolve()}" in out
     assert f"rules OK: {(REPO / 'rules').resolve()}" in out
-    assert "plugins: lists, headers, limits, tls, spf, mime, attachments, dkim, arc, dmarc, " in out
+    assert (
+        "plugins: lists, headers, limits, tls, spf, mime, attachments, qr, content, links, dkim, arc, dmarc, "
+        in out
+    )
     assert "clamav: off (opt-in: it needs a clamd daemon; to turn it on, add" in out
 
 
@@ -235,7 +238,7 @@ def test_scan_json(tmp_path: Path, narrow: Path) -> None:
         "rcpt": ["a@example.com", "b@example.com"],
     }
     assert data["line_endings_normalized"] is True
-    assert set(data["plugin_ms"]) == {"lists", "headers", "limits", "mime", "attachments", "qr"}
+    assert set(data["plugin_ms"]) == set(json.loads(NARROW_ORDER))
 
 
 def test_scan_unreadable_file_exit_66(tmp_path: Path, narrow: Path) -> None:

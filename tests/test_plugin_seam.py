@@ -272,7 +272,7 @@ def test_builtins_are_found_by_scanning_the_package() -> None:
     names = sorted(p.name for p in builtin_plugins())
     auth = ["arc", "dkim", "dmarc", "spf"]
     others = ["attachments", "clamav", "classifier", "headers", "limits", "links", "lists"]
-    others += ["mime", "qr", "rbl", "tls"]
+    others += ["content", "mime", "qr", "rbl", "tls"]
     assert names == sorted([*auth, *others])
     # every built-in declares its failure policy and every symbol has a score in rules/
     registry = builtin_registry()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -650,6 +651,7 @@ def list_rules(tmp_path: Path) -> RuleSet:
     rules.mkdir()
     for name in ("scores.toml", "actions.toml"):
         (rules / name).write_bytes((REPO / "rules" / name).read_bytes())
+    shutil.copytree(REPO / "rules" / "scores.d", rules / "scores.d")  # GTUBE's score is there
     (rules / "lists.toml").write_text(LISTS, encoding="utf-8")
     return load_rules(rules)
 
