@@ -74,8 +74,8 @@ def test_check_ok_on_the_repository_config(tmp_path: Path) -> None:
     assert f"config OK: {(REPO / 'config' / 'gateway.toml').resolve()}" in out
     assert f"rules OK: {(REPO / 'rules').resolve()}" in out
     assert (
-        "plugins: lists, headers, limits, tls, spf, mime, attachments, qr, content, links, dkim, arc, dmarc, "
-        in out
+        "plugins: lists, headers, limits, tls, spf, mime, attachments, qr, content, links, dkim, "
+        "arc, dmarc, " in out
     )
     assert "clamav: off (opt-in: it needs a clamd daemon; to turn it on, add" in out
 
