@@ -30,6 +30,7 @@ from pydantic import (
 from gateway.auth.policy import AuthPolicy, load_auth_policy
 from gateway.domains import domain_matches
 from gateway.front_symbols import TLS_DOMAIN_SYMBOLS
+from gateway.identity import IDENTITY_RULE_FILES, IdentityPolicy, load_identity_policy
 from gateway.mime.policy import AttachmentPolicy, load_attachment_policy
 from gateway.schema import (
     TABLE_CONFIG,
@@ -55,8 +56,11 @@ RULE_FILES = (
     "tls.toml",
     "auth.toml",
     "attachments.toml",
+    *IDENTITY_RULE_FILES,
 )
-_OPTIONAL_RULE_FILES = frozenset({"tls.toml", "auth.toml", "attachments.toml"})
+_OPTIONAL_RULE_FILES = frozenset(
+    {"tls.toml", "auth.toml", "attachments.toml", *IDENTITY_RULE_FILES}
+)
 # per-plugin score files (same [scores] format as scores.toml), merged with it: a plugin ships
 # its scores as one file, with no edit of scores.toml
 SCORES_DIR = "scores.d"
@@ -176,6 +180,8 @@ class RuleSet:
     tls: TlsPolicy = TlsPolicy()
     attachments: AttachmentPolicy = field(default_factory=AttachmentPolicy)  # attachments.toml
     auth: AuthPolicy = field(default_factory=AuthPolicy)
+    # brands.toml, freemail.toml, identity.toml: who mail may claim to be (gateway.identity)
+    identity: IdentityPolicy = field(default_factory=IdentityPolicy)
 
     def decide(self, findings: list[Finding]) -> Verdict:
         return combine(findings, self.scores, self.forced, self.quarantine_at, self.reject_at)
@@ -409,6 +415,7 @@ def load_rules(directory: Path) -> RuleSet:
     auth = AuthPolicy()
     if "auth.toml" in docs:
         auth = load_auth_policy(docs["auth.toml"], errors)
+    identity = load_identity_policy(docs, errors)
     if errors or not scores_valid or actions is None or lists is None:
         raise ConfigErrors(errors)
     require = tls.require_tls
@@ -441,6 +448,7 @@ def load_rules(directory: Path) -> RuleSet:
         ),
         attachments=attachments,
         auth=auth,
+        identity=identity,
     )
 
 
