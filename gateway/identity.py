@@ -16,7 +16,6 @@ skeleton (gateway.lookalike), so "J\u0430ne Doe" is Jane Doe.
 
 from __future__ import annotations
 
-import functools
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -24,10 +23,9 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar
 
 from pydantic import ConfigDict, PlainValidator, Strict, StringConstraints
-from publicsuffixlist import PublicSuffixList
 
 from gateway.domains import DomainSet, normalized, registrable_domain
-from gateway.lookalike import LookalikeIndex, Target, skeleton
+from gateway.lookalike import LookalikeIndex, Target, known_registrable, skeleton
 from gateway.rfc5322 import addresses_in, shown_text
 from gateway.schema import TABLE_CONFIG, Array, DomainName, Flag, validate_table
 from gateway.tomlfile import ConfigError, TomlFile
@@ -108,7 +106,7 @@ def words_of(text: str) -> tuple[str, ...]:
 class Freemail:
     """Domains anyone can get a mailbox at: exact, ".below", and "name.*" for any suffix."""
 
-    domains: DomainSet = DomainSet()
+    domains: DomainSet = field(default_factory=DomainSet)
     any_suffix: frozenset[str] = frozenset()
 
     @classmethod
@@ -117,11 +115,15 @@ class Freemail:
         return cls(DomainSet.parse(e for e in entries if not e.endswith(".*")), frozenset(wild))
 
     def matches(self, domain: str) -> bool:
+        """`domain` is a freemail domain itself: a subdomain of "yahoo.*" (reply.yahoo.com)
+        is the company's own service, not a mailbox anyone gets."""
         if self.domains.matches(domain):
             return True
         if not self.any_suffix:
             return False
-        return registrable_domain(domain).partition(".")[0] in self.any_suffix
+        name = normalized(domain)
+        registrable = registrable_domain(name)
+        return registrable == name and registrable.partition(".")[0] in self.any_suffix
 
 
 @dataclass(frozen=True)
@@ -129,11 +131,11 @@ class IdentityPolicy:
     """rules/brands.toml, freemail.toml and identity.toml, ready for questions."""
 
     brands: LookalikeIndex = field(default_factory=lambda: LookalikeIndex(()))
-    freemail: Freemail = Freemail()
+    freemail: Freemail = field(default_factory=Freemail)
     # display phrase (as words) -> brand name
     brand_phrases: Mapping[tuple[str, ...], str] = field(default_factory=dict)
     protected_names: Mapping[tuple[str, ...], str] = field(default_factory=dict)
-    reply_to_domains: DomainSet = DomainSet()
+    reply_to_domains: DomainSet = field(default_factory=DomainSet)
 
     def brand_named(self, display: str) -> str:
         """The brand whose display phrase appears as whole words in `display`, or ""."""
@@ -217,22 +219,27 @@ def load_identity_policy(docs: Mapping[str, TomlFile], errors: list[ConfigError]
 # -- reading display names -----------------------------------------------------------------------
 
 
-@functools.cache
-def _strict_psl() -> PublicSuffixList:
-    return PublicSuffixList(accept_unknown=False)
+# the suffixes a reader takes for a domain's: the old generic ones and the countries'. Under
+# the newer ones a name is as often a person's ("r.hughes", "john.smith") as a domain
+_READ_AS_DOMAIN = frozenset(("com", "net", "org", "info", "biz", "edu", "gov", "mil", "int"))
 
 
 def domains_shown(display: str) -> tuple[list[str], list[str]]:
     """(domains of addresses, bare domains) a reader sees in a display name: "paypal.com
     Support" shows paypal.com; "ceo@corp.example" shows the address's domain. A bare domain
-    counts only under a real public suffix, so "Node.js" or "j.doe" is no domain."""
+    counts only under a real public suffix ending in a country code or an old generic TLD, so
+    "Node.js", "j.doe" or "r.hughes" is no domain."""
     text = shown_text(display[:MAX_DISPLAY])
     address_domains = [a.rpartition("@")[2].lower().rstrip(".") for a in addresses_in(text)]
     bare: list[str] = []
     lowered = unicodedata.normalize("NFKC", text).lower()
     for match in _TEXT_DOMAIN.finditer(lowered):
         domain = match.group(1)
-        if _strict_psl().privatesuffix(domain) is None:
+        tld = domain.rpartition(".")[2]
+        if not (len(tld) == 2 or tld in _READ_AS_DOMAIN):
+            continue
+        registrable = known_registrable(domain)
+        if registrable is None or len(registrable.partition(".")[0]) < 2:
             continue
         if domain not in bare and domain not in address_domains:
             bare.append(domain)

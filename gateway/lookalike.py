@@ -7,11 +7,15 @@ of `Imitation`, checked on the registrable domain (public suffix list) and the l
                      "rnicrosoft"), punycode (xn--) decoded first: the label's skeleton (Unicode
                      confusables, package confusable-homoglyphs) is the brand's name
     edit_distance    one or two letters changed, added, dropped or swapped ("paypall",
-                     "micorsoft": Damerau-Levenshtein, <= 1 from 5 letters, <= 2 from 9)
-    tld_swap         the brand's name under a suffix it does not own ("paypal.co")
+                     "micorsoft": Damerau-Levenshtein, <= 1 from 5 letters, <= 2 from 10,
+                     never for a label under 5 letters: "mail" is not "gmail")
+    tld_swap         the brand's name under a real suffix it does not own ("paypal.co"; a
+                     typo's unknown suffix, "yahoo.comm", cannot be registered)
     hyphenated       the name as a hyphen-separated part ("paypal-secure-login.com",
                      "paypal-com.net")
-    embedded_name    a long name inside a longer label ("securepaypal.com")
+    embedded_name    the name glued to words of a phishing lure ("securepaypal.com",
+                     "dhldelivery.com"; LURE_WORDS), not to any word: "netflixtechblog.com"
+                     and "googleprojectzero" are the brands' own blogs
     embedded_domain  one of the brand's own domains as labels of another ("paypal.com.evil.net")
 
 A host of the target's own domains never imitates it, nor does a host whose registrable domain
@@ -26,6 +30,7 @@ close length, and a bounded cache of answers per index, so a message of 200 link
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import unicodedata
@@ -37,12 +42,29 @@ from publicsuffixlist import PublicSuffixList
 
 from gateway.domains import DomainSet, normalized, registrable_domain
 
+
+def _word_set(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 MAX_HOST = 253
 _CACHE_SIZE = 4096
 # ccTLDs sold as generic names or handed out free: a brand owns its national domains, not these
-RISKY_COUNTRY_TLDS = frozenset(
-    "co cc ws tk ml ga cf gq io me ly to tv nu su ai am fm gg la sh st vc xyz".split()
+RISKY_COUNTRY_TLDS = _word_set(
+    "co cc ws tk ml ga cf gq io me ly to tv nu su ai am fm gg la sh st vc xyz"
 )
+# words phishers glue to a brand's name to make a domain: "paypalsecure", "dhldelivery"
+LURE_WORDS = _word_set(
+    """
+    secure security login signin logon verify verification account accounts support
+    service services help helpdesk update updates online billing payment payments pay
+    delivery express parcel parcels track tracking shipping shipment notice notices alert
+    alerts center centre team id auth confirm customer care official portal access unlock
+    recovery reset wallet bank banking cloud drive docs share file files document
+    documents sign inc corp us uk mail web app apps my e 365 live info
+    """
+)
+_MAX_LURE_WORDS = 2
 # ASCII sequences that render like another letter (lower case, before the confusables map)
 _ASCII_FOLDS = (("rn", "m"), ("vv", "w"), ("0", "o"), ("1", "l"), ("|", "l"))
 
@@ -83,10 +105,8 @@ def unicode_host(host: str) -> str:
     out: list[str] = []
     for label in labels:
         if label.startswith("xn--"):
-            try:
+            with contextlib.suppress(UnicodeError, ValueError):  # invalid: kept as written
                 label = label.encode("ascii").decode("idna")
-            except (UnicodeError, ValueError):
-                pass
         out.append(label)
     return ".".join(out)
 
@@ -114,8 +134,8 @@ def edit_distance(a: str, b: str, limit: int) -> int:
 
 def fuzzy_limit(name: str) -> int:
     """How many edits still read as `name`: none below 5 letters (too many real words are one
-    edit from "ups" or "citi"), one from 5, two from 9."""
-    if len(name) >= 9:
+    edit from "ups" or "citi"), one from 5, two from 10."""
+    if len(name) >= 10:
         return 2
     return 1 if len(name) >= 5 else 0
 
@@ -123,6 +143,60 @@ def fuzzy_limit(name: str) -> int:
 @functools.cache
 def _icann_psl() -> PublicSuffixList:
     return PublicSuffixList(only_icann=True)
+
+
+@functools.cache
+def _known_psl() -> PublicSuffixList:
+    return PublicSuffixList(accept_unknown=False)
+
+
+def known_suffix(host: str) -> bool:
+    """`host` ends in a suffix of the public suffix list (a TLD one can register under)."""
+    return _known_psl().publicsuffix(host) is not None
+
+
+def known_registrable(host: str) -> str | None:
+    """The registrable domain of `host` under a known suffix, or None (unknown TLD, a bare
+    suffix): what text like "j.doe" or "node.js" is not."""
+    found: str | None = _known_psl().privatesuffix(host)
+    return found
+
+
+def warm_up() -> None:
+    """Load the suffix lists and the confusables table now (a few hundred ms), at start-up,
+    not on the event loop in the middle of the first message."""
+    _confusable_map()
+    _icann_psl()
+    _known_psl()
+    registrable_domain("warm.example.com")
+
+
+def looks_like_host(host: str) -> bool:
+    """Letters (any script), digits, hyphens and dots only: what a URL extractor that ran on
+    into "%2f" or "&nbsp;" hands over is no host to compare."""
+    return all(c.isalnum() or c in ".-" for c in host)
+
+
+def glued_to_lure(label: str, name: str) -> bool:
+    """`label` is `name` with up to two LURE_WORDS before or after it ("securepaypal",
+    "appleidverify", "dhldelivery")."""
+    at = label.find(name)
+    while at != -1:
+        if _lure_words(label[:at]) and _lure_words(label[at + len(name) :]):
+            return label != name
+        at = label.find(name, at + 1)
+    return False
+
+
+def _lure_words(rest: str, depth: int = 0) -> bool:
+    """`rest` is empty, or one to _MAX_LURE_WORDS lure words written together."""
+    if not rest:
+        return True
+    if depth >= _MAX_LURE_WORDS:
+        return False
+    return any(
+        rest.startswith(word) and _lure_words(rest[len(word) :], depth + 1) for word in LURE_WORDS
+    )
 
 
 def split_registrable(host: str) -> tuple[str, str, str]:
@@ -191,11 +265,11 @@ class LookalikeIndex:
 
     targets: Sequence[Target]
     _by_skeleton: dict[str, Target] = field(default_factory=dict, init=False)
-    _fuzzy_by_length: dict[int, list[tuple[str, Target]]] = field(
-        default_factory=dict, init=False
-    )
-    _embedded: list[tuple[str, Target]] = field(default_factory=list, init=False)
+    _fuzzy_by_length: dict[int, list[tuple[str, Target]]] = field(default_factory=dict, init=False)
+    _glued: list[tuple[str, Target]] = field(default_factory=list, init=False)
     _own_exact: dict[str, Target] = field(default_factory=dict, init=False)
+    _own_parents: dict[str, Target] = field(default_factory=dict, init=False)
+    _own_national: dict[str, Target] = field(default_factory=dict, init=False)
     _cache: dict[str, Imitation | None] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -205,17 +279,32 @@ class LookalikeIndex:
                 self._by_skeleton.setdefault(key, target)
                 if target.fuzzy and fuzzy_limit(key):
                     self._fuzzy_by_length.setdefault(len(key), []).append((key, target))
-                if target.fuzzy and len(key) >= 6:
-                    self._embedded.append((key, target))
+                if len(key) >= 3:
+                    self._glued.append((key, target))
             for domain in target.domains.exact:
                 self._own_exact.setdefault(domain, target)
+            for domain in target.domains.parents:
+                self._own_parents.setdefault(domain, target)
+            if target.country_tlds:
+                for name in target.names:
+                    self._own_national.setdefault(name, target)
 
     def owner(self, host: str) -> Target | None:
-        """The target owning `host` (its own domain), if any."""
-        for target in self.targets:
-            if target.owns(host):
-                return target
-        return None
+        """The target owning `host` (its own domain), if any: a few dictionary lookups."""
+        name = normalized(host)
+        domain = registrable_domain(name)
+        found = self._own_exact.get(name) or self._own_exact.get(domain)
+        if found is not None:
+            return found
+        if self._own_parents:
+            dot = name.find(".")
+            while dot != -1:
+                found = self._own_parents.get(name[dot + 1 :])
+                if found is not None:
+                    return found
+                dot = name.find(".", dot + 1)
+        found = self._own_national.get(domain.partition(".")[0])
+        return found if found is not None and found.owns(domain) else None
 
     def imitation(self, host: str) -> Imitation | None:
         """What `host` imitates, or None (also for a host some target owns)."""
@@ -229,7 +318,7 @@ class LookalikeIndex:
         return found
 
     def _imitation(self, host: str) -> Imitation | None:
-        if not host or len(host) > MAX_HOST or "." not in host or host.startswith("["):
+        if not host or len(host) > MAX_HOST or "." not in host or not looks_like_host(host):
             return None
         if host.replace(".", "").isdigit():  # an IPv4 literal: the links checks' business
             return None
@@ -244,7 +333,7 @@ class LookalikeIndex:
         if target is not None:
             if seen != label.lower():
                 return Imitation(target.name, "homoglyph", host)
-            if not private_suffix(shown):
+            if not private_suffix(shown) and known_suffix(shown):
                 return Imitation(target.name, "tld_swap", host)
         parts = [p for p in seen.split("-") if p]
         if len(parts) > 1:
@@ -252,12 +341,13 @@ class LookalikeIndex:
                 target = self._by_skeleton.get(part)
                 if target is not None:
                     return Imitation(target.name, "hyphenated", host)
-        for name, target in self._fuzzy_by_length_near(len(seen)):
-            limit = fuzzy_limit(name)
-            if 0 < edit_distance(seen, name, limit) <= limit:
-                return Imitation(target.name, "edit_distance", host)
-        for name, target in self._embedded:
-            if len(seen) > len(name) and name in seen:
+        if len(seen) >= 5:
+            for name, target in self._fuzzy_by_length_near(len(seen)):
+                limit = fuzzy_limit(name)
+                if 0 < edit_distance(seen, name, limit) <= limit:
+                    return Imitation(target.name, "edit_distance", host)
+        for name, target in self._glued:
+            if len(seen) > len(name) and name in seen and glued_to_lure(seen, name):
                 return Imitation(target.name, "embedded_name", host)
         if above:
             labels = above.split(".")

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 from gateway.auth.dmarc import DmarcResult, DmarcVerdict
 from gateway.domains import DomainSet, registrable_domain
 from gateway.identity import IdentityPolicy, domains_shown, same_organisation
-from gateway.lookalike import Imitation, LookalikeIndex, Target
+from gateway.lookalike import Imitation, LookalikeIndex, Target, warm_up
 from gateway.message import ParsedMessage
 from gateway.plugin import MessageContext, Phase, PluginBase, Services
 from gateway.rfc5322 import Mailbox, parse_address_list, unfold
@@ -65,19 +65,30 @@ def served_index(domains: Sequence[str]) -> LookalikeIndex:
     return LookalikeIndex(tuple(targets.values()))
 
 
+_LIST_FIELDS = ("list-id", "list-post", "list-help", "list-subscribe", "list-unsubscribe")
+_MAILING_LIST = re.compile(r"list\s+[^\s@;]+@([^\s;>]+)", re.I)  # Mailing-List (ezmlm, Yahoo)
+_URL_HOST = re.compile(r"^(?:mailto:[^@]*@|https?://)?([^/?#>:\s]+)", re.I)
+
+
 def list_domains(message: ParsedMessage) -> set[str]:
-    """Registrable domains of the mailing list that delivered the message (List-Id's
-    "name.domain", List-Post's mailto:), where Reply-To and a rewritten From may point."""
+    """Registrable domains of the mailing list (or bulk sender) that delivered the message:
+    List-Id's "name.domain", the mailto: and web hosts of List-Post, -Help, -Subscribe and
+    -Unsubscribe (RFC 2369, 2919), ezmlm's Mailing-List. Reply-To to the list is normal there,
+    and so is a From rewritten to the list with the author in Reply-To."""
     found: set[str] = set()
-    for name in ("list-id", "list-post"):
+    for name in _LIST_FIELDS:
         value = message.first(name)
         if not value:
             continue
-        for inner in _ANGLE.findall(value[:1000]):
-            host = inner.rpartition("@")[2] if "@" in inner else inner
-            host = host.strip().rstrip(".").lower()
+        for inner in _ANGLE.findall(value[:1000])[:4]:
+            match = _URL_HOST.match(inner.strip())
+            host = match.group(1).rstrip(".").lower() if match else ""
             if "." in host:
                 found.add(registrable_domain(host))
+    legacy = message.first("mailing-list")
+    if legacy:
+        for host in _MAILING_LIST.findall(legacy[:1000])[:2]:
+            found.add(registrable_domain(host.rstrip(".").lower()))
     return found
 
 
@@ -117,6 +128,7 @@ class IdentityCheck(PluginBase):
         self.served = DomainSet.parse(relay.domains)
         self.served_targets = served_index(relay.domains)
         self.relay_networks = relay.relay_networks
+        warm_up()
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         policy = ctx.rules.identity
@@ -222,6 +234,8 @@ class IdentityCheck(PluginBase):
             detail = printable(f"{box.local}@{domain} for {author_domains[0]}", 200)
             if policy.freemail.matches(domain):
                 return [Finding("IDENTITY_REPLYTO_FREEMAIL", detail=detail)]
+            if box.display and any(box.display == a.display for a in authors):
+                continue  # one person, two addresses of their own ("Neil" <a@x>, <b@y>)
             return [Finding("IDENTITY_REPLYTO_UNRELATED", detail=detail)]
         return []
 
@@ -232,6 +246,8 @@ class IdentityCheck(PluginBase):
         for where, host in hosts:
             host = host.rstrip(".").lower()
             if not host or self.served.matches(host) or self.served_targets.owner(host):
+                continue
+            if policy.freemail.matches(host):  # gmx.net is no lookalike of gmail
                 continue
             served: Imitation | None = self.served_targets.imitation(host)
             if served is not None:
