@@ -138,7 +138,7 @@ async def test_a_third_party_plugin_is_one_module_its_scores_and_its_corpus_file
     (corpus / "loud.toml").write_text(LOUD_TOML, encoding="utf-8")
     # the one policy edit: a score file beside scores.toml, which is left as shipped
     shutil.copytree(REPO / "rules", tmp_path / "rules")
-    (tmp_path / "rules" / "scores.d").mkdir()
+    (tmp_path / "rules" / "scores.d").mkdir(exist_ok=True)
     (tmp_path / "rules" / "scores.d" / "shout.toml").write_text(SHOUT_SCORES, encoding="utf-8")
     assert (tmp_path / "rules" / "scores.toml").read_bytes() == (
         REPO / "rules" / "scores.toml"
@@ -187,7 +187,7 @@ async def test_a_plugin_that_raises_defers_the_message_with_no_rules_line(
 ) -> None:
     install_plugin(tmp_path / "site", monkeypatch, "broken", "mailgate_broken", RAISES, "Broken")
     shutil.copytree(REPO / "rules", tmp_path / "rules")
-    (tmp_path / "rules" / "scores.d").mkdir()
+    (tmp_path / "rules" / "scores.d").mkdir(exist_ok=True)
     (tmp_path / "rules" / "scores.d" / "broken.toml").write_text("[scores]\nBROKEN_HIT = 1.0\n")
     rules_text = "".join(p.read_text() for p in (tmp_path / "rules").rglob("*.toml"))
     assert "BROKEN_ERROR" not in rules_text
@@ -272,6 +272,7 @@ def test_builtins_are_found_by_scanning_the_package() -> None:
     names = sorted(p.name for p in builtin_plugins())
     auth = ["arc", "dkim", "dmarc", "spf"]
     others = ["attachments", "clamav", "classifier", "headers", "limits", "lists", "mime", "tls"]
+    others.append("identity")
     assert names == sorted([*auth, *others])
     # every built-in declares its failure policy and every symbol has a score in rules/
     registry = builtin_registry()
@@ -497,7 +498,7 @@ def test_classifier_model_path_is_relative_to_the_config_file(tmp_path: Path) ->
 def test_a_symbol_scored_twice_is_an_error_naming_both_places(tmp_path: Path) -> None:
     rules = tmp_path / "rules"
     shutil.copytree(REPO / "rules", rules)
-    (rules / "scores.d").mkdir()
+    (rules / "scores.d").mkdir(exist_ok=True)
     (rules / "scores.d" / "extra.toml").write_text("[scores]\n\nHDR_FROM_MISSING = 9.0\n")
     with pytest.raises(ConfigErrors) as caught:
         load_rules(rules)
@@ -513,7 +514,7 @@ def test_scores_d_files_are_part_of_the_policy_version(tmp_path: Path) -> None:
     rules = tmp_path / "rules"
     shutil.copytree(REPO / "rules", rules)
     before = load_rules(rules).version
-    (rules / "scores.d").mkdir()
+    (rules / "scores.d").mkdir(exist_ok=True)
     (rules / "scores.d" / "x.toml").write_text("[scores]\nX_HIT = 1.0\n")
     after = load_rules(rules)
     assert after.version != before and after.scores["X_HIT"] == 1.0
