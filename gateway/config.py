@@ -233,6 +233,7 @@ DEFAULT_PLUGIN_ORDER = (
     "dkim",
     "arc",
     "dmarc",
+    "identity",
     "classifier",
 )
 

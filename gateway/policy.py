@@ -32,6 +32,7 @@ from gateway.content_rules import ContentRules, load_content_rules
 from gateway.domains import domain_matches
 from gateway.front_symbols import TLS_DOMAIN_SYMBOLS
 from gateway.linkcheck import LinkPolicy, load_link_policy
+from gateway.identity import IDENTITY_RULE_FILES, IdentityPolicy, load_identity_policy
 from gateway.mime.policy import AttachmentPolicy, load_attachment_policy
 from gateway.reputation import ReputationPolicy, load_reputation_policy
 from gateway.schema import (
@@ -63,9 +64,11 @@ RULE_FILES = (
     "attachments.toml",
     "reputation.toml",
     "links.toml",
+    *IDENTITY_RULE_FILES,
 )
 _OPTIONAL_RULE_FILES = frozenset(
     {"tls.toml", "auth.toml", "attachments.toml", "reputation.toml", "links.toml"}
+    | set(IDENTITY_RULE_FILES)
 )
 # per-plugin score files (same [scores] format as scores.toml), merged with it: a plugin ships
 # its scores as one file, with no edit of scores.toml
@@ -210,6 +213,8 @@ class RuleSet:
     # content.toml, content.d/*.toml: admin rules (the content plugin) and composites (the chain)
     content: ContentRules = field(default_factory=ContentRules)
     links: LinkPolicy = field(default_factory=LinkPolicy)  # links.toml
+    # brands.toml, freemail.toml, identity.toml: who mail may claim to be (gateway.identity)
+    identity: IdentityPolicy = field(default_factory=IdentityPolicy)
 
     def decide(self, findings: list[Finding]) -> Verdict:
         return combine(
@@ -506,6 +511,7 @@ def load_rules(directory: Path) -> RuleSet:
     links = LinkPolicy()
     if "links.toml" in docs:
         links = load_link_policy(docs["links.toml"], errors)
+    identity = load_identity_policy(docs, errors)
     if errors or not scores_valid or actions is None or lists is None:
         raise ConfigErrors(errors)
     require = tls.require_tls
@@ -543,6 +549,7 @@ def load_rules(directory: Path) -> RuleSet:
         reputation=reputation,
         content=content,
         links=links,
+        identity=identity,
     )
 
 

@@ -273,6 +273,7 @@ def test_builtins_are_found_by_scanning_the_package() -> None:
     auth = ["arc", "dkim", "dmarc", "spf"]
     others = ["attachments", "clamav", "classifier", "headers", "limits", "links", "lists"]
     others += ["content", "mime", "qr", "rbl", "tls"]
+    others.append("identity")
     assert names == sorted([*auth, *others])
     # every built-in declares its failure policy and every symbol has a score in rules/
     registry = builtin_registry()
