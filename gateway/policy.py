@@ -31,8 +31,8 @@ from gateway.auth.policy import AuthPolicy, load_auth_policy
 from gateway.content_rules import ContentRules, load_content_rules
 from gateway.domains import domain_matches
 from gateway.front_symbols import TLS_DOMAIN_SYMBOLS
-from gateway.linkcheck import LinkPolicy, load_link_policy
 from gateway.identity import IDENTITY_RULE_FILES, IdentityPolicy, load_identity_policy
+from gateway.linkcheck import LinkPolicy, load_link_policy
 from gateway.mime.policy import AttachmentPolicy, load_attachment_policy
 from gateway.reputation import ReputationPolicy, load_reputation_policy
 from gateway.schema import (
