@@ -11,7 +11,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
-from harness import REPO, RecordingSink, RunningGateway, make_settings, message
+from harness import (
+    HARNESS_ORDER,
+    REPO,
+    GatewayFactory,
+    RecordingSink,
+    RunningGateway,
+    make_settings,
+    message,
+)
 from quarantine_fixtures import send
 
 from gateway.app import PolicyError, load_checked_rules
@@ -472,7 +480,18 @@ async def test_detail_is_a_short_escaped_excerpt(tmp_path: Path) -> None:
     assert len(found["T_SPAM"].detail) < 100 and found["T_SPAM"].detail.endswith('...[cut]"')
 
 
-async def test_reload_picks_up_content_rules(gw: RunningGateway) -> None:
+@pytest.fixture
+async def content_gw(
+    tmp_path: Path, sink: RecordingSink, start_gateway: GatewayFactory
+) -> RunningGateway:
+    """A gateway whose order runs the content plugin, over a copy of the shipped rules."""
+    shutil.copytree(REPO / "rules", tmp_path / "rules")
+    plugins = PluginSettings(order=(*HARNESS_ORDER, "content"))
+    return await start_gateway(settings=make_settings(tmp_path, sink.port, plugins=plugins))
+
+
+async def test_reload_picks_up_content_rules(content_gw: RunningGateway) -> None:
+    gw = content_gw
     directory = gw.settings.rules_dir
     raw = message(body=b"Cheap watches here\r\n")
     assert (await send(gw, raw)).code == 250
@@ -520,8 +539,9 @@ def test_mailgate_check_names_file_line_and_rule(tmp_path: Path) -> None:
 
 
 async def test_gtube_over_smtp_is_refused_and_nothing_is_relayed(
-    gw: RunningGateway, sink: RecordingSink
+    content_gw: RunningGateway, sink: RecordingSink
 ) -> None:
+    gw = content_gw
     refused = await send(gw, message(body=f"{GTUBE}\r\n".encode()))
     assert refused.code == 554 and "GTUBE" in refused.text
     assert (await send(gw, message())).code == 250
