@@ -659,7 +659,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     scan.add_argument("paths", nargs="+", metavar="PATH", help="message, mbox, folder, or -")
-    scan.add_argument("--from", default="sender@example.net", help="envelope sender")
+    scan.add_argument(
+        "--from", default="", help="envelope sender (default: the message's From address)"
+    )
     scan.add_argument(
         "--rcpt", action="append", default=None, help="envelope recipient (repeatable)"
     )

@@ -41,7 +41,7 @@ STDIN = "-"
 class Envelope:
     """What SMTP would have told the gateway about each message: the same for all of them."""
 
-    mail_from: str
+    mail_from: str  # "": the header From's address
     rcpt_tos: tuple[str, ...]
     client_ip: str
     helo: str
@@ -203,6 +203,15 @@ class Scanned:
     normalized: bool  # LF line endings were made CRLF, as SMTP would carry them
 
 
+def _author_address(raw: bytes) -> str:
+    """The header From's address: the envelope sender a scanned file most likely came with (a
+    fixed made-up sender would look like a stranger, or a lookalike of a served domain)."""
+    from gateway.message import ParsedMessage
+
+    boxes = ParsedMessage(raw).authors.mailboxes
+    return f"{boxes[0].local}@{boxes[0].domain}" if boxes else ""
+
+
 async def scan_message(gateway: Gateway, label: str, raw: bytes, envelope: Envelope) -> Scanned:
     """Inspect one message through every phase of the chain, as `serve` would."""
     from gateway.header_edit import remove_forged
@@ -217,7 +226,7 @@ async def scan_message(gateway: Gateway, label: str, raw: bytes, envelope: Envel
     chain = gateway.chain
     await chain.run(Phase.CONNECT, ctx)
     await chain.run(Phase.HELO, ctx)
-    ctx.mail_from = envelope.mail_from
+    ctx.mail_from = envelope.mail_from or _author_address(crlf)
     await chain.run(Phase.MAIL, ctx)
     for rcpt in envelope.rcpt_tos:
         ctx.rcpt_tos.append(rcpt)

@@ -178,7 +178,8 @@ def test_scan_prints_findings_score_verdict_and_reply(tmp_path: Path, narrow: Pa
     lines = result.stdout.decode().splitlines()
     assert lines[0].startswith(f"message   {eml} (")
     assert "LF -> CRLF" in lines[0]
-    assert "envelope  from <sender@example.net> to <postmaster@example.com>" in lines
+    # the envelope sender defaults to the header From (the first one of two here)
+    assert "envelope  from <alice@example.net> to <postmaster@example.com>" in lines
     findings = lines[lines.index("findings") + 1 :]
     assert findings[0].split()[:2] == ["HDR_FROM_MULTIPLE", "5"]
     assert findings[1].split()[:2] == ["HDR_DATE_MISSING", "1.5"]

@@ -44,6 +44,7 @@ _MIME_FIELD_IN_FOLD = re.compile(
     r"\n[ \t]+(content-(?:type|transfer-encoding|disposition)|mime-version)[ \t]*:", re.I
 )
 _BLANK_FOLD = re.compile(r"\n[ \t]+\r?\n")
+_SIGNATURE_FIELDS = frozenset({"dkim-signature", "arc-message-signature", "arc-seal"})
 _CT_FIELD = re.compile(rb"^content-type[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*", re.I | re.M)
 _BOUNDARY_PARAM = re.compile(rb"[;\s]boundary\s*\*?\s*=", re.I)
 _UU_BEGIN = re.compile(r"^begin [0-7]{3,4} ([^\r\n]{1,255})\r?$", re.M)
@@ -276,7 +277,11 @@ class _Walker:
         size = 0
         for key, value in items:
             size += len(key) + len(value)
-            if "\n" in value and (_BLANK_FOLD.search(value) or _MIME_FIELD_IN_FOLD.search(value)):
+            # a signature's h= tag lists field names by design ("h=...:Content-Type:From")
+            listed = key.lower() in _SIGNATURE_FIELDS
+            if "\n" in value and (
+                _BLANK_FOLD.search(value) or (not listed and _MIME_FIELD_IN_FOLD.search(value))
+            ):
                 self.found.add("MIME_HEADER_FOLDED_HIDE", f"{key[:40]} in part {path}")
             if key != key.strip() or not key:
                 self.found.add("MIME_HEADER_MALFORMED", f"field name {key[:40]!r}")
