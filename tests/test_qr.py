@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
-from harness import RecordingSink, RunningGateway, make_settings
+from harness import HARNESS_ORDER, RecordingSink, RunningGateway, make_settings
 from qr_samples import (
     encoded,
     flate_gray_pdf,
@@ -71,7 +71,9 @@ async def test_a_png_attachment_gives_a_qr_url_beside_the_text_urls() -> None:
         "https://intranet.example.com/faq", "intranet.example.com", "example.com"
     )
     [qr_url] = await message.qr_urls()
-    assert qr_url == Url(PHISH, "login.m1crosoft-verify.example", "m1crosoft-verify.example", "qr")
+    assert qr_url == Url(
+        PHISH, "login.m1crosoft-verify.example", "m1crosoft-verify.example", source="qr"
+    )
     assert await message.all_urls() == (text_url, qr_url)
     [code] = (await message.qr_scan()).codes
     assert code.text == PHISH and not code.in_pdf and "scan.png" in code.where
@@ -304,7 +306,9 @@ async def test_quishing_over_smtp_is_quarantined_and_a_letter_with_a_qr_pdf_rela
 ) -> None:
     """The qr plugin in the shipped chain, over real sockets; rules/ forces quarantine for the
     quishing pattern here (the shipped score alone stays under the quarantine threshold)."""
-    settings = make_settings(tmp_path, sink.port)
+    settings = make_settings(
+        tmp_path, sink.port, plugins=PluginSettings(order=(*HARNESS_ORDER, "qr"))
+    )
     actions = settings.rules_dir / "actions.toml"
     text = actions.read_text()
     actions.write_text(

@@ -9,6 +9,7 @@ written file loads as rules/ and moves the verdicts.
 from __future__ import annotations
 
 import math
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,7 @@ def spam_message(i: int) -> bytes:
         f"From: Winner <prize{i}@example.org>\r\nTo: bob@example.com\r\n"
         f"Subject: you won {i}\r\nDate: Fri, {1 + i % 27} Nov 2026 11:00:00 +0000\r\n"
         "MIME-Version: 1.0\r\nContent-Type: text/html\r\n\r\n"
-        f"<html><body><script>location='http://192.0.2.{i % 250}/'</script>claim</body></html>\r\n"
+        f"<html><body><script>var n = {i};</script>claim</body></html>\r\n"
     ).encode()
 
 
@@ -122,7 +123,8 @@ def test_rules_fit_writes_a_file_rules_load(
     config = tmp_path / "config" / "gateway.toml"
     config.parent.mkdir()
     config.write_text(
-        f'[relay]\ndomains = ["example.com"]\n[paths]\nrules = "{settings.rules_dir}"\n',
+        f'[relay]\ndomains = ["example.com"]\n[paths]\nrules = "{settings.rules_dir}"\n'
+        '[plugins]\norder = ["lists", "headers", "limits", "mime", "attachments"]\n',
         encoding="utf-8",
     )
     ham = [corpus(tmp_path / f"ham{k}", ham_message, 30, 100 * k) for k in range(2)]
@@ -142,8 +144,11 @@ def test_rules_fit_writes_a_file_rules_load(
     # the file loads as rules/ and overrides the hand-set score
     (settings.rules_dir / "fitted.toml").write_text(text, encoding="utf-8")
     rules = load_rules(settings.rules_dir)
-    assert rules.scores["HTML_SCRIPT"] != 2.0 and rules.scores["HTML_SCRIPT"] > 0
-    assert rules.where("HTML_SCRIPT").startswith(str(settings.rules_dir / "fitted.toml"))
+    fitted = tomllib.loads(text)["scores"]
+    assert fitted, "the fit scored nothing"
+    symbol, score = next(iter(fitted.items()))
+    assert rules.scores[symbol] == score
+    assert rules.where(symbol).startswith(str(settings.rules_dir / "fitted.toml"))
     # the saved vectors refit without the chain, to the same scores
     (settings.rules_dir / "fitted.toml").unlink()
     again = tmp_path / "again.toml"

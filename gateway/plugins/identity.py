@@ -250,7 +250,10 @@ class IdentityCheck(PluginBase):
             if policy.freemail.matches(host):  # gmx.net is no lookalike of gmail
                 continue
             served: Imitation | None = self.served_targets.imitation(host)
-            if served is not None:
+            # the served name under another suffix (ours.com / ours.de / ours.net) is far more
+            # often a sister domain or another organisation of that name than a spoof: only
+            # homoglyphs, typos and hyphenated names count for the served domains
+            if served is not None and served.kind != "tld_swap":
                 symbol = _LOOKALIKE[where] + "_SERVED"
                 found.append(Finding(symbol, detail=printable(served.describe(), 200)))
                 continue
