@@ -83,7 +83,7 @@ SINGLE_FIELDS = frozenset(
     }
 )
 
-_LDH_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_SELECTOR_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
 class DkimVerdict(enum.Enum):
@@ -144,10 +144,12 @@ class DkimResult:
 
 
 def valid_selector(selector: str) -> bool:
-    """RFC 6376 3.1: selector = sub-domain *("." sub-domain), LDH labels only."""
+    """RFC 6376 3.1: selector = sub-domain *("." sub-domain): LDH labels, plus the underscore,
+    which real signers use ("susede2_rsa") and DNS serves like any other byte; what must never
+    be looked up (dots at the ends, spaces, "@", non-ASCII) is still refused."""
     if not selector or len(selector) > 253 or not selector.isascii():
         return False
-    return all(_LDH_LABEL.fullmatch(label) for label in selector.split("."))
+    return all(_SELECTOR_LABEL.fullmatch(label) for label in selector.split("."))
 
 
 def _ascii(value: bytes) -> str | None:
