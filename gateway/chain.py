@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 
 from gateway.config import PluginSettings
+from gateway.content_rules import PartHits
 from gateway.cputime import metered
 from gateway.plugin import (
     MessageContext,
@@ -76,7 +77,8 @@ class Chain:
             ctx.findings.extend(findings)
             found.extend(findings)
         if phase is Phase.DATA:
-            composites = ctx.rules.content.composite_findings(ctx.findings)
+            parts = ctx.results.get(PartHits)  # content rules that only feed composites
+            composites = ctx.rules.content.composite_findings(ctx.findings, parts)
             ctx.findings.extend(composites)
             found.extend(composites)
         return found

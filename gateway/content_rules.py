@@ -219,6 +219,7 @@ class ContentRule:
     origin: Origin
     matcher: Matcher
     negate: bool = False
+    part: bool = False  # only a part of composites: never a finding of its own
 
     def hit(self, view: MessageView) -> str | None:
         found = self.matcher.match(view)
@@ -447,8 +448,15 @@ class ContentRules:
 
     @cached_property
     def rule_symbols(self) -> Mapping[str, str]:
-        """Symbol -> description of the rules the content plugin evaluates."""
-        return {rule.symbol: rule.description for rule in self.rules}
+        """Symbol -> description of the rules whose hits the content plugin reports."""
+        return {rule.symbol: rule.description for rule in self.rules if not rule.part}
+
+    @cached_property
+    def part_symbols(self) -> Mapping[str, str]:
+        """Symbol -> description of the rules that are only parts of composites (`part =
+        true`): SpamAssassin's `__RULE`s, so that a part hitting most mail (a link) adds no
+        finding to every log line, record and X-Spam-Status."""
+        return {rule.symbol: rule.description for rule in self.rules if rule.part}
 
     @cached_property
     def composite_symbols(self) -> Mapping[str, str]:
@@ -491,7 +499,7 @@ class ContentRules:
 
     def scored(self) -> list[tuple[str, float, Origin]]:
         """(symbol, score, where written) of every rule and composite."""
-        found = [(r.symbol, r.score, r.origin) for r in self.rules]
+        found = [(r.symbol, r.score, r.origin) for r in self.rules if not r.part]
         return found + [(c.symbol, c.score, c.origin) for c in self.composites]
 
     def origin_of(self, symbol: str) -> Origin | None:
@@ -503,28 +511,47 @@ class ContentRules:
                 return composite.origin
         return None
 
-    def evaluate(self, view: MessageView) -> list[Finding]:
-        """The findings of every rule that hits `view` (synchronous: RE2 over bounded text)."""
+    def evaluate(self, view: MessageView) -> tuple[list[Finding], PartHits]:
+        """The findings of every rule that hits `view`, and the parts that hit (synchronous:
+        RE2 over bounded text)."""
         found: list[Finding] = []
+        parts: dict[str, str] = {}
         for rule in self.rules:
             detail = rule.hit(view)
-            if detail is not None:
+            if detail is None:
+                continue
+            if rule.part:
+                parts[rule.symbol] = detail
+            else:
                 found.append(Finding(rule.symbol, detail=detail))
-        return found
+        return found, PartHits(parts)
 
-    def composite_findings(self, findings: Sequence[Finding]) -> list[Finding]:
-        """Composites that hold over the symbols of `findings` (and of earlier composites)."""
+    def composite_findings(
+        self, findings: Sequence[Finding], parts: PartHits | None = None
+    ) -> list[Finding]:
+        """Composites that hold over the symbols of `findings` and the parts that hit (and of
+        earlier composites); the detail shows what the parts matched, else the expression."""
         if not self.composites:
             return []
-        present = {f.symbol for f in findings}
+        hits = parts.details if parts is not None else {}
+        present = {f.symbol for f in findings} | set(hits)
         found: list[Finding] = []
         for composite in self.composites:
             if composite.symbol not in present and composite.expression.holds(present):
                 present.add(composite.symbol)
-                found.append(
-                    Finding(composite.symbol, detail=f"{composite.origin} meta: {composite.source}")
-                )
+                named = sorted(composite.expression.symbols(), key=composite.source.find)
+                shown = [hits[s] for s in named if s in hits]  # as the expression names them
+                detail = "; ".join(shown) if shown else composite.source
+                found.append(Finding(composite.symbol, detail=f"{composite.origin} meta: {detail}"))
         return found
+
+
+@dataclass(frozen=True)
+class PartHits:
+    """The `part = true` rules that hit, with their details: what the content plugin hands the
+    chain's composite step (`ctx.results`), since they are no findings."""
+
+    details: Mapping[str, str] = field(default_factory=dict)
 
 
 # -- the files as written -------------------------------------------------------------------------
@@ -549,6 +576,12 @@ def _fits_type(entry: RuleEntry) -> RuleEntry:
     for key, types in _ONLY_FOR.items():
         if key in written and entry.type not in types:
             raise KeyProblem(key, f"is not a setting of a {entry.type!r} rule")
+    if entry.part and entry.type == "meta":
+        raise KeyProblem("part", "a meta rule cannot be a part (name it in another meta rule)")
+    if entry.part and entry.score is not None:
+        raise KeyProblem("score", "a part has no score of its own (only composites count it)")
+    if not entry.part and entry.score is None:
+        raise KeyProblem("score", "is required (or part = true for a part of composites)")
     need = {
         "header": "fields",
         "body": "pattern",
@@ -583,8 +616,9 @@ class RuleEntry:
 
     symbol: Symbol
     description: Text
-    score: FiniteNumber
     type: RuleType
+    score: FiniteNumber | None = None  # required, except for a part
+    part: Flag = False
     pattern: Text | None = None
     fields: Array[Text] = ()
     exists: Flag = False
@@ -677,7 +711,7 @@ class _Loader:
                     Composite(
                         symbol,
                         entry.description,
-                        entry.score,
+                        entry.score or 0.0,
                         expression,
                         entry.expression.strip(),
                         origin,
@@ -707,7 +741,14 @@ class _Loader:
             return
         self.rules.append(
             ContentRule(
-                symbol, entry.description, entry.score, entry.type, origin, matcher, entry.negate
+                symbol,
+                entry.description,
+                entry.score or 0.0,
+                entry.type,
+                origin,
+                matcher,
+                entry.negate,
+                entry.part,
             )
         )
 

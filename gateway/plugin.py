@@ -399,6 +399,7 @@ class Registry:
             for plugin in self._plugins.values():
                 out.update(symbols_from_rules(plugin, rules))
             out.update(rules.content.composite_symbols)
+            out.update(rules.content.part_symbols)  # never findings, but composites name them
         return out
 
     def _rule_symbol_problems(self, rules: RuleSet) -> list[str]:
@@ -409,8 +410,8 @@ class Registry:
         for name, plugin in self._plugins.items():
             for symbol in symbols_from_rules(plugin, rules):
                 written[symbol] = name
-        for symbol in rules.content.composite_symbols:
-            written[symbol] = "composites"
+        for symbol in (*rules.content.composite_symbols, *rules.content.part_symbols):
+            written[symbol] = "content rules"
         for symbol in sorted(written):
             owner = self._symbol_owner.get(symbol)
             if owner is not None:

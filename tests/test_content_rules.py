@@ -77,7 +77,8 @@ async def findings_of(
 
 def rule(symbol: str, kind: str, **keys: object) -> str:
     lines = ["[[rule]]", f'symbol = "{symbol}"', f'description = "test rule {symbol}"']
-    lines += ["score = 1.0", f'type = "{kind}"']
+    lines += [] if keys.get("part") else ["score = 1.0"]
+    lines += [f'type = "{kind}"']
     for key, value in keys.items():
         if isinstance(value, bool):
             lines.append(f"{key} = {'true' if value else 'false'}")
@@ -315,6 +316,40 @@ async def test_composite_over_content_rules_and_other_plugins(tmp_path: Path) ->
     assert {"T_NO_DATE_VERIFY", "T_VERIFY_NO_LINK", "T_OTHER_META"} <= set(found)
     assert "T_LURE_LINK" not in found
     assert found["T_VERIFY_NO_LINK"].detail.endswith("meta: T_VERIFY && !T_LINK")
+
+
+async def test_parts_feed_composites_and_are_no_findings(tmp_path: Path) -> None:
+    raw = message(body=b"Please verify your account at https://x.example/login\r\n")
+    content = rule("T_VERIFY", "body", pattern="(?i)verify your account", part=True)
+    content += rule("T_LINK", "uri", pattern="^https?://", part=True)
+    content += rule("T_LURE", "meta", expression="T_VERIFY && T_LINK")
+    content += rule("T_NO_LINK", "meta", expression="T_VERIFY && !T_LINK")
+    found = await findings_of(tmp_path, raw, content)
+    assert "T_LURE" in found and not {"T_VERIFY", "T_LINK", "T_NO_LINK"} & set(found)
+    # the composite says what its parts matched, in the order the expression names them
+    assert found["T_LURE"].detail == (
+        'content.toml:15 meta: content.toml:1 body "verify your account"; '
+        'content.toml:8 uri "https://x.example/login"'
+    )
+    rules = load_rules(tmp_path / "rules")
+    assert "T_VERIFY" not in rules.scores and "T_LURE" in rules.scores
+    assert set(rules.content.part_symbols) == {"T_VERIFY", "T_LINK"}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            rule("T_X", "body", pattern="x", part=True).replace("type", "score = 1.0\ntype"),
+            "no score",
+        ),
+        (rule("T_X", "meta", expression="A_B", part=True), "cannot be a part"),
+        (rule("T_X", "body", pattern="x").replace("score = 1.0\n", ""), "score'"),
+    ],
+)
+def test_part_and_score_go_together(tmp_path: Path, text: str, problem: str) -> None:
+    [error] = load_errors(rules_dir(tmp_path, text))
+    assert problem in error
 
 
 def test_composite_scores_count_in_the_verdict(tmp_path: Path) -> None:

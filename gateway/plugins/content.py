@@ -22,7 +22,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field
 
-from gateway.content_rules import ContentRules, MessageView, TextLimits, utf8
+from gateway.content_rules import ContentRules, MessageView, PartHits, TextLimits, utf8
 from gateway.cputime import offload
 from gateway.message import INLINE_BYTES, decode_encoded_words
 from gateway.mime.content import ContentReport
@@ -63,6 +63,7 @@ class ContentRulesPlugin(PluginBase):
     }
     config: ClassVar[type[Table] | None] = ContentConfig
     optional_requires: ClassVar[frozenset[type[object]]] = frozenset({ContentReport})
+    provides: ClassVar[frozenset[type[object]]] = frozenset({PartHits})  # for the composites
     # advisory, like the classifier: a failure must not defer all mail (rules/ may say so)
     on_error = None
 
@@ -86,10 +87,11 @@ class ContentRulesPlugin(PluginBase):
         view = await self.view(ctx, rules)
         size = len(view.body) + len(view.rawbody) + len(view.full) + len(view.all_headers)
         if size <= INLINE_BYTES:
-            found.extend(rules.evaluate(view))
+            hits, parts = rules.evaluate(view)
         else:
-            found.extend(await offload(rules.evaluate, view))
-        return found
+            hits, parts = await offload(rules.evaluate, view)
+        ctx.results.put(parts)
+        return found + hits
 
     async def view(self, ctx: MessageContext, rules: ContentRules) -> MessageView:
         """The parts of the message the loaded rules read, each cut to its limit."""
