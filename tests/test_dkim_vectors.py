@@ -128,7 +128,7 @@ async def test_signed_here_verifies_and_tampering_fails(
     ("selector", "reason"),
     [
         ("badk", "unusable key"),  # k=ed25519-sha256: no such key type
-        ("badversion", "unusable key"),  # v=DKIM1: (colon): not a tag list dkimpy accepts
+        ("badversion", "key record v= is not DKIM1"),  # v=DKIM1: (a colon, not DKIM1)
         ("tlsrpt", ""),  # s=tlsrpt: a key for TLS reports only (RFC 8460)
         ("revoked", "key revoked (empty p=)"),
         ("sha1only", "key h= does not allow the signature's hash"),

@@ -131,6 +131,7 @@ class ArcVerifier:
                 return ArcResult(
                     ArcVerdict.TEMPERROR, f"key lookup failed: {name[:80]}", sets, tuple(bad)
                 )
+            keys.checked(name)  # RFC 6376 3.6.1 (s= lists...): dkimpy gets the normalized key
         if len(message) > self.thread_threshold:
             cv, reason = await offload(_run, arc, keys)
         else:

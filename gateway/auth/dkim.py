@@ -43,6 +43,14 @@ import dkim
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from gateway.auth.dkim_tags import (
+    CheckedKey,
+    TagListError,
+    check_key,
+    check_signature,
+    colon_list,
+    parse_tags,
+)
 from gateway.auth.spf import valid_domain
 from gateway.cputime import offload
 from gateway.dns import DnsResult, DnsStatus, Resolver
@@ -178,6 +186,8 @@ class KeyCache:
     def __init__(self, resolver: Resolver) -> None:
         self.resolver = resolver
         self.results: dict[str, DnsResult] = {}
+        # What dkimpy is given: the key record as gateway.auth.dkim_tags.check_key normalized it.
+        self.usable: dict[str, bytes] = {}
 
     async def fetch(self, names: Iterable[str]) -> None:
         wanted = sorted({n.lower().rstrip(".") for n in names} - set(self.results))
@@ -200,10 +210,21 @@ class KeyCache:
                 return text
         return texts[0] if texts else None
 
+    def checked(self, name: str) -> CheckedKey | None:
+        """The key record at `name` checked for email (RFC 6376 3.6.1), or None without one;
+        a usable record is remembered for dkimpy in its normalized form."""
+        record = self.record(name)
+        if record is None:
+            return None
+        checked = check_key(record)
+        if not checked.problem:
+            self.usable[name.lower().rstrip(".")] = checked.record
+        return checked
+
     def dnsfunc(self, name: bytes, timeout: object = None) -> bytes | None:
-        """dkimpy's DNS hook: answers only from what was fetched."""
+        """dkimpy's DNS hook: answers only with records `checked` found usable."""
         text = _ascii(name)
-        return None if text is None else self.record(text)
+        return None if text is None else self.usable.get(text.lower().rstrip("."))
 
 
 # -- the verifier -------------------------------------------------------------------------------
@@ -212,14 +233,18 @@ class KeyCache:
 @dataclass
 class _Plan:
     index: int
-    tags: dict[bytes, bytes]
+    tags: dict[bytes, bytes]  # as gateway.auth.dkim_tags.check_signature normalized them
     sig: DkimSignature  # final result, or a provisional one until `pending` is cleared
     pending: bool
+    header: tuple[bytes, bytes] = (b"", b"")  # the field as dkimpy parsed it (what is hashed)
+    identity: bytes = b""  # the decoded i= (AUID)
 
 
 def _base(tags: dict[bytes, bytes]) -> DkimSignature:
     b_value = re.sub(rb"\s+", b"", tags.get(b"b", b""))
     length = tags.get(b"l")
+    if length is not None and len(length) > 76:  # RFC 6376 3.5: 1*76DIGIT; int() limit
+        length = None
     return DkimSignature(
         result=DkimVerdict.PERMERROR,
         domain=_printable(tags.get(b"d", b"")),
@@ -268,9 +293,9 @@ class DkimVerifier:
         except dkim.MessageFormatError as exc:
             return self._unparseable(message, fields, str(exc))
         body: bytes = verifier.body
-        values = [v for name, v in verifier.headers if name.lower() == b"dkim-signature"]
-        skipped = max(0, len(values) - self.max_signatures)
-        plans = [self._plan(i, value) for i, value in enumerate(values[: self.max_signatures])]
+        headers = [h for h in verifier.headers if h[0].lower() == b"dkim-signature"]
+        skipped = max(0, len(headers) - self.max_signatures)
+        plans = [self._plan(i, header) for i, header in enumerate(headers[: self.max_signatures])]
         keys = KeyCache(self.resolver)
         pending = [p for p in plans if p.pending]
         try:
@@ -291,12 +316,12 @@ class DkimVerifier:
 
     # -- step 1: read the signature, check the identities ------------------------------------
 
-    def _plan(self, index: int, value: bytes) -> _Plan:
+    def _plan(self, index: int, header: tuple[bytes, bytes]) -> _Plan:
         try:
-            tags = parse_tag_value(value)
-        except InvalidTagValueList as exc:
-            sig = DkimSignature(DkimVerdict.PERMERROR, reason=f"malformed tag list: {exc!s:.60}")
-            return _Plan(index, {}, sig, False)
+            tags = parse_tags(header[1])
+        except TagListError as exc:
+            sig = DkimSignature(DkimVerdict.PERMERROR, reason=str(exc))
+            return _Plan(index, {}, sig, False, header)
         sig = _base(tags)
         domain = _ascii(tags.get(b"d", b""))
         selector = _ascii(tags.get(b"s", b""))
@@ -311,16 +336,17 @@ class DkimVerifier:
                     reason="missing d= or s=" if missing else "d= or s= is not a valid DNS name",
                 ),
                 False,
+                header,
             )
-        try:
-            dkim.validate_signature_fields(tags)
-        except dkim.ValidationError as exc:
-            return _Plan(index, tags, _with(sig, reason=_printable(str(exc).encode(), 100)), False)
-        if tags.get(b"a") == b"rsa-sha1":
+        checked = check_signature(tags)
+        if checked.problem:
+            return _Plan(index, tags, _with(sig, reason=checked.problem), False, header)
+        if checked.tags[b"a"] == b"rsa-sha1":
             return _Plan(
-                index, tags, _with(sig, reason="rsa-sha1 is not accepted (RFC 8301)"), False
+                index, tags, _with(sig, reason="rsa-sha1 is not accepted (RFC 8301)"), False, header
             )
-        return _Plan(index, tags, _with(sig, domain=domain, selector=selector), True)
+        sig = _with(sig, domain=domain, selector=selector, identity=_printable(checked.identity))
+        return _Plan(index, checked.tags, sig, True, header, checked.identity)
 
     # -- step 2: the key ------------------------------------------------------------------------
 
@@ -332,13 +358,13 @@ class DkimVerifier:
             plan.sig = _with(plan.sig, result=DkimVerdict.TEMPERROR, reason=f"key lookup: {why}")
             plan.pending = False
             return
-        record = keys.record(name)
-        if record is None:
+        checked = keys.checked(name)
+        if checked is None:
             reason = "no key for signature" if status.status.is_negative else status.detail
             plan.sig = _with(plan.sig, reason=reason or "no key for signature")
             plan.pending = False
             return
-        problem, bits, rsa = self._key_problem(plan.tags, record, name)
+        problem, bits, rsa = self._key_problem(plan, checked, name)
         if problem:
             plan.sig = _with(plan.sig, reason=problem)
             plan.pending = False
@@ -346,30 +372,29 @@ class DkimVerifier:
         plan.sig = _with(plan.sig, key_bits=bits, weak_key=rsa and bits < self.min_key_bits)
 
     @staticmethod
-    def _key_problem(tags: dict[bytes, bytes], record: bytes, name: str) -> tuple[str, int, bool]:
+    def _key_problem(plan: _Plan, key: CheckedKey, name: str) -> tuple[str, int, bool]:
         """(problem or "", key bits, is RSA) for the key record of one signature."""
+        if key.problem:
+            return key.problem, 0, False
         try:
-            key_tags = parse_tag_value(record)
-        except InvalidTagValueList:
-            return "key record is not a tag list", 0, False
-        if not key_tags.get(b"p", b"").strip():
-            return "key revoked (empty p=)", 0, False
-        try:
-            _pk, bits, ktag, _tlsrpt = dkim.evaluate_pk(name.encode("ascii"), record)
+            _pk, bits, ktag, _tlsrpt = dkim.evaluate_pk(name.encode("ascii"), key.record)
         except (dkim.DKIMException, binascii.Error, ValueError, TypeError, IndexError) as exc:
             return f"unusable key: {type(exc).__name__}", 0, False
-        algorithm = tags.get(b"a", b"")
+        if ktag is None:  # dkimpy's way of saying it could not use the record
+            return "unusable key", 0, False
+        tags = plan.tags
+        algorithm = tags[b"a"]
         if (ktag == b"ed25519") != algorithm.startswith(b"ed25519"):
             return "key type does not match a=", 0, False
-        hashes = key_tags.get(b"h")
+        hashes = key.tags.get(b"h")
         if hashes is not None:
-            allowed = {h.strip().lower() for h in hashes.split(b":")}
-            if algorithm.rpartition(b"-")[2].lower() not in allowed:
+            allowed = {h.lower() for h in colon_list(hashes)}
+            if algorithm.rpartition(b"-")[2] not in allowed:
                 return "key h= does not allow the signature's hash", 0, False
-        flags = {f.strip() for f in key_tags.get(b"t", b"").split(b":")}
+        flags = {f.lower() for f in colon_list(key.tags.get(b"t", b""))}
         if b"s" in flags and b"i" in tags:
-            i_domain = tags[b"i"].rpartition(b"@")[2].lower()
-            if i_domain != tags.get(b"d", b"").lower():
+            i_domain = plan.identity.rpartition(b"@")[2].lower().rstrip(b".")
+            if i_domain != tags[b"d"].lower().rstrip(b"."):
                 return "key t=s: i= must be in d= exactly", 0, False
         return "", int(bits or 0), ktag == b"rsa"
 
@@ -385,8 +410,12 @@ class DkimVerifier:
     ) -> None:
         for plan in plans:
             plan.pending = False
+            # dkimpy's verify() would check the tags again with its own, non-conforming rules
+            # (gateway.auth.dkim_tags); verify_sig takes the checked tags and hashes the field
+            # as it was sent. It appends "from" to the list it is given: a fresh one each time.
+            signed = [name.lower() for name in colon_list(plan.tags[b"h"])]
             try:
-                ok = verifier.verify(plan.index, dnsfunc=keys.dnsfunc)
+                ok = verifier.verify_sig(plan.tags, signed, plan.header, keys.dnsfunc)
             except dkim.ValidationError as exc:
                 text = str(exc)
                 if text.startswith("body hash mismatch"):
@@ -405,7 +434,7 @@ class DkimVerifier:
             plan.sig = self._judge(plan, body, counts)
 
     def _judge(self, plan: _Plan, body: bytes, counts: dict[str, int]) -> DkimSignature:
-        signed = [h.strip().lower() for h in re.split(rb"\s*:\s*", plan.tags.get(b"h", b""))]
+        signed = [h.lower() for h in colon_list(plan.tags.get(b"h", b""))]
         names = [_ascii(h) or "?" for h in signed]
         oversigned = names.count("from") > counts.get("from", 0)
         duplicated = tuple(
@@ -417,9 +446,14 @@ class DkimVerifier:
         if sig.body_length is not None:
             try:
                 policy = CanonicalizationPolicy.from_c_value(plan.tags.get(b"c", b"simple/simple"))
-                unsigned = max(0, len(policy.canonicalize_body(body)) - sig.body_length)
+                length = len(policy.canonicalize_body(body))
             except InvalidCanonicalizationPolicyError:
-                unsigned = 0
+                length = sig.body_length
+            if sig.body_length > length:
+                # The signer claims to have hashed more than there is: a broken or crafted
+                # signature (dkimpy hashes what there is and passes it).
+                return _with(sig, reason="l= is larger than the body")
+            unsigned = length - sig.body_length
             if unsigned:
                 reasons.append(f"l= leaves {unsigned} octets of the body unsigned")
         if sig.weak_key:
