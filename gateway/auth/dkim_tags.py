@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
-from dkim.util import InvalidTagValueList, parse_tag_value
+from dkim.util import DuplicateTag, InvalidTagValueList, parse_tag_value
 
 # RFC 6376 3.2: tag-name = ALPHA *ALNUMPUNC (ALPHA / DIGIT / "_")
 _TAG_NAME = re.compile(rb"[A-Za-z][A-Za-z0-9_]*")
@@ -58,6 +58,8 @@ def parse_tags(value: bytes) -> dict[bytes, bytes]:
     *ALNUMPUNC, a duplicate name (names are case-sensitive: "D" and "d" are two tags)."""
     try:
         tags: dict[bytes, bytes] = parse_tag_value(value)
+    except DuplicateTag as exc:
+        raise TagListError(_short(f"duplicate tag {_shown(exc.args[0])}=")) from None
     except InvalidTagValueList as exc:
         raise TagListError(_short(f"malformed tag list: {exc!s}")) from None
     for name in tags:
