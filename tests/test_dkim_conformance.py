@@ -274,7 +274,7 @@ async def test_from_signed_twice_stops_a_second_from(verifier: DkimVerifier) -> 
     """h=from:from over a message with one From: a From added later, above or below, breaks the
     signature (dkimpy also hashes one From more than h= lists, so h=from alone does too)."""
     message = signed_with_tags(mail(), tags(h="from:from:to:subject"))
-    assert await outcome(verifier, message) == (*PASS, "@good.example")
+    assert (await outcome(verifier, message))[:2] == PASS
     above = b"From: <ceo@good.example>\r\n" + message
     head, _, body = message.partition(b"\r\n\r\n")
     below = head + b"\r\nFrom: <ceo@good.example>\r\n\r\n" + body

@@ -345,7 +345,9 @@ class DkimVerifier:
             return _Plan(
                 index, tags, _with(sig, reason="rsa-sha1 is not accepted (RFC 8301)"), False, header
             )
-        sig = _with(sig, domain=domain, selector=selector, identity=_printable(checked.identity))
+        if b"i" in tags:  # shown decoded (Authentication-Results header.i)
+            sig = _with(sig, identity=_printable(checked.identity))
+        sig = _with(sig, domain=domain, selector=selector)
         return _Plan(index, checked.tags, sig, True, header, checked.identity)
 
     # -- step 2: the key ------------------------------------------------------------------------
