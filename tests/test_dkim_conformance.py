@@ -14,13 +14,16 @@ import base64
 import hashlib
 import re
 import time
+from pathlib import Path
 
+import aiosmtplib
 import dkim
 import pytest
-from auth_helpers import RSA2048, key_zone, mail, record
+from auth_helpers import RSA2048, field_values, key_zone, mail, record, start_auth_gateway
 from dkim.canonicalization import CanonicalizationPolicy
 from dkim.crypto import RSASSA_PKCS1_v1_5_sign, parse_pem_private_key
 from dns_server import DnsTestServer
+from harness import GatewayFactory, RecordingSink, RunningGateway
 
 from gateway.auth.dkim import DkimVerdict, DkimVerifier
 from gateway.auth.dkim_tags import check_key, decode_quoted_printable
@@ -281,3 +284,56 @@ async def test_from_signed_twice_stops_a_second_from(verifier: DkimVerifier) -> 
     for forged in (above, below):
         result, _, _ = await outcome(verifier, forged)
         assert result is DkimVerdict.FAIL
+
+
+# -- in a running gateway: what the verdicts mean for DMARC ---------------------------------------
+
+
+@pytest.fixture
+async def auth_gw(
+    tmp_path: Path, sink: RecordingSink, dns_server: DnsTestServer, start_gateway: GatewayFactory
+) -> RunningGateway:
+    dns_server.load(key_zone())
+    dns_server.load(
+        {
+            "_dmarc.good.example": [("TXT", "v=DMARC1; p=reject")],
+            "client.test.example": [("A", "127.0.0.1")],
+        }
+    )
+    return await start_auth_gateway(tmp_path, sink.port, dns_server, start_gateway)
+
+
+async def send(gw: RunningGateway, content: bytes) -> None:
+    await aiosmtplib.send(
+        content,
+        sender="bounce@relay.example",  # no SPF: only DKIM can align
+        recipients=["bob@example.com"],
+        hostname=gw.host,
+        port=gw.port,
+        local_hostname="client.test.example",
+    )
+
+
+async def test_conforming_signature_earns_dmarc_pass(
+    auth_gw: RunningGateway, sink: RecordingSink
+) -> None:
+    """q= with an unknown method and an =40-encoded i=: dkimpy's refusal bounced this (p=reject)."""
+    content = signed_with_tags(mail(), tags(extra="q=foo:dns/txt; i=alice=40good.example; "))
+    await send(auth_gw, content)
+    [delivered] = await sink.arrived(1)
+    [symbols] = field_values(delivered.content, "X-Mailgate-Symbols")
+    assert "DKIM_VALID" in symbols and "DMARC_PASS" in symbols
+    [results] = field_values(delivered.content, "Authentication-Results")
+    assert "header.i=alice@good.example" in results
+
+
+async def test_identity_as_long_as_the_domain_is_refused_not_a_plugin_error(
+    auth_gw: RunningGateway, sink: RecordingSink
+) -> None:
+    """i=good.example made dkimpy raise IndexError: the dkim plugin failed and the message was
+    deferred (4xx) on every retry. Now the signature is a permerror and DMARC decides."""
+    content = signed_with_tags(mail(), tags(extra="i=good.example; "))
+    with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+        await send(auth_gw, content)
+    assert refused.value.code == 550  # p=reject, no aligned pass
+    assert sink.delivered == []

@@ -20,6 +20,12 @@ the lenient one):
 
 A failure where an aligned DKIM key or the SPF check got a temporary DNS error is a temperror,
 not a fail: retrying may pass, and failing it with p=reject would bounce good mail.
+
+When From names no usable author (missing, no address, a group, several addresses or fields,
+not well formed), a reader may show Sender ("on behalf of") or Resent-From instead, so the
+domains of Sender, Resent-From and Resent-Sender are evaluated as well (`fallback_identities`):
+a victim's p=reject then bites as it would in From. A well-formed From is evaluated alone, as
+RFC 7489 says (lists and "on behalf of" senders put their own address in Sender).
 """
 
 from __future__ import annotations
@@ -41,9 +47,17 @@ from gateway.auth.dkim import DkimResult, DkimVerdict
 from gateway.auth.results import parse_results
 from gateway.auth.spf import SpfResult, SpfVerdict, valid_domain
 from gateway.dns import DnsStatus, Resolver
-from gateway.rfc5322 import AuthorInfo
+from gateway.message import HeaderField
+from gateway.rfc5322 import AuthorInfo, loose_domains, parse_address_list, unfold
 
 DEFAULT_LIFETIME = 10.0
+MAX_DOMAINS = 10  # author domains evaluated per message (From, then Sender and Resent-*)
+# From problems (gateway.rfc5322.AuthorInfo) that leave a reader to show another identity.
+ODD_FROM = frozenset(
+    {"missing", "no_address", "group", "multiple", "multiple_addresses", "malformed"}
+)
+# The identities a reader may show instead, in the order they are evaluated.
+FALLBACK_FIELDS = ("sender", "resent-from", "resent-sender")
 _DMARC_V = re.compile(rb"^\s*v\s*=\s*DMARC1\s*(;|$)")
 
 
@@ -95,6 +109,7 @@ class DomainEvaluation:
     unaligned_auth: bool = False  # SPF or DKIM passed, but for another organisation
     arc_override: str = ""  # the trusted sealer whose chain vouched for the message
     reason: str = ""
+    identity: str = "from"  # the field the domain came from: "from", "sender", "resent-from"...
 
     @property
     def severity(self) -> int:
@@ -225,19 +240,38 @@ class DmarcEvaluator:
         self.random = random
 
     async def evaluate(
-        self, author: AuthorInfo, spf: SpfResult | None, dkim: DkimResult | None
+        self,
+        author: AuthorInfo,
+        spf: SpfResult | None,
+        dkim: DkimResult | None,
+        fallback: Sequence[tuple[str, str]] = (),
     ) -> DmarcResult:
+        """DMARC for every author domain, then for each (field, domain) of `fallback` (see
+        `fallback_identities`) not among them; at most MAX_DOMAINS in all."""
+        wanted = [("from", d) for d in author.domains]
+        seen = set(author.domains)
+        for identity, domain in fallback:
+            if domain not in seen:
+                seen.add(domain)
+                wanted.append((identity, domain))
+        wanted = wanted[:MAX_DOMAINS]
         try:
             async with asyncio.timeout(self.lifetime):
                 evaluations = await asyncio.gather(
-                    *(self.evaluate_domain(d, spf, dkim) for d in author.domains[:10])
+                    *(self.evaluate_domain(d, spf, dkim) for _, d in wanted)
                 )
         except TimeoutError:
             evaluations = [
                 DomainEvaluation(d, DmarcVerdict.TEMPERROR, reason="DMARC took too long")
-                for d in author.domains[:10]
+                for _, d in wanted
             ]
-        return DmarcResult(author, tuple(evaluations))
+        return DmarcResult(
+            author,
+            tuple(
+                ev if identity == "from" else _replace(ev, identity=identity)
+                for (identity, _), ev in zip(wanted, evaluations, strict=True)
+            ),
+        )
 
     async def evaluate_domain(
         self, written: str, spf: SpfResult | None, dkim: DkimResult | None
@@ -332,6 +366,30 @@ class DmarcEvaluator:
                     )
                 return name, parsed
         return DomainEvaluation(domain, DmarcVerdict.NONE, reason="no DMARC record")
+
+
+def fallback_identities(
+    author: AuthorInfo, fields: Sequence[HeaderField]
+) -> tuple[tuple[str, str], ...]:
+    """(field name, domain) of every Sender, Resent-From and Resent-Sender address, when the
+    From is odd (ODD_FROM); () for a well-formed From. A field that is not well formed gives
+    every domain a reader might see in it, as an odd From does."""
+    if not ODD_FROM.intersection(author.problems):
+        return ()
+    found: list[tuple[str, str]] = []
+    for name in FALLBACK_FIELDS:
+        for f in fields:
+            if f.name != name:
+                continue
+            value = unfold(f.value)
+            parsed = parse_address_list(value)
+            domains = [box.domain.rstrip(".").lower() for box in parsed.mailboxes]
+            if parsed.errors or parsed.route or not domains:
+                domains += loose_domains(value)
+            for domain in domains:
+                if domain and (name, domain) not in found:
+                    found.append((name, domain))
+    return tuple(found)
 
 
 def _replace(evaluation: DomainEvaluation, **changes: Any) -> DomainEvaluation:

@@ -148,7 +148,9 @@ def authentication_results(
                 notes.append(f"dis={applied}")
                 if ev.arc_override:
                     notes.append(f"arc override by {ev.arc_override}")
-            items.append(_resinfo("dmarc", result, " ".join(notes), header_from=ev.domain))
+            # A Sender or Resent-From domain (From named no author) says which field it was.
+            where = {f"header_{ev.identity}": ev.domain}
+            items.append(_resinfo("dmarc", result, " ".join(notes), **where))
     return fold_field("Authentication-Results", authserv_id, items)
 
 

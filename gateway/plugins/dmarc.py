@@ -47,6 +47,7 @@ from gateway.auth.dmarc import (
     DmarcVerdict,
     DomainEvaluation,
     arc_vouches,
+    fallback_identities,
     organizational_domain,
 )
 from gateway.auth.spf import SpfResult, SpfVerdict
@@ -96,6 +97,9 @@ class DmarcCheck(PluginBase):
         "DMARC_AUTH_UNALIGNED": "SPF or DKIM passed, but only for a domain unrelated to From",
         "DMARC_ARC_OVERRIDE": "DMARC failed, but a trusted ARC sealer vouches (forwarded mail)",
         "DMARC_SPF_DISTRUSTED": "SPF passed via a distrusted shared include: no DMARC credit",
+        "DMARC_SENDER_EVALUATED": (
+            "From names no usable author: DMARC also applied to Sender/Resent-From domains"
+        ),
     }
     requires: ClassVar[frozenset[type[Any]]] = frozenset({DkimResult})
     optional_requires: ClassVar[frozenset[type[Any]]] = frozenset({SpfResult, ArcResult})
@@ -113,7 +117,8 @@ class DmarcCheck(PluginBase):
         if dkim is None:  # the chain runs dmarc only after dkim provided its result
             raise LookupError("no DkimResult: the dkim plugin must run before dmarc")
         spf, distrusted = _distrust(ctx.results.get(SpfResult), ctx.rules.auth.distrusted_include)
-        result = await self.evaluator.evaluate(author, spf, dkim)
+        fallback = fallback_identities(author, message.fields)
+        result = await self.evaluator.evaluate(author, spf, dkim, fallback)
         trusted = ctx.rules.auth.trusts_sealer
         arc = ctx.results.get(ArcResult)
         arc_pending = (
@@ -208,13 +213,16 @@ def dmarc_findings(result: DmarcResult) -> list[Finding]:
             break
     for ev in result.evaluations:
         found.append(_evaluation_finding(ev))
+    others = [f"{ev.identity}: {ev.domain}" for ev in result.evaluations if ev.identity != "from"]
+    if others:
+        found.append(Finding("DMARC_SENDER_EVALUATED", detail=printable(", ".join(others), 200)))
     if any(ev.unaligned_auth for ev in result.evaluations):
         found.append(Finding("DMARC_AUTH_UNALIGNED"))
     return found
 
 
 def _evaluation_finding(ev: DomainEvaluation) -> Finding:
-    detail = ev.domain
+    detail = ev.domain if ev.identity == "from" else f"{ev.domain} (in {ev.identity})"
     if ev.reason:
         detail += f": {ev.reason}"
     if ev.verdict is DmarcVerdict.FAIL:
