@@ -337,3 +337,12 @@ async def test_identity_as_long_as_the_domain_is_refused_not_a_plugin_error(
         await send(auth_gw, content)
     assert refused.value.code == 550  # p=reject, no aligned pass
     assert sink.delivered == []
+
+
+def test_dkimpy_entry_point_we_rely_on() -> None:
+    """gateway.auth.dkim calls DomainSigner.verify_sig(sig, include_headers, sig_header,
+    dnsfunc) directly (pyproject pins dkimpy <1.2); a release that changes it must fail here."""
+    import inspect
+
+    params = list(inspect.signature(dkim.DKIM.verify_sig).parameters)
+    assert params == ["self", "sig", "include_headers", "sig_header", "dnsfunc"]

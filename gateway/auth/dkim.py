@@ -10,7 +10,10 @@ steps:
    `(`) is a finding and never a lookup. The key names of the remaining signatures are looked up
    concurrently with the gateway's resolver (one cache, one timeout policy for the whole gateway).
 2. **Verify (CPU only).** dkimpy runs with a `dnsfunc` that answers from what step 1 fetched and
-   never touches the network. Key lookups that failed are decided before dkimpy is called: a
+   never touches the network. Tags and keys are checked first as RFC 6376 reads them
+   (gateway.auth.dkim_tags: dkimpy's own checks refuse valid `q=` lists, `i=` in
+   dkim-quoted-printable and key `s=` lists, and pass an `h=` without From), and dkimpy's
+   `verify_sig` is given the checked tags and the normalized key, never its own `verify()`. Key lookups that failed are decided before dkimpy is called: a
    timeout or SERVFAIL is `temperror` (the caller defers the message, never a pass), NXDOMAIN or
    NODATA is `permerror` ("no key for signature", RFC 6376 6.1.2). Hashing a large body is real
    CPU work (about 26 ms per MiB for a relaxed RSA-2048 signature on this class of machine), so a

@@ -22,6 +22,10 @@ Authentication Chains", USENIX Security 2021): DMARC_FROM_MALFORMED; DMARC_FROM_
 DMARC_FROM_INVISIBLE (bidi overrides, zero-width characters); DMARC_FROM_HOMOGLYPH (a domain of
 mixed scripts or lookalike letters); DMARC_FROM_LOCAL_ADDRESS and DMARC_FROM_COMMENT_ADDRESS (an
 address in a quoted local part or in a comment: its domain's policy is applied too).
+When From names no usable author (missing, empty, a group, several addresses or fields, not
+well formed), a reader may show Sender or Resent-From instead: the domains of Sender,
+Resent-From and Resent-Sender are evaluated too (gateway.auth.dmarc.fallback_identities), their
+failures give the same symbols and forced actions, and DMARC_SENDER_EVALUATED says it happened.
 
 Forwarder and shared-hosting attacks (same paper): a spoofed From whose SPF passes because the
 client is a shared service the spoofed domain's record includes. By the domain's own record that
