@@ -13,9 +13,10 @@ steps:
    never touches the network. Tags and keys are checked first as RFC 6376 reads them
    (gateway.auth.dkim_tags: dkimpy's own checks refuse valid `q=` lists, `i=` in
    dkim-quoted-printable and key `s=` lists, and pass an `h=` without From), and dkimpy's
-   `verify_sig` is given the checked tags and the normalized key, never its own `verify()`. Key lookups that failed are decided before dkimpy is called: a
-   timeout or SERVFAIL is `temperror` (the caller defers the message, never a pass), NXDOMAIN or
-   NODATA is `permerror` ("no key for signature", RFC 6376 6.1.2). Hashing a large body is real
+   `verify_sig` is given the checked tags and the normalized key, never its own `verify()`.
+   Key lookups that failed are decided before dkimpy is called: a timeout or SERVFAIL is
+   `temperror` (the caller defers the message, never a pass), NXDOMAIN or NODATA is
+   `permerror` ("no key for signature", RFC 6376 6.1.2). Hashing a large body is real
    CPU work (about 26 ms per MiB for a relaxed RSA-2048 signature on this class of machine), so a
    message larger than `thread_threshold` is verified in a worker thread (`asyncio.to_thread`),
    and smaller ones, where a thread hop costs more than it saves, on the loop.
