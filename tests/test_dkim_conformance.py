@@ -199,6 +199,10 @@ def test_key_record_handed_to_dkimpy_keeps_its_key() -> None:
             id="h-without-from",  # dkimpy passed it: it gave DMARC credit to any From
         ),
         pytest.param(tags(h="From : To:subject"), PASS, id="h-case-and-fws"),
+        pytest.param(tags(h="from:to:"), PASS, id="h-trailing-colon"),
+        pytest.param(
+            tags(h="from:t o"), (DkimVerdict.PERMERROR, "h= is not a list"), id="h-bad-name"
+        ),
         pytest.param(
             tags(extra=f"t={NOW - 100}; x={NOW - 100}; "),
             (DkimVerdict.PERMERROR, "x= is not later than t="),
@@ -230,6 +234,11 @@ def test_key_record_handed_to_dkimpy_keeps_its_key() -> None:
             tags(extra="x=" + "9" * 5000 + "; "),
             (DkimVerdict.PERMERROR, "x= is not a number"),
             id="x-5000-digits",
+        ),
+        pytest.param(  # dkimpy's \d{,76} accepts it, then int(b"") raised ValueError
+            tags(extra="l=; "),
+            (DkimVerdict.PERMERROR, "l= is not a number"),
+            id="l-empty",
         ),
         pytest.param(
             tags(extra="l=100000; "),

@@ -119,8 +119,10 @@ def check_signature(tags: dict[bytes, bytes], now: float | None = None) -> Check
         except InvalidCanonicalizationPolicyError:
             return CheckedSignature(f"unknown canonicalization c={_shown(canon)}", tags)
         normal[b"c"] = canon.lower()
-    signed = colon_list(tags[b"h"])
-    if not all(_FIELD_NAME.fullmatch(name) for name in signed):
+    # An empty item ("h=from:to:") is outside the ABNF but selects nothing when hashed (dkimpy
+    # accepts it, and so do we: refusing it would only turn a broken signer's mail into a fail).
+    signed = [name for name in colon_list(tags[b"h"]) if name]
+    if not signed or not all(_FIELD_NAME.fullmatch(name) for name in signed):
         return CheckedSignature("h= is not a list of field names", tags)
     if b"from" not in (name.lower() for name in signed):
         return CheckedSignature("From field not signed (RFC 6376 6.1.1)", tags)
