@@ -53,7 +53,11 @@ def attachment(
     cte: str = "Content-Transfer-Encoding: base64",
     extra: str = "",
 ) -> str:
-    fields = [f"Content-Type: {ctype}", cte, f"Content-Disposition: {disposition}" if disposition else ""]
+    fields = [
+        f"Content-Type: {ctype}",
+        cte,
+        f"Content-Disposition: {disposition}" if disposition else "",
+    ]
     head = "".join(f + "\r\n" for f in fields if f) + extra
     return head + "\r\n" + b64(data) + "\r\n"
 
@@ -114,7 +118,10 @@ async def test_macro_document_behind_a_trailing_space_cte(tmp_path: Path) -> Non
 
 async def test_pdf_with_a_trailing_space_cte_is_decoded_and_clean(tmp_path: Path) -> None:
     part = attachment(
-        PDF, "application/pdf", 'attachment; filename="report.pdf"', "Content-Transfer-Encoding: base64 "
+        PDF,
+        "application/pdf",
+        'attachment; filename="report.pdf"',
+        "Content-Transfer-Encoding: base64 ",
     )
     raw = mixed(TEXT_PART, part)
     report = analyze(raw)
@@ -164,7 +171,7 @@ NAME_EVASIONS = {
     "long name": f'attachment; filename="{"a" * 1500}.js"',
     "no disposition type": 'filename="run.js"',
     "comment after the name": "attachment; filename=invoice.js(.pdf)",
-    "rfc 2231 continuation": "attachment; filename*0=\"inv\"; filename*1=\"oice.js\"",
+    "rfc 2231 continuation": 'attachment; filename*0="inv"; filename*1="oice.js"',
     "rfc 2231 charset": "attachment; filename*=utf-8''invoice%2Ejs",
     "encoded word": 'attachment; filename="=?utf-8?B?aW52b2ljZS5qcw==?="',
     "name= on the disposition": 'attachment; name="run.js"',
@@ -211,23 +218,28 @@ async def test_a_named_multipart_without_boundary_is_checked(tmp_path: Path) -> 
 
 async def test_every_candidate_name_reaches_the_policy(tmp_path: Path) -> None:
     part = attachment(
-        b"plain text\r\n", "text/plain; name=\"notes.txt\"", 'attachment; filename="notes.txt"',
+        b"plain text\r\n",
+        'text/plain; name="notes.txt"',
+        'attachment; filename="notes.txt"',
         extra="Content-Name: notes.vbs\r\n",
     )
-    report, content, _ = inspect(mixed(TEXT_PART, part))
+    _, content, _ = inspect(mixed(TEXT_PART, part))
     [facts] = [f for f in content.files if f.name == "notes.txt"]
     assert "vbs" in facts.extensions
 
 
 async def test_benign_names_stay_relayed(tmp_path: Path) -> None:
     pdf = attachment(
-        PDF, 'application/pdf; name="=?utf-8?Q?Rechnung_M=C3=A4rz.pdf?="',
+        PDF,
+        'application/pdf; name="=?utf-8?Q?Rechnung_M=C3=A4rz.pdf?="',
         'attachment; filename="=?utf-8?Q?Rechnung_M=C3=A4rz.pdf?="',
         extra="Content-Description: Scanned document\r\n",
     )
     image = attachment(
-        b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "image/gif; name=\"image001.gif\"",
-        'inline; filename="image001.gif"', extra="Content-Description: image001.gif\r\n",
+        b"GIF89a\x01\x00\x01\x00\x00\x00\x00;",
+        'image/gif; name="image001.gif"',
+        'inline; filename="image001.gif"',
+        extra="Content-Description: image001.gif\r\n",
     )
     dated = attachment(PDF, "application/pdf", "attachment; filename=minutes.pdf (final)")
     action, symbols = await verdict(tmp_path, mixed(TEXT_PART, pdf, image, dated))
@@ -269,7 +281,9 @@ STRUCTURE_EVASIONS = {
     ),
     "part after the closing delimiter": mixed(TEXT_PART, tail=f"--b1\r\n{_eicar_part()}--b1--\r\n"),
     "multipart without a boundary parameter": (
-        HEAD + "Content-Type: multipart/mixed\r\n\r\n" + f"--b1\r\n{TEXT_PART}--b1\r\n{_eicar_part()}--b1--\r\n"
+        HEAD
+        + "Content-Type: multipart/mixed\r\n\r\n"
+        + f"--b1\r\n{TEXT_PART}--b1\r\n{_eicar_part()}--b1--\r\n"
     ).encode(),
 }
 

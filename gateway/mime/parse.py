@@ -124,6 +124,16 @@ class _Findings:
         )
 
 
+def _pieces(value: str, limits: MimeSettings) -> tuple[list[str], bool]:
+    """A field's `;`-separated pieces (CPython's split, quotes respected) within the budgets:
+    `_parseparam` is quadratic in the number of pieces, so the text is cut first."""
+    overflow = False
+    if len(value) > limits.max_param_chars or value.count(";") > limits.max_params:
+        overflow = True
+        value = ";".join(value[: limits.max_param_chars].split(";")[: limits.max_params + 1])
+    return list(_parseparam(value)), overflow
+
+
 def _bounded_params(
     value: str, limits: MimeSettings, typeless: bool = False
 ) -> tuple[list[Any], bool]:
@@ -132,12 +142,9 @@ def _bounded_params(
     With `typeless`, a first piece that is a parameter (`filename="x.js"` with no disposition
     type) is a parameter too, as clients read it: an empty type is put before it.
     """
-    overflow = False
-    if len(value) > limits.max_param_chars or value.count(";") > limits.max_params:
-        overflow = True
-        value = ";".join(value[: limits.max_param_chars].split(";")[: limits.max_params + 1])
+    pieces, overflow = _pieces(value, limits)
     params: list[tuple[str, str]] = []
-    for index, piece in enumerate(_parseparam(value)):
+    for index, piece in enumerate(pieces):
         name, sep, val = piece.partition("=")
         if index == 0 and typeless and sep:
             params.append(("", ""))
@@ -222,7 +229,7 @@ def _field_boundaries(value: str, limits: MimeSettings) -> list[tuple[str, ...]]
     if "boundary" not in value.lower() or len(value) > limits.max_param_chars:
         return []
     found: list[tuple[str, ...]] = []
-    for piece in _parseparam(value.replace("\r", "").replace("\n", "")):
+    for piece in _pieces(value.replace("\r", "").replace("\n", ""), limits)[0]:
         name, sep, val = piece.partition("=")
         if sep and name.strip().lower() == "boundary":
             found.append(_boundary_readings(val))
@@ -379,21 +386,25 @@ def _names(msg: _Entity) -> tuple[tuple[str, ...], tuple[str, ...]]:
     limits = msg._mg_limits
     # raw values: the parsed ones turn raw UTF-8 into U+FFFD (compat32's unknown-8bit)
     raw = [(k.strip().lower(), v) for k, v in msg.raw_items()]
-    for header, param in _NAME_PARAMS:
-        for key, value in raw:
-            if key != header:
-                continue
+    fields: dict[str, list[tuple[list[Any], list[str]]]] = {}
+    for key, value in raw:
+        if key in ("content-disposition", "content-type"):
             params, overflow = _bounded_params(str(value), limits, typeless=True)
+            odd = "(" in value or "\\" in value
+            pieces = _pieces(str(value), limits)[0] if odd else []
             msg._mg_overflow = msg._mg_overflow or overflow
-            for name, raw_value in params[1:]:
+            fields.setdefault(key, []).append((params[1:], pieces))
+    for header, param in _NAME_PARAMS:
+        for params, pieces in fields.get(header, ()):
+            for name, raw_value in params:
                 name = name.lower()
                 if name == param or name.startswith(param + "*"):
                     text = decode_encoded_words(_param_text(raw_value)).strip()
                     if text and text not in names:
                         names.append(text)
-            for piece in _parseparam(str(value)[: limits.max_param_chars])[: limits.max_params]:
+            for piece in pieces:
                 name, sep, written = piece.partition("=")
-                if sep and name.strip().lower() == param and ("(" in written or "\\" in written):
+                if sep and name.strip().lower() == param:
                     other = decode_encoded_words(_utf8(_rfc_value(written))).strip()
                     if other and other not in names and other not in variants:
                         variants.append(other)
