@@ -61,14 +61,14 @@ _MIME_FIELD_IN_FOLD = re.compile(
 )
 _BLANK_FOLD = re.compile(r"\n[ \t]+\r?\n")
 _SIGNATURE_FIELDS = frozenset({"dkim-signature", "arc-message-signature", "arc-seal"})
-_CT_FIELD = re.compile(rb"^content-type[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*", re.I | re.M)
+# a MIME field at the start of a line of the lowered text: its name, white space before the colon
+_MIME_FIELD_START = re.compile(rb"\n(content-[a-z0-9-]{0,60}|mime-version)([ \t]*):")
 _BOUNDARY_PARAM = re.compile(rb"[;\s]boundary\s*\*?\s*=", re.I)
 _UU_BEGIN = re.compile(r"^begin [0-7]{3,4} ([^\r\n]{1,255})\r?$", re.M)
 _MAX_UU_BLOCKS = 20
 # a field name, white space, the colon: obsolete syntax (RFC 5322 4.5.3) that CPython reads as
 # the end of the header and other readers as the field
 _SPACED_FIELD = re.compile(rb"^([\x21-\x39\x3b-\x7e]{1,76})[ \t]+:", re.M)
-_SPACED_MIME_FIELD = re.compile(rb"^(?:content-[a-z0-9-]{1,60}|mime-version)[ \t]+:", re.I | re.M)
 # the first line of a text a loose reader takes for the header of a part
 _HEADER_LINE = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}[ \t]*:")
 _MIME_FIELD_LINE = re.compile(r"^(?:content-[a-z0-9-]{1,60}|mime-version)[ \t]*:", re.I | re.M)
@@ -236,21 +236,37 @@ def _field_boundaries(value: str, limits: MimeSettings) -> list[tuple[str, ...]]
     return found
 
 
-def _raw_boundary_facts(raw: bytes, limits: MimeSettings) -> tuple[bool, int]:
-    """Whether some Content-Type has two boundary parameters, and how many other readings of a
-    boundary some Content-Type offers (each is a parse of its own)."""
-    duplicate = False
+def _raw_facts(raw: bytes, limits: MimeSettings) -> tuple[bool, int, bool]:
+    """What calls for another reading, from every MIME field of the raw text (any header
+    section): some Content-Type with two boundary parameters; how many other readings of a
+    boundary some Content-Type offers (each is a parse of its own); a MIME field with white
+    space before its colon. One pass over the lowered text (a literal search is several times
+    faster than a case-insensitive multiline pattern)."""
+    duplicate = spaced = False
     variants = 0
-    for match in _CT_FIELD.finditer(raw):
-        field = match.group(0)
-        if len(field) > limits.max_param_chars:
+    lowered = b"\n" + raw.lower()  # a literal first character: the pattern's fast path
+    for match in _MIME_FIELD_START.finditer(lowered):
+        if match.group(2):
+            spaced = True
+        if match.group(1) != b"content-type":
             continue
-        if len(_BOUNDARY_PARAM.findall(field)) > 1:
+        start = match.end() - 1
+        stop = start
+        while stop - start <= limits.max_param_chars:
+            stop = raw.find(b"\n", stop)
+            if stop < 0 or raw[stop + 1 : stop + 2] not in (b" ", b"\t"):
+                break
+            stop += 1
+        if stop < 0:
+            stop = len(raw)
+        if stop - start > limits.max_param_chars:
+            continue
+        field = raw[start:stop]
+        if len(_BOUNDARY_PARAM.findall(b";" + field)) > 1:
             duplicate = True
-        value = field.partition(b":")[2].decode("ascii", "surrogateescape")
-        for readings in _field_boundaries(value, limits):
+        for readings in _field_boundaries(field.decode("ascii", "surrogateescape"), limits):
             variants = max(variants, len(readings) - 1)
-    return duplicate, variants
+    return duplicate, variants, spaced
 
 
 class _Entity(email.message.Message):
@@ -428,9 +444,8 @@ def _payload_bytes(payload: str) -> bytes:
         return payload.encode("raw-unicode-escape")
 
 
-def _decode(msg: _Entity, payload: str, cte: str) -> bytes:
+def _decode(msg: _Entity, data: bytes, cte: str) -> bytes:
     """The payload decoded as `cte` says (the stdlib's decoders, defects recorded on `msg`)."""
-    data = _payload_bytes(payload)
     if cte == "quoted-printable":
         return quopri.decodestring(data)
     if cte == "base64":
@@ -453,12 +468,12 @@ def _base64_segment(text: bytes) -> bytes:
         return b""
 
 
-def _base64_past_pads(payload: str) -> list[bytes]:
+def _base64_past_pads(data: bytes) -> list[bytes]:
     """Other decodings of base64 with a pad before its end: the stdlib stops at the first
     complete padded group; other clients go on, decoding each padded stretch on its own or
     ignoring the pads. Empty for ordinary base64 (pads only at the end)."""
-    data = _payload_bytes(payload)
-    if b"=" not in data.rstrip().rstrip(b"="):
+    pad = data.find(b"=")
+    if pad < 0 or not data[pad:].strip(b"= \t\r\n"):
         return []
     text = re.sub(rb"[^A-Za-z0-9+/=]+", b"", data)
     if b"=" not in text.rstrip(b"="):
@@ -601,6 +616,9 @@ class _Walker:
         if payload is None or not isinstance(payload, str):
             self._overflow(msg, path)
             return
+        # the payload as written (8-bit as surrogates): get_payload() decodes it by charset
+        written = getattr(msg, "_payload", payload)
+        payload = written if isinstance(written, str) else payload
         raw_cte = str(msg.get("content-transfer-encoding", ""))
         cte = _cte_token(raw_cte)
         if msg.get_content_maintype() == "multipart":
@@ -614,7 +632,8 @@ class _Walker:
             return
         if cte in _SEVEN_BIT_CTE and _NON_ASCII.search(payload):
             self.found.add("MIME_8BIT_IN_7BIT", f"part {path} ({cte or '7bit'})")
-        data = _decode(msg, payload, cte)
+        written_bytes = _payload_bytes(payload)
+        data = _decode(msg, written_bytes, cte)
         for defect in msg.defects:
             decoding = _DEFECT_SYMBOLS.get(type(defect))
             if decoding:
@@ -623,11 +642,11 @@ class _Walker:
         stdlib_cte = raw_cte.lower()
         if stdlib_cte != cte:
             # the stdlib (and readers like it) take the field as written: that reading too
-            other = _decode(msg, payload, stdlib_cte)
+            other = _decode(msg, written_bytes, stdlib_cte)
             if other != data:
                 self._leaf(msg, path, "alternate", other, stdlib_cte.strip()[:40])
         if cte == "base64":
-            for other in _base64_past_pads(payload):
+            for other in _base64_past_pads(written_bytes):
                 if other != data:
                     self.found.add("MIME_BAD_BASE64", f"part {path}: data after a pad")
                     self._leaf(msg, path, "alternate", other, "base64")
@@ -635,9 +654,11 @@ class _Walker:
             self.found.add("MIME_BAD_CTE", f"part {path}: {cte[:40]}")
             if cte not in _UU_CTE and _BASE64_BODY.match(payload[:4096]):
                 # a client may still decode it as base64: scan that reading too
-                alternate = binascii.a2b_base64(_payload_bytes(payload))
+                alternate = binascii.a2b_base64(written_bytes)
                 self._leaf(msg, path, "alternate", alternate, "base64")
-        if msg.get_content_maintype() == "text" and "\nbegin " in "\n" + payload:
+        if msg.get_content_maintype() == "text" and (
+            payload.startswith("begin ") or "\nbegin " in payload
+        ):
             self._uuencoded(msg, path, data)
         self._lenient(payload, boundaries, path, depth, head=False)
         self._overflow(msg, path)
@@ -729,11 +750,13 @@ class _Walker:
 
 def _readings(raw: bytes, limits: MimeSettings) -> Iterator[tuple[str, bytes, type[_Entity]]]:
     """The readings made whatever the first one finds: (why, text parsed, entity class)."""
-    duplicate, variants = _raw_boundary_facts(raw, limits)
+    duplicate, variants, spaced = _raw_facts(raw, limits)
     if duplicate:
         yield "first-wins and last-wins", raw, _LastWinsEntity
     for index in range(1, variants + 1):
         yield f"boundary reading {index + 1}", raw, _variant_entity(index)
+    if spaced:
+        yield "white space before a colon", _SPACED_FIELD.sub(rb"\1:", raw), _Entity
 
 
 def analyze(raw: bytes, limits: MimeSettings = DEFAULT_LIMITS) -> MimeReport:
@@ -776,7 +799,10 @@ def analyze(raw: bytes, limits: MimeSettings = DEFAULT_LIMITS) -> MimeReport:
                 plan.extend(_readings(raw, limits))
                 if walker.ambiguous and not any(e is _LastWinsEntity for _, _, e in plan):
                     plan.append(("first-wins and last-wins", raw, _LastWinsEntity))
-                if walker.header_cut or _SPACED_MIME_FIELD.search(raw):
+                spaced = any(why == "white space before a colon" for why, _, _ in plan)
+                if walker.header_cut and not spaced:
+                    # a header cut at a line that is not a field: "Subject : x" ends it for
+                    # CPython, not for a reader that takes the obsolete syntax
                     joined = _SPACED_FIELD.sub(rb"\1:", raw)
                     if joined != raw:
                         plan.append(("white space before a colon", joined, _Entity))
