@@ -228,6 +228,18 @@ async def test_every_candidate_name_reaches_the_policy(tmp_path: Path) -> None:
     assert "vbs" in facts.extensions
 
 
+async def test_a_second_copy_under_another_name_is_checked(tmp_path: Path) -> None:
+    first = attachment(b"plain text\r\n", "text/plain", 'attachment; filename="notes.txt"')
+    second = attachment(
+        b"plain text\r\n",
+        "text/plain",
+        'attachment; filename="notes.txt"',
+        extra="Content-Name: notes.vbs\r\n",
+    )
+    action, symbols = await verdict(tmp_path, mixed(TEXT_PART, first, second))
+    assert action is Action.REJECT and "ATT_SCRIPT" in symbols, symbols
+
+
 async def test_benign_names_stay_relayed(tmp_path: Path) -> None:
     pdf = attachment(
         PDF,
@@ -258,6 +270,12 @@ STRUCTURE_EVASIONS = {
     "space before the colon": HEAD.encode()
     + b"Content-Type : multipart/mixed; boundary=b1\r\n\r\n"
     + f"--b1\r\n{TEXT_PART}--b1\r\n{_eicar_part()}--b1--\r\n".encode(),
+    "space before the colon in a part": mixed(
+        TEXT_PART, attachment(eicar(), cte="Content-Transfer-Encoding : base64")
+    ),
+    "space before the colon of another field": mixed(TEXT_PART, _eicar_part()).replace(
+        b"MIME-Version: 1.0\r\n", b"MIME-Version: 1.0\r\nX-Mailer : Outlook\r\n"
+    ),
     "part in the preamble": mixed(TEXT_PART, tail="").replace(
         b"\r\n\r\n--b1\r\n", f"\r\n\r\n{_eicar_part()}\r\n--b1\r\n".encode(), 1
     ),

@@ -357,7 +357,9 @@ class _Scanner:
     ) -> None:
         self.deadline.check()
         content_digest = hashlib.sha256(data).digest()
-        digest = content_digest + (name or "").encode("utf-8", "replace")
+        # the same content under other names (or other readings of its name) is checked again
+        named = "\x00".join((name or "", *aliases))
+        digest = content_digest + named.encode("utf-8", "replace")
         if digest in self.seen:
             return
         self.seen.add(digest)
