@@ -12,11 +12,12 @@ import base64
 from pathlib import Path
 
 import pytest
-from harness import make_settings
+from harness import REPO, make_settings
 from mime_samples import OLETOOLS, b64, eicar, inspect, oletools_sample, tiny_pe
 
 from gateway.config import PluginSettings
 from gateway.mime.parse import analyze
+from gateway.mime.symbols import MIME_SYMBOLS
 from gateway.plugin import ClientInfo, MessageContext, Phase, Services
 from gateway.plugins.attachments import AttachmentInspection
 from gateway.plugins.mime import MimeStructure
@@ -163,6 +164,20 @@ async def test_too_long_a_field_quarantines(tmp_path: Path) -> None:
     part = attachment(SCRIPT, "text/plain", f'attachment; x="{"y" * 9000}"; filename=run.js')
     action, symbols = await verdict(tmp_path, mixed(TEXT_PART, part))
     assert action in STOPPED and "MIME_LIMIT_PARAMS" in symbols
+
+
+def test_every_mime_budget_quarantines() -> None:
+    forced = load_rules(REPO / "rules").forced
+    budgets = [s for s in MIME_SYMBOLS if s.startswith("MIME_LIMIT_")] + ["MIME_UNSCANNABLE"]
+    for symbol in budgets:
+        assert symbol in forced and forced[symbol].action in STOPPED, symbol
+
+
+async def test_uuencoded_files_past_the_budget_quarantine(tmp_path: Path) -> None:
+    block = "begin 644 a.txt\r\n#86)C\r\n`\r\nend\r\n"
+    part = "Content-Type: text/plain\r\n\r\n" + block * 25
+    action, symbols = await verdict(tmp_path, mixed(TEXT_PART, part))
+    assert action in STOPPED and "MIME_LIMIT_PARTS" in symbols
 
 
 # -- file names, from everywhere a client reads one ------------------------------------------------
