@@ -348,3 +348,13 @@ async def test_lenient_readings_are_bounded(tmp_path: Path) -> None:
     raw = mixed(TEXT_PART, "Content-Type: text/plain\r\n\r\n" + body)
     action, symbols = await verdict(tmp_path, raw)
     assert action in STOPPED and "MIME_LIMIT_PARTS" in symbols
+
+
+def test_an_unknown_encoding_of_unpadded_base64_is_decoded_not_unscannable() -> None:
+    raw = (
+        HEAD + "Content-Type: text/plain\r\nContent-Transfer-Encoding: x-b64\r\n\r\n"
+        "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmM\r\n"
+    ).encode()
+    report = analyze(raw)
+    assert report.complete and "MIME_UNSCANNABLE" not in report.symbols()
+    assert any(leaf.data.startswith(b"ABCDEFGHIJ") for leaf in report.leaves)

@@ -521,7 +521,8 @@ class _Walker:
     def _leaf(self, msg: _Entity, path: str, kind: str, data: bytes, cte: str = "") -> None:
         self._take(len(data))
         disposition = str(msg.get("content-disposition", "")).split(";")[0].strip().lower()
-        names, variants = _names(msg) if kind in ("part", "body", "container") else ((), ())
+        named = kind in ("part", "body", "container", "alternate")
+        names, variants = _names(msg) if named else ((), ())
         self.leaves.append(
             Leaf(
                 path=path,
@@ -654,7 +655,7 @@ class _Walker:
             self.found.add("MIME_BAD_CTE", f"part {path}: {cte[:40]}")
             if cte not in _UU_CTE and _BASE64_BODY.match(payload[:4096]):
                 # a client may still decode it as base64: scan that reading too
-                alternate = binascii.a2b_base64(written_bytes)
+                alternate = _decode(msg, written_bytes, "base64")  # never raises
                 self._leaf(msg, path, "alternate", alternate, "base64")
         if msg.get_content_maintype() == "text" and (
             payload.startswith("begin ") or "\nbegin " in payload
