@@ -678,14 +678,15 @@ class _Walker:
         chunks: list[str] = []
         first = len(text)
         if wanted:
-            matches = list(_delimiter_pattern(wanted).finditer(text))
-            if matches:
-                first = matches[0].start()
-                ends = [m.start() for m in matches[1:]] + [len(text)]
-                for match, stop in zip(matches, ends, strict=True):
-                    chunk = text[match.end() : stop]
-                    if _HEADER_LINE.match(chunk):
-                        chunks.append(chunk)
+            start: int | None = None  # where the part after the last delimiter begins
+            for match in _delimiter_pattern(wanted).finditer(text):
+                first = min(first, match.start())
+                if start is not None:
+                    chunks.append(text[start : match.start()])
+                    self._count_part()
+                start = match.end() if _HEADER_LINE.match(text, match.end()) else None
+            if start is not None:
+                chunks.append(text[start:])
         if head:
             opening = text[:first].lstrip("\r\n")
             if _HEADER_LINE.match(opening) and _MIME_FIELD_LINE.search(opening[:8192]):
@@ -707,6 +708,11 @@ class _Walker:
                     raise budget
         finally:
             self.reading = reading
+
+    def _count_part(self) -> None:
+        self.counter.entities += 1
+        if self.counter.entities > self.limits.max_parts:
+            raise BudgetExceeded("MIME_LIMIT_PARTS", f"more than {self.limits.max_parts} parts")
 
     def _uuencoded(self, msg: _Entity, path: str, data: bytes) -> None:
         text = data.decode("latin-1")
