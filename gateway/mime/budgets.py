@@ -1,8 +1,9 @@
 """Budgets of the MIME and attachment stages ([mime] in config/gateway.toml).
 
 Everything a hostile message can inflate has a bound here. A bound that trips is a finding
-(`MIME_LIMIT_*`, `ATT_LIMIT_*`, `ARCHIVE_*`) whose effect rules/ decides: never a crash,
-never an accept.
+(`MIME_LIMIT_*`, `ATT_LIMIT_*`, `ARCHIVE_*`), never a crash. A bound that leaves content (or a
+file name) unread must never let the message through: its symbol is forced to quarantine in
+rules/actions.toml (tests/test_mime_readings.py checks every MIME_LIMIT_* is).
 """
 
 from __future__ import annotations

@@ -303,8 +303,12 @@ class _Scanner:
 
     # -- names -----------------------------------------------------------------------------
 
-    def check_names(self, names: tuple[str, ...], where: str) -> None:
-        for name in names:
+    def check_names(
+        self, names: tuple[str, ...], where: str, variants: tuple[str, ...] = ()
+    ) -> None:
+        """Name checks on every name and reading of a name; several distinct names (not
+        readings of one name) are ambiguous."""
+        for name in names + variants:
             if _BIDI.search(name):
                 self.add("ATT_RTLO", f"{where}: {name.encode('unicode_escape').decode()[:80]}")
             exts = extensions(_BIDI.sub("", name))
@@ -320,12 +324,13 @@ class _Scanner:
 
     def scan_leaf(self, leaf: Leaf) -> None:
         where = leaf.path if leaf.reading == 0 else f"{leaf.path} (2nd reading)"
-        if leaf.names:
-            self.check_names(leaf.names, where)
+        if leaf.names or leaf.name_variants:
+            self.check_names(leaf.names, where, leaf.name_variants)
         if leaf.kind == "raw":
             return  # the unparsed message: nothing a client shows as a file (clamd scans it)
         declared = leaf.content_type if leaf.kind in ("part", "body") else None
-        self.scan_file(leaf.data, leaf.name, declared, where, 0, leaf.is_attachment, leaf.names[1:])
+        aliases = leaf.names[1:] + leaf.name_variants  # every name the policy must see
+        self.scan_file(leaf.data, leaf.name, declared, where, 0, leaf.is_attachment, aliases)
 
     def name_checks(self, name: str, label: str) -> str:
         """Symbols a name alone deserves; returns its last extension as Windows reads it."""
@@ -352,7 +357,9 @@ class _Scanner:
     ) -> None:
         self.deadline.check()
         content_digest = hashlib.sha256(data).digest()
-        digest = content_digest + (name or "").encode("utf-8", "replace")
+        # the same content under other names (or other readings of its name) is checked again
+        named = "\x00".join((name or "", *aliases))
+        digest = content_digest + named.encode("utf-8", "replace")
         if digest in self.seen:
             return
         self.seen.add(digest)

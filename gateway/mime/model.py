@@ -46,9 +46,16 @@ class Leaf:
     `kind` is "part" (a MIME leaf), "preamble"/"epilogue" (text around multipart parts),
     "body" (the payload of a multipart without usable boundaries), "uuencoded" (a `begin 644`
     block inside a text part, which some clients show as an attachment), "alternate" (a second
-    decoding of a part whose encoding is ambiguous) or "raw" (the whole message, when it could not
-    be parsed). `reading` is 0 for the first-wins reading (CPython, most clients) and 1 for the
-    last-wins reading, made only when the message is ambiguous.
+    decoding of a part whose encoding is ambiguous), "container" (a message/rfc822 or multipart
+    entity that has a file name, which a client saves under it; `data` is empty, its content
+    is in the leaves below it) or "raw" (the whole message, when it could not be parsed).
+    `reading` is 0 for CPython's reading (first field and parameter win, as in most clients)
+    and another number for each other reading of an ambiguous message (last-wins, another
+    reading of a boundary, parts a loose reader finds...).
+    `names` are the file names the entity declares, wherever a client looks for one;
+    `name_variants` are other readings of those names (an RFC 5322 reader removes comments
+    and unescapes quoted-pairs; a description that looks like a file name): checked like
+    names, but not counted as different names.
     """
 
     path: str
@@ -59,6 +66,7 @@ class Leaf:
     cte: str
     data: bytes
     reading: int = 0
+    name_variants: tuple[str, ...] = ()
 
     @property
     def name(self) -> str | None:
