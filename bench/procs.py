@@ -323,9 +323,11 @@ def start_gateway(
     return child
 
 
-async def wait_ready(child: Child, limit: float = 15.0, smtp: bool = True) -> None:
+async def wait_ready(child: Child, limit: float = 120.0, smtp: bool = True) -> None:
     """Poll until the child accepts a connection (and greets with 220, for SMTP servers);
-    raise with its log if it dies or is not ready in time."""
+    raise with its log if it dies or is not ready in time. The limit is generous: a gateway
+    loads its model and tables at start-up, which a loaded 2-core CI machine makes slow, and a
+    child that dies is noticed at once anyway."""
     deadline = time.monotonic() + limit
     last: BaseException | None = None
     while time.monotonic() < deadline:
