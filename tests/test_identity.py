@@ -273,9 +273,7 @@ def _identity_rules(tmp_path: Path, text: str) -> Path:
     return _rules_copy(tmp_path / "rules", text)
 
 
-async def _symbols(
-    tmp_path: Path, raw: bytes, identity: str = "", mail_from: str = ""
-) -> set[str]:
+async def _symbols(tmp_path: Path, raw: bytes, identity: str = "", mail_from: str = "") -> set[str]:
     ctx = _context(tmp_path, raw, mail_from)
     ctx.rules = load_rules(_identity_rules(tmp_path, identity))
     return {f.symbol for f in await IdentityCheck(Services(ctx.settings)).check(Phase.DATA, ctx)}
