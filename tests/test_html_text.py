@@ -44,6 +44,8 @@ def test_markup_becomes_the_text_shown(html: str, text: str) -> None:
         ("a<span style='font: 0/0 a'>x</span>b", "ab"),
         ("a<span style='font-size:12px'>x</span>b", "axb"),
         ("a<span style='opacity:0.5'>x</span>b", "axb"),
+        ("a<div style='max-height:0;overflow:hidden'>preheader</div>b", "ab"),
+        ("a<span style='max-height:0'>x</span>b", "axb"),  # not clipped: it overflows, shown
         # a descendant may show itself again where CSS lets it
         ("<div style='font-size:0'>salad <span style='font-size:14px'>shown</span></div>", "shown"),
         ("<div style='visibility:hidden'>h<b style='visibility:visible'>shown</b></div>", "shown"),

@@ -11,9 +11,10 @@ hits the last. So HTML parts are rendered here as a mail client shows them:
 - block elements (p, div, li, tr, headings, br...) as line breaks, table cells as spaces,
   whitespace runs collapsed to one space, as a browser does (<pre> keeps its line breaks);
 - hidden elements left out, with what they contain: the `hidden` attribute, and inline styles
-  display:none, visibility:hidden (a child may show itself again), opacity:0 and a zero font
-  size (font-size:0, font:0/0; a child with a font size of its own shows again). Style sheets
-  are not applied: text hidden by a class selector is kept;
+  display:none, visibility:hidden (a child may show itself again), opacity:0, a zero height
+  with overflow:hidden, and a zero font size (font-size:0, font:0/0; a child with a font size
+  of its own shows again). Style sheets are not applied: text hidden by a class selector is
+  kept;
 - the end tags a browser implies: a <p> ends at the next block, an <li> at the next <li>, a
   cell at the next cell or row, an <a> at the next <a>; `<div/>` opens a div, as in a browser.
 
@@ -141,6 +142,7 @@ def _style(value: str) -> tuple[bool, bool | None, bool | None]:
     gone = False
     invisible: bool | None = None
     zero_font: bool | None = None
+    zero_height = clipped = False  # the preheader trick: max-height:0 with overflow:hidden
     for declaration in value[:MAX_STYLE].lower().split(";"):
         name, colon, setting = declaration.partition(":")
         if not colon:
@@ -158,7 +160,11 @@ def _style(value: str) -> tuple[bool, bool | None, bool | None]:
         elif name == "font":
             found = _font_shorthand_zero(setting)
             zero_font = found if found is not None else zero_font
-    return gone, invisible, zero_font
+        elif name in ("height", "max-height"):
+            zero_height = zero_height or bool(_font_size_zero(setting))
+        elif name == "overflow":
+            clipped = setting == "hidden"
+    return gone or (zero_height and clipped), invisible, zero_font
 
 
 class _Renderer(HTMLParser):
