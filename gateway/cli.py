@@ -102,6 +102,26 @@ def _plugins_off(gateway: Gateway) -> list[str]:
     return lines
 
 
+def _rbl_lines(gateway: Gateway) -> list[str]:
+    """What `check` says about the DNS reputation lists the rbl plugin will ask."""
+    from gateway.reputation import DOMAIN_SOURCES
+
+    if "rbl" not in gateway.settings.plugins.order:
+        return []
+    policy = gateway.rules.reputation
+    if not policy.lists:
+        return ["rbl: on, but rules/reputation.toml enables no list: nothing is asked"]
+    lines = [f"rbl: on, asking {len(policy.lists)} DNS lists (rules/reputation.toml):"]
+    for entry in policy.ip_lists:
+        lines.append(
+            f"  {entry.name}: {entry.zone} (client IP{', IPv6 too' if entry.ipv6 else ''})"
+        )
+    for entry in policy.domain_lists:
+        sources = ", ".join(s for s in DOMAIN_SOURCES if s in entry.domains)
+        lines.append(f"  {entry.name}: {entry.zone} (domains of {sources})")
+    return lines
+
+
 DNS_DOWN_MEANS = (
     "every SPF, DKIM and DMARC check is a temporary error, so mail is deferred (4xx) until it "
     "answers; set [dns] nameservers to a recursive resolver that does"
@@ -150,7 +170,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"quarantine at {gateway.rules.quarantine_at:g}, reject at {gateway.rules.reject_at:g})"
     )
     print(f"plugins: {', '.join(p.name for p in gateway.chain.plugins) or '(none)'}")
-    for line in _plugins_off(gateway):
+    for line in _plugins_off(gateway) + _rbl_lines(gateway):
         print(line)
     if args.no_dns_probe or gateway.services is None:
         return 0

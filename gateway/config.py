@@ -216,9 +216,10 @@ class DeliverySettings:
         return self.tls != "none" and (self.tls_ca_file is not None or bool(self.tls_fingerprints))
 
 
-# Every built-in check that needs no server of its own (clamav needs clamd: opt-in). Sender
-# authentication runs before the MIME stages that read the body, DMARC after SPF, DKIM and ARC
-# (the registry checks that order), the advisory classifier last.
+# Every built-in check that needs no server of its own (clamav needs clamd: opt-in; the DNS
+# reputation lists need only DNS). Sender authentication runs before the MIME stages that read
+# the body, DMARC after SPF, DKIM and ARC (the registry checks that order), rbl after the link
+# checks (it asks about the same links' domains), the advisory classifier last.
 DEFAULT_PLUGIN_ORDER = (
     "lists",
     "headers",
@@ -230,6 +231,7 @@ DEFAULT_PLUGIN_ORDER = (
     "qr",
     "content",
     "links",
+    "rbl",
     "dkim",
     "arc",
     "dmarc",

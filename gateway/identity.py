@@ -7,7 +7,10 @@ with the rest of the RuleSet):
                     label), display (as written in a display name), fuzzy, country_tlds
     freemail.toml   domains = [...] anyone can get an address at ("yahoo.*": any suffix)
     identity.toml   protected_names = [...] (executives and other names worth impersonating),
-                    reply_to_domains = [...] (services that legitimately answer for others)
+                    reply_to_domains = [...] (services that legitimately answer for others),
+                    own_domains = [...] (the organisation's other domains: never lookalikes
+                    of the served ones), served_tld_swaps = false (whether the served name
+                    under another suffix counts as a lookalike)
 
 Display names are read the way a mail client shows them (gateway.rfc5322.shown_text: encoded
 words decoded, compatibility forms folded, invisible characters dropped) and compared by their
@@ -92,6 +95,8 @@ class IdentityFile:
 
     protected_names: Array[Phrase] = ()
     reply_to_domains: Array[DomainName] = ()
+    own_domains: Array[DomainName] = ()
+    served_tld_swaps: Flag = False
 
 
 # -- the policy ----------------------------------------------------------------------------------
@@ -136,6 +141,16 @@ class IdentityPolicy:
     brand_phrases: Mapping[tuple[str, ...], str] = field(default_factory=dict)
     protected_names: Mapping[tuple[str, ...], str] = field(default_factory=dict)
     reply_to_domains: DomainSet = field(default_factory=DomainSet)
+    # the organisation's own domains besides the served ones (sister domains, old names):
+    # never lookalikes of the served domains
+    own_domains: DomainSet = field(default_factory=DomainSet)
+    # the served name under another suffix (ours.com / ours.net) counts as a lookalike: for
+    # sites that own no sister domains; off by default (a sister domain is the usual case)
+    served_tld_swaps: bool = False
+
+    def owns(self, host: str) -> bool:
+        """`host` is one of own_domains or below one (an entry "ours.de" covers mail.ours.de)."""
+        return self.own_domains.matches(host) or self.own_domains.matches(registrable_domain(host))
 
     def brand_named(self, display: str) -> str:
         """The brand whose display phrase appears as whole words in `display`, or ""."""
@@ -192,6 +207,8 @@ def load_identity_policy(docs: Mapping[str, TomlFile], errors: list[ConfigError]
         freemail = Freemail.parse(found.domains)
     protected: dict[tuple[str, ...], str] = {}
     reply_to = DomainSet()
+    own = DomainSet()
+    served_tld_swaps = False
     if "identity.toml" in docs:
         doc = docs["identity.toml"]
         written_identity = validate_table(doc, "", IdentityFile, doc.data, errors)
@@ -207,12 +224,16 @@ def load_identity_policy(docs: Mapping[str, TomlFile], errors: list[ConfigError]
                 if len(key) == 2:  # "Doe, Jane"
                     protected.setdefault((key[1], key[0]), name)
             reply_to = DomainSet.parse(written_identity.reply_to_domains)
+            own = DomainSet.parse(written_identity.own_domains)
+            served_tld_swaps = written_identity.served_tld_swaps
     return IdentityPolicy(
         brands=LookalikeIndex(tuple(targets)),
         freemail=freemail,
         brand_phrases=phrases,
         protected_names=protected,
         reply_to_domains=reply_to,
+        own_domains=own,
+        served_tld_swaps=served_tld_swaps,
     )
 
 

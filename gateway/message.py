@@ -324,6 +324,31 @@ def message_urls(report: MimeReport, limit: int = MAX_URLS) -> tuple[Url, ...]:
     return tuple(found.values())[:limit]
 
 
+def visible_body_text(report: MimeReport, limit: int = 1 << 20) -> str:
+    """The text of the message bodies (the text/plain and text/html parts a client shows, of
+    every reading, as MimeReport.body_text picks them) as a reader sees it: plain text as
+    written, HTML rendered by gateway.mime.html_text (no markup, comments, scripts or hidden
+    elements; entities decoded). At most `limit` characters, and MAX_HTML_BYTES of HTML read."""
+    from gateway.mime.html_text import visible_text
+
+    out: list[str] = []
+    size, html_budget = 0, MAX_HTML_BYTES
+    for leaf in report.leaves:
+        if size >= limit:
+            break
+        if not leaf.is_text_body:
+            continue
+        if leaf.content_type == "text/html":
+            data = leaf.data[:html_budget]
+            html_budget -= len(data)
+            chunk = visible_text(data, limit - size) if data else ""
+        else:
+            chunk = leaf.data[: limit - size].decode("utf-8", "replace")
+        out.append(chunk)
+        size += len(chunk) + 1
+    return "\n".join(out)[:limit]
+
+
 # A QR code holding only "host.tld/path": phone cameras open it as a web address.
 _BARE_LINK = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,62}\.)+[a-z]{2,24})(?:[/?#]\S*)?", re.I)
 
@@ -421,9 +446,19 @@ class ParsedMessage:
         return self._mime
 
     async def text(self) -> str:
-        """The text of the message bodies (plain, and HTML with its markup), bounded."""
+        """The text of the message bodies as a reader sees them (see `visible_body_text`:
+        HTML rendered, not its markup), bounded; off the event loop when there is more than
+        INLINE_BYTES to read. What content rules of type `body` match; `rawbody` rules read the
+        markup (MimeReport.body_text)."""
         if self._text is None:
-            self._text = (await self.mime()).body_text()
+            report = await self.mime()
+            size = sum(len(leaf.data) for leaf in report.leaves if leaf.is_text_body)
+            if size <= INLINE_BYTES:
+                found = visible_body_text(report)
+            else:
+                found = await offload(visible_body_text, report)
+            if self._text is None:
+                self._text = found
         return self._text
 
     async def urls(self) -> tuple[Url, ...]:

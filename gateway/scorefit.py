@@ -15,6 +15,11 @@ Hand-set scores drift from what the evidence is worth, and a symbol that looks l
    anyway; those whose reading offline is an artefact (SPF_, DKIM_, DMARC_, ARC_ results without
    DNS); those seen in fewer than `min_count` training messages; any the admin names. Messages
    a forced action decides are left out of the fit too, and counted with that action.
+   Ordered families stay in order: the classifier's probability bands (ML_BAND_00 ... _999)
+   must score never less for a spammier band, else a more certain spam could score less. The
+   fit has no such constraint, so its band coefficients are pooled (pool adjacent violators,
+   weighted by how many training messages fell in each band) before scaling, and a band the
+   fit could not score (too rare) is then brought between its fitted neighbours.
 5. The coefficients are put on the scale of rules/: multiplied by the largest factor for which at
    most `target_fpr` of training ham reaches the calibrated threshold (the tag threshold by
    default) once the kept scores are added, each score then kept within +-quarantine threshold.
@@ -324,17 +329,109 @@ def calibrate(
     return _scaled(coef, low, policy)
 
 
+# Families of symbols whose scores must not decrease along their order: the classifier's bands,
+# low to high spam probability. A band's place is its suffix read as a fraction (ML_BAND_05 is
+# 0.05, ML_BAND_999 is 0.999), which orders them as the classifier cuts them.
+ORDERED_PREFIXES = ("ML_BAND_",)
+
+
+def band_rank(symbol: str) -> tuple[str, float] | None:
+    """(family, place) of an ordered symbol, or None for any other symbol."""
+    for prefix in ORDERED_PREFIXES:
+        suffix = symbol[len(prefix) :]
+        if symbol.startswith(prefix) and suffix.isdigit():
+            return prefix, float("0." + suffix)
+    return None
+
+
+def _families(symbols: Iterable[str]) -> dict[str, list[str]]:
+    """Ordered symbols by family, each family in its order."""
+    found: dict[str, list[tuple[float, str]]] = {}
+    for symbol in set(symbols):
+        rank = band_rank(symbol)
+        if rank is not None:
+            found.setdefault(rank[0], []).append((rank[1], symbol))
+    return {family: [s for _, s in sorted(items)] for family, items in found.items()}
+
+
+def pool_adjacent_violators(values: Sequence[float], weights: Sequence[float]) -> list[float]:
+    """The weighted least-squares non-decreasing fit of `values` (isotonic regression): each run
+    that decreases is replaced by its weighted mean. Linear in the number of values."""
+    blocks: list[list[float]] = []  # [weighted sum, weight, count]
+    for value, weight in zip(values, weights, strict=True):
+        weight = max(weight, 1e-12)
+        blocks.append([value * weight, weight, 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, mass, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += mass
+            blocks[-1][2] += count
+    out: list[float] = []
+    for total, mass, count in blocks:
+        out.extend([total / mass] * int(count))
+    return out
+
+
+def ordered_coefficients(
+    coef: Mapping[str, float], rows: Sequence[Sample], policy: Policy
+) -> dict[str, float]:
+    """`coef` with each ordered family's fitted members made non-decreasing (pool adjacent
+    violators, weighted by the training messages in each band), then held to their sign
+    bounds (which, for bands scored in order in rules/, keeps the order)."""
+    out = dict(coef)
+    for members in _families(coef).values():
+        if len(members) < 2:
+            continue
+        weights = [sum(s.vector.get(m, 0.0) for s in rows) for m in members]
+        pooled = pool_adjacent_violators([coef[m] for m in members], weights)
+        for member, value in zip(members, pooled, strict=True):
+            bounded_below = policy.scores.get(member, 0.0) >= 0
+            out[member] = max(0.0, value) if bounded_below else min(0.0, value)
+    return out
+
+
+def order_unfitted_bands(
+    scores: Mapping[str, float], kept: Mapping[str, str], policy: Policy, settings: FitSettings
+) -> tuple[dict[str, float], dict[str, str]]:
+    """A band the fit did not score (too rare in training, or never seen) still fires on live
+    mail with its rules/ score: brought between its fitted neighbours' scores when it is out of
+    order with them, and then written with the fitted ones. Bands an admin keeps (--keep) or a
+    forced action decides are left as they are."""
+    out, still_kept = dict(scores), dict(kept)
+    for members in _families(set(scores) | set(policy.scores)).values():
+        if not any(m in scores for m in members):
+            continue
+        floor = -math.inf
+        for index, member in enumerate(members):
+            if member in scores:
+                floor = max(floor, scores[member])
+                continue
+            if member in settings.keep or member in policy.forced:
+                continue
+            above = [scores[m] for m in members[index + 1 :] if m in scores]
+            ceiling = min(above, default=math.inf)
+            current = policy.scores.get(member, 0.0)
+            placed = min(max(current, floor), max(floor, ceiling))
+            if placed != current:
+                out[member] = round(placed, 2)
+                still_kept.pop(member, None)
+            floor = max(floor, placed)
+    return out, still_kept
+
+
 def fit(
     train: Sequence[Sample], policy: Policy, settings: FitSettings
 ) -> tuple[dict[str, float], dict[str, str]]:
-    """Fitted scores (only the fitted symbols) and the symbols kept with their reason."""
+    """Fitted scores (only the fitted symbols, and bands put in order) and the symbols kept
+    with their reason."""
     symbols, kept = fit_symbols(train, policy, settings)
     rows = [s for s in train if not s.forced]
     if not symbols or not any(s.is_spam for s in rows) or all(s.is_spam for s in rows):
         return {}, kept
-    coef = _logistic(rows, symbols, policy, settings.l2)
+    coef = ordered_coefficients(_logistic(rows, symbols, policy, settings.l2), rows, policy)
     ham = [s for s in rows if not s.is_spam]
-    return calibrate(coef, ham, policy, settings), kept
+    scores = calibrate(coef, ham, policy, settings)
+    return order_unfitted_bands(scores, kept, policy, settings)
 
 
 # -- held-out figures ----------------------------------------------------------------------------

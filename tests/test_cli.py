@@ -74,10 +74,15 @@ def test_check_ok_on_the_repository_config(tmp_path: Path) -> None:
     assert f"config OK: {(REPO / 'config' / 'gateway.toml').resolve()}" in out
     assert f"rules OK: {(REPO / 'rules').resolve()}" in out
     assert (
-        "plugins: lists, headers, limits, tls, spf, mime, attachments, qr, content, links, dkim, "
-        "arc, dmarc, " in out
+        "plugins: lists, headers, limits, tls, spf, mime, attachments, qr, content, links, rbl, "
+        "dkim, arc, dmarc, " in out
     )
     assert "clamav: off (opt-in: it needs a clamd daemon; to turn it on, add" in out
+    # DNS reputation needs only DNS: on, and the lists it will ask are named
+    assert "rbl: on, asking 7 DNS lists (rules/reputation.toml):" in out
+    assert "  spamhaus_zen: zen.spamhaus.org (client IP, IPv6 too)" in out
+    assert "  spamhaus_dbl: dbl.spamhaus.org (domains of links, from, reply_to, helo)" in out
+    assert "  uribl: multi.uribl.com" in out and "rbl" not in out.partition("also available")[2]
 
 
 def _dns_pointed_at(install: Path, server: DnsTestServer) -> None:

@@ -23,7 +23,7 @@ def test_shipped_config_loads() -> None:
     assert settings.tls.cert_file is None and settings.tls.key_file is None
     # every check that needs no server of its own, the same with a file as without one
     assert settings.plugins.order == DEFAULT_PLUGIN_ORDER == load_settings(None).plugins.order
-    assert {"spf", "dkim", "arc", "dmarc", "classifier", "tls"} <= set(DEFAULT_PLUGIN_ORDER)
+    assert {"spf", "dkim", "arc", "dmarc", "classifier", "tls", "rbl"} <= set(DEFAULT_PLUGIN_ORDER)
     assert "clamav" not in DEFAULT_PLUGIN_ORDER  # needs clamd: opt-in
     # relative paths in the shipped file point at the repository's folders
     assert settings.rules_dir == (REPO / "rules").resolve()

@@ -168,6 +168,62 @@ async def test_body_rawbody_and_full(tmp_path: Path) -> None:
     assert "T_RAW_FORM" in found
 
 
+PASSWORD_RULES = rule("T_PASSWORD", "body", pattern="(?i)password") + rule(
+    "T_RAW_PASSWORD", "rawbody", pattern="(?i)password"
+)
+
+
+@pytest.mark.parametrize(
+    ("html", "body", "rawbody"),
+    [
+        # what a reader sees: the word, whatever markup or encoding splits it
+        ("Your pass<b></b>word expires", True, False),
+        ("Your <span>pass</span><i>word</i> expires", True, False),
+        ("Your &#112;assword expires", True, False),
+        ("Your &#x70;ass&#x77;ord expires", True, False),
+        ("Your pass<span style='display:none'>xyz</span>word expires", True, False),
+        ("Your pass<!-- x -->word expires", True, False),
+        # what a reader never sees: the markup has the word, the rendered text does not
+        ("Hello <!-- password --> there", False, True),
+        ("Hello <script>var password = 1;</script> there", False, True),
+        ("Hello <style>.password { color: red }</style> there", False, True),
+        ("<title>password</title><p>Hello</p>", False, True),
+        ("Hello <div style='display: none'>password</div> there", False, True),
+        ("Hello <span style='font-size:0px'>password</span> there", False, True),
+        ("Hello <p hidden>password</p> there", False, True),
+    ],
+)
+async def test_body_rules_read_html_as_the_text_a_reader_sees(
+    tmp_path: Path, html: str, body: bool, rawbody: bool
+) -> None:
+    found = await findings_of(tmp_path, html_message(html), PASSWORD_RULES)
+    assert ("T_PASSWORD" in found) is body
+    assert ("T_RAW_PASSWORD" in found) is rawbody
+
+
+async def test_body_rules_see_html_blocks_as_lines_and_plain_parts_as_written(
+    tmp_path: Path,
+) -> None:
+    raw = message(
+        extra=b"MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=b\r\n",
+        body=b"--b\r\nContent-Type: text/plain\r\n\r\nplain <b>tags</b> stay\r\n"
+        b"--b\r\nContent-Type: text/html\r\n\r\n<p>first</p><div>second</div>"
+        b"<table><tr><td>cell</td><td>next</td></tr></table>\r\n--b--\r\n",
+    )
+    content = rule("T_LINES", "body", pattern="(?m)^first\\nsecond\\ncell next$")
+    content += rule("T_PLAIN_MARKUP", "body", pattern="plain <b>tags</b> stay")
+    content += rule("T_GLUED", "body", pattern="firstsecond")
+    found = await findings_of(tmp_path, raw, content)
+    assert {"T_LINES", "T_PLAIN_MARKUP"} <= set(found) and "T_GLUED" not in found
+
+
+async def test_gtube_hidden_in_an_html_comment_is_not_read(tmp_path: Path) -> None:
+    hidden = html_message(f"<p>Hello</p><!-- {GTUBE} -->")
+    assert "GTUBE" not in await findings_of(tmp_path, hidden, "")
+    shown = html_message(f"<p>{GTUBE}</p>")
+    assert "GTUBE" in await findings_of(tmp_path, shown, "")
+
+
 async def test_body_rule_ignores_invisible_characters_between_letters(tmp_path: Path) -> None:
     body = "Your pass\u200dword has ex\u00adpired".encode()
     raw = message(extra=b"Content-Type: text/plain; charset=utf-8\r\n", body=body + b"\r\n")

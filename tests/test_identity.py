@@ -264,3 +264,90 @@ async def test_a_relay_network_counts_as_internal(tmp_path: Path) -> None:
     ctx.settings = dataclasses.replace(ctx.settings, relay=relay)
     inside = await IdentityCheck(Services(ctx.settings)).check(Phase.DATA, ctx)
     assert inside == []
+
+
+# -- the served domains' TLD swaps and the organisation's own domains ---------------------------
+
+
+def _identity_rules(tmp_path: Path, text: str) -> Path:
+    return _rules_copy(tmp_path / "rules", text)
+
+
+async def _symbols(tmp_path: Path, raw: bytes, identity: str = "", mail_from: str = "") -> set[str]:
+    ctx = _context(tmp_path, raw, mail_from)
+    ctx.rules = load_rules(_identity_rules(tmp_path, identity))
+    return {f.symbol for f in await IdentityCheck(Services(ctx.settings)).check(Phase.DATA, ctx)}
+
+
+_SISTER = (
+    b'From: "Billing" <billing@example.net>\r\nTo: bob@example.com\r\nSubject: invoice\r\n'
+    b"\r\nSee https://portal.example.de/invoice/7 today.\r\n"
+)
+_SWAP_SYMBOLS = {
+    "IDENTITY_FROM_LOOKALIKE_SERVED",
+    "IDENTITY_LINK_LOOKALIKE_SERVED",
+    "IDENTITY_SENDER_LOOKALIKE_SERVED",
+}
+
+
+async def test_a_served_tld_swap_is_no_lookalike_by_default(tmp_path: Path) -> None:
+    found = await _symbols(tmp_path, _SISTER, mail_from="billing@example.net")
+    assert not found & _SWAP_SYMBOLS
+    # homoglyphs of the served domain still count
+    spoof = _SISTER.replace(b"example.net", b"examp1e.com")
+    found = await _symbols(tmp_path, spoof, mail_from="billing@examp1e.com")
+    assert {"IDENTITY_FROM_LOOKALIKE_SERVED", "IDENTITY_SENDER_LOOKALIKE_SERVED"} <= found
+
+
+async def test_served_tld_swaps_count_when_the_site_owns_no_sister_domains(
+    tmp_path: Path,
+) -> None:
+    found = await _symbols(
+        tmp_path, _SISTER, "served_tld_swaps = true\n", mail_from="billing@example.net"
+    )
+    assert found >= _SWAP_SYMBOLS
+    assert "IDENTITY_FROM_LOOKALIKE" not in found  # a served domain, not a brand
+
+
+async def test_own_domains_are_never_lookalikes_of_the_served_ones(tmp_path: Path) -> None:
+    identity = 'served_tld_swaps = true\nown_domains = ["example.de", "examp1e.com"]\n'
+    raw = _SISTER.replace(b"example.net", b"example.de")
+    found = await _symbols(tmp_path, raw, identity, mail_from="billing@mail.example.de")
+    assert not found & _SWAP_SYMBOLS  # subdomains of an own domain are ours too
+    # a defensive registration of a homoglyph, declared as the organisation's own
+    raw = _SISTER.replace(b"example.net", b"examp1e.com")
+    assert not await _symbols(tmp_path, raw, identity) & _SWAP_SYMBOLS
+    # a TLD swap the organisation does not own still counts
+    found = await _symbols(tmp_path, _SISTER, identity, mail_from="billing@example.net")
+    assert {"IDENTITY_FROM_LOOKALIKE_SERVED", "IDENTITY_SENDER_LOOKALIKE_SERVED"} <= found
+    assert "IDENTITY_LINK_LOOKALIKE_SERVED" not in found  # the link is to example.de
+
+
+async def test_own_domains_are_one_organisation_with_the_served_ones(tmp_path: Path) -> None:
+    raw = (
+        b'From: "example.com billing" <billing@example.de>\r\nReply-To: <ar@example.com>\r\n'
+        b"To: bob@example.com\r\nSubject: invoice\r\n\r\nhello\r\n"
+    )
+    strangers = await _symbols(tmp_path, raw)
+    assert {"IDENTITY_NAME_DOMAIN", "IDENTITY_REPLYTO_UNRELATED"} <= strangers
+    ours = await _symbols(tmp_path, raw, 'own_domains = ["example.de"]\n')
+    assert not ours & {"IDENTITY_NAME_DOMAIN", "IDENTITY_REPLYTO_UNRELATED"}
+
+
+@pytest.mark.parametrize("identity", ["", "served_tld_swaps = true\n"])
+async def test_brand_tld_swaps_keep_their_own_flag(tmp_path: Path, identity: str) -> None:
+    raw = b"From: <service@paypal.co>\r\nSubject: x\r\n\r\nhttps://www.paypal.de/signin\r\n"
+    found = await _symbols(tmp_path, raw, identity)
+    assert "IDENTITY_FROM_LOOKALIKE" in found  # .co: sold as a generic name
+    assert "IDENTITY_LINK_LOOKALIKE" not in found  # paypal.de: country_tlds, its own
+
+
+def test_own_domains_and_served_tld_swaps_are_validated(tmp_path: Path) -> None:
+    rules = _identity_rules(
+        tmp_path, 'own_domains = ["example.de", "not a domain"]\nserved_tld_swaps = "yes"\n'
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        load_rules(rules)
+    text = str(caught.value)
+    assert f"{rules / 'identity.toml'}:1: key 'own_domains'" in text
+    assert f"{rules / 'identity.toml'}:2: key 'served_tld_swaps': must be true or false" in text

@@ -545,3 +545,23 @@ def test_reload_picks_up_an_edited_reputation_file_and_refuses_a_broken_one(
     path.write_text('[[lists]]\nname = "broken"\n')
     assert not gateway.reload_rules()
     assert [e.name for e in gateway.rules.reputation.lists] == ["mine"]
+
+
+def test_the_shipped_lists_read_their_refusal_codes_as_refusals() -> None:
+    from harness import REPO
+
+    lists = {entry.name: entry for entry in load_rules(REPO / "rules").reputation.lists}
+    assert {"spamhaus_zen", "spamhaus_dbl", "surbl", "uribl"} <= set(lists)
+    refusals = {
+        "spamhaus_zen": ("127.255.255.252", "127.255.255.254", "127.255.255.255"),
+        "spamhaus_dbl": ("127.255.255.252", "127.255.255.254", "127.255.255.255"),
+        "surbl": ("127.0.0.1",),
+        "uribl": ("127.0.0.1",),
+    }
+    for name, codes in refusals.items():
+        for code in codes:
+            reading = read_answer([code], lists[name].meaning)
+            assert reading.refusal and reading.symbols == (), (name, code)
+    assert read_answer(["127.0.0.2"], lists["spamhaus_zen"].meaning).symbols == (
+        "RBL_SPAMHAUS_SBL",
+    )

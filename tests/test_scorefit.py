@@ -8,6 +8,7 @@ written file loads as rules/ and moves the verdicts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 from pathlib import Path
@@ -21,7 +22,9 @@ from gateway.scorefit import (
     FitSettings,
     Policy,
     Sample,
+    band_rank,
     fit,
+    pool_adjacent_violators,
     recall_at,
     source_folds,
     time_split,
@@ -169,3 +172,81 @@ def test_a_fitted_file_naming_an_unscored_symbol_is_refused(tmp_path: Path) -> N
         load_rules(rules)
     [error] = caught.value.errors
     assert error.key == "scores.NO_SUCH" and error.line == 3
+
+
+# -- the classifier's bands stay in order ---------------------------------------------------------
+
+BANDS = ("ML_BAND_00", "ML_BAND_20", "ML_BAND_60", "ML_BAND_80", "ML_BAND_99", "ML_BAND_999")
+BAND_POLICY = Policy(
+    scores={
+        "ML_BAND_00": -1.5,
+        "ML_BAND_20": -0.2,
+        "ML_BAND_60": 0.5,
+        "ML_BAND_80": 1.5,
+        "ML_BAND_99": 4.5,
+        "ML_BAND_999": 6.0,
+        "BAD": 2.0,
+    },
+    forced=frozenset(),
+    tag=4.0,
+    quarantine=6.0,
+    reject=15.0,
+)
+
+
+def inverted_bands() -> list[Sample]:
+    """A symbol table where the band of p 0.60-0.80 is all spam but 0.80-0.95 is half ham
+    (a newsletter family the model is unsure of): the fit alone ranks 60 above 80."""
+    train = [sample("ham", "ML_BAND_00") for _ in range(300)]
+    train += [sample("ham", "ML_BAND_20") for _ in range(60)]
+    train += [sample("ham", "ML_BAND_80") for _ in range(40)]
+    train += [sample("spam", "ML_BAND_80") for _ in range(40)]
+    train += [sample("spam", "ML_BAND_60", "BAD") for _ in range(30)]
+    train += [sample("spam", "ML_BAND_60") for _ in range(50)]
+    train += [sample("spam", "ML_BAND_99") for _ in range(200)]
+    train += [sample("spam", "ML_BAND_999") for _ in range(100)]
+    return train
+
+
+def test_the_unconstrained_fit_inverts_two_bands() -> None:
+    from gateway.scorefit import _logistic
+
+    rows = inverted_bands()
+    coef = _logistic(rows, (*BANDS, "BAD"), BAND_POLICY, 1.0)
+    assert coef["ML_BAND_60"] > coef["ML_BAND_80"]  # what the order constraint must undo
+
+
+def test_fitted_bands_never_decrease_with_the_probability() -> None:
+    scores, _ = fit(inverted_bands(), BAND_POLICY, FitSettings(min_count=5))
+    fitted = [scores[b] for b in BANDS]
+    assert fitted == sorted(fitted), dict(zip(BANDS, fitted, strict=True))
+    assert scores["ML_BAND_60"] == scores["ML_BAND_80"]  # the violators pooled
+    assert scores["ML_BAND_00"] <= 0 <= scores["ML_BAND_999"]  # signs still held
+    assert scores["ML_BAND_99"] > scores["ML_BAND_60"]
+
+
+def test_a_band_too_rare_to_fit_is_placed_between_its_neighbours() -> None:
+    train = inverted_bands() + [sample("spam", "ML_BAND_95") for _ in range(2)]
+    policy = dataclasses.replace(
+        BAND_POLICY, scores={**BAND_POLICY.scores, "ML_BAND_95": 0.1, "ML_BAND_05": 0.0}
+    )
+    scores, kept = fit(train, policy, FitSettings(min_count=5))
+    order = sorted((b for b in policy.scores if b.startswith("ML_BAND_")), key=band_rank)
+    assert order[:3] == ["ML_BAND_00", "ML_BAND_05", "ML_BAND_20"]
+    final = [scores.get(b, policy.scores[b]) for b in order]
+    assert final == sorted(final), dict(zip(order, final, strict=True))
+    assert scores["ML_BAND_95"] >= scores["ML_BAND_80"]  # raised from 0.1, now written
+    assert "ML_BAND_95" not in kept
+    assert scores["ML_BAND_05"] <= 0.0 and "ML_BAND_05" not in kept  # never seen: placed too
+    # an admin's --keep is the admin's: left as written even out of order
+    scores, kept = fit(train, policy, FitSettings(min_count=5, keep=frozenset({"ML_BAND_95"})))
+    assert "ML_BAND_95" not in scores and "--keep" in kept["ML_BAND_95"]
+
+
+def test_pool_adjacent_violators() -> None:
+    assert pool_adjacent_violators([1.0, 3.0, 2.0, 4.0], [1, 1, 1, 1]) == [1.0, 2.5, 2.5, 4.0]
+    assert pool_adjacent_violators([3.0, 1.0], [3, 1]) == [2.5, 2.5]  # weighted mean
+    assert pool_adjacent_violators([5.0, 4.0, 3.0], [1, 1, 1]) == [4.0, 4.0, 4.0]
+    assert pool_adjacent_violators([], []) == []
+    assert band_rank("ML_BAND_05") < band_rank("ML_BAND_20") < band_rank("ML_BAND_999")  # type: ignore[operator]
+    assert band_rank("ML_SPAM") is None

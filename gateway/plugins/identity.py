@@ -13,6 +13,13 @@ or domain of a served domain, and IDENTITY_NAME_PROTECTED a protected name, on e
 network); IDENTITY_NAME_BRAND / IDENTITY_FREEMAIL_BRAND a brand's name on a domain the brand
 does not own / on freemail.
 
+Lookalikes: IDENTITY_*_LOOKALIKE_SERVED when a domain imitates a served one by homoglyphs,
+typos or hyphenation; the served name under another suffix (ours.com / ours.de) only with
+identity.toml served_tld_swaps = true, since it is far more often a sister domain or another
+organisation of that name than a spoof. The served domains and identity.toml own_domains (the
+organisation's other domains) are ours: never lookalikes, and one organisation for Reply-To and
+display-name domains.
+
 Reply-To: IDENTITY_REPLYTO_FREEMAIL and IDENTITY_REPLYTO_UNRELATED when answers go to another
 organisation than the author's. Mailing lists are the normal case of that (Reply-To the list;
 or From rewritten to the list and Reply-To the author): a Reply-To or From in the domain of the
@@ -164,6 +171,17 @@ class IdentityCheck(PluginBase):
             return True
         return any(ev.verdict is not DmarcVerdict.PASS for ev in dmarc.evaluations)
 
+    def _ours(self, policy: IdentityPolicy, host: str) -> bool:
+        """A served domain (config [relay] domains, with their organisation's registrable
+        domain) or one of identity.toml own_domains."""
+        return bool(
+            self.served.matches(host) or self.served_targets.owner(host) or policy.owns(host)
+        )
+
+    def _one_organisation(self, policy: IdentityPolicy, a: str, b: str) -> bool:
+        """One registrable domain, or both ours (example.com and its sister example.de)."""
+        return same_organisation(a, b) or (self._ours(policy, a) and self._ours(policy, b))
+
     def _from_relay_network(self, ip: str) -> bool:
         try:
             address = ipaddress.ip_address(ip)
@@ -187,7 +205,7 @@ class IdentityCheck(PluginBase):
                     found.append(Finding("IDENTITY_NAME_SERVED", detail=printable(detail, 200)))
                     break
         for domain in shown_bare:
-            if not same_organisation(domain, sent):
+            if not self._one_organisation(policy, domain, sent):
                 detail = f"{domain} shown, {sent} sent"
                 found.append(Finding("IDENTITY_NAME_DOMAIN", detail=printable(detail, 200)))
                 break
@@ -224,7 +242,7 @@ class IdentityCheck(PluginBase):
             return []  # From rewritten to the list: Reply-To is the real author
         for box in replies:
             domain = box.domain.rstrip(".").lower()
-            if any(same_organisation(domain, d) for d in author_domains):
+            if any(self._one_organisation(policy, domain, d) for d in author_domains):
                 continue
             if registrable_domain(domain) in lists or policy.reply_to_domains.matches(domain):
                 continue
@@ -245,15 +263,15 @@ class IdentityCheck(PluginBase):
         found: list[Finding] = []
         for where, host in hosts:
             host = host.rstrip(".").lower()
-            if not host or self.served.matches(host) or self.served_targets.owner(host):
+            if not host or self._ours(policy, host):
                 continue
             if policy.freemail.matches(host):  # gmx.net is no lookalike of gmail
                 continue
             served: Imitation | None = self.served_targets.imitation(host)
             # the served name under another suffix (ours.com / ours.de / ours.net) is far more
-            # often a sister domain or another organisation of that name than a spoof: only
-            # homoglyphs, typos and hyphenated names count for the served domains
-            if served is not None and served.kind != "tld_swap":
+            # often a sister domain or another organisation of that name than a spoof: it
+            # counts only where the admin says the site owns no such domains
+            if served is not None and (served.kind != "tld_swap" or policy.served_tld_swaps):
                 symbol = _LOOKALIKE[where] + "_SERVED"
                 found.append(Finding(symbol, detail=printable(served.describe(), 200)))
                 continue
