@@ -14,7 +14,7 @@ from mime_samples import OLETOOLS, inspect, oletools_sample, with_attachment
 pytestmark = pytest.mark.skipif(not OLETOOLS.is_dir(), reason="../shared/mime is not here")
 
 DOC = {"DOC_VBA_MACRO", "DOC_VBA_AUTOEXEC", "DOC_XLM_MACRO", "DOC_DDE", "DOC_OLE_EMBEDDED"}
-DOC |= {"DOC_EXTERNAL_LINK", "DOC_ENCRYPTED"}
+DOC |= {"DOC_EXTERNAL_LINK", "DOC_REMOTE_TEMPLATE", "DOC_ENCRYPTED"}
 
 EXPECTED: dict[str, set[str]] = {
     "olevba/sample_with_vba.ppt": {"DOC_VBA_MACRO", "DOC_VBA_AUTOEXEC"},

@@ -15,13 +15,17 @@ scan's job (gateway.mime.content).
 from __future__ import annotations
 
 import binascii
+import logging
 import re
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 from asn1crypto import cms
 from tnefparse.tnef import TNEF
+
+logging.getLogger("tnefparse").setLevel(logging.CRITICAL + 1)
 
 try:  # Python 3.14 has zstd in the standard library; backports.zstd is the same module
     from compression import zstd  # type: ignore[import-not-found,unused-ignore]
@@ -59,28 +63,39 @@ def _check(size: int, limit: int, what: str) -> None:
 TNEF_MAGIC = b"\x78\x9f\x3e\x22"
 
 
+_TNEF_DEPTH = 4  # messages attached inside a TNEF message, inside one...
+
+
 def tnef_files(data: bytes, limit: int) -> list[Carried]:
-    """The attachments and HTML body of a TNEF stream (tnefparse: pure Python, linear)."""
+    """The attachments and HTML body of a TNEF stream, and those of the messages attached
+    in it (tnefparse: pure Python, linear in the input)."""
     try:
         tnef = TNEF(data, do_checksum=False)
     except Exception as exc:  # tnefparse raises ValueError, struct.error, IndexError...
         raise CarrierError(f"TNEF: {type(exc).__name__}") from exc
     out: list[Carried] = []
-    total = 0
+    _tnef_collect(tnef, out, limit, 0)
+    return out
+
+
+def _tnef_collect(tnef: Any, out: list[Carried], limit: int, depth: int) -> None:
+    html = getattr(tnef, "htmlbody", None)
+    if isinstance(html, (bytes, str)) and html:
+        body = html.encode("utf-8", "replace") if isinstance(html, str) else html
+        out.append(Carried("winmail-body.html", body))
     for attachment in tnef.attachments:
         content = bytes(attachment.data or b"")
-        total += len(content)
-        _check(total, limit, "TNEF")
+        _check(sum(len(c.data) for c in out) + len(content), limit, "TNEF")
         try:
             name = str(attachment.long_filename() or attachment.name or "")
         except Exception:  # a name in an unknown code page: the content still counts
             name = ""
         out.append(Carried(name.strip("\x00") or None, content))
-    html = getattr(tnef, "htmlbody", None)
-    if isinstance(html, (bytes, str)) and html:
-        body = html.encode("utf-8", "replace") if isinstance(html, str) else html
-        out.append(Carried("winmail-body.html", body))
-    return out
+        embedded = getattr(attachment, "embed", None)
+        if embedded is not None:
+            if depth >= _TNEF_DEPTH:
+                raise CarrierUnsupported(f"TNEF messages nested past {_TNEF_DEPTH} levels")
+            _tnef_collect(embedded, out, limit, depth + 1)
 
 
 # -- S/MIME opaque signed-data ---------------------------------------------------------------------

@@ -414,7 +414,11 @@ class _Scanner:
         ):
             self.add("ATT_CTYPE_MISMATCH", f"{label}: declared {declared}, is {mime_type}")
         encrypted = macros = False
-        is_archive = family == "archive" or (family == "executable" and data[:2] == b"PK")
+        is_archive = (
+            family == "archive"
+            or (family == "executable" and data[:2] == b"PK")
+            or data.startswith((carriers.CAB_MAGIC, carriers.TNEF_MAGIC))  # libmagic may miss
+        )
         is_office = not is_archive and (
             family == "office"
             or office.is_office(data)
