@@ -7,14 +7,18 @@ Each sample is a built message; the verdict is the one the attachment plugin and
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import datetime
 import io
 import struct
 import zipfile
 import zlib
+from pathlib import Path
 
+import aiosmtplib
 import pytest
 from asn1crypto import cms
 from cryptography import x509
@@ -22,10 +26,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
-from harness import REPO
+from harness import REPO, GatewayFactory, RecordingSink, make_settings
 from mime_samples import eicar, inspect, tar_of, tiny_pe, with_attachment, zip_of
 from pypdf import PdfWriter
 
+from gateway.config import PluginSettings
 from gateway.mime.policy import AttachmentPolicy
 from gateway.policy import load_rules
 from gateway.verdict import Action, Finding
@@ -523,3 +528,39 @@ def test_a_tar_zst_of_text_is_relayed() -> None:
     data = zstd.compress(tar_of({"notes.txt": b"hello\n"}))
     action, symbols = verdict(with_attachment(data, "notes.tar.zst"))
     assert action is Action.RELAY, sorted(symbols)
+
+
+# -- over SMTP ------------------------------------------------------------------------------------
+
+
+async def test_over_smtp_containers_are_refused_quarantined_or_relayed(
+    tmp_path: Path, sink: RecordingSink, start_gateway: GatewayFactory
+) -> None:
+    """Real loopback SMTP: a TNEF-wrapped program is refused, an SVG with script waits in
+    quarantine (250, kept on disk, not delivered), an ordinary winmail.dat is delivered."""
+    settings = make_settings(
+        tmp_path, sink.port, plugins=PluginSettings(order=("mime", "attachments"))
+    )
+    gw = await start_gateway(settings=settings)
+    client = aiosmtplib.SMTP(hostname=gw.host, port=gw.port, start_tls=False, timeout=10)
+    await client.connect()
+    try:
+        with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
+            await client.sendmail(
+                "a@x.example",
+                ["bob@example.com"],
+                with_attachment(tnef_of({"invoice.exe": tiny_pe()}), "winmail.dat"),
+            )
+        assert refused.value.code == 554
+        svg = "<svg xmlns='http://www.w3.org/2000/svg'><script>go()</script></svg>"
+        await client.sendmail(
+            "a@x.example", ["bob@example.com"], html_message(svg, "logo.svg", "image/svg+xml")
+        )
+        benign = with_attachment(tnef_of({"agenda.txt": b"10:00 coffee\n"}), "winmail.dat")
+        await client.sendmail("a@x.example", ["bob@example.com"], benign)
+    finally:
+        with contextlib.suppress(aiosmtplib.SMTPException):
+            await client.quit()
+    delivered = await asyncio.to_thread(sink.wait_for, 1)
+    assert len(delivered) == 1 and b"winmail.dat" in delivered[0].content
+    assert any((tmp_path / "quarantine").rglob("*")), "the SVG waits in quarantine"
