@@ -564,3 +564,44 @@ async def test_over_smtp_containers_are_refused_quarantined_or_relayed(
     delivered = await asyncio.to_thread(sink.wait_for, 1)
     assert len(delivered) == 1 and b"winmail.dat" in delivered[0].content
     assert any((tmp_path / "quarantine").rglob("*")), "the SVG waits in quarantine"
+
+
+def test_streamed_ber_signed_data_that_asn1crypto_refuses_is_still_unwrapped() -> None:
+    """Indefinite lengths, the content in chunks, and a certificate field with an impossible
+    length (asn1crypto gives up on the whole SignedData): the content comes before it."""
+    from gateway.mime import carriers
+
+    def tlv(tag: int, body: bytes) -> bytes:
+        return bytes([tag, len(body)]) + body
+
+    def indefinite(tag: int, *children: bytes) -> bytes:
+        return bytes([tag, 0x80]) + b"".join(children) + b"\x00\x00"
+
+    inner = entity("invoice.exe", tiny_pe())
+    chunks = [inner[i : i + 100] for i in range(0, len(inner), 100)]
+    data_oid = b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x01"
+    signed_oid = b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02"
+    octets = indefinite(0x24, *(b"\x04\x82" + len(c).to_bytes(2, "big") + c for c in chunks))
+    blob = indefinite(
+        0x30,
+        signed_oid,
+        indefinite(
+            0xA0,
+            indefinite(
+                0x30,
+                tlv(0x02, b"\x01"),
+                tlv(0x31, b""),
+                indefinite(0x30, data_oid, indefinite(0xA0, octets)),
+                b"\xa0\x84\xff\xff\xff\xff",  # certificates [0]: a length past the end
+            ),
+        ),
+    )
+    assert carriers.cms_signed_content(blob) == inner
+    action, symbols = verdict(smime_message(blob))
+    assert action is Action.REJECT and "ATT_EXECUTABLE" in symbols, sorted(symbols)
+
+
+def test_a_detached_signature_is_no_container() -> None:
+    from gateway.mime import carriers
+
+    assert not carriers.is_cms_signed(signed_smime(b"x"), "application/pkcs7-signature")

@@ -102,18 +102,24 @@ def _tnef_collect(tnef: Any, out: list[Carried], limit: int, depth: int) -> None
 
 _SIGNED_DATA_OID = b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02"
 _SMIME_TYPES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
+# a detached signature (multipart/signed's second part) carries no content
+_SIGNATURE_TYPES = frozenset({"application/pkcs7-signature", "application/x-pkcs7-signature"})
 
 
 def is_cms_signed(data: bytes, declared: str | None) -> bool:
     """A CMS SignedData blob (by its OID near the start), or a part declared pkcs7-mime."""
-    return (data[:1] == b"\x30" and _SIGNED_DATA_OID in data[:32]) or (
-        declared in _SMIME_TYPES and data[:1] == b"\x30"
-    )
+    if declared in _SIGNATURE_TYPES or data[:1] != b"\x30":
+        return False
+    return _SIGNED_DATA_OID in data[:32] or declared in _SMIME_TYPES
 
 
 def cms_signed_content(data: bytes) -> bytes | None:
-    """The encapsulated content of a CMS SignedData (BER or DER, asn1crypto), or None when
-    the blob is another CMS type (enveloped-data, a detached signature without content)."""
+    """The encapsulated content of a CMS SignedData (BER or DER), or None when the blob is
+    another CMS type (enveloped-data) or a detached signature without content.
+
+    asn1crypto reads it; when it refuses the blob (it splits every field of SignedData, and a
+    certificate encoded the way some 2000s clients did stops it), a minimal BER walk reads
+    the encapsulated content alone, which comes before the certificates."""
     try:
         info = cms.ContentInfo.load(data, strict=False)
         if info["content_type"].native != "signed_data":
@@ -124,7 +130,82 @@ def cms_signed_content(data: bytes) -> bytes | None:
         value = content.native
         return bytes(value) if isinstance(value, (bytes, bytearray)) else bytes(content.contents)
     except Exception as exc:  # asn1crypto raises ValueError, TypeError on malformed input
-        raise CarrierError(f"CMS: {type(exc).__name__}") from exc
+        try:
+            return _ber_signed_content(data)
+        except (IndexError, ValueError) as walk:
+            raise CarrierError(f"CMS: {type(exc).__name__}") from walk
+
+
+_BER_DEPTH = 32
+
+
+def _ber_header(data: bytes, at: int) -> tuple[int, bool, int | None, int]:
+    """(tag byte, constructed, length or None for indefinite, offset of the contents)."""
+    tag = data[at]
+    at += 1
+    if tag & 0x1F == 0x1F:  # high tag numbers: never used by CMS's fields read here
+        raise ValueError("high tag number")
+    first = data[at]
+    at += 1
+    if first < 0x80:
+        return tag, bool(tag & 0x20), first, at
+    count = first & 0x7F
+    if count == 0:
+        return tag, True, None, at
+    if count > 4:
+        raise ValueError("length too long")
+    length = int.from_bytes(data[at : at + count], "big")
+    return tag, bool(tag & 0x20), length, at + count
+
+
+def _ber_end(data: bytes, at: int, depth: int = 0) -> int:
+    """The offset just past the element at `at` (indefinite lengths walked)."""
+    if depth > _BER_DEPTH:
+        raise ValueError("nested too deep")
+    _tag, _constructed, length, at = _ber_header(data, at)
+    if length is not None:
+        if at + length > len(data):
+            raise ValueError("truncated")
+        return at + length
+    while data[at : at + 2] != b"\x00\x00":
+        at = _ber_end(data, at, depth + 1)
+    return at + 2
+
+
+def _ber_children(data: bytes, at: int, want: int = 64) -> list[int]:
+    """Offsets of the first `want` children of the constructed element at `at` (the later
+    ones are not even looked at)."""
+    _tag, _constructed, length, start = _ber_header(data, at)
+    end = start + length if length is not None else None
+    out: list[int] = []
+    pos = start
+    while (end is None and data[pos : pos + 2] != b"\x00\x00") or (end is not None and pos < end):
+        out.append(pos)
+        if len(out) >= want:
+            break
+        pos = _ber_end(data, pos)
+    return out
+
+
+def _ber_octets(data: bytes, at: int, depth: int = 0) -> bytes:
+    """An OCTET STRING's value, primitive or constructed from chunks (as OpenSSL streams it)."""
+    if depth > _BER_DEPTH:
+        raise ValueError("nested too deep")
+    _tag, constructed, length, start = _ber_header(data, at)
+    if not constructed:
+        return data[start : start + (length or 0)]
+    return b"".join(_ber_octets(data, child, depth + 1) for child in _ber_children(data, at))
+
+
+def _ber_signed_content(data: bytes) -> bytes | None:
+    info = _ber_children(data, 0, 2)
+    if len(info) < 2 or data[info[0] : info[0] + 11] != _SIGNED_DATA_OID:
+        return None
+    signed = _ber_children(data, _ber_children(data, info[1], 1)[0], 3)
+    encapsulated = _ber_children(data, signed[2], 2)  # version, digest algorithms, then this
+    if len(encapsulated) < 2:
+        return None  # detached
+    return _ber_octets(data, _ber_children(data, encapsulated[1], 1)[0])
 
 
 # -- cabinets --------------------------------------------------------------------------------------
