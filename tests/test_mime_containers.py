@@ -605,3 +605,26 @@ def test_a_detached_signature_is_no_container() -> None:
     from gateway.mime import carriers
 
     assert not carriers.is_cms_signed(signed_smime(b"x"), "application/pkcs7-signature")
+
+
+def test_headers_quoted_by_forwards_are_text_not_nested_messages() -> None:
+    quoted = "".join(
+        f"From: person{i}@example.net\r\nSent: Monday\r\nSubject: re: plans\r\n\r\n"
+        for i in range(8)
+    )
+    raw = (
+        "From: a@example.net\r\nTo: b@example.com\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain\r\n\r\n" + quoted + "see below\r\n"
+    ).encode()
+    action, symbols = verdict(raw)
+    assert action is Action.RELAY and "ARCHIVE_TOO_DEEP" not in symbols, sorted(symbols)
+
+
+def test_the_html_body_of_an_attached_message_is_no_active_attachment() -> None:
+    eml = (
+        b"From: news@example.net\r\nSubject: news\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/html\r\n\r\n<form action='https://news.example/s'>"
+        b"<input name=q></form>\r\n"
+    )
+    _action, symbols = verdict(with_attachment(eml, "newsletter.eml", ctype="message/rfc822"))
+    assert "ATT_HTML_ACTIVE" not in symbols, sorted(symbols)

@@ -47,10 +47,12 @@ class CarrierTooLarge(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Carried:
-    """One file taken out of a carrier: its name (if the carrier gives one) and content."""
+    """One file taken out of a carrier: its name (if the carrier gives one) and content;
+    `body` when the client shows it as the message text rather than as a file."""
 
     name: str | None
     data: bytes
+    body: bool = False
 
 
 def _check(size: int, limit: int, what: str) -> None:
@@ -82,7 +84,7 @@ def _tnef_collect(tnef: Any, out: list[Carried], limit: int, depth: int) -> None
     html = getattr(tnef, "htmlbody", None)
     if isinstance(html, (bytes, str)) and html:
         body = html.encode("utf-8", "replace") if isinstance(html, str) else html
-        out.append(Carried("winmail-body.html", body))
+        out.append(Carried(None, body, body=True))
     for attachment in tnef.attachments:
         content = bytes(attachment.data or b"")
         _check(sum(len(c.data) for c in out) + len(content), limit, "TNEF")
@@ -481,18 +483,24 @@ _ENTITY_FIELD = re.compile(
     rb"^(?:content-type|mime-version|from|received|return-path|subject|message-id|date)[ \t]*:",
     re.I | re.M,
 )
+# in a text part, headers quoted by a forward ("From:", "Sent:", "Subject:") are text: only a
+# MIME or transport field makes it an entity
+_MIME_FIELD = re.compile(
+    rb"^(?:content-type|mime-version|received|return-path|message-id)[ \t]*:", re.I | re.M
+)
 _HEADER_LINE = re.compile(rb"[!-9;-~]{1,76}[ \t]*:")
 _BASE64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\r\n"
 _DELIMITER = re.compile(rb"^--([ -~]{1,70}?)[ \t]*\r?$", re.M)
 _MIN_BASE64 = 64
 
 
-def _looks_like_entity(data: bytes) -> bool:
-    """A header section first (field lines up to an empty line) with a MIME or mail field."""
+def _looks_like_entity(data: bytes, strict: bool) -> bool:
+    """A header section first (field lines up to an empty line) with a MIME or mail field
+    (`strict`: a MIME or transport field)."""
     head, blank, _ = data[:65536].partition(b"\n\r\n" if b"\r\n" in data[:200] else b"\n\n")
     if not blank or not _HEADER_LINE.match(head):
         return False
-    return bool(_ENTITY_FIELD.search(head))
+    return bool((_MIME_FIELD if strict else _ENTITY_FIELD).search(head))
 
 
 def _is_base64_text(data: bytes) -> bool:
@@ -507,12 +515,14 @@ def nested_entity(data: bytes, declared: str | None) -> bytes | None:
     RFC 2045 allows no such encoding there; a multipart that arrives without its header (base64
     of a multipart body) is given one with the first delimiter line as its boundary."""
     candidate = data
+    strict = (declared or "").startswith("text/")
     if _is_base64_text(data):
         try:
             candidate = binascii.a2b_base64(data)
         except binascii.Error:
             return None
-    if _looks_like_entity(candidate):
+        strict = False
+    if _looks_like_entity(candidate, strict):
         return candidate
     if (declared or "").startswith("multipart/"):
         delimiter = _DELIMITER.search(candidate[:65536])

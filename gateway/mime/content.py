@@ -443,7 +443,7 @@ class _Scanner:
             found = html.inspect(data, deadline=self.deadline)
             for symbol, detail in found.items():
                 self.add(symbol, f"{label}: {detail}")
-            if (is_file or depth > 0) and found.keys() & _ACTIVE_HTML:
+            if is_file and found.keys() & _ACTIVE_HTML:
                 # a page opened from disk runs its script and posts its form from nowhere:
                 # credential phishing and HTML smuggling (SVG images included)
                 active = ", ".join(sorted(found.keys() & _ACTIVE_HTML))
@@ -531,7 +531,7 @@ class _Scanner:
                 self.check_names((item.name,), label)
             limit = self._read_limit(len(item.data))
             if self._expanded(len(item.data), limit, f"{label}: {(item.name or '')[:60]}"):
-                self.scan_file(item.data, item.name, None, inner, depth + 1, True)
+                self.scan_file(item.data, item.name, None, inner, depth + 1, not item.body)
 
     def nested_message(self, entity: bytes, label: str, inner: str, depth: int) -> None:
         """A MIME entity inside a file: parsed like the message itself, its leaves scanned."""
