@@ -210,6 +210,8 @@ def pdf_encrypted(user_password: str) -> bytes:
 
 
 def html_message(html: str, filename: str, ctype: str = "text/html") -> bytes:
+    if ctype == "utf-16":
+        return with_attachment(html.encode("utf-16-le"), filename)
     return with_attachment(html.encode(), filename, ctype=ctype)
 
 
@@ -420,6 +422,12 @@ def test_a_remote_template_is_quarantined_and_the_authors_own_is_not() -> None:
             "<p>hi</p><iframe srcdoc=\"<script>location='https://x.example'</script>\"></iframe>",
             "page.html",
             "text/html",
+        ),
+        # UTF-16 with its byte order mark, declared as a download: browsers render it
+        (
+            "\ufeff<form action='https://x.example/p'><input type=password name=p></form>",
+            "utf16.html",
+            "utf-16",
         ),
     ],
 )

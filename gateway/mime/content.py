@@ -543,6 +543,7 @@ class _Scanner:
         for leaf in report.leaves:
             if leaf.kind == "raw":
                 continue
+            self._member_budget(label)  # a part of a nested message counts as a member
             path = f"{inner}/{leaf.path}"
             if leaf.names:
                 self.check_names(leaf.names, path)

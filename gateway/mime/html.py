@@ -342,7 +342,10 @@ def read(
             _cache.move_to_end(key)
             return cached
     try:
-        text = data[:MAX_HTML].decode(charset or "utf-8", "replace")
+        if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a browser follows the byte order mark
+            text = data[:MAX_HTML].decode("utf-16", "replace")
+        else:
+            text = data[:MAX_HTML].decode(charset or "utf-8", "replace")
     except LookupError:
         text = data[:MAX_HTML].decode("latin-1")
     scanner = _Scanner(deadline)
