@@ -185,3 +185,15 @@ def test_a_rewritten_link_to_another_site_is_still_a_mismatch(href: str) -> None
     rules = load_rules(RULES)
     url = make_url(href, "href", "https://www.example.com/a")
     assert "HTML_LINK_MISMATCH" in {f.symbol for f in check_links([url], rules.links, "s.example")}
+
+
+def test_a_redirector_format_is_validated(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    (rules / "links.toml").write_text(
+        '[redirectors]\nsafe = [\n  { match = "r.example", param = "u", format = "rot13" },\n]\n'
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        load_rules(rules)
+    text = str(caught.value)
+    assert "links.toml:" in text and "redirectors.safe[0].format" in text and "rot13" in text
