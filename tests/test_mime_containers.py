@@ -646,3 +646,14 @@ def test_the_html_body_of_an_attached_message_is_no_active_attachment() -> None:
     )
     _action, symbols = verdict(with_attachment(eml, "newsletter.eml", ctype="message/rfc822"))
     assert "ATT_HTML_ACTIVE" not in symbols, sorted(symbols)
+
+
+def test_a_web_archive_is_opened_like_a_message() -> None:
+    mht = (
+        b"From: <Saved by Blink>\r\nSubject: login\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/related; boundary="m"\r\n\r\n--m\r\n'
+        b"Content-Type: text/html\r\nContent-Location: https://x.example/\r\n\r\n"
+        b"<form action='https://x.example/p'><input name=account></form>\r\n--m--\r\n"
+    )
+    action, symbols = verdict(with_attachment(mht, "invoice.mht"))
+    assert "ATT_HTML_ACTIVE" in symbols and action in STOPPED, sorted(symbols)

@@ -424,7 +424,9 @@ class _Scanner:
             or office.is_office(data)
             or (family in ("text", "other") and office.is_office_text(data, ext))
         )
-        carrier = None if is_archive or is_office else self.carrier_of(data, declared, family)
+        # a web archive (.mht) is a MIME message a browser renders: opened like an .eml too
+        opened = not is_archive and (not is_office or ext in ("mht", "mhtml"))
+        carrier = self.carrier_of(data, declared, family) if opened else None
         if self.light_only and (is_archive or is_office or family == "pdf" or carrier):
             raise _HeavyContent  # archives and documents can take long: not on the event loop
         if is_archive:
@@ -511,7 +513,9 @@ class _Scanner:
             else:
                 entity = carriers.nested_entity(data, declared)
                 if entity is not None:
-                    self.nested_message(entity, label, inner, depth)
+                    # a web archive's parts are the page a browser shows, not a mail's text
+                    pages = extensions(name or "")[-1:] in (["mht"], ["mhtml"])
+                    self.nested_message(entity, label, inner, depth, pages)
         except BudgetExceeded:
             raise
         except carriers.CarrierTooLarge as exc:
@@ -533,8 +537,11 @@ class _Scanner:
             if self._expanded(len(item.data), limit, f"{label}: {(item.name or '')[:60]}"):
                 self.scan_file(item.data, item.name, None, inner, depth + 1, not item.body)
 
-    def nested_message(self, entity: bytes, label: str, inner: str, depth: int) -> None:
-        """A MIME entity inside a file: parsed like the message itself, its leaves scanned."""
+    def nested_message(
+        self, entity: bytes, label: str, inner: str, depth: int, pages: bool = False
+    ) -> None:
+        """A MIME entity inside a file: parsed like the message itself, its leaves scanned
+        (`pages`: each leaf is a file the browser opens, as in a web archive)."""
         seconds = max(0.05, min(self.limits.time_budget, self.deadline.end - time.monotonic()))
         report = analyze(entity, dataclasses.replace(self.limits, time_budget=seconds))
         if not report.complete:
@@ -548,9 +555,8 @@ class _Scanner:
             if leaf.names:
                 self.check_names(leaf.names, path)
             declared = leaf.content_type if leaf.kind in ("part", "body") else None
-            self.scan_file(
-                leaf.data, leaf.name, declared, path, depth + 1, leaf.is_attachment, leaf.names[1:]
-            )
+            is_file = leaf.is_attachment or pages
+            self.scan_file(leaf.data, leaf.name, declared, path, depth + 1, is_file, leaf.names[1:])
 
     # -- archives --------------------------------------------------------------------------
 
