@@ -38,6 +38,7 @@ _SYMBOLS = {
 }
 MAX_SCAN = 32 * 1024 * 1024
 MAX_OBJECTS = 5000  # objects of an encrypted PDF read through pypdf
+MAX_DECRYPT = 16 * 1024 * 1024  # a larger encrypted PDF is not decrypted: PDF_ENCRYPTED
 _ENCRYPT = re.compile(rb"/Encrypt\s*(?:\d+\s+\d+\s+R|<<)")
 MAX_STREAMS = 2000
 MAX_INFLATE = 4 * 1024 * 1024
@@ -77,7 +78,11 @@ def inspect(data: bytes) -> list[str]:
 
 
 def _encrypted(data: bytes, found: set[str]) -> None:
-    """Read an encrypted PDF's names through pypdf, or PDF_ENCRYPTED when it asks a password."""
+    """Read an encrypted PDF's names through pypdf, or PDF_ENCRYPTED when it asks a password
+    (or is too large to decrypt within bounds: then, too, nobody here read it)."""
+    if len(data) > MAX_DECRYPT:
+        found.add("PDF_ENCRYPTED")
+        return
     try:
         reader = pypdf.PdfReader(io.BytesIO(data), strict=False)
         if not reader.is_encrypted:
