@@ -18,10 +18,6 @@ import re
 import zlib
 from typing import Any
 
-import pypdf
-import pypdf.generic
-from pypdf import PasswordType
-
 logging.getLogger("pypdf").setLevel(logging.CRITICAL + 1)
 
 _NAME = re.compile(rb"/((?:[A-Za-z0-9_.+\-]|#[0-9A-Fa-f]{2}){2,40})")
@@ -83,6 +79,10 @@ def _encrypted(data: bytes, found: set[str]) -> None:
     if len(data) > MAX_DECRYPT:
         found.add("PDF_ENCRYPTED")
         return
+    import pypdf  # only encrypted PDFs need it (70 ms of start-up otherwise)
+    from pypdf import PasswordType
+    from pypdf.generic import IndirectObject
+
     try:
         reader = pypdf.PdfReader(io.BytesIO(data), strict=False)
         if not reader.is_encrypted:
@@ -93,25 +93,27 @@ def _encrypted(data: bytes, found: set[str]) -> None:
         numbers = [(n, g) for g, table in reader.xref.items() for n in table]
         numbers += [(n, 0) for n in reader.xref_objStm]
         for number, generation in numbers[:MAX_OBJECTS]:
-            reference = pypdf.generic.IndirectObject(number, generation, reader)
+            reference = IndirectObject(number, generation, reader)
             _object_names(reference.get_object(), found, 0)
     except Exception:  # a PDF pypdf cannot open: what it holds is unknown
         found.add("PDF_ENCRYPTED")
 
 
 def _object_names(value: Any, found: set[str], depth: int) -> None:
+    from pypdf.generic import ArrayObject, DictionaryObject, NameObject
+
     if depth > 4:
         return
-    if isinstance(value, pypdf.generic.DictionaryObject):
+    if isinstance(value, DictionaryObject):
         for key, item in value.items():
             symbol = _SYMBOLS.get(str(key)[1:].encode("latin-1", "replace"))
             if symbol:
                 found.add(symbol)
             _object_names(item, found, depth + 1)
-    elif isinstance(value, pypdf.generic.NameObject):
+    elif isinstance(value, NameObject):
         symbol = _SYMBOLS.get(str(value)[1:].encode("latin-1", "replace"))
         if symbol:
             found.add(symbol)
-    elif isinstance(value, pypdf.generic.ArrayObject):
+    elif isinstance(value, ArrayObject):
         for item in value[:64]:
             _object_names(item, found, depth + 1)
