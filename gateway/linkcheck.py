@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import ConfigDict, PlainValidator
 
@@ -94,14 +94,29 @@ class UrlPatterns:
 # -- rules/links.toml as written ----------------------------------------------------------------
 
 
+def _format(value: Any) -> str:
+    if value not in _FORMATS:
+        raise ValueError(f"must be one of {', '.join(sorted(_FORMATS))} (got {value!r})")
+    return str(value)
+
+
+# How a redirector writes its target: "url" (the parameter holds the address), "host" (only a
+# host name: Mimecast's domain=), "proofpoint" (Proofpoint v2: "-3A" for "%3A", "_" for "/"),
+# "path" (the address sits in the path between two `param` marks: Proofpoint v3's "__")
+_FORMATS = frozenset({"url", "host", "proofpoint", "path"})
+Format = Annotated[str, PlainValidator(_format)]
+
+
 @dataclass(frozen=True)
 class RedirectorEntry:
-    """A redirector: the URL pattern and the query parameter that holds the target."""
+    """A redirector: the URL pattern, the query parameter that holds the target and how the
+    target is written there (`format`)."""
 
     __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
 
     match: Pattern
     param: Text
+    format: Format = "url"
 
 
 @dataclass(frozen=True)
@@ -131,18 +146,20 @@ class LinksFile:
 
 @dataclass(frozen=True)
 class Redirectors:
-    """Redirector patterns, each with the query parameter that holds its target."""
+    """Redirector patterns, each with the query parameter that holds its target and the way
+    the target is written."""
 
-    entries: tuple[tuple[UrlPatterns, str], ...] = ()
+    entries: tuple[tuple[UrlPatterns, tuple[str, str]], ...] = ()
 
     @classmethod
     def parse(cls, entries: Sequence[RedirectorEntry]) -> Redirectors:
-        by_param: dict[str, list[str]] = {}
+        by_param: dict[tuple[str, str], list[str]] = {}
         for entry in entries:
-            by_param.setdefault(entry.param, []).append(entry.match)
+            by_param.setdefault((entry.param, entry.format), []).append(entry.match)
         return cls(tuple((UrlPatterns.parse(m), p) for p, m in by_param.items()))
 
-    def param(self, host: str, path: str) -> str | None:
+    def param(self, host: str, path: str) -> tuple[str, str] | None:
+        """(parameter, format) of the redirector `host`/`path` is, or None."""
         for patterns, param in self.entries:
             if patterns.matches(host, path):
                 return param
@@ -204,12 +221,31 @@ class Target:
         )
 
 
-def _redirect_target(target: Target, param: str) -> str | None:
-    for key, value in parse_qsl(target.query, keep_blank_values=False):
-        if key.lower() == param.lower():
-            decoded = value.strip()
-            if decoded[:2] == "//" or decoded.lower().startswith(("http:", "https:")):
-                return decoded
+_PROOFPOINT_ESCAPE = re.compile(r"-([0-9A-Fa-f]{2})")
+
+
+def _redirect_target(target: Target, how: tuple[str, str]) -> str | None:
+    param, form = how
+    if form == "path":  # the address between two `param` marks, the second before ";"
+        path = unquote(target.path)
+        start = path.find(param)
+        end = path.find(param + ";", start + len(param)) if start >= 0 else -1
+        candidates = [path[start + len(param) : end if end > 0 else None]] if start >= 0 else []
+    else:
+        candidates = [
+            value
+            for key, value in parse_qsl(target.query, keep_blank_values=False)
+            if key.lower() == param.lower()
+        ]
+    for value in candidates[:1]:
+        decoded = value.strip()
+        if form == "proofpoint":
+            decoded = unquote(_PROOFPOINT_ESCAPE.sub(r"%\1", decoded.replace("_", "/")))
+        elif form == "host":
+            host = decoded.strip("/").split("/")[0]
+            return f"https://{host}/" if re.fullmatch(r"[A-Za-z0-9.-]{1,253}", host) else None
+        if decoded[:2] == "//" or decoded.lower().startswith(("http:", "https:")):
+            return decoded
     return None
 
 
@@ -219,7 +255,20 @@ def _brand(domain: str) -> str:
 
 
 def _same_site(a: str, b: str) -> bool:
-    return a == b or (bool(a) and _brand(a) == _brand(b) and len(_brand(a)) >= 4)
+    """The same registrable domain, or the same brand under another suffix (example.com and
+    example.de, ibm.com and ibm.co.uk): two letters name no brand (co, go...)."""
+    a, b = _ascii(a), _ascii(b)
+    return a == b or (bool(a) and _brand(a) == _brand(b) and len(_brand(a)) >= 3)
+
+
+def _ascii(domain: str) -> str:
+    """A domain in its ASCII (punycode) form: text shows müller.de, the link says xn--..."""
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain
 
 
 _SHOWN = re.compile(
@@ -227,11 +276,20 @@ _SHOWN = re.compile(
 )  # the address a link's text shows (text that IS an address)
 
 
-def _shown_host(text: str) -> str | None:
+def _shown_address(text: str) -> str | None:
+    """The address a link's text shows (when the text IS an address), or None."""
     text = text.strip().strip("<>[]()\"'")
     match = _SHOWN.match(text)
     if not match or len(text) > 2 * match.end() + 200:
         return None  # an address followed by a sentence is a caption, not the address shown
+    return text.split()[0] if text.split() else None
+
+
+def _shown_host(text: str) -> str | None:
+    address = _shown_address(text)
+    match = _SHOWN.match(address) if address else None
+    if match is None:
+        return None
     host = Target.of(match.group(0)).host
     return host if "." in host else None
 
@@ -269,13 +327,13 @@ class LinkChecker:
         self.hidden = False
         yield target, False
         for _hop in range(MAX_REDIRECTS):
-            param = self.policy.safe_redirectors.param(target.host, target.path)
-            opened = param is None
-            if param is None:
-                param = self.policy.open_redirectors.param(target.host, target.path)
-            if param is None:
+            how = self.policy.safe_redirectors.param(target.host, target.path)
+            opened = how is None
+            if how is None:
+                how = self.policy.open_redirectors.param(target.host, target.path)
+            if how is None:
                 return
-            inner = _redirect_target(target, param)
+            inner = _redirect_target(target, how)
             if inner is None:
                 self.hidden = not opened
                 return
@@ -322,8 +380,25 @@ class LinkChecker:
         if url.source in ("href", "refresh") and self.policy.hosting.matches(host, target.path):
             self._add("LINK_HOSTING_SERVICE", target.url)
 
+    def _shown_through_safe(self, text: str) -> str | None:
+        """The host a link's text shows, or where it goes when the text itself is an address
+        rewritten by a safe redirector (a reply quotes Safe Links' form of a link)."""
+        shown = _shown_host(text)
+        address = _shown_address(text)
+        if shown is None or address is None:
+            return shown
+        target = Target.of(address)
+        for _hop in range(MAX_REDIRECTS):
+            how = self.policy.safe_redirectors.param(target.host, target.path)
+            inner = _redirect_target(target, how) if how else None
+            if inner is None:
+                break
+            target = Target.of(inner)
+            shown = target.host or shown
+        return shown
+
     def _check_shown(self, url: Url, first: Target, final: Target) -> None:
-        shown = _shown_host(url.text)
+        shown = self._shown_through_safe(url.text)
         if shown is None or not final.host:
             return
         shown_domain = registrable_domain(shown)

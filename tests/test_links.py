@@ -132,3 +132,68 @@ def test_links_toml_is_optional(tmp_path: Path) -> None:
     (rules / "links.toml").unlink()
     found = check_links([make_url("https://bit.ly/x", "href")], load_rules(rules).links, "")
     assert found == []  # no lists, no list findings
+
+
+# -- issue 13: link mismatch false positives, and safe rewriters decoded -----------------------
+
+_SAFE_LINK = "https://eur01.safelinks.protection.outlook.com/?url=https%3A%2F%2Fwww.example.com%2Fa"
+
+
+@pytest.mark.parametrize(
+    ("href", "text"),
+    [
+        ("https://shop.ibm.de/x", "https://www.ibm.com"),  # a three-letter brand, another TLD
+        ("https://www.sap.com/x", "https://www.sap.de"),
+        ("https://www.example.de/x", "https://www.example.com"),
+        ("https://xn--mller-kva.de/x", "https://www.müller.de/"),  # the text in Unicode
+        (_SAFE_LINK + "&data=x", "www.example.com"),
+        (
+            "https://safelinks.protection.outlook.com/?url=https%3A%2F%2Fwww.example.com",
+            "www.example.com",
+        ),
+        ("https://www.example.com/a", _SAFE_LINK),  # a reply quotes the rewritten link as text
+        (
+            "https://urldefense.com/v3/__https://www.example.com/a__;!!abc$",
+            "https://www.example.com/a",
+        ),
+        (
+            "https://urldefense.proofpoint.com/v2/url?u=https-3A__www.example.com_a&d=x",
+            "www.example.com",
+        ),
+        ("https://protect-eu.mimecast.com/s/abc?domain=www.example.com", "https://www.example.com"),
+    ],
+)
+def test_same_site_and_safe_rewriters_are_no_mismatch(href: str, text: str) -> None:
+    rules = load_rules(RULES)
+    found = {
+        f.symbol for f in check_links([make_url(href, "href", text)], rules.links, "s.example")
+    }
+    assert "HTML_LINK_MISMATCH" not in found
+
+
+@pytest.mark.parametrize(
+    "href",
+    [
+        "https://urldefense.com/v3/__https://evil.example/a__;!!abc$",
+        "https://urldefense.proofpoint.com/v2/url?u=https-3A__evil.example_a&d=x",
+        "https://protect-eu.mimecast.com/s/abc?domain=evil.example",
+        "https://eur01.safelinks.protection.outlook.com/?url=https%3A%2F%2Fevil.example%2F",
+        "https://www.example.com.evil.example/",
+    ],
+)
+def test_a_rewritten_link_to_another_site_is_still_a_mismatch(href: str) -> None:
+    rules = load_rules(RULES)
+    url = make_url(href, "href", "https://www.example.com/a")
+    assert "HTML_LINK_MISMATCH" in {f.symbol for f in check_links([url], rules.links, "s.example")}
+
+
+def test_a_redirector_format_is_validated(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    (rules / "links.toml").write_text(
+        '[redirectors]\nsafe = [\n  { match = "r.example", param = "u", format = "rot13" },\n]\n'
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        load_rules(rules)
+    text = str(caught.value)
+    assert "links.toml:" in text and "redirectors.safe[0].format" in text and "rot13" in text

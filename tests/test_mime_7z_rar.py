@@ -27,6 +27,10 @@ from mime_samples import (
 
 from gateway.mime.budgets import DEFAULT_LIMITS
 from gateway.mime.policy import AttachmentPolicy
+from gateway.policy import load_rules
+from gateway.verdict import Action
+
+RULES = Path(__file__).resolve().parents[1] / "rules"
 
 PASSWORD = "s3cret-Pw"
 WITH_PASSWORD = f"The file is protected. Password: {PASSWORD}"
@@ -164,12 +168,7 @@ def test_the_hand_written_rar5_is_well_formed() -> None:
         assert rar.strerror() is None
 
 
-def test_rar_member_names_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    def never(*args: object, **kwargs: object) -> None:
-        raise AssertionError("RAR content must not be extracted")
-
-    monkeypatch.setattr(rarfile.RarFile, "open", never)
-    monkeypatch.setattr(rarfile.RarFile, "read", never)
+def test_rar_member_names_are_checked_and_stored_members_read() -> None:
     harmless = rar5_of(rar5_member("readme.txt", b"hello"))
     _, content, symbols = inspect(with_attachment(harmless, "docs.rar"))
     assert _archive_symbols(symbols) == set()
@@ -182,15 +181,34 @@ def test_rar_member_names_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert {"ATT_EXECUTABLE", "ATT_SCRIPT", "ATT_DOUBLE_EXTENSION", "ATT_RTLO"} <= symbols
     assert "ARCHIVE_UNSUPPORTED" not in symbols
     member = next(f for f in content.files if f.name == "docs/invoice.pdf.exe")
-    # listed, not read: the family is unknown, the name and the declared size are facts
+    # stored (rar -m0): read in pure Python, so its true type is known
     assert (member.family, member.extension, member.size, member.archive_depth) == (
-        "other",
+        "executable",
         "exe",
         len(tiny_pe()),
         1,
     )
     decided = AttachmentPolicy().decide(content.files, "a@example.net", ["b@example.com"])
     assert "ATT_POLICY_REJECT" in {f.symbol for f in decided}
+
+
+def test_compressed_rar_members_are_never_extracted_and_quarantined(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A compressed member would need unrar: its content is unknown, so the message waits in
+    quarantine (issue 13: it was scored and relayed)."""
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("compressed RAR content must not be extracted")
+
+    archive = rar5_of(rar5_member("report.txt", b"packed bytes", declared_size=12))
+    monkeypatch.setattr(rarfile.RarFile, "read", never)
+    _, content, symbols = inspect(with_attachment(archive, "docs.rar"))
+    assert "ARCHIVE_MEMBER_UNREAD" in symbols and "ARCHIVE_CORRUPT" not in symbols
+    member = next(f for f in content.files if f.name == "report.txt")
+    assert member.family == "other"
+    verdict = load_rules(RULES).decide(list(content.findings))
+    assert verdict.action is Action.QUARANTINE
 
 
 def test_encrypted_rar_members_and_headers() -> None:

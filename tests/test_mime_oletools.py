@@ -14,7 +14,7 @@ from mime_samples import OLETOOLS, inspect, oletools_sample, with_attachment
 pytestmark = pytest.mark.skipif(not OLETOOLS.is_dir(), reason="../shared/mime is not here")
 
 DOC = {"DOC_VBA_MACRO", "DOC_VBA_AUTOEXEC", "DOC_XLM_MACRO", "DOC_DDE", "DOC_OLE_EMBEDDED"}
-DOC |= {"DOC_EXTERNAL_LINK", "DOC_ENCRYPTED"}
+DOC |= {"DOC_EXTERNAL_LINK", "DOC_REMOTE_TEMPLATE", "DOC_ENCRYPTED"}
 
 EXPECTED: dict[str, set[str]] = {
     "olevba/sample_with_vba.ppt": {"DOC_VBA_MACRO", "DOC_VBA_AUTOEXEC"},
@@ -50,9 +50,9 @@ EXPECTED: dict[str, set[str]] = {
     "oleobj/sample_with_lnk_file.ppt": {"DOC_OLE_EMBEDDED"},
     "rtfobj/issue_251.rtf": {"DOC_OLE_EMBEDDED"},
     "rtfobj/issue_185.rtf.zip": {"DOC_OLE_EMBEDDED"},
-    "oleobj/external_link/sample_with_external_link_to_doc.docx": {"DOC_EXTERNAL_LINK"},
-    "oleobj/external_link/sample_with_external_link_to_doc.xlsx": {"DOC_EXTERNAL_LINK"},
-    "oleobj/external_link/sample_with_external_link_to_doc.pptx": {"DOC_EXTERNAL_LINK"},
+    "oleobj/external_link/sample_with_external_link_to_doc.docx": {"DOC_REMOTE_TEMPLATE"},
+    "oleobj/external_link/sample_with_external_link_to_doc.xlsx": {"DOC_REMOTE_TEMPLATE"},
+    "oleobj/external_link/sample_with_external_link_to_doc.pptx": {"DOC_REMOTE_TEMPLATE"},
     "encrypted/encrypted.docx": {"DOC_ENCRYPTED"},
     "encrypted/encrypted.doc": {"DOC_ENCRYPTED"},
     "encrypted/encrypted.xls": {"DOC_ENCRYPTED"},

@@ -323,14 +323,18 @@ def test_too_many_members() -> None:
 def test_corrupt_and_unsupported_archives() -> None:
     symbols = inspect(with_attachment(b"PK\x03\x04" + b"\x00" * 100, "broken.zip"))[2]
     assert "ARCHIVE_CORRUPT" in symbols
-    # a cabinet: libmagic knows it, nothing here opens it (7z and RAR: test_mime_7z_rar.py)
+    # a cabinet whose folder has no data (real cabinets: test_mime_containers.py)
     cab = (
         b"MSCF"
         + struct.pack("<IIIIIBBHHHHH", 0, 200, 0, 44, 0, 3, 1, 1, 1, 0, 0, 0)
         + b"\x00" * 150
     )
     symbols = inspect(with_attachment(cab, "a.cab"))[2]
-    assert "ARCHIVE_UNSUPPORTED" in symbols
+    assert "ARCHIVE_CORRUPT" in symbols
+    # an arj archive: libmagic knows it, nothing here opens it
+    arj = b"\x60\xea" + b"\x1e\x00" + bytes([30, 11, 1, 2, 0, 0, 2]) + b"\x00" * 200
+    symbols = inspect(with_attachment(arj, "a.arj"))[2]
+    assert symbols & {"ARCHIVE_UNSUPPORTED", "ARCHIVE_CORRUPT"}
 
 
 # -- PDF and HTML ----------------------------------------------------------------------------

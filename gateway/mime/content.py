@@ -15,6 +15,7 @@ does with them (rules/attachments.toml) is the attachments plugin's job.
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import hashlib
 import io
 import lzma
@@ -31,7 +32,7 @@ import py7zr.exceptions
 import py7zr.io
 import rarfile
 
-from gateway.mime import html, office, pdf
+from gateway.mime import carriers, html, office, pdf
 from gateway.mime.budgets import DEFAULT_LIMITS, MimeSettings
 from gateway.mime.filetypes import (
     DISK_IMAGE_EXTENSIONS,
@@ -40,6 +41,7 @@ from gateway.mime.filetypes import (
     FileFacts,
 )
 from gateway.mime.model import BudgetExceeded, Deadline, Leaf, MimeReport
+from gateway.mime.parse import analyze
 from gateway.mime.symbols import ATTACHMENT_SYMBOLS
 from gateway.verdict import Finding
 
@@ -87,7 +89,10 @@ _EXTENSION_FAMILY: dict[str, str] = {
         e: "image"
         for e in ["jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp", "ico", "heic"]
     },
-    **{e: "archive" for e in ["zip", "tar", "gz", "tgz", "bz2", "xz", "7z", "rar"]},
+    **{
+        e: "archive"
+        for e in ["zip", "tar", "gz", "tgz", "bz2", "xz", "zst", "tzst", "7z", "rar", "cab"]
+    },
     **{e: "html" for e in ["html", "htm", "shtml", "xhtml", "svg"]},
     **{e: "audio" for e in ["mp3", "wav", "ogg", "m4a"]},
     **{e: "video" for e in ["mp4", "avi", "mov", "mkv", "webm"]},
@@ -129,6 +134,7 @@ _MIME_FAMILY: dict[str, str] = {
     "application/x-lzh-compressed": "archive",
     "application/x-arj": "archive",
     "application/zstd": "archive",
+    "application/vnd.ms-tnef": "archive",  # winmail.dat: Outlook unpacks its attachments
     "application/pdf": "pdf",
     "text/html": "html",
     "image/svg+xml": "html",
@@ -224,6 +230,29 @@ def family_of(mime_type: str) -> str:
 
 
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml", "image/svg+xml"})
+# An HTML or SVG file with these is a page that acts when opened (issue 13): ATT_HTML_ACTIVE
+_ACTIVE_HTML = frozenset(
+    {
+        "HTML_SCRIPT",
+        "HTML_FORM",
+        "HTML_PASSWORD_FIELD",
+        "HTML_SCRIPT_DECODE",
+        "HTML_SCRIPT_REDIRECT",
+        "HTML_META_REFRESH",
+    }
+)
+# Declared types whose content may be a whole MIME entity (base64 or not)
+_ENTITY_TYPES = frozenset(
+    {
+        "message/rfc822",
+        "message/global",
+        "multipart/mixed",
+        "multipart/alternative",
+        "multipart/related",
+        "multipart/signed",
+        "multipart/report",
+    }
+)
 
 
 def name_family(extension: str) -> str | None:
@@ -312,7 +341,7 @@ class _Scanner:
             if _BIDI.search(name):
                 self.add("ATT_RTLO", f"{where}: {name.encode('unicode_escape').decode()[:80]}")
             exts = extensions(_BIDI.sub("", name))
-            if len(exts) >= 2 and exts[-1] in _DANGEROUS_EXTENSIONS and len(exts[-2]) <= 5:
+            if len(exts) >= 2 and exts[-1] in _DANGEROUS_EXTENSIONS and _shown_extension(exts[-2]):
                 self.add("ATT_DOUBLE_EXTENSION", f"{where}: {name[:80]}")
             if "\x00" in name:
                 self.add("ATT_NAME_AMBIGUOUS", f"{where}: NUL in name")
@@ -392,13 +421,20 @@ class _Scanner:
         ):
             self.add("ATT_CTYPE_MISMATCH", f"{label}: declared {declared}, is {mime_type}")
         encrypted = macros = False
-        is_archive = family == "archive" or (family == "executable" and data[:2] == b"PK")
+        is_archive = (
+            family == "archive"
+            or (family == "executable" and data[:2] == b"PK")
+            or data.startswith((carriers.CAB_MAGIC, carriers.TNEF_MAGIC))  # libmagic may miss
+        )
         is_office = not is_archive and (
             family == "office"
             or office.is_office(data)
             or (family in ("text", "other") and office.is_office_text(data, ext))
         )
-        if self.light_only and (is_archive or is_office or family == "pdf"):
+        # a web archive (.mht) is a MIME message a browser renders: opened like an .eml too
+        opened = not is_archive and (not is_office or ext in ("mht", "mhtml"))
+        carrier = self.carrier_of(data, declared, family) if opened else None
+        if self.light_only and (is_archive or is_office or family == "pdf" or carrier):
             raise _HeavyContent  # archives and documents can take long: not on the event loop
         if is_archive:
             encrypted = self.archive(data, mime_type, name, where, depth)
@@ -410,9 +446,17 @@ class _Scanner:
         elif family == "pdf":
             for symbol in pdf.inspect(data):
                 self.add(symbol, label)
+        if carrier:
+            self.open_carrier(carrier, data, declared, label, where, name, depth)
         if is_html(family, declared, name_family):
-            for symbol, detail in html.inspect(data, deadline=self.deadline).items():
+            found = html.inspect(data, deadline=self.deadline)
+            for symbol, detail in found.items():
                 self.add(symbol, f"{label}: {detail}")
+            if is_file and found.keys() & _ACTIVE_HTML:
+                # a page opened from disk runs its script and posts its form from nowhere:
+                # credential phishing and HTML smuggling (SVG images included)
+                active = ", ".join(sorted(found.keys() & _ACTIVE_HTML))
+                self.add("ATT_HTML_ACTIVE", f"{label}: {active}")
         if is_file or depth > 0:
             self.files.append(
                 FileFacts(
@@ -428,6 +472,98 @@ class _Scanner:
                     extensions=tuple(sorted(all_exts - {""})),
                 )
             )
+
+    # -- carriers: formats that hold files but are no archives to libmagic -----------------
+
+    def carrier_of(self, data: bytes, declared: str | None, family: str) -> str | None:
+        """Which carrier (gateway.mime.carriers) `data` is, if any: cheap tests only."""
+        if carriers.is_cms_signed(data, declared):
+            return "smime"
+        if family != "office" and carriers.embedded_zip(data) is not None:
+            return "polyglot"
+        if family in ("text", "other", "html") or declared in _ENTITY_TYPES:
+            if carriers.nested_entity(data, declared) is not None:
+                return "entity"
+            if carriers.has_text_encoded(data[: self.limits.max_member_bytes]):
+                return "text"
+        return None
+
+    def open_carrier(
+        self,
+        kind: str,
+        data: bytes,
+        declared: str | None,
+        label: str,
+        where: str,
+        name: str | None,
+        depth: int,
+    ) -> None:
+        """Scan what a carrier holds as members one level down (the archive budgets apply)."""
+        inner = f"{where}/{name}" if name else where
+        if depth >= self.limits.max_archive_depth:
+            self.add("ARCHIVE_TOO_DEEP", f"{label}: more than {self.limits.max_archive_depth}")
+            return
+        limit = self._read_limit(len(data))
+        try:
+            if kind == "smime":
+                content = carriers.cms_signed_content(data)
+                if content is not None:
+                    self.nested_message(content, f"{label} (signed content)", inner, depth)
+            elif kind == "polyglot":
+                archive = carriers.embedded_zip(data)
+                if archive is not None:
+                    self.add("ATT_POLYGLOT", f"{label}: a zip archive at its end")
+                    self.zip(archive, label, inner, depth)
+            elif kind == "text":
+                files = carriers.text_encoded_files(data[: self.limits.max_member_bytes], limit)
+                self.carried(files, label, inner, depth)
+            else:
+                entity = carriers.nested_entity(data, declared)
+                if entity is not None:
+                    # a web archive's parts are the page a browser shows, not a mail's text
+                    pages = extensions(name or "")[-1:] in (["mht"], ["mhtml"])
+                    self.nested_message(entity, label, inner, depth, pages)
+        except BudgetExceeded:
+            raise
+        except carriers.CarrierTooLarge as exc:
+            self.add("ARCHIVE_BOMB", f"{label}: {exc}")
+        except carriers.CarrierUnsupported as exc:
+            self.add("ARCHIVE_UNSUPPORTED", f"{label}: {exc}")
+        except Exception as exc:  # a carrier that cannot be read: its content is unknown
+            self.add("ARCHIVE_CORRUPT", f"{label}: {type(exc).__name__}: {exc}"[:120])
+
+    def carried(self, files: list[carriers.Carried], label: str, inner: str, depth: int) -> None:
+        """Files out of a carrier: names and content through the same checks as members."""
+        for item in files:
+            self.deadline.check()
+            self._member_budget(label)
+            if item.name:
+                self._path_checks(item.name, label)
+                self.check_names((item.name,), label)
+            limit = self._read_limit(len(item.data))
+            if self._expanded(len(item.data), limit, f"{label}: {(item.name or '')[:60]}"):
+                self.scan_file(item.data, item.name, None, inner, depth + 1, not item.body)
+
+    def nested_message(
+        self, entity: bytes, label: str, inner: str, depth: int, pages: bool = False
+    ) -> None:
+        """A MIME entity inside a file: parsed like the message itself, its leaves scanned
+        (`pages`: each leaf is a file the browser opens, as in a web archive)."""
+        seconds = max(0.05, min(self.limits.time_budget, self.deadline.end - time.monotonic()))
+        report = analyze(entity, dataclasses.replace(self.limits, time_budget=seconds))
+        if not report.complete:
+            problems = ", ".join(sorted(report.symbols()))[:80]
+            self.add("ATT_UNSCANNABLE", f"{label}: nested message not parsed whole ({problems})")
+        for leaf in report.leaves:
+            if leaf.kind == "raw":
+                continue
+            self._member_budget(label)  # a part of a nested message counts as a member
+            path = f"{inner}/{leaf.path}"
+            if leaf.names:
+                self.check_names(leaf.names, path)
+            declared = leaf.content_type if leaf.kind in ("part", "body") else None
+            is_file = leaf.is_attachment or pages
+            self.scan_file(leaf.data, leaf.name, declared, path, depth + 1, is_file, leaf.names[1:])
 
     # -- archives --------------------------------------------------------------------------
 
@@ -453,6 +589,14 @@ class _Scanner:
                 self.compressed(data, "bzip2", name, inner, depth)
             elif mime_type == "application/x-xz":
                 self.compressed(data, "xz", name, inner, depth)
+            elif mime_type == "application/zstd":
+                self.compressed(data, "zstd", name, inner, depth)
+            elif data[:4] == carriers.TNEF_MAGIC:
+                files = carriers.tnef_files(data, self._read_limit(len(data)))
+                self.carried(files, label, inner, depth)
+            elif data[:8] == carriers.CAB_MAGIC:
+                files = carriers.cab_files(data, self._read_limit(len(data)))
+                self.carried(files, label, inner, depth)
             elif data[:6] == _7Z_MAGIC:
                 return self.sevenzip(data, label, inner, depth)
             elif data[:6] == _RAR_MAGIC or mime_type in _RAR_TYPES:
@@ -461,6 +605,10 @@ class _Scanner:
                 self.add("ARCHIVE_UNSUPPORTED", f"{label} ({mime_type})")
         except BudgetExceeded:
             raise
+        except carriers.CarrierTooLarge as exc:
+            self.add("ARCHIVE_BOMB", f"{label}: {exc}")
+        except carriers.CarrierUnsupported as exc:
+            self.add("ARCHIVE_UNSUPPORTED", f"{label}: {exc}")
         except Exception as exc:  # a malformed archive is a finding, never a crash
             self.add("ARCHIVE_CORRUPT", f"{label}: {type(exc).__name__}")
         return False
@@ -661,11 +809,13 @@ class _Scanner:
         return [(writer.name, bytes(writer.buffer)) for writer in factory.writers]
 
     def rar(self, data: bytes, label: str, inner: str, depth: int) -> bool:
-        """RAR: a listing only (names, declared sizes, encryption), never extracted.
+        """RAR: the listing (names, declared sizes, encryption), and stored members' content.
 
-        rarfile reads the headers in pure Python; the members' content would need the external
-        unrar tool, which is not used, so content types and nested archives stay unknown. Members
-        are recorded with family "other" so rules/attachments.toml still acts on their names.
+        rarfile reads the headers in pure Python, and members stored without compression
+        (rar -m0) too; compressed members would need the external unrar tool, which is never
+        run: their content is unknown, so each is ARCHIVE_MEMBER_UNREAD (quarantined by
+        default) and recorded with family "other" so rules/attachments.toml still acts on
+        its name.
         """
         with rarfile.RarFile(io.BytesIO(data)) as archive:
             infos: list[rarfile.RarInfo] = archive.infolist()
@@ -677,40 +827,49 @@ class _Scanner:
             error = archive.strerror()
             if error:
                 self.add("ARCHIVE_CORRUPT", f"{label}: {error}")
-        locked = False
-        for info in infos:
-            self.deadline.check()
-            self._member_budget(label)
-            member = str(info.filename)
-            self._path_checks(member, label)
-            if info.is_symlink():
-                self.add("ARCHIVE_SYMLINK", f"{label}: {member[:80]}")
-                continue
-            if info.is_dir():
-                continue
-            self.check_names((member,), label)
-            ext = self.name_checks(member, f"{label} {member}")
-            encrypted = bool(info.needs_password())
-            if encrypted:
-                self.add("ARCHIVE_ENCRYPTED", f"{label}: {member[:80]}")
-                locked = True
-            size = int(info.file_size or 0)
-            limit = self._read_limit(int(info.compress_size or 0))
-            if size > limit:
-                self.add("ARCHIVE_BOMB", f"{label}: {member[:60]} declares {size}")
-            self.files.append(
-                FileFacts(
-                    origin=inner,
-                    name=member,
-                    extension=ext,
-                    family="other",  # content unknown: RAR members are listed, not read
-                    mime_type="application/octet-stream",
-                    size=size,
-                    archive_depth=depth + 1,
-                    encrypted=encrypted,
-                    extensions=(ext,) if ext else (),
+            locked = False
+            for info in infos:
+                self.deadline.check()
+                self._member_budget(label)
+                member = str(info.filename)
+                self._path_checks(member, label)
+                if info.is_symlink():
+                    self.add("ARCHIVE_SYMLINK", f"{label}: {member[:80]}")
+                    continue
+                if info.is_dir():
+                    continue
+                self.check_names((member,), label)
+                ext = self.name_checks(member, f"{label} {member}")
+                encrypted = bool(info.needs_password())
+                if encrypted:
+                    self.add("ARCHIVE_ENCRYPTED", f"{label}: {member[:80]}")
+                    locked = True
+                size = int(info.file_size or 0)
+                limit = self._read_limit(int(info.compress_size or 0))
+                readable = not encrypted and size <= limit
+                if size > limit:
+                    self.add("ARCHIVE_BOMB", f"{label}: {member[:60]} declares {size}")
+                if readable and info.compress_type == rarfile.RAR_M0:
+                    with archive.open(info) as handle:
+                        content = handle.read(limit + 1)
+                    if self._expanded(len(content), limit, f"{label}: {member[:60]}"):
+                        self.scan_file(content, member, None, inner, depth + 1, True)
+                    continue
+                if readable and size:
+                    self.add("ARCHIVE_MEMBER_UNREAD", f"{label}: {member[:80]}")
+                self.files.append(
+                    FileFacts(
+                        origin=inner,
+                        name=member,
+                        extension=ext,
+                        family="other",  # content unknown: compressed RAR members are not read
+                        mime_type="application/octet-stream",
+                        size=size,
+                        archive_depth=depth + 1,
+                        encrypted=encrypted,
+                        extensions=(ext,) if ext else (),
+                    )
                 )
-            )
         if locked and self.passwords:
             self.add("ARCHIVE_PASSWORD_IN_BODY", f"{label}: the text offers a password")
         return locked
@@ -732,6 +891,9 @@ class _Scanner:
                 bzd = bz2.BZ2Decompressor()
                 out += bzd.decompress(rest, want)
                 rest = bzd.unused_data if bzd.eof else b""
+            elif kind == "zstd":
+                out += carriers.zstd_decompress(rest, want - 1)
+                rest = b""
             else:
                 xzd = lzma.LZMADecompressor()
                 out += xzd.decompress(rest, want)
@@ -739,14 +901,61 @@ class _Scanner:
             rest = rest.lstrip(b"\x00")
         if not self._expanded(len(out), limit, label):
             return
-        inner_name = None
-        if name:
-            lower = name.lower()
-            for suffix, replacement in ((".tgz", ".tar"), (".gz", ""), (".bz2", ""), (".xz", "")):
-                if lower.endswith(suffix):
-                    inner_name = name[: len(name) - len(suffix)] + replacement
-                    break
-        self.scan_file(bytes(out), inner_name, None, inner, depth + 1, True)
+        names = _compressed_names(data, kind, name)
+        if names:
+            self.check_names(names, label)
+        inner_name = names[0] if names else None
+        self.scan_file(bytes(out), inner_name, None, inner, depth + 1, True, names[1:])
+
+
+_COMPRESSED_SUFFIXES = (
+    (".tgz", ".tar"),
+    (".tzst", ".tar"),
+    (".gz", ""),
+    (".bz2", ""),
+    (".xz", ""),
+    (".zst", ""),
+)
+_TRAILING_GROUP = re.compile(r"\s*[(\[][^()\[\]]{0,20}[)\]]\s*$")
+
+
+def _compressed_names(data: bytes, kind: str, name: str | None) -> tuple[str, ...]:
+    """Names of a compressed file's content: the outer name without its suffix (what 7-Zip and
+    Windows save it as) and, for gzip, the name stored in the header (what gunzip -N uses)."""
+    names: list[str] = []
+    if name:
+        lower = name.lower()
+        for suffix, replacement in _COMPRESSED_SUFFIXES:
+            if lower.endswith(suffix):
+                names.append(name[: len(name) - len(suffix)] + replacement)
+                break
+    if kind == "gzip" and len(data) > 10 and data[3] & 0x08:  # FNAME
+        at = 10
+        if data[3] & 0x04:  # FEXTRA
+            at += 2 + int.from_bytes(data[10:12], "little")
+        end = data.find(b"\x00", at, at + 1024)
+        if end > at:
+            stored = data[at:end].decode("latin-1")
+            if stored not in names:
+                names.append(stored)
+    return tuple(names)
+
+
+def _shown_extension(segment: str) -> bool:
+    """Whether the text before a dangerous extension reads as a file type to the user.
+
+    "invoice.pdf.exe" and "invoice.pdf (1).exe" (a browser's second download) do; a version or
+    a date in brackets does not: "setup (1.2.3).msi" splits into "2", "3)" and "msi", and
+    "3)" names no type."""
+    segment = _TRAILING_GROUP.sub("", segment).strip()
+    if segment in _EXTENSION_FAMILY:
+        return True
+    if segment in _BUILD_TOKENS:
+        return False
+    return 0 < len(segment) <= 5 and segment.isalnum() and segment[0].isalpha()
+
+
+_BUILD_TOKENS = frozenset({"x86", "x64", "amd64", "arm64", "win32", "win64", "setup"})
 
 
 class _MemoryWriter(py7zr.io.Py7zIO):

@@ -12,12 +12,16 @@ credential page) and password fields are found in bodies, attachments and SVG im
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import hashlib
 import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from html.parser import HTMLParser
+from urllib.parse import unquote_to_bytes
 
 from gateway.mime.model import BudgetExceeded, Deadline
 
@@ -26,12 +30,27 @@ _VOID = frozenset(
     {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
 )
 _FRAMES = frozenset({"iframe", "frame", "frameset", "object", "embed", "applet"})
+_END = r"\s*(?:!\s*important\s*)?(?:;|$)"  # a declaration's end, "!important" or not
 _HIDDEN_STYLE = re.compile(
-    r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0*(?:\.\d+)?(?:px|pt|em|%)?\s*(?:;|$)"
-    r"|opacity\s*:\s*0(?:\.0*)?\s*(?:;|$)|max-height\s*:\s*0",
+    r"display\s*:\s*none|visibility\s*:\s*hidden|mso-hide\s*:\s*all"
+    r"|opacity\s*:\s*0(?:\.0*)?" + _END + r"|max-height\s*:\s*0",
     re.I,
 )
+# font-size: 0 (0px, 0.0em, 0%...) sets the size of this element; a child may set its own
+# (responsive templates zero a container's font to close gaps between inline blocks), so the
+# size in force is tracked per element rather than "some ancestor said 0"
+_FONT_SIZE = re.compile(r"(?:^|[;\s\"'])font-size\s*:\s*([0-9.]+)\s*([a-z%]*)" + _END, re.I)
 _HIDDEN_MIN_CHARS = 30
+_ZERO_FONT_MIN_CHARS = 10
+_MANY_INVISIBLE = 12  # separate pieces of hidden text: salting, not a newsletter's preheader
+# data: addresses that carry a page the browser renders (a second HTML file inside the first)
+_PAGE_TYPES = ("data:text/html", "data:image/svg+xml", "data:application/xhtml+xml")
+_MAX_PAGES = 4
+_MAX_PAGE_DEPTH = 2
+# attributes whose value a browser may run as a javascript: address (SVG animations too)
+_SCRIPT_URI_KEYS = frozenset(
+    {"href", "src", "action", "formaction", "xlink:href", "data", "values", "to", "from"}
+)
 MAX_LINKS = 500  # links kept per HTML file (the message's URL list has its own bound)
 _MAX_LINK_TEXT = 300  # characters of an anchor's visible text kept
 _MAX_URL = 2000  # characters of an attribute kept as a link
@@ -95,6 +114,10 @@ class _Scanner(HTMLParser):
         self.script_chars = 0
         self.form: str | None = None  # the action of the form open now
         self.form_inputs: set[str] = set()
+        self.zero_font: list[bool] = []  # the font size in force is 0, per entry of `stack`
+        self.zero_chars = 0
+        self.hidden_pieces = 0
+        self.pages: list[bytes] = []  # pages carried in data: addresses and srcdoc
 
     @property
     def hidden(self) -> bool:
@@ -104,6 +127,24 @@ class _Scanner(HTMLParser):
         if self.hidden_open:
             self.hidden_open -= sum(1 for _, hidden in self.stack[start:end] if hidden)
         del self.stack[start:end]
+        del self.zero_font[start:end]
+
+    def _page(self, value: str) -> None:
+        """Keep a page carried in a data: address (decoded), bounded in count and size."""
+        if len(self.pages) >= _MAX_PAGES:
+            return
+        head, comma, payload = value.strip().partition(",")
+        if not comma:
+            return
+        try:
+            if head.lower().endswith(";base64"):
+                compact = "".join(payload[: MAX_HTML * 2].split())
+                page = base64.b64decode(compact + "=" * (-len(compact) % 4))
+            else:
+                page = unquote_to_bytes(payload[:MAX_HTML])
+        except (binascii.Error, ValueError):
+            return
+        self.pages.append(page[:MAX_HTML])
 
     def updatepos(self, i: int, j: int) -> int:
         # HTMLParser counts lines and columns of every piece for getpos(), which nothing here
@@ -179,11 +220,15 @@ class _Scanner(HTMLParser):
             if key.startswith("on") and value:
                 self._add("HTML_SCRIPT", f"{key} handler")
                 self._script(value, f"{key} handler")
-            if key in ("href", "src", "action") and value.strip().lower().startswith(
-                ("javascript:", "vbscript:")
-            ):
-                self._add("HTML_SCRIPT", f"{key}=javascript:")
-                self._script(value, f"{key}=javascript:")
+            if key in _SCRIPT_URI_KEYS:
+                lowered = value.strip().lower()
+                if lowered.startswith(("javascript:", "vbscript:")):
+                    self._add("HTML_SCRIPT", f"{key}=javascript:")
+                    self._script(value, f"{key}=javascript:")
+                elif lowered.startswith(_PAGE_TYPES):
+                    self._page(value)
+            elif key == "srcdoc" and value and len(self.pages) < _MAX_PAGES:
+                self.pages.append(value[:MAX_HTML].encode("utf-8", "replace"))
         href = values.get("href", values.get("xlink:href"))  # SVG 1.1 links are xlink:href
         if tag in ("a", "area") and href is not None:
             self._end_link()  # an anchor left open ends where the next one starts
@@ -199,7 +244,15 @@ class _Scanner(HTMLParser):
         if tag not in _VOID:
             style = values.get("style")
             hidden = "hidden" in values or bool(style and _HIDDEN_STYLE.search(style))
+            zero = self.zero_font[-1] if self.zero_font else False
+            size = _FONT_SIZE.search(style) if style else None
+            if size:
+                with contextlib.suppress(ValueError):
+                    zero = float(size.group(1)) == 0
+            elif tag == "font" and values.get("size", "").strip() in ("0", "-7"):
+                zero = True
             self.stack.append((tag, hidden))
+            self.zero_font.append(zero)
             self.hidden_open += hidden
             if len(self.stack) > 512:
                 self._pop(0, 256)
@@ -228,10 +281,21 @@ class _Scanner(HTMLParser):
                 self._keep(match.group(0).rstrip(".,;:!?)"), "text")
                 if len(self.links) >= MAX_LINKS:
                     break
-        if self.hidden:
-            self.hidden_chars += len(data.strip())
+        zero = bool(self.zero_font) and self.zero_font[-1]
+        if self.hidden or zero:
+            chars = len(data.strip())
+            if not chars:
+                return
+            self.hidden_chars += chars
+            self.hidden_pieces += 1
             if self.hidden_chars >= _HIDDEN_MIN_CHARS:
                 self._add("HTML_HIDDEN_TEXT", f"{self.hidden_chars}+ hidden characters")
+            if self.hidden_pieces >= _MANY_INVISIBLE:
+                self._add("HTML_MANY_INVISIBLE", f"{self.hidden_pieces}+ hidden pieces of text")
+            if zero:
+                self.zero_chars += chars
+                if self.zero_chars >= _ZERO_FONT_MIN_CHARS:
+                    self._add("HTML_ZERO_FONT", f"{self.zero_chars}+ characters in font-size 0")
 
 
 def feed_all(parser: HTMLParser, text: str) -> None:
@@ -264,9 +328,13 @@ _cache: OrderedDict[tuple[bytes, str], HtmlReading] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def read(data: bytes, charset: str = "utf-8", deadline: Deadline | None = None) -> HtmlReading:
+def read(
+    data: bytes, charset: str = "utf-8", deadline: Deadline | None = None, _depth: int = 0
+) -> HtmlReading:
     """The HTML reading of `data` (its first MAX_HTML bytes): symbols and links. Linear in the
-    input; with `deadline`, raises BudgetExceeded when it is over."""
+    input; with `deadline`, raises BudgetExceeded when it is over. Pages carried inside (a
+    data: address of HTML or SVG, an iframe's srcdoc) are read too, and what they hold counts
+    as the file's own: a browser renders them."""
     key = (hashlib.sha256(data).digest(), charset)
     with _cache_lock:
         cached = _cache.get(key)
@@ -274,7 +342,10 @@ def read(data: bytes, charset: str = "utf-8", deadline: Deadline | None = None) 
             _cache.move_to_end(key)
             return cached
     try:
-        text = data[:MAX_HTML].decode(charset or "utf-8", "replace")
+        if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a browser follows the byte order mark
+            text = data[:MAX_HTML].decode("utf-16", "replace")
+        else:
+            text = data[:MAX_HTML].decode(charset or "utf-8", "replace")
     except LookupError:
         text = data[:MAX_HTML].decode("latin-1")
     scanner = _Scanner(deadline)
@@ -286,7 +357,15 @@ def read(data: bytes, charset: str = "utf-8", deadline: Deadline | None = None) 
         raise
     except Exception:  # HTMLParser is tolerant; an exception here is a bug, not a verdict
         pass
-    reading = HtmlReading(dict(scanner.found), tuple(scanner.links))
+    found = dict(scanner.found)
+    links = list(scanner.links)
+    if _depth < _MAX_PAGE_DEPTH:
+        for page in scanner.pages:
+            inner = read(page, "utf-8", deadline, _depth + 1)
+            for symbol, detail in inner.found.items():
+                found.setdefault(symbol, f"inline page: {detail}"[:120])
+            links.extend(inner.links[: max(0, MAX_LINKS - len(links))])
+    reading = HtmlReading(found, tuple(links))
     with _cache_lock:
         _cache[key] = reading
         while len(_cache) > _CACHE_SIZE:

@@ -41,6 +41,13 @@ _REL_TYPE = re.compile(rb"""Type=["'][^"']*/([A-Za-z]+)["']""")
 _EXTERNAL_TYPES = frozenset(
     {"attachedTemplate", "oleObject", "frame", "subDocument", "externalLinkPath", "package"}
 )
+# relationships Word follows when the document opens: a remote target is a loader (template
+# injection: APT28, Gamaredon, Follina's mhtml: objects)
+_LOADER_TYPES = frozenset({"attachedTemplate", "oleObject", "frame", "subDocument"})
+_REL_TARGET = re.compile(rb"""Target\s*=\s*["']([^"']*)["']""")
+# a template on this computer (Word writes the user's Normal.dotm as file:///C:\...): no loader
+_RTF_TEMPLATE = re.compile(rb"\{\\\*\\template\s*([^}]{1,300})\}", re.I)
+_LOCAL_TARGET = re.compile(r"^(?:file:/{3})?[a-z]:[\\/]", re.I)
 _MAX_TEXT_SCAN = 8 * 1024 * 1024
 _MAX_RTF_PARSE = 1024 * 1024
 _RTF_DDE = re.compile(rb"(?<!\\)\\fldinst[^}]{0,200}?DDE(?:AUTO)?\b", re.I)
@@ -216,6 +223,26 @@ def _dde(data: bytes, result: OfficeResult) -> None:
             return
 
 
+def _relationship(rel: bytes, result: OfficeResult) -> None:
+    """An external relationship: DOC_REMOTE_TEMPLATE when Word loads it from afar on open,
+    DOC_EXTERNAL_LINK for other links (a workbook's external references, packages)."""
+    kind_match = _REL_TYPE.search(rel)
+    if b"External" not in rel or not kind_match:
+        return
+    kind = kind_match.group(1).decode()
+    if kind not in _EXTERNAL_TYPES:
+        return
+    target_match = _REL_TARGET.search(rel)
+    target = target_match.group(1).decode("utf-8", "replace") if target_match else ""
+    target = target.replace("&amp;", "&").strip()
+    if _LOCAL_TARGET.match(target):
+        return  # the author's own template or file, never fetched from elsewhere
+    if kind in _LOADER_TYPES and target:
+        result.add("DOC_REMOTE_TEMPLATE", f"{kind} {target[:80]}")
+    else:
+        result.add("DOC_EXTERNAL_LINK", kind)
+
+
 def _embedded(data: bytes, name: str, result: OfficeResult) -> None:
     try:
         if _is_ole(data):
@@ -233,6 +260,11 @@ def _embedded(data: bytes, name: str, result: OfficeResult) -> None:
                 result.add("DOC_OLE_EMBEDDED", "PowerPoint object")
             return
         if data.startswith(b"{\\rt"):
+            for match in _RTF_TEMPLATE.finditer(data[:_MAX_TEXT_SCAN]):
+                target = match.group(1).decode("latin-1").strip()
+                if target and not _LOCAL_TARGET.match(target):
+                    result.add("DOC_REMOTE_TEMPLATE", f"RTF template {target[:80]}")
+                    break
             if len(data) > _MAX_RTF_PARSE:
                 if _RTF_OBJECT.search(data):
                     result.add("DOC_OLE_EMBEDDED", "RTF object")
@@ -254,9 +286,6 @@ def _embedded(data: bytes, name: str, result: OfficeResult) -> None:
                 break
         for _name, xml in _zip_texts(data, r"\.rels$"):
             for rel in _REL.findall(xml):
-                kind = _REL_TYPE.search(rel)
-                if b"External" in rel and kind and kind.group(1).decode() in _EXTERNAL_TYPES:
-                    result.add("DOC_EXTERNAL_LINK", kind.group(1).decode())
-                    return
+                _relationship(rel, result)
     except Exception:
         return

@@ -87,6 +87,24 @@ ATTACHMENT_SYMBOLS: dict[str, str] = {
     ),
     "HTML_SCRIPT_REDIRECT": "script that sends the reader to another address (location = ...)",
     "HTML_META_REFRESH": "a meta refresh that sends the reader to a web address",
+    # -- containers, active HTML, documents (issue 13, mimeb) ---------------------------------
+    "ATT_POLYGLOT": "a file that is also a zip archive (zip readers open it from its end)",
+    "ATT_HTML_ACTIVE": (
+        "an HTML or SVG attachment with script, a form or a redirect: a page opened from disk"
+        " (credential phishing, HTML smuggling)"
+    ),
+    "ARCHIVE_MEMBER_UNREAD": (
+        "an archive member whose content cannot be read here (a compressed RAR member: unrar"
+        " is never run)"
+    ),
+    "PDF_ENCRYPTED": "a PDF that needs a password to open (its content cannot be scanned)",
+    "DOC_REMOTE_TEMPLATE": (
+        "an Office document that loads a template, frame or object from a remote address"
+        " when opened (attachedTemplate: a known malware loader)"
+    ),
+    "HTML_ZERO_FONT": "HTML text in a zero-size font (hidden from the reader, read by filters)",
+    "HTML_MANY_INVISIBLE": "HTML with many separate invisible pieces of text (word salting)",
+    # -- end of the mimeb block -------------------------------------------------------------
     # policy (rules/attachments.toml)
     "ATT_POLICY_REJECT": "an attachment rules/attachments.toml refuses",
     "ATT_POLICY_QUARANTINE": "an attachment rules/attachments.toml sends to quarantine",
