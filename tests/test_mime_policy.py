@@ -160,6 +160,21 @@ async def test_plugins_decide_through_rules(tmp_path: Path) -> None:
         assert rules.decide(found).action is Action.QUARANTINE
 
 
+async def test_a_unix_shell_script_is_relayed_a_windows_script_refused(tmp_path: Path) -> None:
+    """Lists mail shell scripts daily (no name extension, libmagic: text/x-shellscript); they run
+    only from a shell. A batch file or a .js name is what a double click runs."""
+    settings = _settings(tmp_path)
+    rules = load_rules(settings.rules_dir)
+    script = b"#!/bin/sh\nset -e\nfor f in *.log; do gzip \"$f\"; done\n"
+    found = await _findings(settings, with_attachment(script, "rotate-logs", "text/plain"))
+    assert rules.decide(found).action is Action.RELAY, [f.symbol for f in found]
+    assert "ATT_SCRIPT" not in {f.symbol for f in found}
+    batch = b"@echo off\r\npowershell -enc SQBFAFgA\r\n"
+    for name in ("run.bat", "invoice.js"):
+        found = await _findings(settings, with_attachment(batch, name, "text/plain"))
+        assert rules.decide(found).action is Action.REJECT, (name, [f.symbol for f in found])
+
+
 async def test_unscannable_message_is_quarantined(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     body = "".join(
