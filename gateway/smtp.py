@@ -27,15 +27,20 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException
 from aiosmtpd.smtp import Session as SmtpSession
 
+from gateway import front_replies
 from gateway.app import Gateway
+from gateway.data_reader import DataLimits, read_data
 from gateway.delivery import DeliveryTransport
 from gateway.plugin import TlsInfo
 from gateway.relay import Downstream
 from gateway.session import Session
+from gateway.smtp_syntax import argument_problem, path_problem, size_problem
 from gateway.verdict import Replies, SmtpReply
 
 log = logging.getLogger("mailgate.smtp")
 
+# Postfix's junk commands (smtpd_junk_command_limit), HELP with them.
+_JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
 _REPLY = re.compile(r"^(\d{3})([ -])(.*)$", re.DOTALL)
 _HAS_STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}(\s|$)")
 # RFC 3463 codes for the replies aiosmtpd composes itself without one.
@@ -208,8 +213,58 @@ class GatewaySMTP(SMTP):
             proxy_protocol_timeout=limits.idle_timeout if listen.proxy_protocol else None,
             loop=loop,
         )
+        # Every command goes through `_checked`: the argument's syntax first, and the junk
+        # commands counted (aiosmtpd dispatches from this table, built in its __init__).
+        self._smtp_methods = {
+            name: self._checked(name, method) for name, method in self._smtp_methods.items()
+        }
+        self._closing = False  # a 421 was sent: say nothing more
+
+    def _checked(self, name: str, method: Any) -> Any:
+        async def checked(arg: str | None) -> None:
+            problem = argument_problem(arg)
+            if problem is not None:
+                await self.push(str(problem))
+                return
+            if name in _JUNK_COMMANDS:
+                closing = self.connection.on_junk_command()
+                if closing is not None:
+                    await self._close_with(closing)
+                    return
+            await method(arg)
+
+        return checked
+
+    async def _close_with(self, reply: SmtpReply) -> None:
+        if not self._closing:
+            self._closing = True
+            await super().push(str(reply))
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None  # aiosmtpd calls it again after STARTTLS
+        super().connection_made(transport)
+        if not first or self.session is None:
+            return
+        refusal = self.connection.on_transport(_address(self.session.peer))
+        if refusal is not None:
+            self._greeted = True  # nothing more is said: the greeting is not sent
+            self._closing = True
+            self._writer.write(str(refusal).encode("ascii") + b"\r\n")
+            transport.close()
+
+    async def handle_exception(self, error: Exception) -> str:
+        status: str = await super().handle_exception(error)
+        if not isinstance(error, TLSSetupException):
+            # The session dropped its transaction (on_error): aiosmtpd's envelope goes with it,
+            # or RCPT said "need MAIL" while MAIL said "nested MAIL" and DATA took a message.
+            self._set_rset_state()
+        return status
 
     async def push(self, status: Any) -> None:
+        if self._closing:
+            return
         if not self._greeted:  # aiosmtpd's first push is the greeting: CONNECT runs first
             self._greeted = True
             if not await self._connect():
@@ -219,6 +274,10 @@ class GatewaySMTP(SMTP):
         elif isinstance(status, str) and not self._in_helo:
             status = with_status(status)
         await super().push(status)
+        if isinstance(status, str) and status[:1] in ("4", "5") and not status.startswith("421"):
+            closing = self.connection.on_error_reply()
+            if closing is not None:
+                await self._close_with(closing)
 
     async def _connect(self) -> bool:
         """The CONNECT phase before the greeting; False: refused, the connection is closing."""
@@ -242,6 +301,9 @@ class GatewaySMTP(SMTP):
         return True
 
     async def smtp_EHLO(self, hostname: str) -> None:
+        # aiosmtpd adds SIZE's 26 and SMTPUTF8's 10 bytes to the MAIL limit at every EHLO,
+        # never taking them back: start from the configured limit each time.
+        self.command_size_limits["MAIL"] = self.gateway.settings.limits.max_command_length
         self._in_helo = True
         try:
             await super().smtp_EHLO(hostname)
@@ -258,7 +320,25 @@ class GatewaySMTP(SMTP):
     async def smtp_AUTH(self, arg: str) -> None:
         await self.push(str(Replies.AUTH_NOT_ENABLED))
 
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:  # RFC 3207: once only (Postfix: 554 5.5.1)
+            await self.push(str(front_replies.TLS_ALREADY_ACTIVE))
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        smtputf8 = bool(self.envelope is not None and self.envelope.smtp_utf8)
+        problem = path_problem(arg, "TO:", smtputf8)
+        if problem is not None and self.envelope is not None and self.envelope.mail_from:
+            await self.push(str(problem))
+            return
+        await super().smtp_RCPT(arg)
+
     async def smtp_MAIL(self, arg: str | None) -> None:
+        problem = path_problem(arg, "FROM:", None)
+        if problem is not None and self.session is not None and self.session.host_name:
+            await self.push(str(problem))
+            return
         self._in_mail = True
         try:
             await super().smtp_MAIL(arg)
@@ -272,6 +352,8 @@ class GatewaySMTP(SMTP):
         result: dict[str, str | bool] | None = super()._getparams(params)
         if result is None or not self._in_mail:
             return result
+        if "SIZE" in result and size_problem(result["SIZE"]):
+            return None  # SIZE=² passed str.isdigit, then int() raised: a 501 syntax error
         if result.pop("REQUIRETLS", True) is not True:
             return None  # REQUIRETLS=value: 501 syntax error
         return result
@@ -282,16 +364,55 @@ class GatewaySMTP(SMTP):
         # the delivery server their time. One timer of data_timeout + delivery.data_timeout + 60 s
         # for both let a client stall mid-DATA for minutes whatever data_timeout said.
         self._reset_timeout(self.gateway.settings.limits.data_timeout)
-        await super().smtp_DATA(arg)
+        closing = await self._data(arg)
         self._reset_timeout()
         if self.envelope is None or self.envelope.mail_from is None:
-            # aiosmtpd reset its envelope: after handle_DATA, or after refusing the message
-            # itself (552 too much mail data, 500 line too long) without calling it.
+            # aiosmtpd's envelope was reset: after handle_DATA, or after the message was
+            # refused here (too much data, a line too long) without calling it.
             await self.connection.on_data_refused()
-        closing = self.connection.after_data()
+        closing = closing or self.connection.after_data()
         if closing is not None and self.transport is not None:
             await super().push(str(closing))
             self.transport.close()
+
+    async def _data(self, arg: str | None) -> SmtpReply | None:
+        """aiosmtpd's smtp_DATA with our reader (gateway.data_reader); a reply: close after it."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return None
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push(str(self.connection.no_recipients_reply()))
+            return None
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return None
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        limits = self.gateway.settings.limits
+        bounds = DataLimits(
+            max_size=limits.max_message_size,
+            max_line=self.line_length_limit,
+            max_header=limits.max_header_size,
+            drain_limit=limits.max_message_size,
+        )
+
+        async def refuse(reply: SmtpReply) -> None:
+            # At once, not after the end of DATA: the client may read it when it is done.
+            await self.push(str(reply))
+
+        result = await read_data(self._reader, bounds, refuse)
+        if result.content is None:
+            self._set_post_data_state()
+            if result.closed and result.refusal is not None:
+                return front_replies.DATA_AFTER_REFUSAL
+            if result.closed and self.transport is not None:
+                self.transport.close()
+            return None
+        self.envelope.content = result.content
+        self.envelope.original_content = result.content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)
+        return None
 
     def connection_lost(self, error: Exception | None) -> None:
         self.connection.on_disconnect()
