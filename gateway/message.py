@@ -15,6 +15,7 @@ The message bytes are never re-serialised: header edits are made by offset (gate
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import urllib.parse
@@ -123,6 +124,7 @@ def _field(message: bytes, start: int, stop: int) -> HeaderField:
 # -- RFC 2047 ----------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=32)
 def decode_encoded_words(text: str, limit: int | None = None) -> str:
     """`text` with RFC 2047 encoded-words decoded: the one decoder of the code base.
 
@@ -130,6 +132,9 @@ def decode_encoded_words(text: str, limit: int | None = None) -> str:
     characters; text outside encoded-words is kept as it was (8-bit text too). `limit` cuts the
     input (4 bytes a character) and the result, for display. The result is untrusted text (it
     may hold ESC, CR, bidi overrides): print it through gateway.text.printable.
+
+    Cached: the readers of one From (authors, its shown text, its hidden characters) decode the
+    same value, each once per message instead of three times.
     """
     if limit is not None:
         text = text[: limit * 4]
