@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import binascii
 import email.base64mime
-import email.header
 import email.quoprimime
+import re
 
-# The stdlib's own pattern, so "what is an encoded-word" has the one answer it always had.
-_ENCODED_WORD = email.header.ecre
+# email.header's own pattern (its `ecre`), so "what is an encoded-word" keeps its one answer.
+_ENCODED_WORD = re.compile(
+    r"=\?(?P<charset>[^?]*?)\?(?P<encoding>[qQbB])\?(?P<encoded>.*?)\?=", re.MULTILINE
+)
 
 
 class EncodedWordError(ValueError):
@@ -49,10 +51,7 @@ def decode_header_linear(header: str) -> list[tuple[bytes | str, str | None]]:
         word
         for n, word in enumerate(words)
         if not (
-            0 < n < len(words) - 1
-            and words[n + 1][1]
-            and words[n - 1][1]
-            and word[0].isspace()
+            0 < n < len(words) - 1 and words[n + 1][1] and words[n - 1][1] and word[0].isspace()
         )
     ]
     collapsed: list[tuple[bytes | str, str | None]] = []

@@ -254,12 +254,16 @@ class GatewaySMTP(SMTP):
             self._writer.write(str(refusal).encode("ascii") + b"\r\n")
             transport.close()
 
+    def _reset_envelope(self) -> None:
+        """aiosmtpd's fresh envelope, as after RSET or the end of DATA."""
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+
     async def handle_exception(self, error: Exception) -> str:
         status: str = await super().handle_exception(error)
         if not isinstance(error, TLSSetupException):
             # The session dropped its transaction (on_error): aiosmtpd's envelope goes with it,
             # or RCPT said "need MAIL" while MAIL said "nested MAIL" and DATA took a message.
-            self._set_rset_state()
+            self._reset_envelope()
         return status
 
     async def push(self, status: Any) -> None:
@@ -401,7 +405,7 @@ class GatewaySMTP(SMTP):
 
         result = await read_data(self._reader, bounds, refuse)
         if result.content is None:
-            self._set_post_data_state()
+            self._reset_envelope()
             if result.closed and result.refusal is not None:
                 return front_replies.DATA_AFTER_REFUSAL
             if result.closed and self.transport is not None:
@@ -410,7 +414,7 @@ class GatewaySMTP(SMTP):
         self.envelope.content = result.content
         self.envelope.original_content = result.content
         status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
+        self._reset_envelope()
         await self.push(status)
         return None
 

@@ -15,8 +15,8 @@ import logging
 import smtplib
 import ssl
 import time
-from ipaddress import ip_network
 import tracemalloc
+from ipaddress import ip_network
 from typing import Any
 
 import pytest
@@ -391,9 +391,7 @@ async def test_postmaster_without_a_domain_is_accepted(
     assert delivered.rcpt_tos == ["postmaster@example.com"]
 
 
-async def test_other_bare_local_parts_stay_refused(
-    gw: RunningGateway, sink: RecordingSink
-) -> None:
+async def test_other_bare_local_parts_stay_refused(gw: RunningGateway, sink: RecordingSink) -> None:
     wire = await ehlo(gw)
     try:
         assert (await wire.command(f"MAIL FROM:<{SENDER}>")).startswith("250 ")
