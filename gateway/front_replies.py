@@ -14,7 +14,7 @@ from gateway.verdict import SmtpReply
 CONTROL_CHARACTER = SmtpReply(501, "5.5.2", "Syntax error: control character in command")
 BAD_PARAMETER = SmtpReply(501, "5.5.4", "Syntax error in parameters")
 UNCLOSED_ADDRESS = SmtpReply(501, "5.1.7", "Syntax error: address without closing >")
-INVALID_UTF8 = SmtpReply(501, "5.6.7", "Syntax error: invalid UTF-8 in address")
+INVALID_UTF8 = SmtpReply(501, "5.6.7", "Syntax error: invalid UTF-8")
 NEEDS_SMTPUTF8 = SmtpReply(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter")
 NO_POSTMASTER_DOMAIN = SmtpReply(550, "5.1.1", "No postmaster domain configured here")
 TLS_ALREADY_ACTIVE = SmtpReply(554, "5.5.1", "Error: TLS already active")

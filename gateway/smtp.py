@@ -3,17 +3,26 @@
 aiosmtpd parses the protocol; `gateway.session.Session` decides. Each connection gets one
 `GatewaySMTP` (aiosmtpd's protocol object, subclassed) and one `SessionHooks` (aiosmtpd's event
 handler), and every hook is a one-liner into the Session. What we rely on of aiosmtpd, and
-tests/test_aiosmtpd_contract.py pins: the greeting is the first `push` (we intercept it to run
-the CONNECT phase first), `_reset_timeout(seconds)`, `_getparams` (REQUIRETLS is ours),
-`command_size_limits` and `line_length_limit` read per instance, `envelope.original_content`
-(the dot-unstuffed DATA), `session.ssl` (the TLS transport's extra info), `require_starttls`
-and its 530 text, handle_PROXY's `proxy_data`, and the `handle_*` hook signatures.
+tests/test_aiosmtpd_contract.py pins (pyproject.toml pins the 1.4 series it was checked on):
+the greeting is the first `push` (we intercept it to run the CONNECT phase first),
+`_reset_timeout(seconds)`, `_getparams` (REQUIRETLS is ours, SIZE must be ASCII digits),
+`_getaddr` (its parser raises more than HeaderParseError), `command_size_limits` (grown at
+every EHLO: reset first) and `line_length_limit` read per instance, the `_smtp_methods` table
+that dispatches commands (each wrapped: argument syntax, junk commands), `_reader` (the
+StreamReader DATA is read from, by gateway.data_reader), `_call_handler_hook("DATA")`,
+`_set_post_data_state` (a fresh envelope), `check_helo_needed`/`check_auth_needed`,
+`envelope.smtp_utf8`, `_tls_protocol` (STARTTLS only once), `connection_made` called again
+after STARTTLS, `handle_exception`, `session.ssl` (the TLS transport's extra info),
+`require_starttls` and its 530 text, handle_PROXY's `proxy_data`, and the `handle_*` hook
+signatures.
 
 What the adapter adds: enhanced status codes on aiosmtpd's own replies, no AUTH, a 451 (never
-aiosmtpd's "500 Error: (Exception) text") when anything unexpected happens, and DATA that only
-ends on CRLF.CRLF (aiosmtpd reads DATA lines up to CRLF, so a bare LF or CR can never end it).
+aiosmtpd's "500 Error: (Exception) text") when anything unexpected happens, with aiosmtpd's
+envelope reset so both agree there is no transaction; DATA read with every buffer bounded and
+refusals answered at once, ending only on CRLF.CRLF (lines are read up to CRLF, so a bare LF or
+CR can never end it); 5xx for malformed arguments (gateway.smtp_syntax); Postfix's error and
+junk-command limits (gateway.session); connections counted before their PROXY header.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -348,6 +357,16 @@ class GatewaySMTP(SMTP):
             await super().smtp_MAIL(arg)
         finally:
             self._in_mail = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd catches only HeaderParseError from the email package's address parser, which
+        # also raises IndexError (`MAIL FROM:"`, `VRFY <`): a 451 and a traceback each time.
+        # Any failure to parse is a malformed address (553 5.1.3), as aiosmtpd means it to be.
+        try:
+            address: tuple[str | None, str | None] = super()._getaddr(arg)
+        except Exception:
+            return None, None
+        return address
 
     def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
         # aiosmtpd answers 555 to a MAIL parameter it does not know. REQUIRETLS (RFC 8689) is

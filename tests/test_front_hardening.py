@@ -226,6 +226,9 @@ async def test_an_address_literal_helo_is_kept(gw: RunningGateway, sink: Recordi
         (b"MAIL FROM:<\xff\xfe@example.net> SMTPUTF8", "501 5.6.7 "),
         (b"MAIL FROM:<j\xc3\xb6rg@example.net>", "553 5.6.7 "),
         (b"MAIL FROM:<alice@example.net> BODY=8BIT\xc3\xb6", "501 5.5.4 "),
+        (b'MAIL FROM:"', "553 5.1.3 "),  # the email package's parser raised IndexError
+        (b"MAIL FROM:<a@b> <", "501 5.5.4 "),
+        (b"VRFY <", "502 5.5.1 "),
         (b"EHLO a\x00b", "501 5.5.2 "),
         (b"VRFY \x01", "501 5.5.2 "),
     ],
