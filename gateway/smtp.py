@@ -23,6 +23,7 @@ refusals answered at once, ending only on CRLF.CRLF (lines are read up to CRLF, 
 CR can never end it); 5xx for malformed arguments (gateway.smtp_syntax); Postfix's error and
 junk-command limits (gateway.session); connections counted before their PROXY header.
 """
+
 from __future__ import annotations
 
 import asyncio
