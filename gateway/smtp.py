@@ -62,6 +62,13 @@ _DEFAULT_STATUS = {
 }  # fmt: skip
 
 
+def _counts_as_error(reply: str) -> bool:
+    """A 4xx or 5xx counts towards the error limit; not the 421 we close with, and not "too
+    many recipients" (Postfix counts those only past smtpd_recipient_overshoot_limit: a sender
+    with more recipients than our limit sends the rest in the next transaction)."""
+    return reply[:1] in ("4", "5") and not reply.startswith(("421", "452 4.5.3"))
+
+
 def with_status(reply: str) -> str:
     """Add an enhanced status code (RFC 2034) to a reply that lacks one."""
     match = _REPLY.match(reply)
@@ -288,7 +295,7 @@ class GatewaySMTP(SMTP):
         elif isinstance(status, str) and not self._in_helo:
             status = with_status(status)
         await super().push(status)
-        if isinstance(status, str) and status[:1] in ("4", "5") and not status.startswith("421"):
+        if isinstance(status, str) and _counts_as_error(status):
             closing = self.connection.on_error_reply()
             if closing is not None:
                 await self._close_with(closing)

@@ -122,7 +122,8 @@ async def test_a_header_folded_over_100000_lines_is_refused_while_others_are_ser
 
         async def noop_latency() -> float:
             started = time.perf_counter()
-            assert (await other.command("NOOP", WAIT)).startswith("250")
+            # EHLO: not a junk command, so not limited to 100 like NOOP
+            assert (await other.command("EHLO other.example.net", WAIT)).startswith("250")
             return time.perf_counter() - started
 
         baseline = max([await noop_latency() for _ in range(20)])
@@ -147,6 +148,40 @@ async def test_a_header_folded_over_100000_lines_is_refused_while_others_are_ser
         await wire.close()
         await other.close()
     assert sink.delivered == [] and "DATA" not in sink.commands
+
+
+async def test_the_costliest_header_within_the_limit_leaves_others_served(
+    start_gateway: GatewayFactory, sink: RecordingSink
+) -> None:
+    """A From of encoded-words up to max_header_size: every reader of it is linear, so it is
+    inspected and relayed while another client's commands go on being answered."""
+    gw = await start_gateway()
+    other = await ehlo(gw)
+    words = (gw.settings.limits.max_header_size - 200) // 16
+    hostile = message(extra=b"X-Pad: a\r\n").replace(
+        b"From: Alice <alice@example.net>\r\n",
+        b"From: a" + b"\r\n =?utf-8?q?b?=" * words + b" <alice@example.net>\r\n",
+    )
+    assert len(hostile.partition(b"\r\n\r\n")[0]) < gw.settings.limits.max_header_size
+    try:
+
+        async def noop_latency() -> float:
+            started = time.perf_counter()
+            # EHLO: not a junk command, so not limited to 100 like NOOP
+            assert (await other.command("EHLO other.example.net", WAIT)).startswith("250")
+            return time.perf_counter() - started
+
+        baseline = max([await noop_latency() for _ in range(20)])
+        sending = asyncio.create_task(asyncio.to_thread(_send, gw, hostile))
+        latencies = []
+        while not sending.done():
+            latencies.append(await noop_latency())
+        await sending
+        assert max(latencies, default=0.0) < 50 * baseline + 2.0, (latencies, baseline)
+    finally:
+        await other.close()
+    [delivered] = await sink.arrived(1)
+    assert delivered.content.endswith(hostile)
 
 
 async def test_a_header_within_the_limit_still_passes(
@@ -472,3 +507,23 @@ async def test_a_trusted_balancers_waiting_connections_count_in_the_total(
         writer.close()
         for _, w in held:
             w.close()
+
+
+async def test_too_many_recipients_is_not_an_error_of_the_client(
+    start_gateway: GatewayFactory, sink: RecordingSink
+) -> None:
+    """A sender with 150 recipients for a limit of 100 gets 452 for 50 of them, and retries
+    them: that is not 50 errors (Postfix: smtpd_recipient_overshoot_limit)."""
+    gw = await start_gateway(limits={"max_recipients": 2})
+    wire = await ehlo(gw)
+    try:
+        assert (await wire.command(f"MAIL FROM:<{SENDER}>")).startswith("250 ")
+        for n in range(ERROR_LIMIT + 5):
+            reply = await wire.command(f"RCPT TO:<r{n}@example.com>")
+            assert reply.startswith("250 " if n < 2 else "452 4.5.3"), reply
+        assert (await wire.command("DATA")).startswith("354")
+        assert (await wire.command(message() + b".")).startswith("250 2.0.0 OK id=")
+    finally:
+        await wire.close()
+    [delivered] = await sink.arrived(1)
+    assert delivered.rcpt_tos == ["r0@example.com", "r1@example.com"]
