@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import re
 import ssl
@@ -238,6 +239,7 @@ class GatewaySMTP(SMTP):
         self._closing = False  # a 421 was sent: say nothing more
 
     def _checked(self, name: str, method: Any) -> Any:
+        @functools.wraps(method)  # HELP reads the @syntax attributes of the table's entries
         async def checked(arg: str | None) -> None:
             problem = argument_problem(arg)
             if problem is not None:
@@ -402,9 +404,8 @@ class GatewaySMTP(SMTP):
             # refused here (too much data, a line too long) without calling it.
             await self.connection.on_data_refused()
         closing = closing or self.connection.after_data()
-        if closing is not None and self.transport is not None:
-            await super().push(str(closing))
-            self.transport.close()
+        if closing is not None:
+            await self._close_with(closing)
 
     async def _data(self, arg: str | None) -> SmtpReply | None:
         """aiosmtpd's smtp_DATA with our reader (gateway.data_reader); a reply: close after it."""

@@ -527,3 +527,14 @@ async def test_too_many_recipients_is_not_an_error_of_the_client(
         await wire.close()
     [delivered] = await sink.arrived(1)
     assert delivered.rcpt_tos == ["r0@example.com", "r1@example.com"]
+
+
+async def test_help_still_knows_the_commands(gw: RunningGateway) -> None:
+    """Every command is wrapped (syntax, junk counting); HELP reads what it wraps."""
+    wire = await ehlo(gw)
+    try:
+        listing = await wire.command("HELP")
+        assert listing.startswith("250 ") and "NOOP" in listing and "RSET" in listing, listing
+        assert (await wire.command("HELP NOOP")).startswith("250 2.0.0 Syntax: NOOP")
+    finally:
+        await wire.close()
