@@ -147,6 +147,9 @@ class LimitSettings:
     max_message_size: Count = 25 * 1024 * 1024
     max_recipients: Count = 100
     max_line_length: Annotated[Count, _rfc_minimum(1000, "4.5.3.1.6")] = 4096
+    # The header section (up to the empty line), as Postfix's header_size_limit: a header past
+    # it is refused while it streams in (552), so no reader of the header ever works on more.
+    max_header_size: Count = 100 * 1024
     max_command_length: Annotated[Count, _rfc_minimum(512, "4.5.3.1.4")] = 512
     idle_timeout: Seconds = 300.0
     data_timeout: Seconds = 600.0

@@ -15,7 +15,7 @@ The message bytes are never re-serialised: header edits are made by offset (gate
 from __future__ import annotations
 
 import asyncio
-import email.header
+import functools
 import ipaddress
 import re
 import urllib.parse
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from gateway.cputime import offload
 from gateway.domains import registrable_domain
+from gateway.encoded_words import decode_header_linear
 from gateway.mime.budgets import DEFAULT_LIMITS, MimeSettings
 
 if TYPE_CHECKING:
@@ -123,6 +124,7 @@ def _field(message: bytes, start: int, stop: int) -> HeaderField:
 # -- RFC 2047 ----------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=32)
 def decode_encoded_words(text: str, limit: int | None = None) -> str:
     """`text` with RFC 2047 encoded-words decoded: the one decoder of the code base.
 
@@ -130,13 +132,16 @@ def decode_encoded_words(text: str, limit: int | None = None) -> str:
     characters; text outside encoded-words is kept as it was (8-bit text too). `limit` cuts the
     input (4 bytes a character) and the result, for display. The result is untrusted text (it
     may hold ESC, CR, bidi overrides): print it through gateway.text.printable.
+
+    Cached: the readers of one From (authors, its shown text, its hidden characters) decode the
+    same value, each once per message instead of three times.
     """
     if limit is not None:
         text = text[: limit * 4]
     if "=?" not in text:
         return text if limit is None else text[:limit]
     try:
-        parts = email.header.decode_header(text)
+        parts = decode_header_linear(text)  # decode_header's reading, in linear time
     except Exception:  # a hostile header must not stop anything: use it undecoded
         return text if limit is None else text[:limit]
     out: list[str] = []

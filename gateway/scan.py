@@ -217,7 +217,7 @@ async def scan_message(gateway: Gateway, label: str, raw: bytes, envelope: Envel
     from gateway.header_edit import remove_forged
     from gateway.line_endings import normalize_line_endings
     from gateway.plugin import ClientInfo, MessageContext, Phase
-    from gateway.transaction import inspect
+    from gateway.transaction import inspect, without_leading_continuation
 
     # Files on disk often have LF line endings; over SMTP they would arrive as CRLF.
     crlf = normalize_line_endings(raw)
@@ -234,6 +234,7 @@ async def scan_message(gateway: Gateway, label: str, raw: bytes, envelope: Envel
     ctx.raw = crlf
     # As serve does: our own trace fields in a message are forgeries, removed before any
     # plugin reads it (otherwise scan and serve would read one message two ways).
+    ctx.raw = without_leading_continuation(ctx.raw)
     ctx.raw, _ = remove_forged(ctx.message, gateway.settings.listen.hostname)
     verdict = await inspect(gateway, ctx)
     return Scanned(label, verdict, ctx, crlf != raw)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from gateway import front_replies
 from gateway.access import check_recipient
 from gateway.app import Gateway
 from gateway.cputime import metered
@@ -38,6 +39,13 @@ from gateway.verdict import Finding, Replies, SmtpReply, Verdict
 
 log = logging.getLogger("mailgate.smtp")
 
+# Postfix's smtpd_hard_error_limit: a client making this many errors (4xx and 5xx replies)
+# without delivering mail is disconnected with a 421.
+ERROR_LIMIT = 20
+# Postfix's smtpd_junk_command_limit: past this many NOOP, RSET, VRFY, EXPN or HELP without
+# delivering mail, each one counts as an error too.
+JUNK_LIMIT = 100
+
 
 class Session:
     """The state of one client connection and the reply to each of its SMTP events."""
@@ -52,7 +60,10 @@ class Session:
         # Policy says this client must use STARTTLS first: the reply to every other command.
         self.starttls_refusal: SmtpReply | None = None
         self.busy = False  # concluding a message: the client waits for our answer
-        self._counted_ip: str | None = None
+        self._counted_ip: str | None = None  # counted in gateway.connections under this IP
+        self._counted_total = False  # counted in gateway.total_connections
+        self.errors = 0  # 4xx/5xx replies since the last delivered message
+        self.junk = 0  # NOOP, RSET, VRFY, EXPN, HELP since the last delivered message
 
     @property
     def tls_required(self) -> bool:
@@ -64,6 +75,27 @@ class Session:
         return self.ctx is None and not self.busy
 
     # -- connection ---------------------------------------------------------------------------
+
+    def on_transport(self, peer: tuple[str, int]) -> SmtpReply | None:
+        """A new TCP connection, before a PROXY header: counted now, or a client could hold any
+        number of connections that never send one. A trusted load balancer's connections count
+        in the total only (all of them share its address); the client's address is counted
+        once the header names it (on_connect). A reply: refused, close."""
+        settings = self.gateway.settings
+        if not settings.listen.proxy_protocol:
+            return None  # on_connect counts, at the greeting
+        gateway, limits = self.gateway, settings.limits
+        if gateway.total_connections >= limits.max_connections:
+            return Replies.TOO_MANY_CONNECTIONS.with_text("Too many connections, try again later")
+        trusted = NetworkList(settings.listen.proxy_trusted).matches(peer[0])
+        if not trusted:
+            if gateway.connections.get(peer[0], 0) >= limits.max_connections_per_ip:
+                return Replies.TOO_MANY_CONNECTIONS
+            gateway.connections[peer[0]] = gateway.connections.get(peer[0], 0) + 1
+            self._counted_ip = peer[0]
+        gateway.total_connections += 1
+        self._counted_total = True
+        return None
 
     def on_proxy(self, peer: tuple[str, int], source: tuple[str, int] | None) -> bool:
         """A PROXY header: trusted only from a configured load balancer; `source` is its client
@@ -86,13 +118,16 @@ class Session:
         limits = gateway.settings.limits
         if gateway.shutting_down:
             return Replies.SHUTTING_DOWN
-        if gateway.total_connections >= limits.max_connections:
+        if not self._counted_total and gateway.total_connections >= limits.max_connections:
             return Replies.TOO_MANY_CONNECTIONS.with_text("Too many connections, try again later")
-        if gateway.connections.get(self.client.ip, 0) >= limits.max_connections_per_ip:
-            return Replies.TOO_MANY_CONNECTIONS
-        gateway.connections[self.client.ip] = gateway.connections.get(self.client.ip, 0) + 1
-        gateway.total_connections += 1
-        self._counted_ip = self.client.ip
+        if self._counted_ip is None:  # not yet counted by its address (on_transport)
+            if gateway.connections.get(self.client.ip, 0) >= limits.max_connections_per_ip:
+                return Replies.TOO_MANY_CONNECTIONS
+            gateway.connections[self.client.ip] = gateway.connections.get(self.client.ip, 0) + 1
+            self._counted_ip = self.client.ip
+        if not self._counted_total:
+            gateway.total_connections += 1
+            self._counted_total = True
         ctx = self._context()
         self.connect_findings = await gateway.chain.run(Phase.CONNECT, ctx)
         verdict = ctx.rules.forced_now(ctx.findings)
@@ -119,8 +154,10 @@ class Session:
                 gateway.connections[self._counted_ip] = left
             else:
                 gateway.connections.pop(self._counted_ip, None)
-            gateway.total_connections -= 1
             self._counted_ip = None
+        if self._counted_total:
+            self.gateway.total_connections -= 1
+            self._counted_total = False
 
     def on_starttls(self, tls: TlsInfo | None) -> None:
         """RFC 3207 4.2: after the handshake the client starts over: forget HELO and MAIL."""
@@ -215,6 +252,13 @@ class Session:
         if ctx is None:
             return Replies.NEED_MAIL
         settings = self.gateway.settings
+        if address.lower() == "postmaster":
+            # RFC 5321 4.5.1: <postmaster> without a domain MUST be accepted; it is the
+            # postmaster of the domains we serve (the first one listed).
+            domain = self.postmaster_domain()
+            if domain is None:
+                return front_replies.NO_POSTMASTER_DOMAIN
+            address = f"postmaster@{domain}"
         if len(ctx.rcpt_tos) >= settings.limits.max_recipients:
             return Replies.TOO_MANY_RECIPIENTS
         refusal = check_recipient(settings.relay, self.client.ip, address)
@@ -255,6 +299,16 @@ class Session:
         ctx.rcpt_tos.append(address)
         return Replies.RECIPIENT_OK
 
+    def postmaster_domain(self) -> str | None:
+        """The first domain of [relay] domains that is a domain, not ".parent" (subdomains)."""
+        return next((d for d in self.gateway.settings.relay.domains if not d.startswith(".")), None)
+
+    def no_recipients_reply(self) -> SmtpReply:
+        """DATA before any accepted RCPT: which command is missing, from our own state."""
+        if self.ctx is None:
+            return Replies.NEED_MAIL
+        return SmtpReply(503, "5.5.1", "Error: need RCPT command")
+
     async def on_rset(self) -> SmtpReply:
         self.ctx = None
         await self.delivery.reset()
@@ -274,7 +328,10 @@ class Session:
         self.busy = True
         try:
             ctx.raw = raw
-            return await conclude(self.gateway, ctx, self.delivery)
+            reply = await conclude(self.gateway, ctx, self.delivery)
+            if reply.is_positive:  # delivered (or quarantined): the client starts afresh
+                self.errors = self.junk = 0
+            return reply
         except Exception:
             log.exception("qid=%s failed while concluding; client told to retry", ctx.queue_id)
             self.delivery.abort()
@@ -297,6 +354,19 @@ class Session:
         return Replies.SHUTTING_DOWN if self.gateway.shutting_down else None
 
     # -- failures -----------------------------------------------------------------------------
+
+    def on_error_reply(self) -> SmtpReply | None:
+        """A 4xx or 5xx was given; at ERROR_LIMIT the reply to close with (Postfix's 421)."""
+        self.errors += 1
+        if self.errors < ERROR_LIMIT:
+            return None
+        log.info("client=%s disconnected after %d errors", self.client.ip, self.errors)
+        return front_replies.TOO_MANY_ERRORS
+
+    def on_junk_command(self) -> SmtpReply | None:
+        """NOOP, RSET, VRFY, EXPN, HELP: past JUNK_LIMIT each one is an error too."""
+        self.junk += 1
+        return self.on_error_reply() if self.junk > JUNK_LIMIT else None
 
     def on_error(self, error: BaseException) -> SmtpReply:
         """Anything unexpected: log it whole, tell the client only to retry (451 4.3.0)."""

@@ -3,21 +3,32 @@
 aiosmtpd parses the protocol; `gateway.session.Session` decides. Each connection gets one
 `GatewaySMTP` (aiosmtpd's protocol object, subclassed) and one `SessionHooks` (aiosmtpd's event
 handler), and every hook is a one-liner into the Session. What we rely on of aiosmtpd, and
-tests/test_aiosmtpd_contract.py pins: the greeting is the first `push` (we intercept it to run
-the CONNECT phase first), `_reset_timeout(seconds)`, `_getparams` (REQUIRETLS is ours),
-`command_size_limits` and `line_length_limit` read per instance, `envelope.original_content`
-(the dot-unstuffed DATA), `session.ssl` (the TLS transport's extra info), `require_starttls`
-and its 530 text, handle_PROXY's `proxy_data`, and the `handle_*` hook signatures.
+tests/test_aiosmtpd_contract.py pins (pyproject.toml pins the 1.4 series it was checked on):
+the greeting is the first `push` (we intercept it to run the CONNECT phase first),
+`_reset_timeout(seconds)`, `_getparams` (REQUIRETLS is ours, SIZE must be ASCII digits),
+`_getaddr` (its parser raises more than HeaderParseError), `command_size_limits` (grown at
+every EHLO: reset first) and `line_length_limit` read per instance, the `_smtp_methods` table
+that dispatches commands (each wrapped: argument syntax, junk commands), `_reader` (the
+StreamReader DATA is read from, by gateway.data_reader), `_call_handler_hook("DATA")`,
+`_set_post_data_state` (a fresh envelope), `check_helo_needed`/`check_auth_needed`,
+`envelope.smtp_utf8`, `_tls_protocol` (STARTTLS only once), `connection_made` called again
+after STARTTLS, `handle_exception`, `session.ssl` (the TLS transport's extra info),
+`require_starttls` and its 530 text, handle_PROXY's `proxy_data`, and the `handle_*` hook
+signatures.
 
 What the adapter adds: enhanced status codes on aiosmtpd's own replies, no AUTH, a 451 (never
-aiosmtpd's "500 Error: (Exception) text") when anything unexpected happens, and DATA that only
-ends on CRLF.CRLF (aiosmtpd reads DATA lines up to CRLF, so a bare LF or CR can never end it).
+aiosmtpd's "500 Error: (Exception) text") when anything unexpected happens, with aiosmtpd's
+envelope reset so both agree there is no transaction; DATA read with every buffer bounded and
+refusals answered at once, ending only on CRLF.CRLF (lines are read up to CRLF, so a bare LF or
+CR can never end it); 5xx for malformed arguments (gateway.smtp_syntax); Postfix's error and
+junk-command limits (gateway.session); connections counted before their PROXY header.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import re
 import ssl
@@ -27,15 +38,20 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException
 from aiosmtpd.smtp import Session as SmtpSession
 
+from gateway import front_replies
 from gateway.app import Gateway
+from gateway.data_reader import DataLimits, read_data
 from gateway.delivery import DeliveryTransport
 from gateway.plugin import TlsInfo
 from gateway.relay import Downstream
 from gateway.session import Session
+from gateway.smtp_syntax import argument_problem, path_problem, size_problem
 from gateway.verdict import Replies, SmtpReply
 
 log = logging.getLogger("mailgate.smtp")
 
+# Postfix's junk commands (smtpd_junk_command_limit), HELP with them.
+_JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
 _REPLY = re.compile(r"^(\d{3})([ -])(.*)$", re.DOTALL)
 _HAS_STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}(\s|$)")
 # RFC 3463 codes for the replies aiosmtpd composes itself without one.
@@ -45,6 +61,13 @@ _DEFAULT_STATUS = {
     500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4",
     530: "5.7.0", 550: "5.0.0", 552: "5.3.4", 553: "5.1.3", 554: "5.7.0", 555: "5.5.4",
 }  # fmt: skip
+
+
+def _counts_as_error(reply: str) -> bool:
+    """A 4xx or 5xx counts towards the error limit; not the 421 we close with, and not "too
+    many recipients" (Postfix counts those only past smtpd_recipient_overshoot_limit: a sender
+    with more recipients than our limit sends the rest in the next transaction)."""
+    return reply[:1] in ("4", "5") and not reply.startswith(("421", "452 4.5.3"))
 
 
 def with_status(reply: str) -> str:
@@ -208,8 +231,63 @@ class GatewaySMTP(SMTP):
             proxy_protocol_timeout=limits.idle_timeout if listen.proxy_protocol else None,
             loop=loop,
         )
+        # Every command goes through `_checked`: the argument's syntax first, and the junk
+        # commands counted (aiosmtpd dispatches from this table, built in its __init__).
+        self._smtp_methods = {
+            name: self._checked(name, method) for name, method in self._smtp_methods.items()
+        }
+        self._closing = False  # a 421 was sent: say nothing more
+
+    def _checked(self, name: str, method: Any) -> Any:
+        @functools.wraps(method)  # HELP reads the @syntax attributes of the table's entries
+        async def checked(arg: str | None) -> None:
+            problem = argument_problem(arg)
+            if problem is not None:
+                await self.push(str(problem))
+                return
+            if name in _JUNK_COMMANDS:
+                closing = self.connection.on_junk_command()
+                if closing is not None:
+                    await self._close_with(closing)
+                    return
+            await method(arg)
+
+        return checked
+
+    async def _close_with(self, reply: SmtpReply) -> None:
+        if not self._closing:
+            self._closing = True
+            await super().push(str(reply))
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None  # aiosmtpd calls it again after STARTTLS
+        super().connection_made(transport)
+        if not first or self.session is None:
+            return
+        refusal = self.connection.on_transport(_address(self.session.peer))
+        if refusal is not None:
+            self._greeted = True  # nothing more is said: the greeting is not sent
+            self._closing = True
+            self._writer.write(str(refusal).encode("ascii") + b"\r\n")
+            transport.close()
+
+    def _reset_envelope(self) -> None:
+        """aiosmtpd's fresh envelope, as after RSET or the end of DATA."""
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+
+    async def handle_exception(self, error: Exception) -> str:
+        status: str = await super().handle_exception(error)
+        if not isinstance(error, TLSSetupException):
+            # The session dropped its transaction (on_error): aiosmtpd's envelope goes with it,
+            # or RCPT said "need MAIL" while MAIL said "nested MAIL" and DATA took a message.
+            self._reset_envelope()
+        return status
 
     async def push(self, status: Any) -> None:
+        if self._closing:
+            return
         if not self._greeted:  # aiosmtpd's first push is the greeting: CONNECT runs first
             self._greeted = True
             if not await self._connect():
@@ -219,6 +297,10 @@ class GatewaySMTP(SMTP):
         elif isinstance(status, str) and not self._in_helo:
             status = with_status(status)
         await super().push(status)
+        if isinstance(status, str) and _counts_as_error(status):
+            closing = self.connection.on_error_reply()
+            if closing is not None:
+                await self._close_with(closing)
 
     async def _connect(self) -> bool:
         """The CONNECT phase before the greeting; False: refused, the connection is closing."""
@@ -242,6 +324,9 @@ class GatewaySMTP(SMTP):
         return True
 
     async def smtp_EHLO(self, hostname: str) -> None:
+        # aiosmtpd adds SIZE's 26 and SMTPUTF8's 10 bytes to the MAIL limit at every EHLO,
+        # never taking them back: start from the configured limit each time.
+        self.command_size_limits["MAIL"] = self.gateway.settings.limits.max_command_length
         self._in_helo = True
         try:
             await super().smtp_EHLO(hostname)
@@ -258,12 +343,40 @@ class GatewaySMTP(SMTP):
     async def smtp_AUTH(self, arg: str) -> None:
         await self.push(str(Replies.AUTH_NOT_ENABLED))
 
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:  # RFC 3207: once only (Postfix: 554 5.5.1)
+            await self.push(str(front_replies.TLS_ALREADY_ACTIVE))
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        smtputf8 = bool(self.envelope is not None and self.envelope.smtp_utf8)
+        problem = path_problem(arg, "TO:", smtputf8)
+        if problem is not None and self.envelope is not None and self.envelope.mail_from:
+            await self.push(str(problem))
+            return
+        await super().smtp_RCPT(arg)
+
     async def smtp_MAIL(self, arg: str | None) -> None:
+        problem = path_problem(arg, "FROM:", None)
+        if problem is not None and self.session is not None and self.session.host_name:
+            await self.push(str(problem))
+            return
         self._in_mail = True
         try:
             await super().smtp_MAIL(arg)
         finally:
             self._in_mail = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd catches only HeaderParseError from the email package's address parser, which
+        # also raises IndexError (`MAIL FROM:"`, `VRFY <`): a 451 and a traceback each time.
+        # Any failure to parse is a malformed address (553 5.1.3), as aiosmtpd means it to be.
+        try:
+            address: tuple[str | None, str | None] = super()._getaddr(arg)
+        except Exception:
+            return None, None
+        return address
 
     def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
         # aiosmtpd answers 555 to a MAIL parameter it does not know. REQUIRETLS (RFC 8689) is
@@ -272,6 +385,8 @@ class GatewaySMTP(SMTP):
         result: dict[str, str | bool] | None = super()._getparams(params)
         if result is None or not self._in_mail:
             return result
+        if "SIZE" in result and size_problem(result["SIZE"]):
+            return None  # SIZE=² passed str.isdigit, then int() raised: a 501 syntax error
         if result.pop("REQUIRETLS", True) is not True:
             return None  # REQUIRETLS=value: 501 syntax error
         return result
@@ -282,16 +397,54 @@ class GatewaySMTP(SMTP):
         # the delivery server their time. One timer of data_timeout + delivery.data_timeout + 60 s
         # for both let a client stall mid-DATA for minutes whatever data_timeout said.
         self._reset_timeout(self.gateway.settings.limits.data_timeout)
-        await super().smtp_DATA(arg)
+        closing = await self._data(arg)
         self._reset_timeout()
         if self.envelope is None or self.envelope.mail_from is None:
-            # aiosmtpd reset its envelope: after handle_DATA, or after refusing the message
-            # itself (552 too much mail data, 500 line too long) without calling it.
+            # aiosmtpd's envelope was reset: after handle_DATA, or after the message was
+            # refused here (too much data, a line too long) without calling it.
             await self.connection.on_data_refused()
-        closing = self.connection.after_data()
-        if closing is not None and self.transport is not None:
-            await super().push(str(closing))
-            self.transport.close()
+        closing = closing or self.connection.after_data()
+        if closing is not None:
+            await self._close_with(closing)
+
+    async def _data(self, arg: str | None) -> SmtpReply | None:
+        """aiosmtpd's smtp_DATA with our reader (gateway.data_reader); a reply: close after it."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return None
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push(str(self.connection.no_recipients_reply()))
+            return None
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return None
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        limits = self.gateway.settings.limits
+        bounds = DataLimits(
+            max_size=limits.max_message_size,
+            max_line=self.line_length_limit,
+            max_header=limits.max_header_size,
+            drain_limit=limits.max_message_size,
+        )
+
+        async def refuse(reply: SmtpReply) -> None:
+            # At once, not after the end of DATA: the client may read it when it is done.
+            await self.push(str(reply))
+
+        result = await read_data(self._reader, bounds, refuse)
+        if result.content is None:
+            self._reset_envelope()
+            if result.closed and result.refusal is not None:
+                return front_replies.DATA_AFTER_REFUSAL
+            if result.closed and self.transport is not None:
+                self.transport.close()
+            return None
+        self.envelope.content = result.content
+        self.envelope.original_content = result.content
+        status = await self._call_handler_hook("DATA")
+        self._reset_envelope()
+        await self.push(status)
+        return None
 
     def connection_lost(self, error: Exception | None) -> None:
         self.connection.on_disconnect()

@@ -5,6 +5,7 @@ with Received-SPF, the X-Mailgate-* verdict fields and the X-Spam-* fields of th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -41,11 +42,28 @@ def auth_fields(ctx: MessageContext, authserv_id: str) -> bytes:
     return fields
 
 
+# What a HELO name may show in Received: a domain's characters, or one address literal.
+_HELO_CHAR = re.compile(r"[^A-Za-z0-9.\-_]")
+_ADDRESS_LITERAL = re.compile(r"\[(?:IPv6:)?[0-9A-Fa-f.:]{2,45}\]")
+
+
+def helo_token(helo: str | None) -> str:
+    """The client's HELO name as one token a reader of Received cannot misread: a space, a
+    bracket or a parenthesis would let it write "from x ([192.0.2.1]) by trusted.host" of its
+    own. Every other character becomes "?" (as Postfix's printable()); an address literal
+    ("[192.0.2.1]", RFC 5321 4.1.3) is kept as it is. Cut to 100 characters."""
+    if not helo:
+        return "unknown"
+    if _ADDRESS_LITERAL.fullmatch(helo):
+        return helo
+    return _HELO_CHAR.sub("?", helo[:100])
+
+
 def received_field(
     client: ClientInfo, hostname: str, queue_id: str, recipients: Sequence[str]
 ) -> bytes:
     """RFC 5321 4.4 trace field; protocol per RFC 3848 (ESMTPS when TLS was used)."""
-    helo = ascii_printable(client.helo or "unknown", 100).replace("(", "").replace(")", "")
+    helo = helo_token(client.helo)
     protocol = ("ESMTP" if client.esmtp else "SMTP") + ("S" if client.tls else "")
     literal = f"IPv6:{client.ip}" if ":" in client.ip else client.ip  # RFC 5321 4.1.3
     items = [f"from {helo} ([{literal}])", f"by {hostname} (mailgate {__version__})"]

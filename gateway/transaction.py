@@ -58,6 +58,7 @@ async def _decide_and_act(
     if refused is not None:
         await metered(delivery.reset(), ctx.meter("relay"))
         return Outcome(refused, _with_id(refused.reply, ctx.queue_id))
+    ctx.raw = without_leading_continuation(ctx.raw)
     # The parse the forged fields are found with is the one every plugin then reads (made
     # again only if something was cut out: ctx.message always reads the final bytes).
     ctx.raw, forged = remove_forged(ctx.message, gateway.settings.listen.hostname)
@@ -83,6 +84,14 @@ async def _decide_and_act(
     if verdict.action is Action.QUARANTINE:
         return await _quarantine(gateway, ctx, verdict, note)
     return Outcome(verdict, _with_id(verdict.reply, ctx.queue_id), note)
+
+
+def without_leading_continuation(raw: bytes) -> bytes:
+    """A message whose first line starts with white space has no header section: that line
+    cannot start a field (RFC 5322 2.2), and Postfix reads it and all after it as body. Said
+    with an empty line first, so every plugin reads it so too, and the fields we put on top do
+    not take it for their own continuation (it was glued onto X-Mailgate-Symbols)."""
+    return b"\r\n" + raw if raw[:1] in (b" ", b"\t") else raw
 
 
 def _marked(ctx: MessageContext, verdict: Verdict) -> bytes:

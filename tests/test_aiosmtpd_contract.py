@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import importlib.metadata
+import inspect
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
@@ -194,5 +195,82 @@ def test_the_rest_of_what_the_adapter_touches_exists() -> None:
         session.loop.close()
     assert Envelope().original_content is None
     assert tls_info({}) is None and tls_info(None) is None
-    for name in ("smtp_EHLO", "smtp_HELO", "smtp_MAIL", "smtp_DATA", "smtp_AUTH", "push"):
+    for name in (
+        "smtp_EHLO", "smtp_HELO", "smtp_MAIL", "smtp_RCPT", "smtp_DATA", "smtp_AUTH",
+        "smtp_STARTTLS", "push", "connection_made", "handle_exception",
+    ):  # fmt: skip
         assert callable(getattr(GatewaySMTP, name))
+
+
+# -- what the hardening of issue 13 relies on -----------------------------------------------------
+
+
+async def test_the_command_table_is_what_dispatches(probe: tuple[Probe, Hooks, Client]) -> None:
+    """The adapter wraps every entry of `_smtp_methods` (argument syntax, junk commands)."""
+    smtp, _, client = probe
+    assert set(smtp._smtp_methods) >= {"EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP"}
+
+    async def replaced(arg: str | None) -> None:
+        await smtp.push(f"250 replaced {arg}")
+
+    smtp._smtp_methods["NOOP"] = replaced
+    assert (await client.command("NOOP x")) == ["250 replaced x"]
+
+
+async def test_ehlo_grows_the_mail_limit_every_time(probe: tuple[Probe, Hooks, Client]) -> None:
+    """The adapter resets command_size_limits["MAIL"] before each EHLO because of this."""
+    smtp, _, client = probe
+    await client.command("EHLO c.test")
+    await client.command("EHLO c.test")
+    assert smtp.command_size_limits["MAIL"] == 300 + 2 * 36
+
+
+async def test_the_state_helpers_the_adapter_calls(probe: tuple[Probe, Hooks, Client]) -> None:
+    smtp, hooks, client = probe
+    assert isinstance(smtp._reader, asyncio.StreamReader)  # read by gateway.data_reader
+    assert smtp._tls_protocol is None  # STARTTLS inside TLS is refused on it
+    assert await smtp.check_helo_needed() is True  # pushes "503 ... send HELO first"
+    assert (await client.reply())[0].startswith("503 ")
+    await client.command("EHLO c.test")
+    assert await smtp.check_helo_needed() is False
+    assert await smtp.check_auth_needed("DATA") is False
+    assert (await client.command("MAIL FROM:<a@b.test> SMTPUTF8"))[0] == "250 OK"
+    assert smtp.envelope is not None and smtp.envelope.smtp_utf8 is True  # read at RCPT
+    before = smtp.envelope
+    smtp._set_rset_state()
+    assert smtp.envelope is not before and smtp.envelope.mail_from is None
+    smtp._set_post_data_state()
+    assert smtp.envelope.rcpt_tos == []
+    hooks.content = None
+    smtp.envelope.original_content = b"x"
+    assert await smtp._call_handler_hook("DATA") == "250 OK"
+    assert hooks.content == b"x"
+
+
+async def test_a_handler_exception_reaches_handle_exception(
+    probe: tuple[Probe, Hooks, Client],
+) -> None:
+    """SMTP.handle_exception asks the handler's; the adapter resets the envelope after it."""
+    smtp, hooks, client = probe
+    seen: list[Exception] = []
+
+    async def handle_exception(error: Exception) -> str:
+        seen.append(error)
+        return "451 oops"
+
+    async def failing(*args: Any) -> str:
+        raise RuntimeError("boom")
+
+    hooks.handle_exception = handle_exception  # type: ignore[attr-defined]
+    smtp._handle_hooks["RCPT"] = failing
+    await client.command("EHLO c.test")
+    await client.command("MAIL FROM:<a@b.test>")
+    assert (await client.command("RCPT TO:<c@d.test>")) == ["451 oops"]
+    assert [type(e) for e in seen] == [RuntimeError]
+
+
+def test_connection_made_runs_again_after_starttls() -> None:
+    """The adapter counts a connection on the first call only (transport still None)."""
+    source = inspect.getsource(SMTP.connection_made)
+    assert "seen_starttls" in source and "_buffer.clear()" in source
+    assert inspect.signature(SMTP.handle_exception).parameters.keys() == {"self", "error"}

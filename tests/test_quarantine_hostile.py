@@ -18,6 +18,7 @@ from pathlib import Path
 
 from harness import GatewayFactory, RecordingSink, RunningGateway, message
 from quarantine_fixtures import FORBIDDEN_OUTPUT, CliResult, QuarantineCli, send
+from test_smuggling import Wire
 
 from gateway.plugin import ClientInfo, MessageContext
 from gateway.policy import load_rules
@@ -109,13 +110,21 @@ async def test_escape_sequences_and_invalid_utf8_cannot_reach_the_terminal(
 ) -> None:
     quarantine_forced_rejects(quarantine_all)
     gw: RunningGateway = await start_gateway()
+    # The front refuses control characters and invalid UTF-8 in commands (501): the envelope
+    # can only carry valid UTF-8, a bidi override included; the header and body carry the rest.
+    wire = await Wire.connect(gw)
+    try:
+        for command in (b"EHLO evil\x1b]0;helo\x07.example", b"MAIL FROM:<x\xff@example.net>"):
+            assert (await wire.command(command)).startswith("501 "), command
+    finally:
+        await wire.close()
     final = await raw_transaction(
         gw,
         [
-            b"EHLO evil\x1b]0;helo\x07.example",
-            b"MAIL FROM:<\xe2\x80\xaex\xff@example.net> SMTPUTF8",  # ESC itself is refused
+            b"EHLO evil\xe2\x80\xae.example",
+            b"MAIL FROM:<\xe2\x80\xaex@example.net> SMTPUTF8",
             b"RCPT TO:<bob@example.com>",
-            b"RCPT TO:<b\xffob\xe2\x80\xae@example.com>",
+            b"RCPT TO:<b\xe2\x80\xaeob@example.com>",
             b"DATA",
         ],
         HOSTILE,
@@ -153,7 +162,7 @@ async def test_escape_sequences_and_invalid_utf8_cannot_reach_the_terminal(
             assert text.isascii()
             json.loads(text)
     entry = json.loads(assert_safe(await asyncio.to_thread(qcli, "show", qid, "--json")))
-    assert entry["mail_from"] == "\u202ex\\xff@example.net"  # the undecodable byte as \xff
+    assert entry["mail_from"] == "\u202ex@example.net"  # JSON carries it, escaped
     assert entry["subject"].startswith("\x1b]0;pwned\x07")  # JSON carries it, escaped
 
     # The original bytes are still there, for --raw and for release.
@@ -163,9 +172,7 @@ async def test_escape_sequences_and_invalid_utf8_cannot_reach_the_terminal(
     assert_safe(released)
     [delivered] = await sink.arrived(1)
     assert delivered.content == raw.out
-    assert delivered.rcpt_tos[1].encode("utf-8", "surrogateescape") == (
-        b"b\xffob\xe2\x80\xae@example.com"
-    )
+    assert delivered.rcpt_tos[1] == "b\u202eob@example.com"
 
 
 async def test_ten_thousand_recipients(
