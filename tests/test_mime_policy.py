@@ -165,7 +165,7 @@ async def test_a_unix_shell_script_is_relayed_a_windows_script_refused(tmp_path:
     only from a shell. A batch file or a .js name is what a double click runs."""
     settings = _settings(tmp_path)
     rules = load_rules(settings.rules_dir)
-    script = b"#!/bin/sh\nset -e\nfor f in *.log; do gzip \"$f\"; done\n"
+    script = b'#!/bin/sh\nset -e\nfor f in *.log; do gzip "$f"; done\n'
     found = await _findings(settings, with_attachment(script, "rotate-logs", "text/plain"))
     assert rules.decide(found).action is Action.RELAY, [f.symbol for f in found]
     assert "ATT_SCRIPT" not in {f.symbol for f in found}
