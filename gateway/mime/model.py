@@ -59,6 +59,7 @@ class Leaf:
     cte: str
     data: bytes
     reading: int = 0
+    charset: str = ""  # the part's declared charset (lower-case), "" when none: to decode text
 
     @property
     def name(self) -> str | None:

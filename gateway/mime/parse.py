@@ -230,6 +230,15 @@ def _names(msg: _Entity) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _charset_of(msg: _Entity) -> str:
+    """The declared charset of a part, lower-case and bounded ("" when none or unreadable)."""
+    try:
+        charset = msg.get_content_charset()
+    except Exception:  # a hostile parameter the email package cannot read
+        return ""
+    return charset[:40] if isinstance(charset, str) else ""
+
+
 class _Walker:
     def __init__(
         self,
@@ -267,6 +276,7 @@ class _Walker:
                 cte=cte,
                 data=data,
                 reading=self.reading,
+                charset=_charset_of(msg),
             )
         )
 
