@@ -12,8 +12,12 @@ A split keeps whole sources out of training and tests on them:
 - time: every source in time order, the older 70% trains and the newer 30% tests.
 
 Each split fits the model's recipe (features, vectors, fit) and the baseline (hashed word 1-2-gram
-tf-idf of the whole neutralised message, logistic regression) on the same training messages, and
-reports both: ROC AUC, spam recall at ham FPR 0.1% and 1%, and phishing recall at ham FPR 1%.
+tf-idf, logistic regression) on the same training messages, and reports both: ROC AUC, spam
+recall at ham FPR 0.1% and 1%, and phishing recall at ham FPR 1%. The baseline reads the same
+neutralised message the features read (header values and text parts, not the traits): fed the
+whole message instead, it reads the list servers' Received lines and fields, which in these
+corpora name the source (all modern spam came through SourceForge lists), so it wins the splits
+inside the modern corpus by knowing the archive, and loses the ones where that stops working.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import scipy.sparse as sp
 
 from gateway.classifier import metrics
 from gateway.classifier.corpus import Message, labels_of
+from gateway.classifier.features import plain_reading
 from gateway.classifier.train import TrainSettings, featurize, scores_on
 from gateway.classifier.vectorize import FieldCounts
 
@@ -39,11 +44,13 @@ Scores = npt.NDArray[np.float64]
 HOLD_SHARE = 0.3  # the newer share of a source kept out when the split holds other sources out
 BASELINE_BITS = 20
 BASELINE_C = 10.0
-BASELINE_TEXT_BYTES = 100 * 1024  # of each message, as the baseline reads it
+BASELINE_TEXT_CHARS = 100 * 1024  # of each message, as the baseline reads it
 BASELINE = (
-    f"hashed word 1-2-grams (2^{BASELINE_BITS}, lower-cased) of the first "
-    f"{BASELINE_TEXT_BYTES // 1024} KiB of the whole neutralised message, sublinear tf-idf, "
-    f"l2 logistic regression (liblinear, C={BASELINE_C:g})"
+    f"hashed word 1-2-grams (2^{BASELINE_BITS}, lower-cased) of the message as the features "
+    "read it (features.plain_reading: the values of the header fields the model reads and the "
+    "decoded text parts of the one MIME parse, markup kept; list tags, footers and list-written "
+    f"From left out), first {BASELINE_TEXT_CHARS // 1024} Ki characters, sublinear tf-idf, l2 "
+    f"logistic regression (liblinear, C={BASELINE_C:g})"
 )
 
 
@@ -155,7 +162,7 @@ def baseline_matrix(messages: Sequence[Message]) -> sp.csr_matrix:
         norm=None,
         lowercase=True,
     )
-    texts = (m.raw[:BASELINE_TEXT_BYTES].decode("latin-1") for m in messages)
+    texts = (plain_reading(m.raw, m.blind)[:BASELINE_TEXT_CHARS] for m in messages)
     return vectorizer.transform(texts).tocsr()
 
 

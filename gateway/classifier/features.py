@@ -480,7 +480,7 @@ def mime_of(raw: bytes, message: ParsedMessage | None = None) -> MimeReport:
     MIME stage) when there is one, else the same parser run here on the message with CRLF line
     endings, as SMTP would have delivered it (training on stored mail, often with LF)."""
     if message is not None:
-        report = message.mime_report()
+        report = message.mime_report
         if report is not None:
             return report
         return analyze(message.raw, message.mime_settings)
@@ -537,6 +537,18 @@ def _list_addresses(list_post: str | None, been_there: str | None) -> set[str]:
     if been_there:
         out.add(been_there.strip().lower()[:200])
     return out
+
+
+def _written_by_list(msgid: str, from_dom: str, list_addresses: set[str]) -> bool:
+    """Whether a Message-ID is the list server's (it gave one to a message that had none): its
+    domain is the list's and not the sender's. Such an ID says "came through this list"."""
+    mdom = _domain_of(msgid).rstrip(">")
+    if not mdom or not list_addresses:
+        return False
+    reg = registrable_domain(mdom)
+    if from_dom and registrable_domain(from_dom) == reg:
+        return False
+    return any(registrable_domain(a.rpartition("@")[2]) == reg for a in list_addresses)
 
 
 def _leaf_text(leaf: Leaf, limit: int) -> str:
@@ -695,7 +707,7 @@ def _extract(
             traits.append("priority:high")
 
     msgid = "" if "message-id" in blind else first("message-id").strip()
-    if "message-id" in blind:
+    if "message-id" in blind or _written_by_list(msgid, from_dom, list_addresses):
         pass
     elif not msgid:
         traits.append("msgid:missing")
@@ -837,6 +849,63 @@ def _extract(
     if settings.body_bigrams:
         words += [f"{a} {b}" for a, b in itertools.pairwise(words)]
     fields["body"] = words
+
+
+# The header fields whose values the features read (the baseline of crosssource reads them too).
+READ_FIELDS = (
+    "from",
+    "to",
+    "cc",
+    "reply-to",
+    "subject",
+    "date",
+    "message-id",
+    "x-mailer",
+    "user-agent",
+    "x-priority",
+    "x-msmail-priority",
+)
+
+
+def plain_reading(raw: bytes, blind: frozenset[str] = frozenset()) -> str:
+    """The text of a message as the features read it, for a word n-gram baseline: the values of
+    READ_FIELDS (not blind; a list's Subject tag and its own From and Reply-To left out) and the
+    decoded text leaves of the one MIME parse (markup kept, a list's footer cut). Never raises."""
+    try:
+        header = parsed_header(raw)
+        is_list = any(header.all(name) for name in _LIST_FIELDS)
+        listed: set[str] = set()
+        if is_list:
+            post = header.all("list-post")
+            been = header.all("x-beenthere")
+            listed = _list_addresses(
+                _model_text(post[0]) if post else None, _model_text(been[0]) if been else None
+            )
+        froms = header.all("from")
+        sender = _parseaddr(decode_encoded_words(_model_text(froms[0])))[1] if froms else ""
+        sender_dom = "" if sender.lower() in listed else _domain_of(sender.lower())
+        out: list[str] = []
+        for name in READ_FIELDS:
+            if name in blind:
+                continue
+            for f in header.all(name)[:5]:
+                value = decode_encoded_words(_model_text(f))
+                if name == "subject" and is_list:
+                    value = _SUBJECT_TAGS.sub("", value)
+                if name in ("from", "reply-to") and _parseaddr(value)[1].lower() in listed:
+                    continue
+                if name == "message-id" and _written_by_list(value, sender_dom, listed):
+                    continue
+                out.append(f"{name}: {value}")
+        for leaf in mime_of(raw).leaves[:64]:
+            if leaf.kind in ("part", "body", "raw") and (
+                leaf.kind != "part" or leaf.content_type.startswith("text/")
+            ):
+                text = _leaf_text(leaf, 64 * 1024)
+                out.append(_cut_footer(text) if is_list else text)
+        return "\n".join(out)
+    except Exception:
+        return ""
 
 
 def _is_latin1(text: str) -> bool:
