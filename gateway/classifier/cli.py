@@ -409,7 +409,7 @@ def print_cross_source(table: dict[str, Any]) -> None:
     """The cross-source table, model against baseline; every value through `printable`."""
     p = printable
     print("cross-source: model / baseline (AUC, spam recall at ham FPR 0.1% and 1%, phishing")
-    print("recall at 1%); * marks where the model is not better")
+    print("recall at 1%); * marks where the baseline is better, = a tie")
     for row in map(_obj, _list(table.get("rows"))):
         m, b = _obj(row.get("model")), _obj(row.get("baseline"))
         cells = []
@@ -423,8 +423,10 @@ def print_cross_source(table: dict[str, Any]) -> None:
             if mv is None and bv is None:
                 cells.append("-")
                 continue
-            worse = isinstance(mv, int | float) and isinstance(bv, int | float) and mv <= bv
-            cells.append(f"{fmt(mv)} / {fmt(bv)}{' *' if worse else ''}")
+            mark = ""
+            if isinstance(mv, int | float) and isinstance(bv, int | float):
+                mark = " =" if mv == bv else " *" if mv < bv else ""
+            cells.append(f"{fmt(mv)} / {fmt(bv)}{mark}")
         print(
             f"  {p(str(row.get('split')), 60)} ({p(str(row.get('test_ham')))} ham, "
             f"{p(str(row.get('test_spam')))} spam): " + "; ".join(cells)
@@ -508,7 +510,7 @@ def _print_card(card: dict[str, Any], path: Path) -> None:
         f"admin labels), {p(span)}"
     )
     for source in map(_obj, _list(training.get("sources"))):
-        where = source.get("path") or source.get("feedback")
+        where = source.get("path") or source.get("feedback") or source.get("source")
         label = source.get("label", "feedback")
         print(f"          {p(str(label))}: {p(str(where))} ({p(str(source.get('messages')))})")
     print(
@@ -522,6 +524,12 @@ def _print_card(card: dict[str, Any], path: Path) -> None:
         print(f"measured  time hold-out: {_rates(_obj(found.get('time_holdout')))}")
         mean = _obj(_obj(found.get("time_cv")).get("mean"))
         print(f"          time CV mean: {_rates(mean)}")
+    bands = _obj(card.get("held_out_bands"))
+    for label in ("ham", "spam"):
+        counts = _obj(bands.get(label))
+        if counts:
+            shown = " ".join(f"{p(str(k)[8:], 8)}:{p(str(v), 8)}" for k, v in counts.items())
+            print(f"held-out {label} per ML_BAND_*: {shown}")
     trained_on = card.get("trained_on")
     if isinstance(trained_on, str):
         print(f"trained on {p(trained_on, 600)}")
