@@ -16,7 +16,7 @@ tf-idf, logistic regression) on the same training messages, and reports both: RO
 recall at ham FPR 0.1% and 1%, and phishing recall at ham FPR 1%. The baseline reads the same
 neutralised message the features read (header values and text parts, not the traits): fed the
 whole message instead, it reads the list servers' Received lines and fields, which in these
-corpora name the source (all modern spam came through SourceForge lists), so it wins the splits
+corpora name the source (most modern spam came through SourceForge lists), so it wins the splits
 inside the modern corpus by knowing the archive, and loses the ones where that stops working.
 """
 
