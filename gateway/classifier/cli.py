@@ -431,6 +431,8 @@ def print_cross_source(table: dict[str, Any]) -> None:
             f"  {p(str(row.get('split')), 60)} ({p(str(row.get('test_ham')))} ham, "
             f"{p(str(row.get('test_spam')))} spam): " + "; ".join(cells)
         )
+    for caveat in _list(table.get("caveats")):
+        print(f"  note: {p(str(caveat), 600)}")
 
 
 def _f(value: Any, digits: int = 4) -> str:
