@@ -8,9 +8,6 @@ plain way, on the corner cases that could tell them apart.
 
 from __future__ import annotations
 
-import email.message
-import email.parser
-import email.policy
 import random
 import re
 import sys
@@ -108,29 +105,6 @@ def test_needed_literals_and_the_redaction_shortcut() -> None:
     assert collector is not None
     for text in ["by FETCHMAIL-x", "from phobos", "from mail.example", "taint.org", "tai\u0131nt"]:
         assert compiled.is_collector(text) == bool(collector.search(text)), text
-
-
-def test_indexed_message_reads_the_header_as_message_does() -> None:
-    raws = [p.read_bytes() for p in corpus_files("spam_2", 0, 40) + corpus_files("easy_ham", 0, 40)]
-    names = ["subject", "From", "to", "CC", "received", "content-type", "x-mailer", "nothing"]
-    for raw in raws:
-        plain = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
-        fast = email.parser.BytesParser(F._IndexedMessage, policy=email.policy.compat32).parsebytes(
-            raw
-        )
-        for part in fast.walk():
-            F._IndexedMessage.index(part)
-        for a, b in zip(plain.walk(), fast.walk(), strict=True):
-            assert isinstance(b, F._IndexedMessage) and b._fields is not None
-            for name in names + list(a.keys()):
-                assert str(a.get(name)) == str(b.get(name))
-                assert [str(v) for v in a.get_all(name, [])] == [
-                    str(v) for v in b.get_all(name, [])
-                ]
-                assert (name in a) == (name in b)
-            assert a.get_content_type() == b.get_content_type()
-            assert a.get_content_charset() == b.get_content_charset()
-            assert a.get_filename() == b.get_filename()
 
 
 def _plain_z(

@@ -1,11 +1,17 @@
 """`mailgate model train | eval | info`: build, measure and describe the spam model.
 
     mailgate model train --ham DIR --spam DIR [--feedback PATH] [--out models/spam.npz]
+    mailgate model train --corpora DIR [--cross-source] [--out models/spam.npz]
     mailgate model eval  --ham DIR --spam DIR [--model PATH] [--recipe]
+    mailgate model eval  --cross-source --corpora DIR [--model PATH] [--only NAME]
     mailgate model info  [--model PATH]
 
 Sources are folders of .eml files, Maildirs (cur/ and new/) or mbox files; repeat --ham and
 --spam as needed. `--feedback` adds the labels admins gave with `mailgate quarantine learn`.
+`--corpora` reads the named sources of the public corpora (gateway.classifier.corpora: the
+SpamAssassin corpus and the modern one, each source's artefacts taken out); with
+`--cross-source` it also judges the recipe on sources kept out of training (gateway.classifier
+.crosssource) next to a word n-gram baseline, and the card keeps that table.
 """
 
 from __future__ import annotations
@@ -47,7 +53,13 @@ PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
             r"taint\.org",
         ),
     },
+    # The modern corpus (../shared/corpora/modern): the archive that received all of it.
+    "modern": {"redact": (r"lfdr\.de",), "collector": (r"lfdr\.de",)},
     "none": {"redact": (), "collector": ()},
+}
+# `--corpora` trains on both corpora: both presets at once.
+CORPORA_PRESET = {
+    key: PRESETS["spamassassin"][key] + PRESETS["modern"][key] for key in ("redact", "collector")
 }
 
 
@@ -90,6 +102,18 @@ def add_commands(sub: Any) -> None:
         action="store_true",
         help="skip the time-ordered hold-out (calibration still uses time-ordered folds)",
     )
+    train.add_argument(
+        "--corpora",
+        metavar="DIR",
+        help="train on every named source of the public corpora under DIR (spamassassin/, "
+        "modern/), their artefacts taken out and both collectors' names redacted",
+    )
+    train.add_argument(
+        "--cross-source",
+        action="store_true",
+        help="with --corpora: also judge the recipe on sources kept out of training, next to "
+        "the baseline (about two fits per split: minutes), and keep the table in the card",
+    )
     train.add_argument("--json", action="store_true", help="print the card as JSON")
     train.set_defaults(func=cmd_train)
 
@@ -103,6 +127,21 @@ def add_commands(sub: Any) -> None:
         "train, newer 30%% test, plus expanding-window cross-validation)",
     )
     ev.add_argument("--folds", type=int, default=4, help="time-ordered folds for --recipe")
+    ev.add_argument(
+        "--cross-source",
+        action="store_true",
+        help="instead: retrain the model's recipe on --corpora with whole sources kept out "
+        "(each ham list, each spam source, corpus to corpus, older to newer), next to the "
+        "baseline",
+    )
+    ev.add_argument("--corpora", metavar="DIR", help="the public corpora (for --cross-source)")
+    ev.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --cross-source: only the splits whose name contains NAME (repeatable)",
+    )
     ev.add_argument("--json", action="store_true", help="machine-readable output")
     ev.set_defaults(func=cmd_eval)
 
@@ -169,10 +208,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gateway.classifier.train import TrainSettings, build
 
     sources = _sources(args)
-    if not sources and not args.feedback:
-        print("mailgate: model train needs --ham and --spam (or --feedback)", file=sys.stderr)
+    if not sources and not args.feedback and not args.corpora:
+        print(
+            "mailgate: model train needs --ham and --spam (or --corpora, or --feedback)",
+            file=sys.stderr,
+        )
         return 2
     preset = PRESETS[args.preset]
+    if args.corpora:
+        preset = {
+            key: tuple(dict.fromkeys(CORPORA_PRESET[key] + preset[key]))
+            for key in ("redact", "collector")
+        }
     settings = TrainSettings(
         features=FeatureSettings(
             redact=tuple(preset["redact"]) + tuple(args.redact),
@@ -183,6 +230,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         settings.features.from_json(settings.features.to_json())  # validates the patterns
         messages = corpus.load(sources, limit=args.limit)
         described = _describe_sources(sources, messages)
+        if args.corpora:
+            from gateway.classifier import corpora
+
+            named = corpora.load(Path(args.corpora), limit=args.limit)
+            messages += named
+            described += corpora.describe(named)
         for path in args.feedback:
             pairs = corpus.feedback_sources(Path(path))
             labelled = corpus.load(pairs, feedback=True)
@@ -207,6 +260,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 folds=args.folds,
                 evaluate_first=not args.no_eval,
                 progress=_say,
+                cross_source=bool(args.corpora) and args.cross_source,
             )
     except ValueError as exc:
         print(f"mailgate: cannot train: {exc}", file=sys.stderr)
@@ -239,6 +293,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from gateway.classifier.model import ModelError, load
 
     sources = _sources(args)
+    if args.cross_source:
+        return _eval_cross_source(args)
     if not args.ham or not args.spam:
         print("mailgate: model eval needs --ham and --spam", file=sys.stderr)
         return 2
@@ -279,14 +335,9 @@ def _eval_recipe(args: argparse.Namespace, model: Any, messages: list[Any]) -> i
     if not _training_available():
         return 2
     from gateway.classifier import corpus
-    from gateway.classifier.train import FitParams, TrainSettings, evaluate, featurize
+    from gateway.classifier.train import evaluate, featurize
 
-    fit = model.card.get("fit", {})
-    settings = TrainSettings(
-        features=model.features,
-        vector=model.vector,
-        fit=FitParams(c=float(fit.get("c", FitParams.c)), class_weight=fit.get("class_weight")),
-    )
+    settings = _recipe_of(model)
     ordered = corpus.time_order(messages)
     labels = corpus.labels_of(ordered)
     counts = featurize(ordered, settings)
@@ -312,6 +363,76 @@ def _eval_recipe(args: argparse.Namespace, model: Any, messages: list[Any]) -> i
             f"{_pct(mean.get('recall_at_fpr_1pct'))}"
         )
     return 0
+
+
+def _eval_cross_source(args: argparse.Namespace) -> int:
+    if not args.corpora:
+        print("mailgate: model eval --cross-source needs --corpora DIR", file=sys.stderr)
+        return 2
+    if not _training_available():
+        return 2
+    from gateway.classifier import corpora, crosssource
+    from gateway.classifier.corpus import CorpusError
+    from gateway.classifier.model import ModelError, load
+
+    try:
+        model = load(_model_path(args))
+        messages = corpora.load(Path(args.corpora), limit=args.limit)
+    except (ModelError, CorpusError, OSError) as exc:
+        print(f"mailgate: {printable(str(exc), 500)}", file=sys.stderr)
+        return 1
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        rows = crosssource.run(messages, _recipe_of(model), only=args.only, progress=_say)
+    table = crosssource.table(rows)
+    if args.json:
+        print(json.dumps(table, indent=2))
+    else:
+        print_cross_source(table)
+    return 0
+
+
+def _recipe_of(model: Any) -> Any:
+    """The training settings a model was made with (its card)."""
+    from gateway.classifier.train import FitParams, TrainSettings
+
+    fit = model.card.get("fit", {})
+    return TrainSettings(
+        features=model.features,
+        vector=model.vector,
+        fit=FitParams(c=float(fit.get("c", FitParams.c)), class_weight=fit.get("class_weight")),
+    )
+
+
+def print_cross_source(table: dict[str, Any]) -> None:
+    """The cross-source table, model against baseline; every value through `printable`."""
+    p = printable
+    print("cross-source: model / baseline (AUC, spam recall at ham FPR 0.1% and 1%, phishing")
+    print("recall at 1%); * marks where the baseline is better, = a tie")
+    for row in map(_obj, _list(table.get("rows"))):
+        m, b = _obj(row.get("model")), _obj(row.get("baseline"))
+        cells = []
+        for key, fmt in (
+            ("roc_auc", _f),
+            ("recall_at_fpr_0_1pct", _pct),
+            ("recall_at_fpr_1pct", _pct),
+            ("phish_recall_at_fpr_1pct", _pct),
+        ):
+            mv, bv = m.get(key), b.get(key)
+            if mv is None and bv is None:
+                cells.append("-")
+                continue
+            mark = ""
+            if isinstance(mv, int | float) and isinstance(bv, int | float):
+                mark = " =" if mv == bv else " *" if mv < bv else ""
+            cells.append(f"{fmt(mv)} / {fmt(bv)}{mark}")
+        print(
+            f"  {p(str(row.get('split')), 60)} ({p(str(row.get('test_ham')))} ham, "
+            f"{p(str(row.get('test_spam')))} spam): " + "; ".join(cells)
+        )
+    for caveat in _list(table.get("caveats")):
+        print(f"  note: {p(str(caveat), 600)}")
 
 
 def _f(value: Any, digits: int = 4) -> str:
@@ -391,7 +512,7 @@ def _print_card(card: dict[str, Any], path: Path) -> None:
         f"admin labels), {p(span)}"
     )
     for source in map(_obj, _list(training.get("sources"))):
-        where = source.get("path") or source.get("feedback")
+        where = source.get("path") or source.get("feedback") or source.get("source")
         label = source.get("label", "feedback")
         print(f"          {p(str(label))}: {p(str(where))} ({p(str(source.get('messages')))})")
     print(
@@ -405,6 +526,17 @@ def _print_card(card: dict[str, Any], path: Path) -> None:
         print(f"measured  time hold-out: {_rates(_obj(found.get('time_holdout')))}")
         mean = _obj(_obj(found.get("time_cv")).get("mean"))
         print(f"          time CV mean: {_rates(mean)}")
+    bands = _obj(card.get("held_out_bands"))
+    for label in ("ham", "spam"):
+        counts = _obj(bands.get(label))
+        if counts:
+            shown = " ".join(f"{p(str(k)[8:], 8)}:{p(str(v), 8)}" for k, v in counts.items())
+            print(f"held-out {label} per ML_BAND_*: {shown}")
+    trained_on = card.get("trained_on")
+    if isinstance(trained_on, str):
+        print(f"trained on {p(trained_on, 600)}")
+    if _obj(card.get("cross_source")):
+        print_cross_source(_obj(card.get("cross_source")))
     for name, extra in _obj(card.get("extra_metrics")).items():
         if isinstance(extra, dict):
             print(f"          {p(name)}: {_rates(extra)}")

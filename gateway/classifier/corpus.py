@@ -41,6 +41,9 @@ class Message:
     name: str  # its file name or mbox key
     time: float  # seconds since the epoch; nan when no date at all
     feedback: bool = False
+    blind: frozenset[str] = frozenset()  # header fields the corpus redacted (corpora.neutralise)
+    phish: bool = False  # spam of the phishing subset (corpora)
+    corpus: str = ""  # the named corpus it belongs to (corpora), "" for plain folders
 
 
 def _read(path: Path) -> bytes:

@@ -6,25 +6,27 @@ Fields (each hashed into its own space by `vectorize`):
 - `body`: words and word pairs of the text parts, HTML turned into text.
 - `url`: every URL of the body (text and HTML attributes): host, registered domain, TLD, scheme,
   path words, and shape traits (IP host, port, user info, encoded host).
-- `header`: traits of the header section a sender controls: the mail program, hop count, From /
-  Reply-To / envelope sender disagreement, Message-ID shape, date anomalies, recipients count,
-  MIME structure, charsets, transfer encodings, attachment types, HTML traits, body statistics.
+- `header`: traits of the header section a sender controls: the mail program, From / Reply-To /
+  envelope sender disagreement, Message-ID shape, date anomalies, recipients count, MIME
+  structure and the MIME stage's findings, charsets, transfer encodings, attachment types, HTML
+  traits, body statistics.
+
+One reading: header fields come from the gateway's one header parse (gateway.message), and the
+body, parts, types and charsets from the leaves of its one MIME parse (gateway.mime.parse, the
+report every other check reads), in training and at run time alike.
 
 Deliberately absent: anything the collecting side adds or only a mailing list adds (Received lines
-of the collector, X-Spam-*, List-*, X-Mailman-*, Delivered-To, X-Loop, Sender, Errors-To,
-Precedence, X-Keywords, Status...), so a model learns spam rather than the corpus it came from.
-Header *names* are never features, only the traits computed below from a fixed set of fields.
+and hop counts, X-Spam-*, List-*, X-Mailman-*, Delivered-To, X-Loop, Sender, Errors-To,
+Precedence, X-Keywords, Status..., a list's footer, its Subject tag, the "Name via List" From it
+writes), so a model learns spam rather than the corpus it came from. Header *names* are never
+features, only the traits computed below from a fixed set of fields.
 
-Parsing is bounded (bytes read, parts walked, characters kept) and never raises: a message the
-parser cannot handle yields an `parse:error` trait and whatever was extracted before it.
+Work is bounded (parts walked, characters kept per part and in all, tokens) and never raises: a
+message that cannot be handled yields a `parse:error` trait and whatever was extracted before it.
 """
 
 from __future__ import annotations
 
-import email.header
-import email.message
-import email.parser
-import email.policy
 import email.utils
 import functools
 import html
@@ -42,6 +44,8 @@ from typing import Any
 from gateway.domains import registrable_domain
 from gateway.line_endings import has_bare_line_endings, normalize_line_endings
 from gateway.message import HeaderField, ParsedMessage, decode_encoded_words
+from gateway.mime.model import Leaf, MimeReport
+from gateway.mime.parse import analyze
 
 log = logging.getLogger("mailgate.classifier")
 
@@ -250,8 +254,16 @@ _LOWER_TWIN = {
 }
 _IPV4 = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
 _NUMERIC_BLOB = re.compile(r"\d{4,}")
-_FOOTER_SEP = re.compile(r"^(?:_{20,}|-{20,})\s*$", re.M)
-_FOOTER_HINT = re.compile(r"mailing list|listinfo|sponsored by|unsubscribe", re.I)
+_FOOTER_SEP = re.compile(r"^[ \t>]*(?:_{20,}|-{20,}|--)[ \t\r]*$", re.M)
+_FOOTER_HINT = re.compile(
+    r"mailing list|listinfo|sponsored by|unsubscribe|google groups|this group", re.I
+)
+_FOOTER_NOTICE = re.compile(
+    r"you received this (?:message|topic) because you are subscribed to|"
+    r"to unsubscribe from this group",
+    re.I,
+)
+_FOOTER_REACH = 1500  # characters at the end of a part where a list's footer may sit
 _WS = re.compile(r"\s+")
 _NON_LETTERS = re.compile(r"[\W\d_]+")
 _NON_UPPER = re.compile(r"[^A-Z\u00c0-\u00d6\u00d8-\u00de\u0391-\u03a9\u0410-\u042f]+")
@@ -356,25 +368,6 @@ def _parseaddr(value: str) -> tuple[str, str]:
 @functools.lru_cache(maxsize=1 << 12)
 def _getaddresses(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     return tuple(email.utils.getaddresses(values))
-
-
-def _payload_text(part: email.message.Message, limit: int) -> str:
-    """A text part decoded (transfer encoding, then charset); never raises."""
-    try:
-        data = part.get_payload(decode=True)
-    except Exception:
-        data = None
-    if not isinstance(data, bytes):
-        raw = part.get_payload()
-        return raw[:limit] if isinstance(raw, str) else ""
-    data = data[: limit * 4]
-    charset = "latin-1"
-    try:
-        charset = part.get_content_charset() or "latin-1"
-        text = data.decode(charset, errors="replace")
-    except (LookupError, ValueError, TypeError):
-        text = data.decode("latin-1")
-    return text[:limit]
 
 
 def body_start(raw: bytes) -> int:
@@ -482,12 +475,28 @@ def _parse_url(url: str, out: list[str], hosts: set[str]) -> None:
 # -- extraction ----------------------------------------------------------------------------------
 
 
+def mime_of(raw: bytes, message: ParsedMessage | None = None) -> MimeReport:
+    """The MIME report features are read from: the gateway's one parse (`message`'s, made by the
+    MIME stage) when there is one, else the same parser run here on the message with CRLF line
+    endings, as SMTP would have delivered it (training on stored mail, often with LF)."""
+    if message is not None:
+        report = message.mime_report
+        if report is not None:
+            return report
+        return analyze(message.raw, message.mime_settings)
+    if has_bare_line_endings(raw):
+        raw = normalize_line_endings(raw)
+    return analyze(raw)
+
+
 def extract(
     raw: bytes,
     settings: FeatureSettings,
     envelope_from: str | None = None,
     arrival: datetime | None = None,
     message: ParsedMessage | None = None,
+    mime: MimeReport | None = None,
+    blind: frozenset[str] = frozenset(),
 ) -> Fields:
     """Tokens per field for one message; never raises.
 
@@ -496,69 +505,64 @@ def extract(
     timestamp that is not the collector's), for date anomalies. `message` is the gateway's one
     parse of `raw` (gateway.message), whose header fields are read here; without it (training
     on stored mail, often with LF line endings) the header section is parsed the same way.
+    `mime` is the gateway's one MIME parse (`await message.mime()`): the body and MIME features
+    come from its leaves, so the classifier reads the content every other check reads; without
+    it, see `mime_of`. `blind` names header fields whose values a corpus redacted (training
+    only): they give no traits at all, rather than "missing" or "malformed" ones.
     """
     fields: Fields = {name: [] for name in FIELDS}
     try:
-        _extract(raw, settings, envelope_from, arrival, fields, message or parsed_header(raw))
+        header = message or parsed_header(raw)
+        report = mime if mime is not None else mime_of(raw, message)
+        _extract(raw, settings, envelope_from, arrival, fields, header, report, blind)
     except Exception as exc:  # hostile MIME must give a feature, never an exception
         log.debug("feature extraction stopped: %s", type(exc).__name__)
         fields["header"].append("parse:error")
     return fields
 
 
-class _IndexedMessage(email.message.Message):
-    """A Message whose header fields can be indexed by name once parsing is over.
+# "Name via List" with the list's own address: a list rewrote From (DMARC mitigation); the
+# sender's address is gone, and what is left says "a list", not "spam" or "ham".
+_VIA_LIST = re.compile(r"\s+via\s+\S[^<>]{0,80}$", re.I)
 
-    Message.get scans (and lower-cases) every field name of the header on each call, and the
-    content type, charset and file name of a part each take several calls; indexed, a lookup is
-    one dict access, with the same result. Only for a message that no longer changes.
-    """
 
-    _fields: dict[str, list[tuple[str, Any]]] | None = None
-    _params: dict[str, Any] | None = None
+_MAILTO = re.compile(r"mailto:([^>?,\s]{1,200})", re.I)
 
-    @staticmethod
-    def index(msg: email.message.Message) -> None:
-        if isinstance(msg, _IndexedMessage) and msg._fields is None:
-            fields: dict[str, list[tuple[str, Any]]] = {}
-            for name, value in msg._headers:  # type: ignore[attr-defined]
-                fields.setdefault(name.lower(), []).append((name, value))
-            msg._fields = fields
-            msg._params = {}
 
-    def get(self, name: str, failobj: Any = None) -> Any:
-        if self._fields is None:
-            return super().get(name, failobj)
-        found = self._fields.get(name.lower())
-        if found is None:
-            return failobj
-        return self.policy.header_fetch_parse(*found[0])
+def _list_addresses(list_post: str | None, been_there: str | None) -> set[str]:
+    """The list's own addresses (lower-case), from List-Post and X-BeenThere."""
+    out: set[str] = set()
+    if list_post:
+        out.update(m.lower() for m in _MAILTO.findall(list_post[:1000]))
+    if been_there:
+        out.add(been_there.strip().lower()[:200])
+    return out
 
-    def get_all(self, name: str, failobj: Any = None) -> Any:
-        if self._fields is None:
-            return super().get_all(name, failobj)
-        found = self._fields.get(name.lower())
-        if found is None:
-            return failobj
-        return [self.policy.header_fetch_parse(*field) for field in found]
 
-    def _get_params_preserve(self, failobj: Any, header: str) -> Any:
-        """The parameters of a field (parsed once: the charset, the file name and the boundary of
-        a part all come from them)."""
-        if self._fields is None or self._params is None:
-            return super()._get_params_preserve(failobj, header)  # type: ignore[misc]
-        key = header.lower()
-        if key not in self._fields:
-            return failobj
-        params = self._params.get(key)
-        if params is None:
-            params = self._params[key] = super()._get_params_preserve(failobj, header)  # type: ignore[misc]
-        return params
+def _written_by_list(msgid: str, from_dom: str, list_addresses: set[str]) -> bool:
+    """Whether a Message-ID is the list server's (it gave one to a message that had none): its
+    domain is the list's and not the sender's. Such an ID says "came through this list"."""
+    mdom = _domain_of(msgid).rstrip(">")
+    if not mdom or not list_addresses:
+        return False
+    reg = registrable_domain(mdom)
+    if from_dom and registrable_domain(from_dom) == reg:
+        return False
+    return any(registrable_domain(a.rpartition("@")[2]) == reg for a in list_addresses)
 
-    def __contains__(self, name: str) -> bool:
-        if self._fields is None:
-            return super().__contains__(name)
-        return name.lower() in self._fields
+
+def _leaf_text(leaf: Leaf, limit: int) -> str:
+    """A text leaf's decoded bytes as text (its declared charset, else UTF-8, else Latin-1)."""
+    data = leaf.data[: limit * 4]
+    if leaf.charset:
+        try:
+            return data.decode(leaf.charset, errors="replace")[:limit]
+        except (LookupError, ValueError, TypeError):
+            return data.decode("latin-1")[:limit]
+    try:
+        return data.decode("utf-8")[:limit]
+    except UnicodeDecodeError:
+        return data.decode("latin-1")[:limit]
 
 
 def _extract(
@@ -568,6 +572,8 @@ def _extract(
     arrival: datetime | None,
     fields: Fields,
     message: ParsedMessage,
+    report: MimeReport,
+    blind: frozenset[str],
 ) -> None:
     compiled = _compiled(settings)
 
@@ -576,15 +582,14 @@ def _extract(
         return compiled.redacted(text.lower())
 
     traits = fields["header"]
-    if len(raw) > settings.max_bytes:
+    size = len(raw)
+    if size > settings.max_bytes:
         traits.append("size:cut")
-        raw = raw[: settings.max_bytes]
-    traits.append(f"size:{_bucket(len(raw), (1000, 2000, 4000, 8000, 16000, 50000, 200000))}")
-    msg = email.parser.BytesParser(_IndexedMessage, policy=email.policy.compat32).parsebytes(raw)
-    _IndexedMessage.index(msg)
-    defects = len(msg.defects)
-    if defects:
-        traits.append("mime:defects")
+        size = settings.max_bytes
+    traits.append(f"size:{_bucket(size, (1000, 2000, 4000, 8000, 16000, 50000, 200000))}")
+    # What the MIME stage found odd (a fixed set of MIME_* symbols: defects, ambiguity, limits).
+    for symbol in sorted(report.symbols()):
+        traits.append(f"mime:{symbol.lower()}")
 
     # -- header traits: the gateway's one reading of the header fields (gateway.message) -------
     def get(name: str) -> str | None:
@@ -609,10 +614,21 @@ def _extract(
 
     from_value = first("from")
     from_name, from_addr = _parseaddr(from_value)
+    from_blind = "from" in blind
+    list_addresses = _list_addresses(get("list-post"), get("x-beenthere")) if is_list else set()
+    if from_addr.lower() in list_addresses:
+        # A list rewrote From (DMARC mitigation): "Name via List <list@host>" keeps the sender's
+        # name, a From that is only the list's says nothing about the sender at all.
+        from_addr, from_blind = "", True
+        from_name = _VIA_LIST.sub("", from_name) if _VIA_LIST.search(from_name) else ""
     from_addr = clean(from_addr)
     from_dom = _domain_of(from_addr)
-    if not from_value:
+    if "from" in blind:
+        pass
+    elif not from_value:
         traits.append("from:missing")
+    elif from_blind:
+        pass
     elif not from_dom:
         traits.append("from:no_domain")
     else:
@@ -627,8 +643,11 @@ def _extract(
         traits.append("from:local_digits")
     if len(local) > 20:
         traits.append("from:local_long")
-    if not from_name:
-        traits.append("from:no_name")
+    if "from" in blind:
+        pass
+    elif not from_name:
+        if not from_blind:
+            traits.append("from:no_name")
     else:
         if "@" in from_name:
             traits.append("from:name_has_address")
@@ -637,7 +656,9 @@ def _extract(
         for word in _words(clean(from_name), 8):
             traits.append(f"from:name:{word}")
 
-    reply_to = clean(first("reply-to"))
+    reply_to = "" if "reply-to" in blind else clean(first("reply-to"))
+    if reply_to and _domain_of(reply_to) and _parseaddr(reply_to)[1].lower() in list_addresses:
+        reply_to = ""  # the list asks for replies to itself: the list's choice, not the sender's
     if reply_to:
         rdom = _domain_of(reply_to)
         traits.append("replyto:present")
@@ -647,27 +668,31 @@ def _extract(
             traits.append("replyto:other_address")
     envelope = envelope_from
     if envelope is None:
-        envelope = first("return-path")
+        envelope = "" if "return-path" in blind else first("return-path")
     envelope = clean(envelope)
     if envelope.strip("<> ") == "" and (envelope_from is not None or "<" in envelope):
         traits.append("env:null")
     else:
         edom = _domain_of(envelope)
+        list_domains = {registrable_domain(a.rpartition("@")[2]) for a in list_addresses}
+        if edom and registrable_domain(edom) in list_domains:
+            edom = ""  # the list's bounce address: the list's, not the sender's
         if from_dom and edom:
             if registrable_domain(edom) != registrable_domain(from_dom):
                 traits.append("env:other_domain")
             elif from_addr and from_addr not in envelope:
                 traits.append("env:same_domain_other_address")
 
-    to_all = get_all("to") + get_all("cc")
-    recipients = _getaddresses(tuple([str(v) for v in to_all][:50]))
-    traits.append(f"rcpt:{_bucket(len(recipients), (1, 2, 3, 6, 11, 30))}")
-    if not get_all("to"):
-        traits.append("to:missing")
-    elif any("undisclosed" in str(v).lower() for v in get_all("to")):
-        traits.append("to:undisclosed")
-    if from_addr and any(addr.lower() == from_addr for _, addr in recipients):
-        traits.append("to:is_from")
+    if "to" not in blind:
+        to_all = get_all("to") + get_all("cc")
+        recipients = _getaddresses(tuple([str(v) for v in to_all][:50]))
+        traits.append(f"rcpt:{_bucket(len(recipients), (1, 2, 3, 6, 11, 30))}")
+        if not get_all("to"):
+            traits.append("to:missing")
+        elif any("undisclosed" in str(v).lower() for v in get_all("to")):
+            traits.append("to:undisclosed")
+        if from_addr and any(addr.lower() == from_addr for _, addr in recipients):
+            traits.append("to:is_from")
 
     mailer = first("x-mailer") or first("user-agent")
     if not mailer:
@@ -681,8 +706,10 @@ def _extract(
         if "high" in first("x-msmail-priority").lower() or first("x-priority").strip()[:1] == "1":
             traits.append("priority:high")
 
-    msgid = first("message-id").strip()
-    if not msgid:
+    msgid = "" if "message-id" in blind else first("message-id").strip()
+    if "message-id" in blind or _written_by_list(msgid, from_dom, list_addresses):
+        pass
+    elif not msgid:
         traits.append("msgid:missing")
     else:
         mdom = _domain_of(msgid).rstrip(">")
@@ -693,17 +720,16 @@ def _extract(
         if not (msgid.startswith("<") and msgid.endswith(">")):
             traits.append("msgid:no_brackets")
 
-    # Hops: the sender's side only (the collector's own Received lines are skipped).
-    hops = 0
+    # The newest Received timestamp of the sender's side (the collector's own are skipped), for
+    # date anomalies. The number of hops is no feature: in a corpus it says how the mail was
+    # collected (list servers, fetchmail, an archive's importer) more than who sent it.
     newest: datetime | None = None
     for value in get_all("received")[:100]:
         text = str(value)
         if compiled.is_collector(text):
             continue
-        hops += 1
-        if newest is None:
-            newest = received_time(text)
-    traits.append(f"hops:{_bucket(hops, (1, 2, 3, 4, 6, 9))}")
+        newest = received_time(text)
+        break
 
     date_value = first("date")
     reference = arrival or newest
@@ -721,48 +747,59 @@ def _extract(
             elif skew < -86400:
                 traits.append("date:past_day")
 
-    # -- body ------------------------------------------------------------------------------------
+    # -- body: the leaves of the gateway's one MIME parse ----------------------------------------
     texts: list[str] = []
     markup: list[str] = []
     visible: list[str] = []  # the text of each markup chunk
     parts = 0
     html_parts = 0
     plain_parts = 0
-    for part in msg.walk():
-        _IndexedMessage.index(part)
-        parts += 1
-        if parts > settings.max_parts:
+    text_parents: dict[str, set[str]] = {}
+    for leaf in report.leaves:
+        if leaf.kind in ("preamble", "epilogue"):
+            continue  # text around the parts, which readers do not show
+        if parts >= settings.max_parts:
             traits.append("mime:many_parts")
             break
-        ctype = part.get_content_type()
-        maintype = part.get_content_maintype()
-        if maintype == "multipart":
-            traits.append(f"mime:{ctype}")
-            continue
-        cte = str(part.get("content-transfer-encoding", "")).strip().lower()
-        filename = None
-        try:
-            filename = part.get_filename()
-        except Exception:
-            traits.append("mime:bad_filename")
-        disposition = str(part.get("content-disposition", "")).lower()
-        if filename or "attachment" in disposition or maintype not in ("text", "message"):
-            traits.append(f"att:type:{ctype}")
-            if filename:
-                ext = filename.rpartition(".")[2].lower() if "." in filename else "none"
-                traits.append(f"att:ext:{ext[:8]}")
-            if maintype != "text":
+        ctype = leaf.content_type
+        if leaf.kind == "body":  # a multipart whose boundary was never found: shown as text
+            traits.append("mime:no_parts_found")
+            ctype = "text/plain"
+        maintype = ctype.partition("/")[0]
+        if leaf.kind == "raw":  # no parse at all: readers show the raw body, so do we
+            traits.append("mime:no_parts_found")
+            text = raw[body_start(raw) :][: settings.max_part_chars].decode("latin-1")
+            parts += 1
+        else:
+            if leaf.is_attachment or maintype not in ("text", "message"):
+                parts += 1
+                traits.append(f"att:type:{ctype}")
+                if leaf.names:
+                    name = leaf.names[0]
+                    ext = name.rpartition(".")[2].lower() if "." in name else "none"
+                    traits.append(f"att:ext:{ext[:8]}")
+                if maintype != "text":
+                    continue
+            if maintype == "message":
+                parts += 1
+                traits.append(f"mime:{ctype}")
                 continue
-        if maintype == "message":
-            traits.append(f"mime:{ctype}")
-            continue
-        if cte:
-            traits.append(f"cte:{ctype}:{cte[:20]}")
-        charset = part.get_content_charset()
-        if charset:
-            traits.append(f"charset:{charset[:20]}")
-        text = _payload_text(part, settings.max_part_chars)
-        if ctype == "text/html" or (ctype == "text/plain" and _HTML_HINT.search(text[:4000])):
+            text = _leaf_text(leaf, settings.max_part_chars)
+            if is_list:
+                text = _cut_footer(text)
+            if not text.strip():
+                continue  # an empty part, or a list's footer on its own: no content, no part
+            if not leaf.is_attachment:
+                parts += 1
+            if leaf.cte:
+                traits.append(f"cte:{ctype}:{leaf.cte[:20]}")
+            if leaf.charset:
+                traits.append(f"charset:{leaf.charset[:20]}")
+            parent = leaf.path.rpartition(".")[0]
+            text_parents.setdefault(parent, set()).add(ctype)
+        if ctype == "text/html" or (
+            ctype in ("text/plain", "message/rfc822") and _HTML_HINT.search(text[:4000])
+        ):
             html_parts += 1
             if ctype != "text/html":
                 traits.append("html:in_plain")
@@ -773,22 +810,12 @@ def _extract(
             plain_parts += 1
             texts.append(text)
     traits.append(f"parts:{_bucket(parts, (2, 3, 4, 6, 10))}")
-    if not any(t.strip() for t in texts) and msg.get_content_maintype() == "multipart":
-        # A broken multipart (boundary never found): readers show the raw body, so do we.
-        traits.append("mime:no_parts_found")
-        text = raw[body_start(raw) :][: settings.max_part_chars].decode("latin-1")
-        if _HTML_HINT.search(text[:4000]):
-            html_parts += 1
-            markup.append(text)
-            text = html_to_text(text)
-            visible.append(text)
-        texts.append(text)
+    if any({"text/plain", "text/html"} <= types for types in text_parents.values()):
+        traits.append("mime:alternative")
     if html_parts and not plain_parts:
         traits.append("html:only")
 
     body = "\n".join(texts)[: settings.max_text_chars]
-    if is_list:
-        body = _cut_footer(body)
     _body_traits(body, traits)
     body = clean(body)
     urls: list[str] = []
@@ -824,6 +851,63 @@ def _extract(
     fields["body"] = words
 
 
+# The header fields whose values the features read (the baseline of crosssource reads them too).
+READ_FIELDS = (
+    "from",
+    "to",
+    "cc",
+    "reply-to",
+    "subject",
+    "date",
+    "message-id",
+    "x-mailer",
+    "user-agent",
+    "x-priority",
+    "x-msmail-priority",
+)
+
+
+def plain_reading(raw: bytes, blind: frozenset[str] = frozenset()) -> str:
+    """The text of a message as the features read it, for a word n-gram baseline: the values of
+    READ_FIELDS (not blind; a list's Subject tag and its own From and Reply-To left out) and the
+    decoded text leaves of the one MIME parse (markup kept, a list's footer cut). Never raises."""
+    try:
+        header = parsed_header(raw)
+        is_list = any(header.all(name) for name in _LIST_FIELDS)
+        listed: set[str] = set()
+        if is_list:
+            post = header.all("list-post")
+            been = header.all("x-beenthere")
+            listed = _list_addresses(
+                _model_text(post[0]) if post else None, _model_text(been[0]) if been else None
+            )
+        froms = header.all("from")
+        sender = _parseaddr(decode_encoded_words(_model_text(froms[0])))[1] if froms else ""
+        sender_dom = "" if sender.lower() in listed else _domain_of(sender.lower())
+        out: list[str] = []
+        for name in READ_FIELDS:
+            if name in blind:
+                continue
+            for f in header.all(name)[:5]:
+                value = decode_encoded_words(_model_text(f))
+                if name == "subject" and is_list:
+                    value = _SUBJECT_TAGS.sub("", value)
+                if name in ("from", "reply-to") and _parseaddr(value)[1].lower() in listed:
+                    continue
+                if name == "message-id" and _written_by_list(value, sender_dom, listed):
+                    continue
+                out.append(f"{name}: {value}")
+        for leaf in mime_of(raw).leaves[:64]:
+            if leaf.kind in ("part", "body", "raw") and (
+                leaf.kind != "part" or leaf.content_type.startswith("text/")
+            ):
+                text = _leaf_text(leaf, 64 * 1024)
+                out.append(_cut_footer(text) if is_list else text)
+        return "\n".join(out)
+    except Exception:
+        return ""
+
+
 def _is_latin1(text: str) -> bool:
     if text.isascii():
         return True
@@ -849,12 +933,23 @@ def _words(text: str, limit: int) -> list[str]:
     return words
 
 
-def _cut_footer(body: str) -> str:
-    """Drop a mailing list's footer (a rule line followed by list or sponsor boilerplate)."""
-    for sep in _FOOTER_SEP.finditer(body):
-        if _FOOTER_HINT.search(body, sep.end(), sep.end() + 400):
-            return body[: sep.start()]
-    return body
+def _cut_footer(text: str) -> str:
+    """Drop a mailing list's footer from the end of one part: a rule line (or a signature
+    separator) followed by list or sponsor boilerplate, or a list's "you are subscribed" notice.
+
+    Only in the last _FOOTER_REACH characters, and the last such footer: a sender cannot hide
+    the body of a message behind a footer of its own at the top.
+    """
+    floor = max(0, len(text) - _FOOTER_REACH)
+    cut = len(text)
+    for sep in _FOOTER_SEP.finditer(text, floor):
+        if _FOOTER_HINT.search(text, sep.end(), sep.end() + 400):
+            cut = sep.start()
+            break
+    notice = _FOOTER_NOTICE.search(text, floor, cut)
+    if notice:
+        cut = notice.start()
+    return text[:cut]
 
 
 def _subject_traits(subject: str, traits: list[str]) -> None:

@@ -34,6 +34,7 @@ import numpy as np
 from gateway.classifier.features import FeatureSettings, extract
 from gateway.classifier.vectorize import FloatArray, LinearScorer, VectorSpec
 from gateway.message import ParsedMessage
+from gateway.mime.model import MimeReport
 from gateway.tomlfile import ConfigError
 
 FORMAT = "mailgate-spam-model/1"
@@ -143,9 +144,12 @@ class SpamModel:
         envelope_from: str | None = None,
         arrival: datetime | None = None,
         message: ParsedMessage | None = None,
+        mime: MimeReport | None = None,
     ) -> Score:
-        """P(spam) of `raw`; `message` is the gateway's parse of it, when there is one."""
-        z = self.z_of_fields(extract(raw, self.features, envelope_from, arrival, message))
+        """P(spam) of `raw`; `message` is the gateway's parse of it and `mime` its one MIME
+        parse (`await message.mime()`), when there are (else they are made here)."""
+        fields = extract(raw, self.features, envelope_from, arrival, message, mime)
+        z = self.z_of_fields(fields)
         return Score(self.probability_of_z(z), z)
 
 

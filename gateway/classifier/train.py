@@ -90,7 +90,10 @@ class Linear:
 
 def featurize(messages: Sequence[Message], settings: TrainSettings) -> list[list[FieldCounts]]:
     """Hashed counts of every message (the slow part; done once per corpus)."""
-    return [hashed_counts(extract(m.raw, settings.features), settings.vector) for m in messages]
+    return [
+        hashed_counts(extract(m.raw, settings.features, blind=m.blind), settings.vector)
+        for m in messages
+    ]
 
 
 def idf_of(counts: Sequence[Sequence[FieldCounts]], spec: VectorSpec) -> FloatArray:
@@ -347,6 +350,35 @@ def evaluate(
     return Evaluation(holdout, len(train), len(test), cv, oof_scores, oof_labels)
 
 
+def held_out_bands(scores: Scores, labels: Labels, platt_ab: tuple[float, float]) -> dict[str, Any]:
+    """How held-out mail spreads over the plugin's bands (ML_BAND_*): the out-of-time scores of
+    the later time folds, calibrated as the model calibrates."""
+    from gateway.plugins.classifier import BANDS, band_of
+
+    a, b = platt_ab
+    out: dict[str, Any] = {
+        "what": "messages of the later folds of time-ordered cross-validation (models that "
+        "never saw them), per band of the calibrated probability"
+    }
+    for name, label in (("ham", 0), ("spam", 1)):
+        counts = dict.fromkeys((band for band, _ in BANDS), 0)
+        for z in scores[labels == label].tolist():
+            t = min(max(a * z + b, -700.0), 700.0)
+            counts[band_of(1.0 / (1.0 + math.exp(-t)))] += 1
+        out[name] = counts
+    return out
+
+
+def trained_on(messages: Sequence[Message]) -> str:
+    """One line for the card: which corpora, how many messages of each label."""
+    parts: dict[str, list[int]] = {}
+    for m in messages:
+        key = m.corpus or ("admin labels" if m.feedback else "own folders")
+        tally = parts.setdefault(key, [0, 0])
+        tally[m.label] += 1
+    return "; ".join(f"{key}: {ham} ham, {spam} spam" for key, (ham, spam) in parts.items())
+
+
 # -- building a model file -----------------------------------------------------------------------
 
 
@@ -364,8 +396,12 @@ def build(
     folds: int = 4,
     evaluate_first: bool = True,
     progress: Callable[[str], None] | None = None,
+    cross_source: bool = False,
 ) -> Built:
-    """Fit on every message, calibrate on out-of-time scores, write the model file and card."""
+    """Fit on every message, calibrate on out-of-time scores, write the model file and card.
+
+    `cross_source`: also judge the recipe on named sources kept out of training (messages of
+    gateway.classifier.corpora), next to the baseline; the card keeps the table."""
     say = progress or (lambda _: None)
     ordered = time_order(list(messages))
     labels = labels_of(ordered)
@@ -382,6 +418,12 @@ def build(
         everything = np.arange(len(labels), dtype=np.int64)
         oof_scores, oof_labels, _ = out_of_time(counts, labels, everything, settings, folds, say)
     calibration = calibrate(oof_scores, oof_labels)
+    table: dict[str, Any] | None = None
+    if cross_source:
+        from gateway.classifier import crosssource
+
+        say("cross-source splits (the recipe and the baseline on each)")
+        table = crosssource.table(crosssource.run(ordered, settings, counts, progress=say))
     say("fitting the model on every message")
     linear = fit(counts, labels, settings)
     times = [m.time for m in ordered if not math.isnan(m.time)]
@@ -410,6 +452,13 @@ def build(
             "undated": len(ordered) - len(times),
         },
         "metrics": evaluation.to_json() if evaluation else None,
+        "held_out_bands": held_out_bands(oof_scores, oof_labels, calibration.platt),
     }
+    if table is not None:
+        card["cross_source"] = table
+    corpora_used = sorted({m.corpus for m in ordered if m.corpus})
+    card["trained_on"] = trained_on(ordered)
+    if corpora_used:
+        card["description"] += f"; trained on the {' and '.join(corpora_used)} corpora"
     written = save(out, linear.coef, linear.idf, linear.intercept, calibration.platt, card)
     return Built(written, evaluation)

@@ -67,6 +67,7 @@ class Leaf:
     data: bytes
     reading: int = 0
     name_variants: tuple[str, ...] = ()
+    charset: str = ""  # the part's declared charset (lower-case), "" when none: to decode text
 
     @property
     def name(self) -> str | None:

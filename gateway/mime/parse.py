@@ -491,6 +491,15 @@ def _delimiter_pattern(boundaries: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile(rf"^[ \t]*--(?:{alternatives})[^\n]*(?:\n|$)", re.I | re.M)
 
 
+def _charset_of(msg: _Entity) -> str:
+    """The declared charset of a part, lower-case and bounded ("" when none or unreadable)."""
+    try:
+        charset = msg.get_content_charset()
+    except Exception:  # a hostile parameter the email package cannot read
+        return ""
+    return charset[:40] if isinstance(charset, str) else ""
+
+
 class _Walker:
     def __init__(
         self,
@@ -534,6 +543,7 @@ class _Walker:
                 data=data,
                 reading=self.reading,
                 name_variants=variants,
+                charset=_charset_of(msg),
             )
         )
 

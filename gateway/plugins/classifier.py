@@ -97,14 +97,24 @@ class SpamClassifier(PluginBase):
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         model = self.model
         sender, arrival = ctx.mail_from or "", datetime.now(UTC)
+        # The one MIME parse every check reads (made by the MIME stage, or now, off the loop for
+        # a big message): the classifier tokenises its leaves, never a parse of its own.
+        mime = await ctx.message.mime()
         if len(ctx.raw) > OFF_LOOP_BYTES:
             # Feature extraction grows with the message (about 1 ms for a typical one, ~10 ms
             # for the largest corpus messages): keep big ones off the event loop.
             score = await offload(
-                model.score, ctx.raw, envelope_from=sender, arrival=arrival, message=ctx.message
+                model.score,
+                ctx.raw,
+                envelope_from=sender,
+                arrival=arrival,
+                message=ctx.message,
+                mime=mime,
             )
         else:
-            score = model.score(ctx.raw, envelope_from=sender, arrival=arrival, message=ctx.message)
+            score = model.score(
+                ctx.raw, envelope_from=sender, arrival=arrival, message=ctx.message, mime=mime
+            )
         p = score.probability
         detail = f"p={p:.4f} model {model.version}"
         return [Finding(band_of(p), detail=detail)]

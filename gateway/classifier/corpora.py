@@ -1,0 +1,234 @@
+"""The named training sources of the two public corpora, and what each one's artefacts are.
+
+`mailgate model train --corpora DIR` reads every source found under DIR (the layout of
+../shared/corpora: spamassassin/ and modern/), each message rewritten first so that nothing the
+archive, the collector or a list's spam filter added can teach the model "which corpus" rather
+than "spam":
+
+- everywhere: the fields a spam filter or the collector added (X-Spam-*, X-VA-Spam-*,
+  X-Amavis-*, X-Virus-Scanned, X-Headers-End, X-policyd-weight, X-Mailbox-Line, Old-Return-Path,
+  X-Original-To, Delivered-To) are dropped; they are the answer, or the archive's address;
+- the SourceForge spam: the "[SPAM]" / "***SPAM***" tags its filter put in Subject;
+- the GlitchyZorua archive: its redaction token "[removed]" is taken out of the text, and the
+  header fields it redacted (From, To, Message-ID, Return-Path, ...) are "blind": they give no
+  traits at all (features.extract), rather than "no From domain" traits only that archive has.
+
+What every source shares is handled by the features themselves, at run time too: list fields
+(List-*, X-Mailman-*, X-BeenThere, Sender, Precedence...) are never read, a list's footer and
+Subject tag are cut, a From or Reply-To that a list rewrote to its own address is ignored, and
+the collectors' names (the SpamAssassin preset, and lfdr.de, the archive that received every
+modern message) are redacted. The phishing folder is spam of the same SourceForge lists (other
+messages than the two spam folders): its messages are spam marked `phish`, reported on their own.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.classifier.corpus import LABELS, CorpusError, Message, iter_source, sort_time
+
+# Fields added by a spam filter or by the collecting side, dropped from every message.
+FILTER_FIELDS = re.compile(
+    rb"^(?:x-spam-[\w-]*|x-va-spam-[\w-]*|x-amavis-[\w-]*|x-virus-scanned|x-headers-end|"
+    rb"x-policyd-weight|x-mailbox-line|old-return-path|x-original-to|delivered-to)$",
+    re.I,
+)
+_SPAM_TAG = re.compile(rb"(?:\s*(?:\[spam\]|\*{2,3}\s*spam\s*\*{2,3}))+\s*", re.I)
+REMOVED = b"[removed]"  # the GlitchyZorua archive's redaction token
+
+# Names of the modern corpus' collector: the archive (lfdr.de) that received every message.
+MODERN_REDACT = (r"lfdr\.de",)
+MODERN_COLLECTOR = (r"lfdr\.de",)
+
+
+@dataclass(frozen=True)
+class Artefacts:
+    """What to take out of one source's messages before training on them."""
+
+    spam_tags: bool = False  # "[SPAM]" / "***SPAM***" in Subject
+    redaction_token: bytes = b""  # removed from the text; fields holding it are blind
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str  # "<corpus>/<folder>", e.g. "modern/ham/nbd.other.debian.org"
+    corpus: str  # "spamassassin" or "modern"
+    label: str  # "ham" or "spam"
+    folder: str  # relative to the corpora root
+    artefacts: Artefacts = Artefacts()
+    phish: bool = False  # its spam is phishing (reported on its own too)
+
+
+_SA = "spamassassin"
+_MODERN = "modern"
+_SF_SPAM = Artefacts(spam_tags=True)
+
+SOURCES: tuple[Source, ...] = (
+    *(
+        Source(f"{_SA}/{folder}", _SA, label, f"{_SA}/{folder}")
+        for folder, label in (
+            ("easy_ham", "ham"),
+            ("easy_ham_2", "ham"),
+            ("hard_ham", "ham"),
+            ("spam", "spam"),
+            ("spam_2", "spam"),
+        )
+    ),
+    *(
+        Source(f"{_MODERN}/ham/{name}", _MODERN, "ham", f"{_MODERN}/ham/{name}")
+        for name in (
+            "blinux-list.redhat.com",
+            "speakup.linux-speakup.org",
+            "cake.lists.bufferbloat.net",
+            "samba-technical.lists.samba.org",
+            "nbd.other.debian.org",
+            "kernel-hardening.lists.openwall.com",
+            "linux-f2fs-devel.lists.sourceforge.net",
+        )
+    ),
+    Source(
+        f"{_MODERN}/spam/sf-lists-flagged",
+        _MODERN,
+        "spam",
+        f"{_MODERN}/spam/sf-lists-flagged",
+        _SF_SPAM,
+    ),
+    Source(
+        f"{_MODERN}/spam/sf-lists-unflagged",
+        _MODERN,
+        "spam",
+        f"{_MODERN}/spam/sf-lists-unflagged",
+        _SF_SPAM,
+    ),
+    Source(
+        f"{_MODERN}/spam/glitchyzorua-spam-archive",
+        _MODERN,
+        "spam",
+        f"{_MODERN}/spam/glitchyzorua-spam-archive",
+        Artefacts(redaction_token=REMOVED),
+    ),
+    Source(
+        f"{_MODERN}/phish/sf-lists-heuristic",
+        _MODERN,
+        "spam",
+        f"{_MODERN}/phish/sf-lists-heuristic",
+        _SF_SPAM,
+        phish=True,
+    ),
+)
+
+
+def discover(root: Path) -> list[Source]:
+    """The sources present under `root` (a corpora folder); an error when there is none."""
+    found = [s for s in SOURCES if (root / s.folder).is_dir()]
+    if not found:
+        raise CorpusError(f"{root}: no known corpus source inside (spamassassin/, modern/)")
+    return found
+
+
+def _header_end(raw: bytes) -> int:
+    ends = [i + n for i, n in ((raw.find(b"\r\n\r\n"), 4), (raw.find(b"\n\n"), 2)) if i >= 0]
+    return min(ends) if ends else len(raw)
+
+
+def neutralise(raw: bytes, artefacts: Artefacts) -> tuple[bytes, frozenset[str]]:
+    """The message without its corpus artefacts, and the names of its blind (redacted) fields.
+
+    Linear in the size of the message; a header it cannot split is left as it is.
+    """
+    end = _header_end(raw)
+    head, body = raw[:end], raw[end:]
+    kept: list[bytes] = []
+    blind: set[str] = set()
+    token = artefacts.redaction_token
+    for field in re.split(rb"\n(?![ \t])", head):
+        name, colon, value = field.partition(b":")
+        if colon and FILTER_FIELDS.match(name.strip()):
+            continue
+        lowered = name.strip().lower()
+        if colon and artefacts.spam_tags and lowered == b"subject":
+            value = _SPAM_TAG.sub(b" ", value).rstrip(b" ") or b""
+            if not value.startswith(b" "):
+                value = b" " + value
+            field = name + colon + value
+        if token and colon and token in value:
+            blind.add(lowered.decode("ascii", "replace"))
+            field = name + colon + value.replace(token, b"")
+        kept.append(field)
+    out = b"\n".join(kept)
+    if token:
+        body = body.replace(token, b"")
+    return out + body, frozenset(blind)
+
+
+def load(
+    root: Path, sources: Iterable[Source] | None = None, limit: int | None = None
+) -> list[Message]:
+    """Every message of the sources (all found under `root` by default), neutralised, each
+    named by its source, phishing marked. `limit` caps messages per source."""
+    chosen = list(sources) if sources is not None else discover(root)
+    out: list[Message] = []
+    for source in chosen:
+        label = LABELS[source.label]
+        for i, (name, raw) in enumerate(iter_source(root / source.folder)):
+            if limit is not None and i >= limit:
+                break
+            clean, blind = neutralise(raw, source.artefacts)
+            out.append(
+                Message(
+                    clean,
+                    label,
+                    source.name,
+                    name,
+                    sort_time(clean),
+                    blind=blind,
+                    phish=source.phish,
+                    corpus=source.corpus,
+                )
+            )
+    return out
+
+
+@dataclass
+class _Tally:
+    label: str
+    corpus: str
+    messages: int = 0
+    phishing: int = 0
+    first: float = math.inf
+    last: float = -math.inf
+
+
+def _day(stamp: float) -> str | None:
+    return datetime.fromtimestamp(stamp, UTC).date().isoformat() if math.isfinite(stamp) else None
+
+
+def describe(messages: Iterable[Message]) -> list[dict[str, Any]]:
+    """What a model was trained on, per source (for the card)."""
+    tallies: dict[str, _Tally] = {}
+    for m in messages:
+        tally = tallies.get(m.source)
+        if tally is None:
+            tally = tallies[m.source] = _Tally("spam" if m.label else "ham", m.corpus)
+        tally.messages += 1
+        tally.phishing += m.phish
+        if not math.isnan(m.time):
+            tally.first = min(tally.first, m.time)
+            tally.last = max(tally.last, m.time)
+    return [
+        {
+            "label": t.label,
+            "source": name,
+            "corpus": t.corpus,
+            "messages": t.messages,
+            "phishing": t.phishing,
+            "dates": [_day(t.first), _day(t.last)],
+        }
+        for name, t in tallies.items()
+    ]

@@ -1,0 +1,121 @@
+"""Named corpus sources, their artefacts, cross-source splits, and `--corpora` / `--cross-source`
+on a small built corpora folder (tests/classifier_data.build_corpora), never ../shared's modern."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from classifier_data import build_corpora
+
+from gateway.classifier import corpora, crosssource
+from gateway.classifier.corpus import CorpusError
+from gateway.classifier.features import FeatureSettings, extract
+from gateway.classifier.model import card_path_for, load
+from gateway.cli import main
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_corpora(tmp_path_factory.mktemp("corpora"))
+
+
+def test_a_spam_filters_fields_and_subject_tags_are_taken_out() -> None:
+    raw = (
+        b"X-Spam-Status: Yes, score=9\nX-Spam-Flag: YES\nX-Virus-Scanned: by x\n"
+        b"Delivered-To: lists+x@archive.example\nSubject: [List] [SPAM] ***SPAM*** cheap\n"
+        b"From: a@b.example\n\nbody X-Spam-Flag: stays in the body\n"
+    )
+    clean, blind = corpora.neutralise(raw, corpora.Artefacts(spam_tags=True))
+    assert (
+        b"X-Spam-Status" not in clean and b"X-Virus" not in clean and b"Delivered-To" not in clean
+    )
+    assert b"Subject: [List] cheap\n" in clean and b"SPAM*" not in clean
+    assert b"body X-Spam-Flag: stays in the body" in clean  # only header fields are dropped
+    assert blind == frozenset()
+
+
+def test_a_redaction_token_is_removed_and_its_fields_are_blind() -> None:
+    raw = b"From:[removed]\nReturn-Path: <[removed]>\nSubject: hi\n\nDear [removed], money.\n"
+    clean, blind = corpora.neutralise(raw, corpora.Artefacts(redaction_token=corpora.REMOVED))
+    assert b"[removed]" not in clean and b"Dear , money." in clean
+    assert blind == {"from", "return-path"}
+    fields = extract(clean, FeatureSettings(), blind=blind)
+    assert "removed" not in fields["body"]
+    assert not any(t.startswith(("from:", "env:")) for t in fields["header"])
+
+
+def test_every_source_is_named_and_the_phishing_folder_is_marked(built: Path) -> None:
+    messages = corpora.load(built)
+    names = {m.source for m in messages}
+    assert "modern/ham/nbd.other.debian.org" in names and "spamassassin/easy_ham" in names
+    assert "modern/spam/glitchyzorua-spam-archive" in names
+    phish = [m for m in messages if m.phish]
+    assert phish and all(m.source.startswith("modern/phish/") and m.label == 1 for m in phish)
+    assert not any(b"X-Spam-" in m.raw or b"[SPAM]" in m.raw for m in messages)
+    described = {d["source"]: d for d in corpora.describe(messages)}
+    assert described["modern/phish/sf-lists-heuristic"]["phishing"] == 8
+    assert described["spamassassin/easy_ham"]["corpus"] == "spamassassin"
+    with pytest.raises(CorpusError, match="no known corpus source"):
+        corpora.discover(built / "modern" / "ham")
+
+
+def test_splits_keep_whole_sources_out_of_training(built: Path) -> None:
+    messages = corpora.load(built)
+    found = {s.name: s for s in crosssource.splits(messages)}
+    assert {
+        "ham list out: nbd.other.debian.org",
+        "spam source out: glitchyzorua-spam-archive",
+        "spam source out: sf-lists-heuristic",
+        "SpamAssassin -> modern",
+        "modern -> SpamAssassin",
+        "time: older 70% -> newer 30%",
+    } <= set(found)
+    for split in found.values():
+        assert not set(split.train.tolist()) & set(split.test.tolist())
+    held = found["ham list out: nbd.other.debian.org"]
+    assert not any(messages[i].source.endswith("nbd.other.debian.org") for i in held.train)
+    assert any(messages[i].source.endswith("nbd.other.debian.org") for i in held.test)
+    sa = found["SpamAssassin -> modern"]
+    assert {messages[i].corpus for i in sa.train} == {"spamassassin"}
+    assert {messages[i].corpus for i in sa.test} == {"modern"}
+    times = np.array([m.time for m in messages])
+    later = found["time: older 70% -> newer 30%"]
+    assert times[later.train].max() <= times[later.test].min()
+
+
+def test_train_on_corpora_and_eval_cross_source(
+    built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m" / "spam.npz"
+    argv = ["model", "train", "--corpora", str(built), "--out", str(out), "--folds", "2"]
+    assert main([*argv, "--no-eval", "--cross-source"]) == 0
+    printed = capsys.readouterr().out
+    assert "trained on" in printed and "cross-source" in printed
+    card = json.loads(card_path_for(out).read_text())
+    assert "modern" in card["trained_on"] and "spamassassin" in card["trained_on"]
+    table = card["cross_source"]
+    rows = {r["split"]: r for r in table["rows"]}
+    assert "SpamAssassin -> modern" in rows and "baseline" in table
+    for row in rows.values():
+        assert set(row["model"]) == set(row["baseline"]) >= {"roc_auc", "recall_at_fpr_1pct"}
+    assert (
+        rows["spam source out: sf-lists-heuristic"]["model"]["phish_recall_at_fpr_1pct"] is not None
+    )
+    assert r"lfdr\.de" in card["features"]["settings"]["redact"]
+    assert set(card["held_out_bands"]["ham"]) == {
+        f"ML_BAND_{b}" for b in ("00", "05", "20", "40", "50", "60", "80", "95", "99", "999")
+    }
+    load(out)  # a valid model
+
+    assert main(["model", "info", "--model", str(out)]) == 0
+    assert "SpamAssassin -> modern" in capsys.readouterr().out
+
+    ev = ["model", "eval", "--model", str(out), "--cross-source", "--corpora", str(built)]
+    assert main([*ev, "--only", "SpamAssassin ->", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["split"] for r in result["rows"]] == ["SpamAssassin -> modern"]
+    assert main(["model", "eval", "--model", str(out), "--cross-source"]) == 2
+    assert "needs --corpora" in capsys.readouterr().err
