@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
 
 HAM, SPAM, PHISH = "ham", "spam", "phish"
+FIT_HELO = "client.example.net"  # what `mailgate scan` says by default
 # Results that need DNS: offline (every answer NXDOMAIN) a signed message reads DKIM_PERMERROR,
 # every domain DMARC_NO_RECORD..., which says nothing about live mail. They are not fitted, and
 # count 0 in the offline totals. (The From and signature checks that need no DNS, such as
@@ -184,24 +185,15 @@ async def collect(
 
 
 async def symbol_vector(gateway: Gateway, raw: bytes) -> tuple[dict[str, float], str]:
-    """The symbols (summed weights) the chain finds in one message, and a forced action."""
-    from gateway.header_edit import remove_forged
-    from gateway.line_endings import normalize_line_endings, strip_nul
-    from gateway.plugin import ClientInfo, MessageContext, Phase
-    from gateway.transaction import inspect
+    """The symbols (summed weights) the chain finds in one message, and a forced action: the
+    message read exactly as `mailgate scan` reads it (gateway.scan.scan_message: the header
+    From as envelope sender, forged fields removed), so the fit and scan never disagree."""
+    from gateway.scan import Envelope, scan_message
 
-    client = ClientInfo(ip="192.0.2.1", port=0, helo="client.example.net", esmtp=True)
-    ctx = MessageContext(client=client, rules=gateway.rules, settings=gateway.settings)
-    chain = gateway.chain
-    await chain.run(Phase.CONNECT, ctx)
-    await chain.run(Phase.HELO, ctx)
-    ctx.mail_from = "sender@example.net"
-    await chain.run(Phase.MAIL, ctx)
-    ctx.rcpt_tos.append("postmaster@example.com")
-    await chain.run(Phase.RCPT, ctx)
-    ctx.raw = normalize_line_endings(strip_nul(raw))
-    ctx.raw, _ = remove_forged(ctx.message, gateway.settings.listen.hostname)
-    verdict = await inspect(gateway, ctx)
+    domains = gateway.settings.relay.domains
+    rcpt = f"postmaster@{domains[0].lstrip('.')}" if domains else "postmaster@example.com"
+    envelope = Envelope(mail_from="", rcpt_tos=(rcpt,), client_ip="192.0.2.1", helo=FIT_HELO)
+    verdict = (await scan_message(gateway, "", raw, envelope)).verdict
     vector: dict[str, float] = {}
     for f in verdict.findings:
         vector[f.symbol] = vector.get(f.symbol, 0.0) + f.finding.weight
