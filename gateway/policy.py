@@ -471,13 +471,14 @@ def load_rules(directory: Path) -> RuleSet:
             where[symbol] = place
             if found is not None:
                 scored[symbol] = found.scores[symbol]
-    fitted_path = directory / FITTED_SCORES
-    if fitted_path.exists():
-        scores_valid = _overlay_fitted(fitted_path, scored, where, errors, digest) and scores_valid
     content, content_bytes = load_content_rules(directory, errors)
     for data in content_bytes:
         digest.update(data)
     _score_content_rules(content, directory, scored, where, errors)
+    # last: fitted.toml overrides any score, a content rule's own included (rules fit fits those)
+    fitted_path = directory / FITTED_SCORES
+    if fitted_path.exists():
+        scores_valid = _overlay_fitted(fitted_path, scored, where, errors, digest) and scores_valid
     actions = validate_table(actions_doc, "", ActionsFile, actions_doc.data, errors)
     scored_names = set(where)
     for symbol, place in _where_written(actions_doc, "forced").items():

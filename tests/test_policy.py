@@ -748,3 +748,15 @@ def test_forced_action_alone_or_as_a_table_name_the_symbol(tmp_path: Path) -> No
     err = only_error(rules)
     assert_names(err, rules / "actions.toml", "forced.LISTS_ERROR.why", 8)
     assert "known: action, reply" in err.problem
+
+
+def test_fitted_scores_override_a_content_rule_and_a_typo_is_named(tmp_path: Path) -> None:
+    """rules fit fits content-rule symbols too: fitted.toml may override their own score, and
+    still names a symbol nothing scores."""
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", rules)
+    (rules / "fitted.toml").write_text("[scores]\nCONTENT_PHISH_LURE = 1.25\n", encoding="utf-8")
+    assert load_rules(rules).scores["CONTENT_PHISH_LURE"] == 1.25
+    (rules / "fitted.toml").write_text("[scores]\nNO_SUCH_SYMBOL = 1.0\n", encoding="utf-8")
+    with pytest.raises(ConfigErrors, match="fitted.toml:2.*no score file scores"):
+        load_rules(rules)
