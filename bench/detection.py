@@ -1,6 +1,7 @@
 """Held-out detection figures of the whole chain, next to the plain baseline, on two source folds.
 
     python3 -m bench.detection --fold A=DIR_A:VECTORS_A --fold B=DIR_B:VECTORS_B [--rules rules]
+        [--min-count 20 --keep-bands]   # the shipped recipe (rules/fitted.toml's header)
 
 Each fold is a corpora folder laid out like ../shared/corpora (spamassassin/, modern/ham/...,
 holding only that fold's sources) and the symbol vectors of its messages as `mailgate rules fit
@@ -75,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m bench.detection", description=__doc__)
     parser.add_argument("--fold", action="append", required=True, help="NAME=CORPORA:VECTORS")
     parser.add_argument("--rules", default="rules", help="rules/ folder (thresholds, scores)")
+    parser.add_argument("--min-count", type=int, default=5, help="as rules fit --min-count")
+    parser.add_argument("--keep", action="append", default=[], help="as rules fit --keep")
+    parser.add_argument(
+        "--keep-bands", action="store_true", help="keep every ML_BAND_* (the shipped recipe)"
+    )
     args = parser.parse_args(argv)
     folds: dict[str, tuple[Path, Path]] = {}
     for spec in args.fold:
@@ -84,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(folds) != 2:
         parser.error("give exactly two --fold")
     policy = _policy(Path(args.rules))
-    settings = FitSettings()
+    keep = set(args.keep)
+    if args.keep_bands:
+        keep |= {symbol for symbol in policy.scores if symbol.startswith("ML_BAND_")}
+    settings = FitSettings(min_count=args.min_count, keep=frozenset(keep))
     samples = {name: load_samples(vectors) for name, (_, vectors) in folds.items()}
     print(f"thresholds: tag {policy.tag}, quarantine {policy.quarantine}, reject {policy.reject}")
     for test_name, (test_root, _) in folds.items():
