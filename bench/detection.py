@@ -37,19 +37,13 @@ from gateway.scorefit import (
     evaluate,
     fit,
     load_samples,
+    policy_of_rules,
     recall_at,
 )
 
 
 def _policy(rules_dir: Path) -> Policy:
-    rules = load_rules(rules_dir)
-    return Policy(
-        scores=dict(rules.scores),
-        forced=frozenset(rules.forced),
-        tag=rules.tag_threshold,
-        quarantine=rules.quarantine_at,
-        reject=rules.reject_at,
-    )
+    return policy_of_rules(load_rules(rules_dir))
 
 
 def _baseline(train_dir: Path, test_dir: Path) -> dict[str, float]:

@@ -50,6 +50,7 @@ from gateway.text import printable
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
+    from gateway.policy import RuleSet
 
 HAM, SPAM, PHISH = "ham", "spam", "phish"
 FIT_HELO = "client.example.net"  # what `mailgate scan` says by default
@@ -578,7 +579,11 @@ def render(report: FitReport, policy: Policy, settings: FitSettings) -> str:
 
 
 def policy_of(gateway: Gateway) -> Policy:
-    rules = gateway.rules
+    return policy_of_rules(gateway.rules)
+
+
+def policy_of_rules(rules: RuleSet) -> Policy:
+    """What the fit needs of a loaded rules/."""
     return Policy(
         scores=dict(rules.scores),
         forced=frozenset(rules.forced),

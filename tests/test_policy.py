@@ -758,5 +758,5 @@ def test_fitted_scores_override_a_content_rule_and_a_typo_is_named(tmp_path: Pat
     (rules / "fitted.toml").write_text("[scores]\nCONTENT_PHISH_LURE = 1.25\n", encoding="utf-8")
     assert load_rules(rules).scores["CONTENT_PHISH_LURE"] == 1.25
     (rules / "fitted.toml").write_text("[scores]\nNO_SUCH_SYMBOL = 1.0\n", encoding="utf-8")
-    with pytest.raises(ConfigErrors, match="fitted.toml:2.*no score file scores"):
+    with pytest.raises(ConfigErrors, match=r"fitted\.toml:2.*no score file scores"):
         load_rules(rules)
