@@ -86,6 +86,16 @@ def needs_dns(symbol: str) -> bool:
     return symbol in DNS_SYMBOLS or symbol.startswith(DNS_PREFIXES)
 
 
+# Results of the SMTP connection: offline there is none (every message reads TLS_NONE), so they
+# are not fitted either, and count 0 in the offline totals.
+CONNECTION_PREFIXES = ("TLS_",)
+
+
+def offline_artefact(symbol: str) -> bool:
+    """A symbol whose offline reading says nothing about live mail (DNS or connection)."""
+    return needs_dns(symbol) or symbol.startswith(CONNECTION_PREFIXES)
+
+
 FITTED_FILE = "fitted.toml"
 
 
@@ -231,6 +241,8 @@ def fit_symbols(
             kept[symbol] = "decided by a forced action"
         elif needs_dns(symbol):
             kept[symbol] = "needs DNS (offline it reads NXDOMAIN): counted 0 here"
+        elif offline_artefact(symbol):
+            kept[symbol] = "a result of the SMTP connection (offline there is none): counted 0"
         elif symbol in settings.keep:
             kept[symbol] = "kept by the admin (--keep)"
         elif counts.get(symbol, 0) < settings.min_count:
@@ -279,11 +291,11 @@ def _logistic(
 
 
 def _total(sample: Sample, scores: Mapping[str, float]) -> float:
-    """The sample's score as live mail would have it, DNS results left out (see DNS_SYMBOLS)."""
+    """The sample's score as live mail would have it, DNS and connection results left out."""
     return sum(
         scores.get(symbol, 0.0) * value
         for symbol, value in sample.vector.items()
-        if not needs_dns(symbol)
+        if not offline_artefact(symbol)
     )
 
 
