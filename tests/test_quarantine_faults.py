@@ -179,6 +179,7 @@ async def test_the_cli_reads_and_writes_while_the_gateway_quarantines(
     results: list[CliResult] = []
     errors: list[BaseException] = []
     deleted: list[str] = []
+    shown: list[tuple[str, CliResult]] = []
 
     def reader() -> None:
         try:
@@ -188,8 +189,8 @@ async def test_the_cli_reads_and_writes_while_the_gateway_quarantines(
                 newest = SqliteStore(gw.settings.quarantine_dir, create=False).select(
                     Selection(), limit=1
                 )
-                if newest:  # the writer below deletes the oldest ones
-                    results.append(qcli("show", newest[0].id))
+                if newest:  # the writer below deletes the oldest ones, maybe this one too
+                    shown.append((newest[0].id, qcli("show", newest[0].id)))
         except BaseException as exc:
             errors.append(exc)
 
@@ -236,6 +237,12 @@ async def test_the_cli_reads_and_writes_while_the_gateway_quarantines(
         await asyncio.to_thread(thread.join, 30)
     assert errors == []
     assert len(results) > 10
+    # a show fails only for an entry the writer deleted meanwhile, and says so
+    for qid, shown_result in shown:
+        if shown_result.code != 0:
+            assert qid in deleted and b"no quarantine entry" in shown_result.err, shown_result
+        else:
+            results.append(shown_result)
     assert [r for r in results if r.code != 0] == []
     assert not any(b"locked" in r.err or b"locked" in r.out for r in results)
     accepted = {qid for batch in batches for qid in batch}
