@@ -526,14 +526,20 @@ class _Scanner:
                     # a web archive's parts are the page a browser shows, not a mail's text
                     pages = extensions(name or "")[-1:] in (["mht"], ["mhtml"])
                     self.nested_message(entity, label, inner, depth, pages)
-        except BudgetExceeded:
-            raise
-        except carriers.CarrierTooLarge as exc:
-            self.add("ARCHIVE_BOMB", f"{label}: {exc}")
-        except carriers.CarrierUnsupported as exc:
-            self.add("ARCHIVE_UNSUPPORTED", f"{label}: {exc}")
         except Exception as exc:  # a carrier that cannot be read: its content is unknown
-            self.add("ARCHIVE_CORRUPT", f"{label}: {type(exc).__name__}: {exc}"[:120])
+            self.unreadable(exc, label, f": {exc}")
+
+    def unreadable(self, exc: Exception, label: str, detail: str = "") -> None:
+        """What a container that could not be opened is: a bomb, an unsupported kind, or
+        corrupt (all forced to quarantine in rules/actions.toml); a budget stops the scan."""
+        if isinstance(exc, BudgetExceeded):
+            raise exc
+        if isinstance(exc, carriers.CarrierTooLarge):
+            self.add("ARCHIVE_BOMB", f"{label}: {exc}")
+        elif isinstance(exc, carriers.CarrierUnsupported):
+            self.add("ARCHIVE_UNSUPPORTED", f"{label}: {exc}")
+        else:
+            self.add("ARCHIVE_CORRUPT", f"{label}: {type(exc).__name__}{detail}"[:120])
 
     def carried(self, files: list[carriers.Carried], label: str, inner: str, depth: int) -> None:
         """Files out of a carrier: names and content through the same checks as members."""
@@ -606,14 +612,8 @@ class _Scanner:
                 return self.rar(data, label, inner, depth)
             else:
                 self.add("ARCHIVE_UNSUPPORTED", f"{label} ({mime_type})")
-        except BudgetExceeded:
-            raise
-        except carriers.CarrierTooLarge as exc:
-            self.add("ARCHIVE_BOMB", f"{label}: {exc}")
-        except carriers.CarrierUnsupported as exc:
-            self.add("ARCHIVE_UNSUPPORTED", f"{label}: {exc}")
         except Exception as exc:  # a malformed archive is a finding, never a crash
-            self.add("ARCHIVE_CORRUPT", f"{label}: {type(exc).__name__}")
+            self.unreadable(exc, label)
         return False
 
     def _member_budget(self, label: str) -> None:
