@@ -187,6 +187,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     worker: int | None = args.worker
+    # A SIGHUP while the model and policy load (seconds) would otherwise kill the process with
+    # the default action: remember it, and reload once the loop's own handler is in place.
+    from gateway.server import hold_early_reloads
+
+    hold_early_reloads()
     if worker is None:
         try:
             settings = load_settings(_config_path(args.config))
@@ -306,7 +311,7 @@ async def _serve(
     world: DemoWorld | None = None,
 ) -> int:
     from gateway.server import GatewayServer, install_signals
-    from gateway.supervisor import watch_parent
+    from gateway.supervisor import tell_supervisor_ready, watch_parent
     from gateway.tls import ServerTls, delivery_tls
 
     sink_controller: Any = None
@@ -328,6 +333,8 @@ async def _serve(
         metrics_port = settings.metrics.port + (worker or 0)
         metrics = MetricsServer(gateway, settings.metrics.host, metrics_port)
     try:
+        # Before "listening" is logged: whoever reads that line may signal us at once.
+        install_signals(asyncio.get_running_loop(), gateway, stop.set, server.tls)
         if metrics is not None:
             await metrics.start()
         host, port = await server.start()
@@ -335,8 +342,8 @@ async def _serve(
         # keep it out of the cyclic collector's full passes, each of which would otherwise walk
         # all of it again (10-20 ms with every plugin loaded: a pause in some message's reply).
         gc.freeze()
-        install_signals(asyncio.get_running_loop(), gateway, stop.set, server.tls)
         if worker is not None:
+            tell_supervisor_ready()
             watcher = asyncio.create_task(watch_parent(stop))
         elif gateway.services is not None:  # a supervisor probes for its workers
             probe = asyncio.create_task(_probe_and_log(gateway.services.resolver))

@@ -115,6 +115,19 @@ class GatewayServer:
         log.info("stopped")
 
 
+_early_reload = False
+
+
+def hold_early_reloads() -> None:
+    """Until `install_signals`, a SIGHUP is only noted (the default action would end us)."""
+
+    def note(signum: int, frame: object) -> None:
+        global _early_reload
+        _early_reload = True
+
+    signal.signal(signal.SIGHUP, note)
+
+
 def install_signals(
     loop: asyncio.AbstractEventLoop,
     gateway: Gateway,
@@ -129,3 +142,7 @@ def install_signals(
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, stop)
     loop.add_signal_handler(signal.SIGINT, stop)
+    global _early_reload
+    if _early_reload:  # asked for while we were starting: the files may have changed since load
+        _early_reload = False
+        loop.call_soon(reload)

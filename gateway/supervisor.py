@@ -27,6 +27,19 @@ BACKOFF_MAX = 10.0
 STABLE_AFTER = 10.0  # a worker that lived this long resets the backoff
 
 
+READY_FD_ENV = "MAILGATE_READY_FD"  # a worker writes one byte here once it serves
+
+
+def tell_supervisor_ready() -> None:
+    """In a worker: say we listen with our signal handlers in place (a no-op when not a worker)."""
+    fd = os.environ.pop(READY_FD_ENV, None)
+    if fd is None or not fd.isdigit():
+        return
+    with contextlib.suppress(OSError):
+        os.write(int(fd), b"R")
+        os.close(int(fd))
+
+
 def worker_command(config: Path | None, index: int) -> list[str]:
     command = [sys.executable, "-m", "gateway"]
     if config is not None:
@@ -41,14 +54,55 @@ class Supervisor:
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = asyncio.Event()
         self.restarts = 0
+        # A worker takes SIGHUP only once it says it is ready (its handler is in place: before
+        # that the default action would kill it); one asked for meanwhile is sent then.
+        self.ready: set[int] = set()
+        self.reload_pending: set[int] = set()
+        self.all_ready = asyncio.Event()
 
     async def _spawn(self, index: int) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            *worker_command(self.settings.source, index), stdin=asyncio.subprocess.DEVNULL
-        )
+        read_end, write_end = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *worker_command(self.settings.source, index),
+                stdin=asyncio.subprocess.DEVNULL,
+                pass_fds=(write_end,),
+                env={**os.environ, READY_FD_ENV: str(write_end)},
+            )
+        finally:
+            os.close(write_end)
         self.procs[index] = proc
+        self.ready.discard(index)
         log.info("worker %d started: pid %d", index, proc.pid)
+        asyncio.get_running_loop().add_reader(read_end, self._on_ready, index, proc, read_end)
         return proc
+
+    def _on_ready(self, index: int, proc: asyncio.subprocess.Process, fd: int) -> None:
+        try:
+            said = os.read(fd, 16)
+        except OSError:
+            said = b""
+        asyncio.get_running_loop().remove_reader(fd)
+        os.close(fd)
+        if not said or self.procs.get(index) is not proc:
+            return  # died before it was ready
+        self.ready.add(index)
+        if len(self.ready) == self.count:
+            self.all_ready.set()
+        if index in self.reload_pending:
+            self.reload_pending.discard(index)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGHUP)
+
+    def reload_all(self) -> None:
+        for index, proc in self.procs.items():
+            if proc.returncode is not None:
+                continue
+            if index in self.ready:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGHUP)
+            else:
+                self.reload_pending.add(index)
 
     async def _keep(self, index: int) -> None:
         """Run worker `index`; restart it whenever it dies, until we are stopping."""
@@ -88,7 +142,7 @@ class Supervisor:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self.signal_all, signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_all)
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
         log.info("supervisor pid %d: starting %d workers", os.getpid(), self.count)

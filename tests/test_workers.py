@@ -141,6 +141,31 @@ def test_sighup_reaches_every_worker(cluster: Cluster) -> None:
     assert len(set(re.findall(r"mailgate\[worker (\d+) pid \d+\]: rules reloaded", text))) == 2
 
 
+def test_sighup_while_workers_start_kills_none_and_reaches_each(tmp_path: Path) -> None:
+    """A reload asked for while the workers still load (no handler yet: the default action would
+    kill them) waits for each worker to say it is ready, then reaches it."""
+    config, port = write_served_config(tmp_path, [("listen", "workers", "2")])
+    proc, log = spawn_serve(tmp_path, config)
+    cluster = Cluster(proc, port, log, tmp_path / "maildir")
+    try:
+        cluster.wait_log(r"worker 1 started: pid \d+", 1)
+        proc.send_signal(signal.SIGHUP)
+        text = cluster.wait_log(r"mailgate\[worker \d+ pid \d+\]: rules reloaded", 2)
+        assert "died" not in text, text
+        _wait_for_workers(cluster, 2)
+    finally:
+        pids = list(cluster.worker_pids().values())
+        proc.terminate()
+        try:
+            proc.wait(timeout=GRACE + 10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_a_broken_policy_stops_the_supervisor_before_any_worker_starts(tmp_path: Path) -> None:
     """The supervisor does not load the policy itself (it stays small); `mailgate check` in a
     child process does, and its error, naming the file and key, is what the admin reads."""
