@@ -79,7 +79,7 @@ def wait_for_log(
     occurrences: Callable[[str, str], int],
     needle: str,
     count: int = 1,
-    timeout: float = 30.0,
+    timeout: float = 120.0,
 ) -> str:
     """The log once `occurrences(text, needle)` reaches `count`, polled (another process writes
     it); fails at once if the process exits. `timeout` bounds a failure only: generous."""
@@ -105,7 +105,7 @@ class Served:
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
-    def wait_log(self, needle: str, count: int = 1, timeout: float = 30.0) -> str:
+    def wait_log(self, needle: str, count: int = 1, timeout: float = 120.0) -> str:
         return wait_for_log(self.proc, self.log, str.count, needle, count, timeout)
 
     def delivered(self) -> list[bytes]:
@@ -115,7 +115,7 @@ class Served:
         files = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime_ns)
         return [f.read_bytes() for f in files]
 
-    def wait_delivered(self, count: int, timeout: float = 30.0) -> list[bytes]:
+    def wait_delivered(self, count: int, timeout: float = 120.0) -> list[bytes]:
         deadline = time.monotonic() + timeout
         while len(self.delivered()) < count and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -20,6 +20,8 @@ from harness import LOOPBACK, message
 from test_signals import mailgate_command, spawn_serve, wait_for_log, write_served_config
 
 GRACE = 5.0
+# Waits bound a failure only: a loaded 2-core CI may take far longer than a quiet machine to
+# start two workers (each loads the model and every plugin).
 WORKER_PID = re.compile(r"mailgate\.message\[worker (\d+) pid (\d+)\]: qid=")
 
 
@@ -33,7 +35,7 @@ class Cluster:
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
-    def wait_log(self, pattern: str, count: int = 1, timeout: float = 30.0) -> str:
+    def wait_log(self, pattern: str, count: int = 1, timeout: float = 120.0) -> str:
         def matches(text: str, pattern: str) -> int:
             return len(re.findall(pattern, text))
 
