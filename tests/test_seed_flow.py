@@ -12,6 +12,7 @@ so the README cannot describe a setup that was not tested. Every process is priv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -149,57 +150,92 @@ def _unavailable(reason: str) -> None:
 
 
 @pytest.fixture
-def seed_flow(tmp_path: Path) -> Iterator[SeedFlow]:
+def guide_postfix() -> Iterator[GuidePostfix]:
+    """A started private Postfix configured by config/postfix/, in a scratch directory of its
+    own: not tmp_path, since the daemons must reach their files once they dropped root."""
     if find_postfix() is None:
         _unavailable("postfix is not installed (apt-get install postfix)")
+    if os.geteuid() != 0:
+        _unavailable("a private Postfix instance can only be started as root")
+    scratch = Path(tempfile.mkdtemp(prefix="mailgate-seed-"))
+    try:
+        scratch.chmod(0o711)
+        with GuidePostfix(scratch / "postfix") as postfix:
+            yield postfix
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _spawn_mailgate(
+    stack: contextlib.ExitStack[bool | None], tmp_path: Path, config: Path, port: int
+) -> Path:
+    """`mailgate --config CONFIG serve` (no --dev: the real service), killed when `stack`
+    closes; returns its log file once it greets on `port`."""
+    log = tmp_path / "mailgate.log"
+    env = {k: v for k, v in os.environ.items() if k != "MAILGATE_CONFIG"}
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [*mailgate_command(), "--config", str(config), "serve"],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+    stack.callback(stop)
+    _wait_for_banner(proc, port, log)
+    return log
+
+
+@pytest.fixture
+def seed_flow(guide_postfix: GuidePostfix, tmp_path: Path) -> Iterator[SeedFlow]:
+    """Dovecot behind the guide's Postfix, and `mailgate serve` in front of it; each stopped
+    afterwards in reverse order (mailgate first), even when starting the next one failed."""
     if find_dovecot() is None:
         _unavailable("Dovecot is not installed (apt-get install dovecot-lmtpd dovecot-imapd)")
-    if os.geteuid() != 0:
-        _unavailable("private Postfix and Dovecot instances can only be started as root")
-    # Not tmp_path: the daemons, once they dropped root, must reach their files (see conftest).
-    scratch = Path(tempfile.mkdtemp(prefix="mailgate-seed-"))
-    scratch.chmod(0o711)
     users = {address: secrets.token_hex(8) for address in guide_addresses()}
-    postfix = GuidePostfix(scratch / "postfix")
-    mailgate: subprocess.Popen[bytes] | None = None
-    try:
-        with running_dns_server() as dns, postfix:
-            queue_dir = f"{postfix.queue_dir}/"
-            lmtp_conf = substituted(
-                guide_file("dovecot-lmtp.conf"), GUIDE_QUEUE_DIR, queue_dir, "dovecot-lmtp.conf"
-            )
-            dovecot = DovecotInstance(
-                scratch / "dovecot",
-                users=users,
-                lmtp_socket=postfix.queue_dir / "private" / "dovecot-lmtp",
-                lmtp_extra=lmtp_conf,
-            )
-            with dovecot:
-                config, port = write_served_config(
-                    tmp_path,
-                    [("delivery", "port", str(postfix.port))],
-                    # Every DNS check asks the loopback server (NXDOMAIN for all): none leaves.
-                    extra=f'\n[dns]\nnameservers = ["{LOOPBACK}"]\nport = {dns.port}\n',
-                )
-                log = tmp_path / "mailgate.log"
-                env = {k: v for k, v in os.environ.items() if k != "MAILGATE_CONFIG"}
-                with open(log, "wb") as err:
-                    mailgate = subprocess.Popen(
-                        [*mailgate_command(), "--config", str(config), "serve"],
-                        cwd=tmp_path,
-                        env=env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=err,
-                    )
-                _wait_for_banner(mailgate, port, log)
-                yield SeedFlow(port, config, log, postfix, dovecot, guide_addresses()[0])
-    finally:
-        if mailgate is not None and mailgate.poll() is None:
-            mailgate.kill()
-        if mailgate is not None:
-            mailgate.wait(timeout=30)
-        shutil.rmtree(scratch, ignore_errors=True)
+    lmtp_conf = substituted(
+        guide_file("dovecot-lmtp.conf"),
+        GUIDE_QUEUE_DIR,
+        f"{guide_postfix.queue_dir}/",
+        "dovecot-lmtp.conf",
+    )
+    dovecot = DovecotInstance(
+        guide_postfix.scratch_dir.parent / "dovecot",
+        users=users,
+        lmtp_socket=guide_postfix.queue_dir / "private" / "dovecot-lmtp",
+        lmtp_extra=lmtp_conf,
+    )
+    with contextlib.ExitStack() as stack:
+        dns = stack.enter_context(running_dns_server())
+        stack.enter_context(dovecot)
+        config, port = write_served_config(
+            tmp_path,
+            [("delivery", "port", str(guide_postfix.port))],
+            # Every DNS check asks the loopback server (NXDOMAIN for all): nothing leaves.
+            extra=f'\n[dns]\nnameservers = ["{LOOPBACK}"]\nport = {dns.port}\n',
+        )
+        log = _spawn_mailgate(stack, tmp_path, config, port)
+        yield SeedFlow(port, config, log, guide_postfix, dovecot, guide_addresses()[0])
+
+
+def test_the_loopback_listener_is_no_open_relay(guide_postfix: GuidePostfix) -> None:
+    """mailgate connects from 127.0.0.1, which is in mynetworks: the guide's listener must still
+    refuse other domains (no permit_mynetworks there), so even a client that reaches it directly
+    (any local process) cannot relay through Postfix."""
+    with smtplib.SMTP(*guide_postfix.address, local_hostname="local.example.net") as c:
+        c.ehlo()
+        assert b"XFORWARD" in (c.ehlo_resp or b"")  # trusted: 127.0.0.0/8
+        c.mail("sender@example.net")
+        code, text = c.rcpt("someone@example.org")
+    assert code == 554, text
+    assert b"Relay access denied" in text, text
 
 
 def parsed(raw: bytes) -> Message:
@@ -242,6 +278,11 @@ def test_client_to_imap_through_mailgate_postfix_and_dovecot(seed_flow: SeedFlow
     assert code == 550, text
     assert text.startswith(b"5.1.1 delivery server:"), text
     assert b"User unknown in virtual mailbox table" in text, text
+
+    # Postfix logged the real client that mailgate reported (XFORWARD, trusted on loopback),
+    # under the listener's own syslog_name.
+    line = seed_flow.postfix.wait_for_log("orig_client=", timeout=30)
+    assert "postfix/mailgate/smtpd" in line, line
 
     # 3. A message the shipped policy quarantines (a password form: HTML_PASSWORD_FIELD) is
     #    accepted but not delivered ...
