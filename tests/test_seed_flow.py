@@ -279,10 +279,11 @@ def test_client_to_imap_through_mailgate_postfix_and_dovecot(seed_flow: SeedFlow
     assert text.startswith(b"5.1.1 delivery server:"), text
     assert b"User unknown in virtual mailbox table" in text, text
 
-    # Postfix logged the real client that mailgate reported (XFORWARD, trusted on loopback),
-    # under the listener's own syslog_name.
-    line = seed_flow.postfix.wait_for_log("orig_client=", timeout=30)
+    # Postfix logged the client and the queue id that mailgate reported (XFORWARD, trusted on
+    # loopback), under the listener's own syslog_name: one grep follows the message through both.
+    line = seed_flow.postfix.wait_for_log(f"orig_queue_id={gateway_id}", timeout=30)
     assert "postfix/mailgate/smtpd" in line, line
+    assert "orig_client=unknown[127.0.0.1]" in line, line
 
     # 3. A message the shipped policy quarantines (a password form: HTML_PASSWORD_FIELD) is
     #    accepted but not delivered ...
@@ -306,4 +307,4 @@ def test_client_to_imap_through_mailgate_postfix_and_dovecot(seed_flow: SeedFlow
     [held] = by_subject(messages, "held")
     assert b'type="password"' in held.get_payload(decode=True)
     assert held["Delivered-To"] == seed_flow.user
-    assert held["X-Mailgate-ID"] is not None
+    assert held["X-Mailgate-ID"] == queue_id(held_reply) == entry["id"]
