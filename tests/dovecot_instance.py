@@ -82,6 +82,7 @@ class DovecotInstance:
         self.conf_path = self.scratch_dir / "dovecot.conf"
         self.passwd_path = self.scratch_dir / "users"
         self.log_path = self.scratch_dir / "dovecot.log"
+        self.output_path = self.scratch_dir / "dovecot.out"
         self.lmtp_socket = lmtp_socket
         self.users = dict(users)
         self.lmtp_extra = lmtp_extra
@@ -116,12 +117,15 @@ class DovecotInstance:
         for attempt in range(5):
             port = _free_port()
             self._write_config(port)
-            self._proc = subprocess.Popen(
-                [binary, "-F", "-c", str(self.conf_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
+            # Its own output (config errors before the log opens) goes to a file: a pipe that
+            # nobody reads could fill and block the master.
+            with self.output_path.open("wb") as output:
+                self._proc = subprocess.Popen(
+                    [binary, "-F", "-c", str(self.conf_path)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                )
             try:
                 self._wait_ready(port, deadline)
             except DovecotStartError as exc:
@@ -142,8 +146,6 @@ class DovecotInstance:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
-        if proc is not None and proc.stdout is not None:
-            proc.stdout.close()
         self._kill_leftovers()
 
     def __enter__(self) -> DovecotInstance:
@@ -274,7 +276,7 @@ service managesieve-login {{
             proc = self._proc
             assert proc is not None
             if proc.poll() is not None:
-                output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                output = self.output_path.read_text(errors="replace")
                 raise DovecotStartError(
                     f"dovecot exited with {proc.returncode}:\n{output}\n"
                     f"--- {self.log_path} ---\n{self.log_tail()}"
