@@ -217,7 +217,10 @@ def seed_flow(guide_postfix: GuidePostfix, tmp_path: Path) -> Iterator[SeedFlow]
         stack.enter_context(dovecot)
         config, port = write_served_config(
             tmp_path,
-            [("delivery", "port", str(guide_postfix.port))],
+            [
+                ("delivery", "port", str(guide_postfix.port)),
+                ("relay", "domains", json.dumps(sorted({a.split("@")[1] for a in users}))),
+            ],
             # Every DNS check asks the loopback server (NXDOMAIN for all): nothing leaves.
             extra=f'\n[dns]\nnameservers = ["{LOOPBACK}"]\nport = {dns.port}\n',
         )
