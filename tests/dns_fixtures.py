@@ -14,7 +14,8 @@ from dns_server import SPF_SUITE_RESULTS, DnsTestServer
 from gateway.config import DnsSettings
 from gateway.dns import Resolver
 
-TEST_DNS_TIMEOUT = 0.5  # seconds per query: simulated timeouts stay fast
+TEST_DNS_TIMEOUT = 1.5  # seconds per query: simulated timeouts stay fast, yet a loaded
+# 2-core machine (the test server is a thread of the busy test process) still answers within it
 
 
 @pytest.fixture
