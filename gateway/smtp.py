@@ -453,8 +453,10 @@ class GatewaySMTP(SMTP):
         # for both let a client stall mid-DATA for minutes whatever data_timeout said.
         self._reset_timeout(self.gateway.settings.limits.data_timeout)
         self._in_data = True
-        closing = await self._data(arg)
-        self._in_data = False
+        try:
+            closing = await self._data(arg)
+        finally:
+            self._in_data = False
         self._reset_timeout()
         if self.envelope is None or self.envelope.mail_from is None:
             # aiosmtpd's envelope was reset: after handle_DATA, or after the message was
