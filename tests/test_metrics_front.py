@@ -158,9 +158,13 @@ async def test_recipient_limits_and_routing(
         "RCPT TO:<bob@example.com>",
         "RCPT TO:<carol@example.com>",
         "FROB",
+        "AUTH PLAIN",
+        "HELO",
     )
     await moved(
         {
+            _key("other", "not_supported", "5"): 1,
+            _key("helo", "syntax", "5"): 1,
             _key("rcpt", "sequence", "5"): 1,
             _key("rcpt", "routing_address", "5"): 1,
             _key("rcpt", "too_many_recipients", "4"): 1,
@@ -429,6 +433,21 @@ async def test_access_lists_refuse_at_connect_and_mail(
             closed("quit"): 1,
         }
     )
+
+
+async def test_commands_before_a_required_starttls(
+    tmp_path: Path, start_tls_gateway: Any, counted: Any
+) -> None:
+    shutil.copytree(REPO / "rules", tmp_path / "rules")
+    tls_rules = tmp_path / "rules" / "tls.toml"
+    tls_rules.write_text(tls_rules.read_text().replace("all = false", "all = true"))
+    gw: RunningGateway = await start_tls_gateway()
+    moved = await counted(gw)
+    replies = await asyncio.to_thread(
+        converse, gw.port, "EHLO client.example.net", "MAIL FROM:<alice@example.net>"
+    )
+    assert replies[2].startswith(b"530 5.7.0"), replies
+    await moved({_key("starttls", "tls_required", "5"): 1, ACCEPTED: 1, closed("quit"): 1})
 
 
 @pytest.mark.parametrize(
