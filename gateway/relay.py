@@ -17,10 +17,12 @@ import asyncio
 import logging
 import re
 import ssl
+import time
 from collections.abc import Sequence
 
 import aiosmtplib
 
+from gateway import metrics
 from gateway.config import DeliverySettings
 from gateway.plugin import ClientInfo
 from gateway.text import ascii_printable, printable
@@ -82,6 +84,7 @@ class Downstream:
         self.tls = delivery_tls(settings)
         self.tls_version: str | None = None  # of the open connection; None: plaintext
         self.tls_verified = False  # the open connection authenticated the server (CA or pin)
+        self._waited = 0.0  # seconds spent on the delivery server in this transaction (metrics)
 
     @property
     def connected(self) -> bool:
@@ -140,6 +143,7 @@ class Downstream:
             raise DownstreamFailure(TlsReplies.DOWNSTREAM_NOT_VERIFIED, problem)
         self.tls_version = ssl_object.version() if ssl_object is not None else "unknown"
         self.tls_verified = tls.verified
+        metrics.tls_session("outbound", self.tls_version)
         await smtp.ehlo()  # RFC 3207 4.2: forget what was said in plaintext, ask again
 
     async def _xclient(self, smtp: aiosmtplib.SMTP, client: ClientInfo) -> None:
@@ -192,11 +196,16 @@ class Downstream:
         self, client: ClientInfo, queue_id: str, mail_from: str, options: Sequence[str]
     ) -> SmtpReply:
         """Open (or reuse) the connection and send MAIL FROM; returns the reply to give."""
+        started = time.perf_counter()
         try:
-            return await self._begin(client, queue_id, mail_from, options, retry=True)
+            reply = await self._begin(client, queue_id, mail_from, options, retry=True)
         except DownstreamFailure as failure:
             await self.close()
-            return failure.reply
+            reply = failure.reply
+        self._waited = time.perf_counter() - started
+        if not reply.is_positive:  # the transaction ends here
+            metrics.delivery_ended(reply, self._waited)
+        return reply
 
     async def _begin(
         self,
@@ -271,6 +280,13 @@ class Downstream:
         return TlsReplies.REQUIRETLS_UNSUPPORTED
 
     async def rcpt(self, address: str) -> SmtpReply:
+        started = time.perf_counter()
+        try:
+            return await self._rcpt(address)
+        finally:
+            self._waited += time.perf_counter() - started
+
+    async def _rcpt(self, address: str) -> SmtpReply:
         smtp = self._client
         if smtp is None or not self._in_transaction:
             return Replies.DOWNSTREAM_UNAVAILABLE
@@ -287,6 +303,12 @@ class Downstream:
 
     async def data(self, message: bytes) -> SmtpReply:
         """Send the message; the reply is 250 only if the delivery server said 250."""
+        started = time.perf_counter()
+        reply = await self._data(message)
+        metrics.delivery_ended(reply, self._waited + time.perf_counter() - started)
+        return reply
+
+    async def _data(self, message: bytes) -> SmtpReply:
         smtp = self._client
         if smtp is None or not self._in_transaction:
             return Replies.DOWNSTREAM_UNAVAILABLE

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from gateway import front_replies
+from gateway import front_replies, metrics
 from gateway.access import check_recipient
 from gateway.app import Gateway
 from gateway.cputime import metered
@@ -31,6 +31,7 @@ from gateway.front_symbols import (
     TLS_REQUIRED_RECIPIENT,
     TLS_REQUIRED_SENDER,
 )
+from gateway.metrics import Reason
 from gateway.plugin import ClientInfo, MessageContext, Phase, TlsInfo, new_queue_id
 from gateway.policy import NetworkList
 from gateway.text import printable, quoted
@@ -64,6 +65,13 @@ class Session:
         self._counted_total = False  # counted in gateway.total_connections
         self.errors = 0  # 4xx/5xx replies since the last delivered message
         self.junk = 0  # NOOP, RSET, VRFY, EXPN, HELP since the last delivered message
+        # Why the refusal being returned refuses (gateway.metrics); the adapter counts it when
+        # it sends the reply (take_reason), and classifies the replies no one named.
+        self.reason: Reason | None = None
+
+    def take_reason(self) -> Reason | None:
+        reason, self.reason = self.reason, None
+        return reason
 
     @property
     def tls_required(self) -> bool:
@@ -86,10 +94,12 @@ class Session:
             return None  # on_connect counts, at the greeting
         gateway, limits = self.gateway, settings.limits
         if gateway.total_connections >= limits.max_connections:
+            self.reason = Reason.MAX_CONNECTIONS
             return Replies.TOO_MANY_CONNECTIONS.with_text("Too many connections, try again later")
         trusted = NetworkList(settings.listen.proxy_trusted).matches(peer[0])
         if not trusted:
             if gateway.connections.get(peer[0], 0) >= limits.max_connections_per_ip:
+                self.reason = Reason.PER_IP_LIMIT
                 return Replies.TOO_MANY_CONNECTIONS
             gateway.connections[peer[0]] = gateway.connections.get(peer[0], 0) + 1
             self._counted_ip = peer[0]
@@ -102,6 +112,7 @@ class Session:
         (None for PROXY LOCAL, a health check: the peer is the client)."""
         if not NetworkList(self.gateway.settings.listen.proxy_trusted).matches(peer[0]):
             log.warning("PROXY header from untrusted peer %s refused", peer[0])
+            metrics.refused(metrics.Phase.CONNECT, Reason.PROXY_UNTRUSTED, None)
             return False
         if source is not None:
             self.client.ip, self.client.port = source
@@ -117,11 +128,14 @@ class Session:
             self.client.ip, self.client.port = peer
         limits = gateway.settings.limits
         if gateway.shutting_down:
+            self.reason = Reason.SHUTTING_DOWN
             return Replies.SHUTTING_DOWN
         if not self._counted_total and gateway.total_connections >= limits.max_connections:
+            self.reason = Reason.MAX_CONNECTIONS
             return Replies.TOO_MANY_CONNECTIONS.with_text("Too many connections, try again later")
         if self._counted_ip is None:  # not yet counted by its address (on_transport)
             if gateway.connections.get(self.client.ip, 0) >= limits.max_connections_per_ip:
+                self.reason = Reason.PER_IP_LIMIT
                 return Replies.TOO_MANY_CONNECTIONS
             gateway.connections[self.client.ip] = gateway.connections.get(self.client.ip, 0) + 1
             self._counted_ip = self.client.ip
@@ -162,6 +176,7 @@ class Session:
     def on_starttls(self, tls: TlsInfo | None) -> None:
         """RFC 3207 4.2: after the handshake the client starts over: forget HELO and MAIL."""
         self.client.tls = tls
+        metrics.tls_session("inbound", tls.version if tls else None)
         self.client.helo = None
         self.helo_findings = []
         self.ctx = None
@@ -198,6 +213,7 @@ class Session:
 
     async def on_mail(self, address: str, options: Sequence[str]) -> SmtpReply:
         if self.gateway.shutting_down:
+            self.reason = Reason.SHUTTING_DOWN
             return Replies.SHUTTING_DOWN
         ctx = self._context()
         ctx.queue_id = new_queue_id()
@@ -220,6 +236,7 @@ class Session:
                 quoted(address),
                 quoted(str(reply)),
             )
+            self.reason = metrics.downstream_reason(reply)
             return reply
         self.ctx = ctx
         return Replies.SENDER_OK
@@ -257,9 +274,11 @@ class Session:
             # postmaster of the domains we serve (the first one listed).
             domain = self.postmaster_domain()
             if domain is None:
+                self.reason = Reason.NO_POSTMASTER_DOMAIN
                 return front_replies.NO_POSTMASTER_DOMAIN
             address = f"postmaster@{domain}"
         if len(ctx.rcpt_tos) >= settings.limits.max_recipients:
+            self.reason = Reason.TOO_MANY_RECIPIENTS
             return Replies.TOO_MANY_RECIPIENTS
         refusal = check_recipient(settings.relay, self.client.ip, address)
         if refusal is not None:
@@ -271,6 +290,7 @@ class Session:
                 quoted(address),
                 refusal.text,
             )
+            self.reason = metrics.relay_reason(refusal)
             return refusal
         before = len(ctx.findings)
         tls_findings: list[Finding] = []
@@ -295,6 +315,7 @@ class Session:
                 quoted(address),
                 quoted(str(reply)),
             )
+            self.reason = metrics.downstream_reason(reply)
             return reply
         ctx.rcpt_tos.append(address)
         return Replies.RECIPIENT_OK
@@ -328,12 +349,14 @@ class Session:
         self.busy = True
         try:
             ctx.raw = raw
-            reply = await conclude(self.gateway, ctx, self.delivery)
+            outcome = await conclude(self.gateway, ctx, self.delivery)
+            reply, self.reason = outcome.reply, metrics.outcome_reason(outcome)
             if reply.is_positive:  # delivered (or quarantined): the client starts afresh
                 self.errors = self.junk = 0
             return reply
         except Exception:
             log.exception("qid=%s failed while concluding; client told to retry", ctx.queue_id)
+            self.reason = Reason.INTERNAL_ERROR
             self.delivery.abort()
             return Replies.INTERNAL_ERROR.with_text(
                 f"Internal error, try again later (id={ctx.queue_id})"
@@ -379,6 +402,7 @@ class Session:
         )
         self.delivery.abort()
         self.ctx = None
+        self.reason = Reason.INTERNAL_ERROR
         return Replies.INTERNAL_ERROR
 
     def on_tls_handshake_failed(self, error: BaseException) -> SmtpReply:
@@ -388,6 +412,7 @@ class Session:
             self.client.ip,
             printable(str(error.__cause__ or error)),
         )
+        metrics.refused(metrics.Phase.STARTTLS, Reason.HANDSHAKE_FAILED, None)  # no reply: closed
         self.delivery.abort()
         self.ctx = None
         return Replies.INTERNAL_ERROR
@@ -409,6 +434,7 @@ class Session:
         return verdict.reply.with_text(f"{verdict.reply.text} (id={ctx.queue_id})")
 
     def _log_refusal(self, ctx: MessageContext, phase: Phase, verdict: Verdict) -> None:
+        self.reason = metrics.verdict_reason(verdict)
         log.info(
             "qid=%s client=%s helo=%s from=%s phase=%s action=%s score=%g reason=%s symbols=%s "
             "reply=%s",

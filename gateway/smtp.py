@@ -21,7 +21,9 @@ aiosmtpd's "500 Error: (Exception) text") when anything unexpected happens, with
 envelope reset so both agree there is no transaction; DATA read with every buffer bounded and
 refusals answered at once, ending only on CRLF.CRLF (lines are read up to CRLF, so a bare LF or
 CR can never end it); 5xx for malformed arguments (gateway.smtp_syntax); Postfix's error and
-junk-command limits (gateway.session); connections counted before their PROXY header.
+junk-command limits (gateway.session); connections counted before their PROXY header; every
+refusal, connection and TLS session counted for gateway.metrics (`push` counts each 4xx and 5xx
+once, with the reason the Session named or aiosmtpd's reply classified).
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException
 from aiosmtpd.smtp import Session as SmtpSession
 
-from gateway import front_replies
+from gateway import front_replies, metrics
 from gateway.app import Gateway
 from gateway.data_reader import DataLimits, read_data
 from gateway.delivery import DeliveryTransport
+from gateway.metrics import Closed, Phase, Reason
 from gateway.plugin import TlsInfo
 from gateway.relay import Downstream
 from gateway.session import Session
@@ -237,10 +240,15 @@ class GatewaySMTP(SMTP):
             name: self._checked(name, method) for name, method in self._smtp_methods.items()
         }
         self._closing = False  # a 421 was sent: say nothing more
+        self._command: str | None = None  # the command being answered (gateway.metrics phases)
+        self._in_data = False  # DATA streaming in or being concluded: a timeout refuses it
+        self._closed_by: Closed | None = None  # why we closed (None at the end: the client did)
+        self._open = False  # counted in gateway.metrics as accepted, not yet as closed
 
     def _checked(self, name: str, method: Any) -> Any:
         @functools.wraps(method)  # HELP reads the @syntax attributes of the table's entries
         async def checked(arg: str | None) -> None:
+            self._command = name
             problem = argument_problem(arg)
             if problem is not None:
                 await self.push(str(problem))
@@ -248,13 +256,16 @@ class GatewaySMTP(SMTP):
             if name in _JUNK_COMMANDS:
                 closing = self.connection.on_junk_command()
                 if closing is not None:
-                    await self._close_with(closing)
+                    await self._close_with(closing, Closed.ERROR_LIMIT)
                     return
             await method(arg)
 
         return checked
 
-    async def _close_with(self, reply: SmtpReply) -> None:
+    async def _close_with(self, reply: SmtpReply, why: Closed = Closed.SHUTDOWN) -> None:
+        self._closed_by = self._closed_by or why
+        if why is Closed.ERROR_LIMIT:
+            metrics.refused(metrics.phase_of(self._command), Reason.ERROR_LIMIT, reply.code)
         if not self._closing:
             self._closing = True
             await super().push(str(reply))
@@ -266,12 +277,36 @@ class GatewaySMTP(SMTP):
         super().connection_made(transport)
         if not first or self.session is None:
             return
+        self._open = True
+        metrics.connection_accepted()
         refusal = self.connection.on_transport(_address(self.session.peer))
         if refusal is not None:
             self._greeted = True  # nothing more is said: the greeting is not sent
             self._closing = True
             self._writer.write(str(refusal).encode("ascii") + b"\r\n")
+            self._refused_at_connect(refusal)
             transport.close()
+
+    def _refused_at_connect(self, refusal: SmtpReply) -> None:
+        self._closed_by = Closed.REFUSED
+        metrics.refused(Phase.CONNECT, self.connection.take_reason() or Reason.OTHER, refusal.code)
+
+    def _count_refusal(self, status: str) -> None:
+        """Count a 4xx or 5xx about to be sent, once: the Session's reason, else classified."""
+        reason = self.connection.take_reason()
+        if status[:1] not in ("4", "5"):
+            return
+        if status == STARTTLS_FIRST:  # push sends the policy's reply instead, if it has one
+            required = self.connection.starttls_refusal
+            code = required.code if required is not None else 530
+            metrics.refused(Phase.STARTTLS, Reason.TLS_REQUIRED, code)
+            return
+        phase = metrics.phase_of(self._command)
+        if reason is None:
+            phase, reason = metrics.classify(status, self._command)
+            if status.startswith(("421", "502")):  # aiosmtpd closes after these
+                self._closed_by = Closed.PROTOCOL
+        metrics.refused(phase, reason, int(status[:3]))
 
     def _reset_envelope(self) -> None:
         """aiosmtpd's fresh envelope, as after RSET or the end of DATA."""
@@ -279,7 +314,9 @@ class GatewaySMTP(SMTP):
 
     async def handle_exception(self, error: Exception) -> str:
         status: str = await super().handle_exception(error)
-        if not isinstance(error, TLSSetupException):
+        if isinstance(error, TLSSetupException):
+            self._closed_by = Closed.TLS_FAILED
+        else:
             # The session dropped its transaction (on_error): aiosmtpd's envelope goes with it,
             # or RCPT said "need MAIL" while MAIL said "nested MAIL" and DATA took a message.
             self._reset_envelope()
@@ -288,6 +325,8 @@ class GatewaySMTP(SMTP):
     async def push(self, status: Any) -> None:
         if self._closing:
             return
+        if self._greeted and isinstance(status, str):
+            self._count_refusal(status)
         if not self._greeted:  # aiosmtpd's first push is the greeting: CONNECT runs first
             self._greeted = True
             if not await self._connect():
@@ -300,7 +339,7 @@ class GatewaySMTP(SMTP):
         if isinstance(status, str) and _counts_as_error(status):
             closing = self.connection.on_error_reply()
             if closing is not None:
-                await self._close_with(closing)
+                await self._close_with(closing, Closed.ERROR_LIMIT)
 
     async def _connect(self) -> bool:
         """The CONNECT phase before the greeting; False: refused, the connection is closing."""
@@ -315,6 +354,7 @@ class GatewaySMTP(SMTP):
             refusal = SmtpReply(421, "4.3.0", Replies.INTERNAL_ERROR.text)
         if refusal is not None:
             self._writer.write(str(refusal).encode("ascii") + b"\r\n")
+            self._refused_at_connect(refusal)
             if self.transport is not None:
                 self.transport.close()
             return False
@@ -341,10 +381,25 @@ class GatewaySMTP(SMTP):
             self._in_helo = False
 
     async def smtp_AUTH(self, arg: str) -> None:
+        self.connection.reason = Reason.NOT_SUPPORTED
         await self.push(str(Replies.AUTH_NOT_ENABLED))
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        if not arg:
+            self._closed_by = Closed.QUIT
+        await super().smtp_QUIT(arg)
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes without a reply. Mid-DATA (or while concluding it) or before the
+        # greeting (a PROXY header that never came) that refuses; between commands it only ends.
+        self._closed_by = self._closed_by or Closed.TIMEOUT
+        if self._in_data or not self._greeted:
+            metrics.refused(Phase.DATA if self._in_data else Phase.CONNECT, Reason.TIMEOUT, None)
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         if self._tls_protocol is not None:  # RFC 3207: once only (Postfix: 554 5.5.1)
+            self.connection.reason = Reason.TLS_ALREADY_ACTIVE
             await self.push(str(front_replies.TLS_ALREADY_ACTIVE))
             return
         await super().smtp_STARTTLS(arg)
@@ -397,7 +452,11 @@ class GatewaySMTP(SMTP):
         # the delivery server their time. One timer of data_timeout + delivery.data_timeout + 60 s
         # for both let a client stall mid-DATA for minutes whatever data_timeout said.
         self._reset_timeout(self.gateway.settings.limits.data_timeout)
-        closing = await self._data(arg)
+        self._in_data = True
+        try:
+            closing = await self._data(arg)
+        finally:
+            self._in_data = False
         self._reset_timeout()
         if self.envelope is None or self.envelope.mail_from is None:
             # aiosmtpd's envelope was reset: after handle_DATA, or after the message was
@@ -429,12 +488,15 @@ class GatewaySMTP(SMTP):
 
         async def refuse(reply: SmtpReply) -> None:
             # At once, not after the end of DATA: the client may read it when it is done.
+            self.connection.reason = metrics.data_reason(reply)
             await self.push(str(reply))
 
         result = await read_data(self._reader, bounds, refuse)
         if result.content is None:
             self._reset_envelope()
             if result.closed and result.refusal is not None:
+                self._closed_by = Closed.PROTOCOL
+                metrics.refused(Phase.DATA, Reason.DATA_AFTER_REFUSAL, 421)
                 return front_replies.DATA_AFTER_REFUSAL
             if result.closed and self.transport is not None:
                 self.transport.close()
@@ -448,7 +510,24 @@ class GatewaySMTP(SMTP):
 
     def connection_lost(self, error: Exception | None) -> None:
         self.connection.on_disconnect()
+        self._count_closed()
         super().connection_lost(error)
+
+    def _count_closed(self) -> None:
+        """Once per connection (aiosmtpd may call connection_lost twice after a failed TLS
+        handshake): why it ended."""
+        if not self._open:
+            return
+        self._open = False
+        if not self._greeted and self._closed_by is None and self.session is not None:
+            proxy = self.session.proxy_data
+            if proxy is not None:  # aiosmtpd read a PROXY header, then closed: refused
+                self._closed_by = Closed.REFUSED
+                if not proxy:  # it could not parse it (untrusted: counted by on_proxy)
+                    metrics.refused(Phase.CONNECT, Reason.PROXY_INVALID, None)
+        if self._closed_by is None and self.gateway.shutting_down:
+            self._closed_by = Closed.SHUTDOWN
+        metrics.connection_closed(self._closed_by or Closed.CLIENT_GONE)
 
     @property
     def idle(self) -> bool:

@@ -43,12 +43,12 @@ async def inspect(gateway: Gateway, ctx: MessageContext) -> Verdict:
     return ctx.rules.decide(ctx.findings)
 
 
-async def conclude(gateway: Gateway, ctx: MessageContext, delivery: DeliveryTransport) -> SmtpReply:
-    """Inspect the complete message, act on the verdict, log, and return the reply to give."""
+async def conclude(gateway: Gateway, ctx: MessageContext, delivery: DeliveryTransport) -> Outcome:
+    """Inspect the complete message, act on the verdict, log; the outcome has the reply to give."""
     started = time.perf_counter()
     outcome = await _decide_and_act(gateway, ctx, delivery)
     log_message(ctx, outcome, time.perf_counter() - started)
-    return outcome.reply
+    return outcome
 
 
 async def _decide_and_act(
