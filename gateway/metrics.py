@@ -68,6 +68,16 @@ DNSBL_SUSPENDED = Counter(
     registry=REGISTRY,
 )
 
+RELOADS = Counter(
+    "mailgate_reloads",
+    "SIGHUP reloads of gateway.toml, rules/ and the TLS files: done, or refused (the running "
+    "configuration kept; the log names the file and line)",
+    ["result"],
+    registry=REGISTRY,
+)
+for _result in ("done", "refused"):
+    RELOADS.labels(_result)
+
 enabled = False  # set by `serve_metrics`; `record` is a no-op until then
 
 
@@ -92,6 +102,11 @@ def count_dnsbl_suspension(name: str) -> None:
     """One suspension of DNS list `name` (rare: counted whether the endpoint is on or not, so
     a scrape after enabling it still shows what happened)."""
     DNSBL_SUSPENDED.labels(name).inc()
+
+
+def count_reload(result: str) -> None:
+    """One reload, "done" or "refused" (rare: counted whether the endpoint is on or not)."""
+    RELOADS.labels(result).inc()
 
 
 # `labels()` takes a lock and builds a key on every call (dozens per message): keep the labelled
