@@ -9,6 +9,7 @@ the diff that those log lines are made from.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 import signal
@@ -30,6 +31,7 @@ from test_signals import (
 )
 
 from gateway import metrics
+from gateway.app import Gateway, Runtime
 from gateway.config import DnsSettings, HostPort, MetricsSettings, load_settings
 from gateway.reload import Change, setting_changes, shown, summary, with_running_values
 
@@ -322,3 +324,41 @@ def test_reloads_are_counted_with_both_labels_from_the_start() -> None:
     metrics.count_reload("refused")
     after = metrics.REGISTRY.get_sample_value("mailgate_reloads_total", {"result": "refused"})
     assert after == before + 1
+
+
+# -- generations ----------------------------------------------------------------------------------
+
+
+async def test_a_replaced_resolver_is_closed_once_its_last_connection_lets_go(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path, 1)
+    gateway = Gateway.create(settings)
+    closed: list[object] = []
+    try:
+        held = gateway.acquire()  # a connection in a transaction on the first generation
+        first = held.resolver
+        assert first is not None
+
+        async def record_close() -> None:
+            closed.append(first)
+
+        first.aclose = record_close  # type: ignore[method-assign]
+        # Same [dns]: the new generation shares the resolver (and its cache); nothing closes.
+        same = Runtime.build(settings, gateway.registry, previous=held)
+        assert same.resolver is first
+        moved = dataclasses.replace(settings, dns=DnsSettings(nameservers=("192.0.2.53",)))
+        other = Runtime.build(moved, gateway.registry, previous=same)
+        assert other.resolver is not first
+        gateway.adopt(same)
+        gateway.adopt(other)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert closed == []  # still in use by the connection
+        gateway.release(held)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert closed == [first]
+        assert gateway.runtime is other
+    finally:
+        await gateway.aclose()
