@@ -236,7 +236,7 @@ async def scan_message(gateway: Gateway, label: str, raw: bytes, envelope: Envel
     # plugin reads it (otherwise scan and serve would read one message two ways).
     ctx.raw = without_leading_continuation(ctx.raw)
     ctx.raw, _ = remove_forged(ctx.message, gateway.settings.listen.hostname)
-    verdict = await inspect(chain, ctx)
+    verdict = await inspect(gateway, ctx)
     return Scanned(label, verdict, ctx, crlf != raw)
 
 

@@ -420,8 +420,10 @@ class Session:
             return
         old, self.runtime = self.runtime, self.gateway.acquire()
         self.gateway.release(old)
-        if self._new_delivery is not None and current.settings.delivery != old.settings.delivery:
-            stale, self.delivery = self.delivery, self._new_delivery(current.settings)
+        before, after = old.settings, current.settings
+        moved = (after.delivery, after.listen.hostname) != (before.delivery, before.listen.hostname)
+        if self._new_delivery is not None and moved:
+            stale, self.delivery = self.delivery, self._new_delivery(after)
             self.gateway.close_later(stale.close())
         self.connect_findings, self.helo_findings = [], []
         self.connect_findings = await current.chain.run(Phase.CONNECT, self._context())

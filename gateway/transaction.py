@@ -38,9 +38,10 @@ class Outcome:
     relay_class: str = ""  # the delivery server's answer to DATA: "2xx", "4xx", "5xx"
 
 
-async def inspect(chain: Chain, ctx: MessageContext) -> Verdict:
-    """Run the DATA phase and decide; shared by the live path and `mailgate scan`."""
-    await chain.run(Phase.DATA, ctx)
+async def inspect(gateway: Gateway, ctx: MessageContext, chain: Chain | None = None) -> Verdict:
+    """Run the DATA phase and decide; shared by the live path and `mailgate scan`. `chain`:
+    the transaction's own (a reload may have made a newer one), else the gateway's current."""
+    await (chain or gateway.chain).run(Phase.DATA, ctx)
     return ctx.rules.decide(ctx.findings)
 
 
@@ -69,7 +70,7 @@ async def _decide_and_act(
     # The parse the forged fields are found with is the one every plugin then reads (made
     # again only if something was cut out: ctx.message always reads the final bytes).
     ctx.raw, forged = remove_forged(ctx.message, ctx.settings.listen.hostname)
-    verdict = await inspect(chain, ctx)
+    verdict = await inspect(gateway, ctx, chain)
     note = forged.note()
     if verdict.action in (Action.RELAY, Action.TAG):
         message = prepend_fields(

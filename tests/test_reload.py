@@ -32,8 +32,10 @@ from test_signals import (
 
 from gateway import metrics
 from gateway.app import Gateway, Runtime
-from gateway.config import DnsSettings, HostPort, MetricsSettings, load_settings
+from gateway.config import DnsSettings, HostPort, MetricsSettings, Settings, load_settings
+from gateway.delivery import MockDelivery
 from gateway.reload import Change, setting_changes, shown, summary, with_running_values
+from gateway.session import Session
 
 SHIPPED_ORDER = re.search(
     r"^order = (\[.*\])$",
@@ -361,4 +363,38 @@ async def test_a_replaced_resolver_is_closed_once_its_last_connection_lets_go(
         assert closed == [first]
         assert gateway.runtime is other
     finally:
+        await gateway.aclose()
+
+
+async def test_a_session_keeps_its_generation_to_the_end_of_a_transaction(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, 1)
+    gateway = Gateway.create(settings)
+    first, made = MockDelivery(), []
+
+    def new_delivery(settings: Settings) -> MockDelivery:
+        made.append(MockDelivery())
+        return made[-1]
+
+    session = Session(gateway, first, new_delivery)
+    try:
+        assert await session.on_connect(("127.0.0.1", 4000)) is None
+        assert await session.on_helo("client.example.net", esmtp=True) is None
+        assert (await session.on_mail("a@example.net", [])).is_positive
+        assert (await session.on_rcpt("b@example.com", [])).is_positive
+        running = session.runtime
+        elsewhere = dataclasses.replace(
+            settings, delivery=dataclasses.replace(settings.delivery, port=2999)
+        )
+        gateway.adopt(Runtime.build(elsewhere, gateway.registry, previous=running))
+        assert (await session.on_data(message())).is_positive
+        assert session.runtime is running and first.delivered and made == []
+        # The next transaction moves: a new delivery transport, the old one said goodbye.
+        assert (await session.on_mail("a@example.net", [])).is_positive
+        assert session.runtime is gateway.runtime and running.users == 0
+        [second] = made
+        assert session.delivery is second and second.commands == ["MAIL a@example.net"]
+        await asyncio.sleep(0)
+        assert first.commands[-1] == "QUIT"
+    finally:
+        session.on_disconnect()
         await gateway.aclose()
