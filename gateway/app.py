@@ -1,13 +1,18 @@
 """The gateway's long-lived state shared by every connection: settings, chain, policy, storage.
 
-Policy is swapped whole on reload (`reload_rules`), so each transaction takes one snapshot of it at
-MAIL and keeps it to the end; a broken edit is refused and the running policy stays.
+What a reload may change (settings, policy, plugin chain, DNS resolver) is one `Runtime`, swapped
+whole (`Gateway.adopt`): a connection takes the current one for each transaction (at HELO and
+MAIL) and keeps it to the end, so no transaction runs half on the old set and half on the new.
+A broken edit is refused before anything is swapped and the running set stays.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from gateway.chain import Chain
 from gateway.config import Settings
@@ -47,18 +52,60 @@ def load_checked_rules(settings: Settings, registry: Registry) -> RuleSet:
     return rules
 
 
+@dataclass(eq=False)
+class Runtime:
+    """One generation of everything a reload may change, built whole before it is used.
+
+    `users` counts the connections holding it: a replaced generation's own resources (a
+    resolver the new one does not share) are closed once the last of them lets go.
+    """
+
+    settings: Settings
+    rules: RuleSet
+    chain: Chain
+    services: Services | None
+    users: int = 0
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        registry: Registry,
+        resolver: Resolver | None = None,
+        previous: Runtime | None = None,
+    ) -> Runtime:
+        """Rules, resolver and plugins for `settings`; PolicyError or ConfigErrors if unfit.
+
+        Blocking (files, the model): a reload runs it in a thread. The previous generation's
+        resolver (and its cache) is kept when [dns] did not change.
+        """
+        rules = load_checked_rules(settings, registry)
+        kept = previous.resolver if previous is not None else None
+        if resolver is None and previous is not None and previous.settings.dns == settings.dns:
+            resolver = kept
+        services = Services(settings, resolver)
+        try:
+            chain = Chain.build(registry, services)
+        except RegistryError as exc:
+            raise PolicyError(str(exc)) from exc
+        return cls(settings, rules, chain, services)
+
+    @property
+    def resolver(self) -> Resolver | None:
+        return self.services.resolver if self.services is not None else None
+
+
 @dataclass
 class Gateway:
-    settings: Settings
+    runtime: Runtime
     registry: Registry
-    chain: Chain
-    rules: RuleSet
     store: QuarantineStore
     connections: dict[str, int] = field(default_factory=dict)
     total_connections: int = 0
     shutting_down: bool = False
-    # What the plugins share (the DNS resolver): closed at shutdown, read by metrics.
-    services: Services | None = None
+    # replaced generations still held by a connection (their resources are closed after)
+    _retired: list[Runtime] = field(default_factory=list)
+    _closing: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     def create(
@@ -69,28 +116,83 @@ class Gateway:
             registry = registry or plugin_registry()
         except RegistryError as exc:  # a broken or clashing third-party plugin
             raise PolicyError(str(exc)) from exc
-        rules = load_checked_rules(settings, registry)
-        services = Services(settings, resolver)
-        try:
-            chain = Chain.build(registry, services)
-        except RegistryError as exc:
-            raise PolicyError(str(exc)) from exc
+        runtime = Runtime.build(settings, registry, resolver)
         return cls(
-            settings=settings,
-            registry=registry,
-            chain=chain,
-            rules=rules,
-            store=QuarantineStore(settings.quarantine_dir),
-            services=services,
+            runtime=runtime, registry=registry, store=QuarantineStore(settings.quarantine_dir)
         )
+
+    # The current generation's parts, for whoever serves no transaction (CLI, metrics, start).
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    @property
+    def rules(self) -> RuleSet:
+        return self.runtime.rules
+
+    @property
+    def chain(self) -> Chain:
+        return self.runtime.chain
+
+    @property
+    def services(self) -> Services | None:
+        """What the plugins share (the DNS resolver): closed at shutdown, read by metrics."""
+        return self.runtime.services
+
+    @services.setter
+    def services(self, services: Services | None) -> None:
+        self.runtime.services = services
+
+    # -- generations ---------------------------------------------------------------------------
+
+    def acquire(self) -> Runtime:
+        """The current generation, counted as used until `release`."""
+        self.runtime.users += 1
+        return self.runtime
+
+    def release(self, runtime: Runtime) -> None:
+        runtime.users -= 1
+        if runtime.users <= 0 and runtime in self._retired:
+            self._retired.remove(runtime)
+            self._close_unshared(runtime)
+
+    def adopt(self, runtime: Runtime) -> None:
+        """Swap in a generation built whole; connections take it at their next HELO or MAIL."""
+        old, self.runtime = self.runtime, runtime
+        if old.users > 0:
+            self._retired.append(old)
+        else:
+            self._close_unshared(old)
+
+    def _close_unshared(self, runtime: Runtime) -> None:
+        """Close the resolver of a generation no one uses, unless a live one shares it."""
+        resolver = runtime.resolver
+        live = [self.runtime, *self._retired]
+        if resolver is None or any(r.resolver is resolver for r in live):
+            return
+        close = getattr(resolver, "aclose", None)
+        if close is not None:
+            self.close_later(close())
+
+    def close_later(self, closing: Coroutine[Any, Any, None]) -> None:
+        """Run a cleanup (an old resolver, an old delivery connection) without waiting for it."""
+        try:
+            task = asyncio.get_running_loop().create_task(closing)
+        except RuntimeError:  # no loop (a CLI command): nothing can be in flight
+            closing.close()
+            return
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def aclose(self) -> None:
         """Release shared services at shutdown: DNS lookups still in flight are cancelled, so
         no task or UDP/TCP socket outlives the server (and no ResourceWarning is raised)."""
-        if self.services is not None:
-            close = getattr(self.services.resolver, "aclose", None)
+        for runtime in [self.runtime, *self._retired]:
+            close = getattr(runtime.resolver, "aclose", None)
             if close is not None:
                 await close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     def reload_rules(self) -> bool:
         """Swap in a fresh policy; on any problem keep the running one and say why."""
@@ -99,6 +201,6 @@ class Gateway:
         except PolicyError as exc:
             log.error("rules reload refused, keeping policy %s:\n%s", self.rules.version, exc)
             return False
-        self.rules = rules
+        self.adopt(replace(self.runtime, rules=rules, users=0))
         log.info("rules reloaded: policy %s", rules.version)
         return True

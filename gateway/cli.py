@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -334,7 +334,9 @@ async def _serve(
         metrics = MetricsServer(gateway, settings.metrics.host, metrics_port)
     try:
         # Before "listening" is logged: whoever reads that line may signal us at once.
-        install_signals(asyncio.get_running_loop(), gateway, stop.set, server.tls)
+        install_signals(
+            asyncio.get_running_loop(), gateway, stop.set, server.tls, _demo_dns(world, worker)
+        )
         if metrics is not None:
             await metrics.start()
         host, port = await server.start()
@@ -361,6 +363,18 @@ async def _serve(
         if sink_controller is not None:
             sink_controller.stop()
     return 0
+
+
+def _demo_dns(world: DemoWorld | None, worker: int | None) -> Callable[[Settings], Settings] | None:
+    """What `_load` did to [dns] under --dev/--demo, for a reload to do it again."""
+    from gateway.demo import advertised_port, demo_dns_settings
+
+    port = world.server.port if world is not None else None
+    if port is None and worker is not None:  # the supervisor's demo server, if any
+        port = advertised_port()
+    if port is None:
+        return None
+    return lambda settings: replace(settings, dns=demo_dns_settings(settings.dns, port))
 
 
 async def _send_demo(settings: Settings, host: str, port: int, sink: Any, world: DemoWorld) -> None:

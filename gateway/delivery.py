@@ -43,12 +43,16 @@ class DeliveryTransport(Protocol):
         """Drop the connection at once (client gone, internal error)."""
         ...
 
+    async def close(self) -> None:
+        """Say goodbye and drop the connection (a reload moved the delivery server)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class DeliveryCall:
     """One request a MockDelivery received: the command and its argument."""
 
-    command: str  # MAIL, RCPT, DATA, RSET, ABORT
+    command: str  # MAIL, RCPT, DATA, RSET, ABORT, QUIT
     argument: str = ""
     message: bytes = b""
 
@@ -117,6 +121,10 @@ class MockDelivery:
     def abort(self) -> None:
         self.in_transaction = False
         self.calls.append(DeliveryCall("ABORT"))
+
+    async def close(self) -> None:
+        self.in_transaction = False
+        self.calls.append(DeliveryCall("QUIT"))
 
 
 # mypy checks here that the double keeps up with the protocol (relay.Downstream is checked where

@@ -326,6 +326,16 @@ DELIVERY_SECONDS = Histogram(
     registry=REGISTRY,
 )
 
+RELOADS = Counter(
+    "mailgate_reloads",
+    "SIGHUP reloads of gateway.toml, rules/ and the TLS files: done, or refused (the running "
+    "configuration kept; the log names the file and line)",
+    ["result"],
+    registry=REGISTRY,
+)
+for _result in ("done", "refused"):
+    RELOADS.labels(_result)
+
 enabled = False  # set by `MetricsServer.start`; the counting functions are no-ops until then
 
 
@@ -529,6 +539,11 @@ def preinitialise(gateway: Gateway) -> None:
             _child(TLS_SESSIONS, direction, version)
     for result in Delivery:
         _child(DELIVERIES, result.value)
+
+
+def count_reload(result: str) -> None:
+    """One reload, "done" or "refused" (rare: counted whether the endpoint is on or not)."""
+    RELOADS.labels(result).inc()
 
 
 # `labels()` takes a lock and builds a key on every call (dozens per message): keep the labelled

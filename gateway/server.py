@@ -1,4 +1,4 @@
-"""Run the gateway: listen, serve, reload policy on SIGHUP, drain and stop on SIGTERM."""
+"""Run the gateway: listen, serve, reload on SIGHUP (gateway.reload), drain and stop on SIGTERM."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from gateway.app import Gateway
 from gateway.config import Settings
 from gateway.cputime import install_task_metering
 from gateway.quarantine.maintenance import run_maintenance
+from gateway.reload import Reloader
 from gateway.smtp import GatewaySMTP
 from gateway.tls import ServerTls, server_context
 from gateway.verdict import Replies
@@ -133,16 +134,25 @@ def install_signals(
     gateway: Gateway,
     stop: Callable[[], None],
     tls: ServerTls | None = None,
+    adjust: Callable[[Settings], Settings] | None = None,
 ) -> None:
-    def reload() -> None:
-        gateway.reload_rules()
-        if tls is not None:
-            tls.reload()
+    """SIGHUP reloads (gateway.reload), SIGTERM and SIGINT stop; `adjust`: see Reloader."""
+    reloader = Reloader(gateway, tls, adjust)
+    running: set[asyncio.Task[bool]] = set()
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    async def reload() -> bool:
+        """gateway.toml, rules/ and the TLS files again, all or nothing; False: refused."""
+        return await reloader.reload()
+
+    def hangup() -> None:
+        task = loop.create_task(reload())
+        running.add(task)  # a task nobody holds may be collected before it ends
+        task.add_done_callback(running.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     loop.add_signal_handler(signal.SIGTERM, stop)
     loop.add_signal_handler(signal.SIGINT, stop)
     global _early_reload
     if _early_reload:  # asked for while we were starting: the files may have changed since load
         _early_reload = False
-        loop.call_soon(reload)
+        loop.call_soon(hangup)

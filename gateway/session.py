@@ -17,11 +17,12 @@ limits, shutdown, relay control, the recipient limit, and the order of SMTP comm
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gateway import front_replies, metrics
 from gateway.access import check_recipient
 from gateway.app import Gateway
+from gateway.config import Settings
 from gateway.cputime import metered
 from gateway.delivery import DeliveryTransport
 from gateway.front_symbols import (
@@ -51,9 +52,20 @@ JUNK_LIMIT = 100
 class Session:
     """The state of one client connection and the reply to each of its SMTP events."""
 
-    def __init__(self, gateway: Gateway, delivery: DeliveryTransport) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        delivery: DeliveryTransport,
+        new_delivery: Callable[[Settings], DeliveryTransport] | None = None,
+    ) -> None:
         self.gateway = gateway
+        # The generation of settings, policy and chain this connection's transaction uses:
+        # taken now, moved to the current one between transactions (`_take_current`).
+        self.runtime = gateway.acquire()
+        self._released = False
         self.delivery = delivery
+        # How to reach a delivery server a reload moved (None: `delivery` stays, as in tests).
+        self._new_delivery = new_delivery
         self.client = ClientInfo(ip="", port=0)
         self.connect_findings: list[Finding] = []
         self.helo_findings: list[Finding] = []
@@ -89,7 +101,7 @@ class Session:
         number of connections that never send one. A trusted load balancer's connections count
         in the total only (all of them share its address); the client's address is counted
         once the header names it (on_connect). A reply: refused, close."""
-        settings = self.gateway.settings
+        settings = self.runtime.settings
         if not settings.listen.proxy_protocol:
             return None  # on_connect counts, at the greeting
         gateway, limits = self.gateway, settings.limits
@@ -110,7 +122,7 @@ class Session:
     def on_proxy(self, peer: tuple[str, int], source: tuple[str, int] | None) -> bool:
         """A PROXY header: trusted only from a configured load balancer; `source` is its client
         (None for PROXY LOCAL, a health check: the peer is the client)."""
-        if not NetworkList(self.gateway.settings.listen.proxy_trusted).matches(peer[0]):
+        if not NetworkList(self.runtime.settings.listen.proxy_trusted).matches(peer[0]):
             log.warning("PROXY header from untrusted peer %s refused", peer[0])
             metrics.refused(metrics.Phase.CONNECT, Reason.PROXY_UNTRUSTED, None)
             return False
@@ -126,7 +138,7 @@ class Session:
         gateway = self.gateway
         if not self.client.ip:
             self.client.ip, self.client.port = peer
-        limits = gateway.settings.limits
+        limits = self.runtime.settings.limits
         if gateway.shutting_down:
             self.reason = Reason.SHUTTING_DOWN
             return Replies.SHUTTING_DOWN
@@ -143,7 +155,7 @@ class Session:
             gateway.total_connections += 1
             self._counted_total = True
         ctx = self._context()
-        self.connect_findings = await gateway.chain.run(Phase.CONNECT, ctx)
+        self.connect_findings = await self.runtime.chain.run(Phase.CONNECT, ctx)
         verdict = ctx.rules.forced_now(ctx.findings)
         if verdict is not None:
             self._log_refusal(ctx, Phase.CONNECT, verdict)
@@ -161,6 +173,9 @@ class Session:
     def on_disconnect(self) -> None:
         self.delivery.abort()
         self.ctx = None
+        if not self._released:
+            self._released = True
+            self.gateway.release(self.runtime)
         if self._counted_ip is not None:
             gateway = self.gateway
             left = gateway.connections.get(self._counted_ip, 1) - 1
@@ -185,12 +200,13 @@ class Session:
 
     async def on_helo(self, hostname: str, esmtp: bool) -> SmtpReply | None:
         """The HELO phase; None: go on (the adapter sends the greeting or the EHLO keywords)."""
+        self.ctx = None
+        self.client.helo, self.helo_findings = None, []
+        await self._take_current()
         self.client.helo = hostname
         self.client.esmtp = esmtp
-        self.ctx = None
-        self.helo_findings = []
         ctx = self._context()
-        self.helo_findings = await self.gateway.chain.run(Phase.HELO, ctx)
+        self.helo_findings = await self.runtime.chain.run(Phase.HELO, ctx)
         verdict = ctx.rules.forced_now(ctx.findings)
         if verdict is None:
             return None
@@ -205,7 +221,7 @@ class Session:
         keywords += ["PIPELINING", "ENHANCEDSTATUSCODES"]
         # RFC 8689: offered only inside TLS, and only when we can keep the promise: verified TLS
         # to the delivery server (which must offer REQUIRETLS too; checked at MAIL).
-        if self.client.tls is not None and self.gateway.settings.delivery.tls_verified:
+        if self.client.tls is not None and self.runtime.settings.delivery.tls_verified:
             keywords.append("REQUIRETLS")
         return keywords
 
@@ -215,6 +231,7 @@ class Session:
         if self.gateway.shutting_down:
             self.reason = Reason.SHUTTING_DOWN
             return Replies.SHUTTING_DOWN
+        await self._take_current()
         ctx = self._context()
         ctx.queue_id = new_queue_id()
         ctx.mail_from = address
@@ -222,7 +239,7 @@ class Session:
         # TLS requirements first: a client that must not send without TLS is not inspected.
         verdict = self._refused_for_tls(ctx, self._tls_findings_at_mail(ctx))
         if verdict is None:
-            await self.gateway.chain.run(Phase.MAIL, ctx)
+            await self.runtime.chain.run(Phase.MAIL, ctx)
             verdict = ctx.rules.forced_now(ctx.findings)
         if verdict is not None:
             return self._refusal(ctx, Phase.MAIL, verdict)
@@ -247,7 +264,7 @@ class Session:
         if "REQUIRETLS" in (o.upper() for o in ctx.mail_options):
             if self.client.tls is None:
                 found.append(Finding(REQUIRETLS_WITHOUT_TLS, detail="REQUIRETLS without TLS"))
-            elif not self.gateway.settings.delivery.tls_verified:
+            elif not self.runtime.settings.delivery.tls_verified:
                 found.append(
                     Finding(
                         REQUIRETLS_UNVERIFIED_DELIVERY,
@@ -268,7 +285,7 @@ class Session:
         ctx = self.ctx
         if ctx is None:
             return Replies.NEED_MAIL
-        settings = self.gateway.settings
+        settings = self.runtime.settings
         if address.lower() == "postmaster":
             # RFC 5321 4.5.1: <postmaster> without a domain MUST be accepted; it is the
             # postmaster of the domains we serve (the first one listed).
@@ -300,7 +317,7 @@ class Session:
         verdict = self._refused_for_tls(ctx, tls_findings)
         if verdict is None:
             ctx.rcpt_tos.append(address)
-            await self.gateway.chain.run(Phase.RCPT, ctx)
+            await self.runtime.chain.run(Phase.RCPT, ctx)
             ctx.rcpt_tos.pop()
             verdict = ctx.rules.forced_now(ctx.findings)
         if verdict is not None:
@@ -322,7 +339,7 @@ class Session:
 
     def postmaster_domain(self) -> str | None:
         """The first domain of [relay] domains that is a domain, not ".parent" (subdomains)."""
-        return next((d for d in self.gateway.settings.relay.domains if not d.startswith(".")), None)
+        return next((d for d in self.runtime.settings.relay.domains if not d.startswith(".")), None)
 
     def no_recipients_reply(self) -> SmtpReply:
         """DATA before any accepted RCPT: which command is missing, from our own state."""
@@ -337,8 +354,8 @@ class Session:
 
     def processing_time(self) -> float:
         """Seconds the client may wait after DATA: every plugin's limit, then the delivery."""
-        settings = self.gateway.settings
-        plugins = sum(settings.plugins.timeout_for(p.name) for p in self.gateway.chain.plugins)
+        settings = self.runtime.settings
+        plugins = sum(settings.plugins.timeout_for(p.name) for p in self.runtime.chain.plugins)
         return plugins + settings.delivery.data_timeout + 60
 
     async def on_data(self, raw: bytes) -> SmtpReply:
@@ -349,7 +366,7 @@ class Session:
         self.busy = True
         try:
             ctx.raw = raw
-            outcome = await conclude(self.gateway, ctx, self.delivery)
+            outcome = await conclude(self.gateway, self.runtime.chain, ctx, self.delivery)
             reply, self.reason = outcome.reply, metrics.outcome_reason(outcome)
             if reply.is_positive:  # delivered (or quarantined): the client starts afresh
                 self.errors = self.junk = 0
@@ -419,12 +436,31 @@ class Session:
 
     # -- helpers ------------------------------------------------------------------------------
 
+    async def _take_current(self) -> None:
+        """Between transactions, move to the generation a reload made: its chain finds the
+        connection's CONNECT (and HELO) findings again, so the next transaction is judged on the
+        new set alone; a moved delivery server is reached anew, the old connection closed."""
+        current = self.gateway.runtime
+        if current is self.runtime:
+            return
+        old, self.runtime = self.runtime, self.gateway.acquire()
+        self.gateway.release(old)
+        before, after = old.settings, current.settings
+        moved = (after.delivery, after.listen.hostname) != (before.delivery, before.listen.hostname)
+        if self._new_delivery is not None and moved:
+            stale, self.delivery = self.delivery, self._new_delivery(after)
+            self.gateway.close_later(stale.close())
+        self.connect_findings, self.helo_findings = [], []
+        self.connect_findings = await current.chain.run(Phase.CONNECT, self._context())
+        if self.client.helo is not None:
+            self.helo_findings = await current.chain.run(Phase.HELO, self._context())
+
     def _context(self) -> MessageContext:
         """A fresh context with the connection's findings; the policy snapshot taken now."""
         return MessageContext(
             client=self.client,
-            rules=self.gateway.rules,
-            settings=self.gateway.settings,
+            rules=self.runtime.rules,
+            settings=self.runtime.settings,
             queue_id="-",
             findings=[*self.connect_findings, *self.helo_findings],
         )

@@ -42,6 +42,7 @@ from aiosmtpd.smtp import Session as SmtpSession
 
 from gateway import front_replies, metrics
 from gateway.app import Gateway
+from gateway.config import Settings
 from gateway.data_reader import DataLimits, read_data
 from gateway.delivery import DeliveryTransport
 from gateway.metrics import Closed, Phase, Reason
@@ -108,6 +109,11 @@ def _address(peer: Any) -> tuple[str, int]:
 def _lines(code: int, lines: Sequence[str]) -> list[str]:
     """A multi-line reply as aiosmtpd pushes it: `250-a`, ..., `250 z`."""
     return [f"{code}-{line}" for line in lines[:-1]] + [f"{code} {lines[-1]}"]
+
+
+def downstream_for(settings: Settings) -> Downstream:
+    """The real delivery transport for `settings` [delivery]."""
+    return Downstream(settings.delivery, settings.listen.hostname)
 
 
 class SessionHooks:
@@ -213,9 +219,11 @@ class GatewaySMTP(SMTP):
         self.command_size_limit = limits.max_command_length
         self.command_size_limits = collections.defaultdict(lambda: limits.max_command_length)
         self.gateway = gateway
-        if delivery is None:
-            delivery = Downstream(gateway.settings.delivery, listen.hostname)
-        self.connection = Session(gateway, delivery)
+        new_delivery = None
+        if delivery is None:  # ours, not a test's: a reload that moves the server makes anew
+            new_delivery = downstream_for
+            delivery = downstream_for(gateway.settings)
+        self.connection = Session(gateway, delivery, new_delivery)
         self.hooks = SessionHooks(self.connection, listen.hostname)
         self._greeted = False
         self._in_helo = False
@@ -478,7 +486,7 @@ class GatewaySMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return None
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        limits = self.gateway.settings.limits
+        limits = self.connection.runtime.settings.limits  # the transaction's generation
         bounds = DataLimits(
             max_size=limits.max_message_size,
             max_line=self.line_length_limit,

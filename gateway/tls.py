@@ -91,6 +91,12 @@ class ServerTls:
     def context(self) -> ssl.SSLContext | None:
         return self._context
 
+    def install(self, settings: TlsSettings, context: ssl.SSLContext | None) -> None:
+        """Swap in a context built elsewhere (a whole-configuration reload, gateway.reload)."""
+        self.settings, self._context = settings, context
+        if context is not None:
+            log.info("TLS certificate reloaded from %s", settings.cert_file)
+
     def reload(self) -> bool:
         """Load the certificate files again into a fresh context; keep the old one on error."""
         if self.settings is None or self.settings.cert_file is None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway import metrics
 from gateway.app import Gateway
+from gateway.chain import Chain
 from gateway.cputime import metered, offload
 from gateway.delivery import DeliveryTransport
 from gateway.front_symbols import BARE_LINE_ENDING, NUL_CHARACTER
@@ -37,40 +38,45 @@ class Outcome:
     relay_class: str = ""  # the delivery server's answer to DATA: "2xx", "4xx", "5xx"
 
 
-async def inspect(gateway: Gateway, ctx: MessageContext) -> Verdict:
-    """Run the DATA phase and decide; shared by the live path and `mailgate scan`."""
-    await gateway.chain.run(Phase.DATA, ctx)
+async def inspect(gateway: Gateway, ctx: MessageContext, chain: Chain | None = None) -> Verdict:
+    """Run the DATA phase and decide; shared by the live path and `mailgate scan`. `chain`:
+    the transaction's own (a reload may have made a newer one), else the gateway's current."""
+    await (chain or gateway.chain).run(Phase.DATA, ctx)
     return ctx.rules.decide(ctx.findings)
 
 
-async def conclude(gateway: Gateway, ctx: MessageContext, delivery: DeliveryTransport) -> Outcome:
-    """Inspect the complete message, act on the verdict, log; the outcome has the reply to give."""
+async def conclude(
+    gateway: Gateway, chain: Chain, ctx: MessageContext, delivery: DeliveryTransport
+) -> Outcome:
+    """Inspect the complete message, act on the verdict, log; the outcome has the reply to give.
+
+    `chain` and `ctx.settings` are the transaction's generation (a reload may have made a newer
+    one since MAIL); `gateway` gives only what no reload changes (the quarantine store).
+    """
     started = time.perf_counter()
-    outcome = await _decide_and_act(gateway, ctx, delivery)
+    outcome = await _decide_and_act(gateway, chain, ctx, delivery)
     log_message(ctx, outcome, time.perf_counter() - started)
     return outcome
 
 
 async def _decide_and_act(
-    gateway: Gateway, ctx: MessageContext, delivery: DeliveryTransport
+    gateway: Gateway, chain: Chain, ctx: MessageContext, delivery: DeliveryTransport
 ) -> Outcome:
-    refused = _refused_for_line_endings(gateway, ctx)
+    refused = _refused_for_line_endings(ctx)
     if refused is not None:
         await metered(delivery.reset(), ctx.meter("relay"))
         return Outcome(refused, _with_id(refused.reply, ctx.queue_id))
     ctx.raw = without_leading_continuation(ctx.raw)
     # The parse the forged fields are found with is the one every plugin then reads (made
     # again only if something was cut out: ctx.message always reads the final bytes).
-    ctx.raw, forged = remove_forged(ctx.message, gateway.settings.listen.hostname)
-    verdict = await inspect(gateway, ctx)
+    ctx.raw, forged = remove_forged(ctx.message, ctx.settings.listen.hostname)
+    verdict = await inspect(gateway, ctx, chain)
     note = forged.note()
     if verdict.action in (Action.RELAY, Action.TAG):
         message = prepend_fields(
             _marked(ctx, verdict),
-            received_field(
-                ctx.client, gateway.settings.listen.hostname, ctx.queue_id, ctx.rcpt_tos
-            ),
-            auth_fields(ctx, gateway.settings.listen.hostname),
+            received_field(ctx.client, ctx.settings.listen.hostname, ctx.queue_id, ctx.rcpt_tos),
+            auth_fields(ctx, ctx.settings.listen.hostname),
             verdict_fields(verdict, ctx.queue_id),
             spam_fields(verdict, ctx.rules),
         )
@@ -103,7 +109,7 @@ def _marked(ctx: MessageContext, verdict: Verdict) -> bytes:
     return ctx.raw
 
 
-def _refused_for_line_endings(gateway: Gateway, ctx: MessageContext) -> Verdict | None:
+def _refused_for_line_endings(ctx: MessageContext) -> Verdict | None:
     """A bare CR or LF, or a NUL (CRLF NUL "." CRLF smuggles too), is never relayed as sent.
 
     With limits.bare_line_endings = "reject" it is a finding that policy may refuse at once
@@ -113,7 +119,7 @@ def _refused_for_line_endings(gateway: Gateway, ctx: MessageContext) -> Verdict 
     nul = has_nul(ctx.raw)
     if not nul and not has_bare_line_endings(ctx.raw):
         return None
-    if gateway.settings.limits.bare_line_endings == "reject":
+    if ctx.settings.limits.bare_line_endings == "reject":
         symbol = NUL_CHARACTER if nul else BARE_LINE_ENDING
         ctx.findings.append(Finding(symbol, detail="limits.bare_line_endings = reject"))
         verdict = ctx.rules.forced_now(ctx.findings)
@@ -128,8 +134,8 @@ async def _quarantine(
 ) -> Outcome:
     message = prepend_fields(
         ctx.raw,
-        received_field(ctx.client, gateway.settings.listen.hostname, ctx.queue_id, ctx.rcpt_tos),
-        auth_fields(ctx, gateway.settings.listen.hostname),
+        received_field(ctx.client, ctx.settings.listen.hostname, ctx.queue_id, ctx.rcpt_tos),
+        auth_fields(ctx, ctx.settings.listen.hostname),
         verdict_fields(verdict, ctx.queue_id),
     )
     try:

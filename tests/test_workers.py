@@ -139,8 +139,9 @@ def test_sigterm_stops_every_process_within_the_grace(cluster: Cluster) -> None:
 
 def test_sighup_reaches_every_worker(cluster: Cluster) -> None:
     cluster.proc.send_signal(signal.SIGHUP)
-    text = cluster.wait_log(r"mailgate\[worker \d+ pid \d+\]: rules reloaded", 2)
-    assert len(set(re.findall(r"mailgate\[worker (\d+) pid \d+\]: rules reloaded", text))) == 2
+    text = cluster.wait_log(r"mailgate\[worker \d+ pid \d+\]: reloaded \S+gateway.toml", 2)
+    workers = re.findall(r"mailgate\[worker (\d+) pid \d+\]: reloaded \S+gateway.toml", text)
+    assert len(set(workers)) == 2
 
 
 def test_sighup_while_workers_start_kills_none_and_reaches_each(tmp_path: Path) -> None:
@@ -152,7 +153,7 @@ def test_sighup_while_workers_start_kills_none_and_reaches_each(tmp_path: Path) 
     try:
         cluster.wait_log(r"worker 1 started: pid \d+", 1)
         proc.send_signal(signal.SIGHUP)
-        text = cluster.wait_log(r"mailgate\[worker \d+ pid \d+\]: rules reloaded", 2)
+        text = cluster.wait_log(r"mailgate\[worker \d+ pid \d+\]: reloaded \S+gateway.toml", 2)
         assert "died" not in text, text
         _wait_for_workers(cluster, 2)
     finally:

@@ -79,6 +79,25 @@ class ClassifierConfig(Table):
         return (base / value).resolve()
 
 
+_last_loaded: tuple[tuple[Path, int, int], SpamModel] | None = None
+
+
+def _loaded(path: Path) -> SpamModel:
+    """The model at `path`, loaded again only when the file changed: a reload that leaves
+    [plugins.classifier] alone keeps the model it has (loading one reads and hashes 4 MB)."""
+    global _last_loaded
+    try:
+        status = path.stat()
+        key = (path.resolve(), status.st_mtime_ns, status.st_size)
+    except OSError:
+        return load(path)  # says what is wrong with it
+    if _last_loaded is not None and _last_loaded[0] == key:
+        return _last_loaded[1]
+    model = load(path)
+    _last_loaded = (key, model)
+    return model
+
+
 class SpamClassifier(PluginBase):
     name: ClassVar[str] = "classifier"
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.DATA})
@@ -92,7 +111,7 @@ class SpamClassifier(PluginBase):
         own = services.config_for(self.name, ClassifierConfig)
         path = own.model if own is not None and own.model is not None else None
         # without [plugins.classifier] model: the older [classifier] table, or the default
-        self.model: SpamModel = load(path or services.settings.classifier.model)
+        self.model: SpamModel = _loaded(path or services.settings.classifier.model)
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         model = self.model
