@@ -42,6 +42,7 @@ from gateway import front_replies
 from gateway.app import Gateway
 from gateway.data_reader import DataLimits, read_data
 from gateway.delivery import DeliveryTransport
+from gateway.logcontext import bind_qid
 from gateway.plugin import TlsInfo
 from gateway.relay import Downstream
 from gateway.session import Session
@@ -250,7 +251,13 @@ class GatewaySMTP(SMTP):
                 if closing is not None:
                     await self._close_with(closing)
                     return
-            await method(arg)
+            try:
+                await method(arg)
+            finally:
+                # The log lines' qid (gateway.logcontext), set at MAIL, lasts as long as the
+                # transaction: after a refused MAIL, DATA, RSET or a new EHLO it is gone.
+                ctx = self.connection.ctx
+                bind_qid(ctx.queue_id if ctx is not None else None)
 
         return checked
 
