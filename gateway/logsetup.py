@@ -143,6 +143,8 @@ class ReopeningFileHandler(logging.StreamHandler[TextIO]):
         old = self.setStream(stream)
         if old is not None:
             old.close()
+        # The first line of the new file: each process says it, so a rotation can be checked.
+        logging.getLogger("mailgate").info("log file %s reopened", self.path)
 
     def handleError(self, record: logging.LogRecord) -> None:
         if not self.failing:

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from logging import LogRecord
 from pathlib import Path
 from typing import Any, ClassVar
@@ -103,16 +103,25 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
-def wait_json(proc: Process, path: Path, want: Any, timeout: float = 60.0) -> list[dict[str, Any]]:
-    """The log's entries once one satisfies `want`; `timeout` bounds a failure only."""
+def wait_entries(
+    proc: Process, path: Path, enough: Callable[[list[dict[str, Any]]], bool], timeout: float = 60.0
+) -> list[dict[str, Any]]:
+    """The log's entries once `enough(entries)`; `timeout` bounds a failure only."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         entries = json_lines(path)
-        if any(want(e) for e in entries):
+        if enough(entries):
             return entries
         proc.alive()
         time.sleep(0.05)
     raise AssertionError(f"not logged in {timeout}s to {path}:\n{json_lines(path)}")
+
+
+def wait_json(
+    proc: Process, path: Path, want: Callable[[dict[str, Any]], bool], timeout: float = 60.0
+) -> list[dict[str, Any]]:
+    """The log's entries once one of them satisfies `want`."""
+    return wait_entries(proc, path, lambda entries: any(map(want, entries)), timeout)
 
 
 def send_one(port: int) -> str:
@@ -185,6 +194,35 @@ def test_sigusr1_and_sighup_reopen_a_rotated_log_file(
     # SIGHUP still reloads: what it says is in the new file
     wait_json(proc, log, lambda e: e["message"].startswith("rules reloaded"))
     proc.alive()
+
+
+def test_with_workers_sigusr1_reopens_every_process_log(tmp_path: Path) -> None:
+    # The supervisor reopens its own handle and forwards SIGUSR1; each worker reopens its own.
+    log = tmp_path / "mailgate.log"
+    config, port = served_config(
+        tmp_path,
+        {"format": '"json"', "destination": '"file"', "file": '"../mailgate.log"'},
+        changes=[("listen", "workers", "2")],
+    )
+
+    def listening(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in entries if e["message"].startswith("listening on")]
+
+    def reopened(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in entries if e["message"].endswith(" reopened")]
+
+    proc = Process(tmp_path, config, port)
+    try:
+        started = wait_entries(proc, log, lambda entries: len(listening(entries)) == 2, 120)
+        workers = {e["worker"]: e["pid"] for e in listening(started)}
+        assert sorted(workers) == [0, 1]
+        log.rename(tmp_path / "mailgate.log.1")
+        proc.proc.send_signal(signal.SIGUSR1)
+        entries = wait_entries(proc, log, lambda entries: len(reopened(entries)) == 3)
+        by_pid = {e["pid"]: e.get("worker") for e in reopened(entries)}
+        assert by_pid == {proc.proc.pid: None, workers[0]: 0, workers[1]: 1}
+    finally:
+        proc.stop()
 
 
 def test_an_unwritable_log_file_stops_serve_at_start_naming_it(tmp_path: Path) -> None:
