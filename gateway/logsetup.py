@@ -143,6 +143,7 @@ class ReopeningFileHandler(logging.StreamHandler[TextIO]):
         old = self.setStream(stream)
         if old is not None:
             old.close()
+        self.failing = False  # a write failure on the new file is reported again
         # The first line of the new file: each process says it, so a rotation can be checked.
         logging.getLogger("mailgate").info("log file %s reopened", self.path)
 
