@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from gateway import __version__
 from gateway.config import Settings, load_settings
+from gateway.logsetup import SafeFormatter as SafeFormatter  # tests import it from here
+from gateway.logsetup import configure_logging, hold_early_reopens
 from gateway.text import printable
 from gateway.tomlfile import ConfigError, ConfigErrors
 
@@ -41,26 +43,13 @@ def _config_path(arg: str | None) -> Path | None:
     return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
 
 
-class SafeFormatter(logging.Formatter):
-    """Escape control characters in every log line, tracebacks included.
-
-    Our own log calls pass client values through gateway.text, but a traceback carries the raw
-    exception text, which may quote a header value (a plugin's `int(value)`...): without this an
-    escape sequence in a message could reach the admin's terminal through the log.
-    """
-
-    def format(self, record: logging.LogRecord) -> str:
-        return "\n".join(printable(line, 20_000) for line in super().format(record).split("\n"))
-
-
-def _setup_logging(level: str, worker: int | None = None) -> None:
-    handler = logging.StreamHandler()
-    # A worker names itself on every line: which process handled which message.
-    name = "%(name)s" if worker is None else f"%(name)s[worker {worker} pid %(process)d]"
-    handler.setFormatter(SafeFormatter(f"%(asctime)s %(levelname)s {name}: %(message)s"))
-    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
-    # aiosmtpd logs every command line at INFO; our own log line per message says what matters.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+def _setup_logging(settings: Settings, worker: int | None = None) -> None:
+    """[logging] (gateway.logsetup); a log file or syslog we cannot write stops us here."""
+    try:
+        configure_logging(settings, worker)
+    except ConfigError as exc:
+        print(f"mailgate: configuration error:\n{exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _load(
@@ -192,6 +181,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.server import hold_early_reloads
 
     hold_early_reloads()
+    hold_early_reopens()  # logrotate's SIGUSR1 while we load: noted, not fatal
     if worker is None:
         try:
             settings = load_settings(_config_path(args.config))
@@ -204,7 +194,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # in a child process validates all of that first, with the same messages.
             if not _checked_in_child(args):
                 return 1
-            _setup_logging(settings.log_level, None)
+            _setup_logging(settings, None)
             return asyncio.run(_supervise(settings, dev=args.dev, demo=args.demo))
     world: DemoWorld | None = None
     demo_port: int | None = None
@@ -229,7 +219,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"mailgate: {problem}", file=sys.stderr)
         if tls_problems:
             return 1
-        _setup_logging(settings.log_level, worker)
+        _setup_logging(settings, worker)
         return asyncio.run(
             _serve(settings, gateway, dev=args.dev, demo=args.demo, worker=worker, world=world)
         )

@@ -321,13 +321,13 @@ class Settings:
     rules_dir: Path
     quarantine_dir: Path
     dev_maildir: Path
-    log_level: str = "info"
     dns: DnsSettings = field(default_factory=DnsSettings)
     quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
     mime: MimeSettings = field(default_factory=MimeSettings)
     clamav: ClamavSettings = field(default_factory=ClamavSettings)
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    logging: LoggingTable = field(default_factory=lambda: LoggingTable())
 
 
 # -- the file: its tables, and the checks that span keys or tables -------------------------------
@@ -344,11 +344,49 @@ class PathsTable:
     dev_maildir: SettingPath
 
 
+SyslogFacility = Literal[
+    "mail", "daemon", "user", "local0", "local1", "local2", "local3", "local4", "local5",
+    "local6", "local7",
+]  # fmt: skip
+
+
+class SyslogAddress(NamedTuple):
+    """A local socket (`path`) or a UDP `host:port`."""
+
+    path: str | None
+    host: str = ""
+    port: int = 0
+
+
+def _syslog_address(value: Any) -> SyslogAddress:
+    if isinstance(value, str) and value.startswith("/"):
+        return SyslogAddress(value)
+    host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    host = host.strip("[]")
+    number = int(port) if sep and port.isascii() and port.isdigit() else 0
+    if not host or not 1 <= number <= 65535:
+        raise ValueError(
+            f'must be a socket path like "/dev/log" or a UDP "host:port" (got {value!r})'
+        )
+    return SyslogAddress(None, host, number)
+
+
+LOCAL_SYSLOG = SyslogAddress("/dev/log")  # journald or rsyslog on every systemd machine
+
+
 @dataclass(frozen=True)
 class LoggingTable:
+    """[logging]: how much (level), in what form (text or JSON lines) and where (stderr, a file
+    reopened on SIGHUP/SIGUSR1, or syslog); gateway.logsetup applies it."""
+
     __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
 
     level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    destination: Literal["stderr", "file", "syslog"] = "stderr"
+    file: SettingPath = Path("/var/log/mailgate/mailgate.log")  # with destination = "file"
+    syslog_address: Annotated[SyslogAddress, PlainValidator(_syslog_address)] = LOCAL_SYSLOG
+    facility: SyslogFacility = "mail"
 
 
 def _proxy_needs_trusted(listen: ListenSettings) -> ListenSettings:
@@ -477,11 +515,11 @@ def load_settings(path: Path | None) -> Settings:
         rules_dir=written.paths.rules,
         quarantine_dir=written.paths.quarantine,
         dev_maildir=written.paths.dev_maildir,
-        log_level=written.logging.level,
         dns=written.dns,
         quarantine=written.quarantine,
         mime=written.mime,
         clamav=written.clamav,
         classifier=written.classifier,
         metrics=written.metrics,
+        logging=written.logging,
     )

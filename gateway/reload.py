@@ -36,7 +36,6 @@ _TOP_LEVEL = {
     "rules_dir": ("paths", "rules"),
     "quarantine_dir": ("paths", "quarantine"),
     "dev_maildir": ("paths", "dev_maildir"),
-    "log_level": ("logging", "level"),
 }
 # A field the file spells otherwise.
 _SPELLED = {("listen", "host"): "address"}
@@ -51,6 +50,12 @@ RESTART_NEEDED = (
     ("metrics", "address"),
     ("quarantine_dir", None),
     ("dev_maildir", None),
+    # the log handlers are made once at start (the level alone is applied live)
+    ("logging", "format"),
+    ("logging", "destination"),
+    ("logging", "file"),
+    ("logging", "syslog_address"),
+    ("logging", "facility"),
 )
 
 
@@ -251,5 +256,5 @@ class Reloader:
         new = built.runtime.settings
         if self.tls is not None:
             self.tls.install(new.tls, built.tls)
-        if new.log_level != old.log_level:
-            logging.getLogger().setLevel(new.log_level.upper())
+        if new.logging.level != old.logging.level:
+            logging.getLogger().setLevel(new.logging.level.upper())

@@ -14,6 +14,7 @@ from typing import cast
 from gateway.app import Gateway
 from gateway.config import Settings
 from gateway.cputime import install_task_metering
+from gateway.logsetup import install_reopen_signal, reopen_logs
 from gateway.quarantine.maintenance import run_maintenance
 from gateway.reload import Reloader
 from gateway.smtp import GatewaySMTP
@@ -142,6 +143,7 @@ def install_signals(
 
     async def reload() -> bool:
         """gateway.toml, rules/ and the TLS files again, all or nothing; False: refused."""
+        reopen_logs()  # first: what the reload says goes to the new file
         return await reloader.reload()
 
     def hangup() -> None:
@@ -152,6 +154,7 @@ def install_signals(
     loop.add_signal_handler(signal.SIGHUP, hangup)
     loop.add_signal_handler(signal.SIGTERM, stop)
     loop.add_signal_handler(signal.SIGINT, stop)
+    install_reopen_signal(loop)  # SIGUSR1: reopen the log file only (logrotate's postrotate)
     global _early_reload
     if _early_reload:  # asked for while we were starting: the files may have changed since load
         _early_reload = False

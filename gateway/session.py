@@ -32,6 +32,7 @@ from gateway.front_symbols import (
     TLS_REQUIRED_RECIPIENT,
     TLS_REQUIRED_SENDER,
 )
+from gateway.logcontext import bind_qid
 from gateway.metrics import Reason
 from gateway.plugin import ClientInfo, MessageContext, Phase, TlsInfo, new_queue_id
 from gateway.policy import NetworkList
@@ -234,6 +235,7 @@ class Session:
         await self._take_current()
         ctx = self._context()
         ctx.queue_id = new_queue_id()
+        bind_qid(ctx.queue_id)  # every line until the transaction ends carries it (smtp.py)
         ctx.mail_from = address
         ctx.mail_options = list(options)
         # TLS requirements first: a client that must not send without TLS is not inspected.

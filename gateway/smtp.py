@@ -45,6 +45,7 @@ from gateway.app import Gateway
 from gateway.config import Settings
 from gateway.data_reader import DataLimits, read_data
 from gateway.delivery import DeliveryTransport
+from gateway.logcontext import bind_qid
 from gateway.metrics import Closed, Phase, Reason
 from gateway.plugin import TlsInfo
 from gateway.relay import Downstream
@@ -266,7 +267,13 @@ class GatewaySMTP(SMTP):
                 if closing is not None:
                     await self._close_with(closing, Closed.ERROR_LIMIT)
                     return
-            await method(arg)
+            try:
+                await method(arg)
+            finally:
+                # The log lines' qid (gateway.logcontext), set at MAIL, lasts as long as the
+                # transaction: after a refused MAIL, DATA, RSET or a new EHLO it is gone.
+                ctx = self.connection.ctx
+                bind_qid(ctx.queue_id if ctx is not None else None)
 
         return checked
 

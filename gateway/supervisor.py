@@ -3,8 +3,9 @@
 Each worker is a fresh interpreter (`python -m gateway --config ... serve --worker I`), never a fork
 of a running event loop; each binds the listening address with SO_REUSEPORT and the kernel spreads
 connections across them. The supervisor restarts a worker that dies (with backoff), forwards SIGHUP
-(reload rules and certificates) to every worker, and on SIGTERM/SIGINT asks them to drain and stop,
-waiting up to the shutdown grace before killing what is left.
+(reload rules and certificates) and SIGUSR1 (reopen the log file; each worker writes its own handle)
+to every worker, and on SIGTERM/SIGINT asks them to drain and stop, waiting up to the shutdown
+grace before killing what is left.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from gateway.config import Settings
+from gateway.logsetup import install_reopen_signal, reopen_logs
 
 log = logging.getLogger("mailgate")
 
@@ -58,6 +60,7 @@ class Supervisor:
         # that the default action would kill it); one asked for meanwhile is sent then.
         self.ready: set[int] = set()
         self.reload_pending: set[int] = set()
+        self.reopen_pending: set[int] = set()  # SIGUSR1 (reopen the log file) likewise
         self.all_ready = asyncio.Event()
 
     async def _spawn(self, index: int) -> asyncio.subprocess.Process:
@@ -89,20 +92,33 @@ class Supervisor:
         self.ready.add(index)
         if len(self.ready) == self.count:
             self.all_ready.set()
-        if index in self.reload_pending:
-            self.reload_pending.discard(index)
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGHUP)
+        for pending, signum in (
+            (self.reopen_pending, signal.SIGUSR1),
+            (self.reload_pending, signal.SIGHUP),
+        ):
+            if index in pending:
+                pending.discard(index)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signum)
 
-    def reload_all(self) -> None:
+    def _forward(self, signum: int, pending: set[int]) -> None:
+        """`signum` to every ready worker; one not ready yet gets it once it is (_on_ready)."""
         for index, proc in self.procs.items():
             if proc.returncode is not None:
                 continue
             if index in self.ready:
                 with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGHUP)
+                    proc.send_signal(signum)
             else:
-                self.reload_pending.add(index)
+                pending.add(index)
+
+    def reload_all(self) -> None:
+        reopen_logs()  # our own log file; each worker reopens its own on the SIGHUP
+        self._forward(signal.SIGHUP, self.reload_pending)
+
+    def reopen_all(self) -> None:
+        reopen_logs()
+        self._forward(signal.SIGUSR1, self.reopen_pending)
 
     async def _keep(self, index: int) -> None:
         """Run worker `index`; restart it whenever it dies, until we are stopping."""
@@ -145,6 +161,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self.reload_all)
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
+        install_reopen_signal(loop, self.reopen_all)
         log.info("supervisor pid %d: starting %d workers", os.getpid(), self.count)
         keepers = [asyncio.create_task(self._keep(i)) for i in range(self.count)]
         await self.stopping.wait()

@@ -259,7 +259,7 @@ def test_changes_name_each_table_and_key_and_which_need_a_restart(tmp_path: Path
         ),
         metrics=MetricsSettings(address=HostPort("127.0.0.1", 9325)),
         quarantine_dir=tmp_path / "elsewhere",
-        log_level="debug",
+        logging=dataclasses.replace(old.logging, level="debug"),
     )
     changes = setting_changes(old, new)
     assert [(c.name, c.restart) for c in changes] == [
@@ -269,16 +269,16 @@ def test_changes_name_each_table_and_key_and_which_need_a_restart(tmp_path: Path
         ("[plugins] order", False),
         ("[plugins.content] *", False),
         ("[paths] quarantine", True),
-        ("[logging] level", False),
         ("[dns] nameservers", False),
         ("[metrics] address", True),
+        ("[logging] level", False),
     ]
     assert changes[1].restart_line() == (
         f"restart needed: [listen] port changed {old.listen.port} -> 2600; "
         "running with the old value"
     )
     assert (
-        changes[-1]
+        changes[-2]
         .restart_line()
         .startswith("restart needed: [metrics] address changed (unset) -> 127.0.0.1:9325")
     )
@@ -398,3 +398,16 @@ async def test_a_session_keeps_its_generation_to_the_end_of_a_transaction(tmp_pa
     finally:
         session.on_disconnect()
         await gateway.aclose()
+
+
+def test_log_handlers_need_a_restart_but_the_level_does_not(tmp_path: Path) -> None:
+    old = make_settings(tmp_path, 2526)
+    new = dataclasses.replace(
+        old,
+        logging=dataclasses.replace(old.logging, level="debug", format="json"),
+    )
+    changes = setting_changes(old, new)
+    assert [(c.name, c.restart) for c in changes] == [
+        ("[logging] level", False),
+        ("[logging] format", True),
+    ]
