@@ -21,7 +21,9 @@ aiosmtpd's "500 Error: (Exception) text") when anything unexpected happens, with
 envelope reset so both agree there is no transaction; DATA read with every buffer bounded and
 refusals answered at once, ending only on CRLF.CRLF (lines are read up to CRLF, so a bare LF or
 CR can never end it); 5xx for malformed arguments (gateway.smtp_syntax); Postfix's error and
-junk-command limits (gateway.session); connections counted before their PROXY header.
+junk-command limits (gateway.session); connections counted before their PROXY header; every
+4xx/5xx line sent, whoever composed it, naming the session's or transaction's id
+(`Session.stamp_refusal`).
 """
 
 from __future__ import annotations
@@ -237,10 +239,12 @@ class GatewaySMTP(SMTP):
             name: self._checked(name, method) for name, method in self._smtp_methods.items()
         }
         self._closing = False  # a 421 was sent: say nothing more
+        self._command = "CONNECT"  # what the next reply answers, for its log line
 
     def _checked(self, name: str, method: Any) -> Any:
         @functools.wraps(method)  # HELP reads the @syntax attributes of the table's entries
         async def checked(arg: str | None) -> None:
+            self._command = name
             problem = argument_problem(arg)
             if problem is not None:
                 await self.push(str(problem))
@@ -257,7 +261,7 @@ class GatewaySMTP(SMTP):
     async def _close_with(self, reply: SmtpReply) -> None:
         if not self._closing:
             self._closing = True
-            await super().push(str(reply))
+            await super().push(self._stamped(str(reply)))
         if self.transport is not None:
             self.transport.close()
 
@@ -270,7 +274,7 @@ class GatewaySMTP(SMTP):
         if refusal is not None:
             self._greeted = True  # nothing more is said: the greeting is not sent
             self._closing = True
-            self._writer.write(str(refusal).encode("ascii") + b"\r\n")
+            self._writer.write(self._stamped(str(refusal)).encode("ascii") + b"\r\n")
             transport.close()
 
     def _reset_envelope(self) -> None:
@@ -296,11 +300,18 @@ class GatewaySMTP(SMTP):
             status = str(self.connection.starttls_refusal)
         elif isinstance(status, str) and not self._in_helo:
             status = with_status(status)
+        if isinstance(status, str):
+            status = self._stamped(status)
+            if status[3:4] == " " and not status.startswith("354"):
+                self._command = "-"  # answered: a line refused unread answers no command
         await super().push(status)
         if isinstance(status, str) and _counts_as_error(status):
             closing = self.connection.on_error_reply()
             if closing is not None:
                 await self._close_with(closing)
+
+    def _stamped(self, status: str) -> str:
+        return self.connection.stamp_refusal(status, self._command)
 
     async def _connect(self) -> bool:
         """The CONNECT phase before the greeting; False: refused, the connection is closing."""
@@ -311,10 +322,9 @@ class GatewaySMTP(SMTP):
             # The greeting is sent before aiosmtpd's command loop, whose handler would catch
             # this: the client got no reply and hung until the idle timeout. Log it as
             # handle_exception does and refuse for now (RFC 5321 3.1: 421 at the greeting).
-            self.connection.on_error(error)
-            refusal = SmtpReply(421, "4.3.0", Replies.INTERNAL_ERROR.text)
+            refusal = SmtpReply(421, "4.3.0", self.connection.on_error(error).text)
         if refusal is not None:
-            self._writer.write(str(refusal).encode("ascii") + b"\r\n")
+            self._writer.write(self._stamped(str(refusal)).encode("ascii") + b"\r\n")
             if self.transport is not None:
                 self.transport.close()
             return False
