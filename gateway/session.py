@@ -374,13 +374,15 @@ class Session:
         self.errors += 1
         if self.errors < ERROR_LIMIT:
             return None
+        reply = front_replies.TOO_MANY_ERRORS.with_id(self.id)
         log.info(
-            "session=%s client=%s disconnected after %d errors",
+            "session=%s client=%s disconnected after %d errors: reply=%s",
             self.id,
             self.client.ip,
             self.errors,
+            quoted(str(reply)),
         )
-        return front_replies.TOO_MANY_ERRORS.with_id(self.id)
+        return reply
 
     def on_junk_command(self) -> SmtpReply | None:
         """NOOP, RSET, VRFY, EXPN, HELP: past JUNK_LIMIT each one is an error too."""
@@ -389,18 +391,19 @@ class Session:
 
     def on_error(self, error: BaseException) -> SmtpReply:
         """Anything unexpected: log it whole, tell the client only to retry (451 4.3.0)."""
-        ident = self.reply_id
+        reply = Replies.INTERNAL_ERROR.with_id(self.reply_id)
         log.error(
-            "%s client=%s unexpected %s: %s",
+            "%s client=%s unexpected %s: %s; reply=%s",
             self._id_fields(),
             self.client.ip,
             type(error).__name__,
             printable(str(error)),
+            quoted(str(reply)),
             exc_info=error,
         )
         self.delivery.abort()
         self.ctx = None
-        return Replies.INTERNAL_ERROR.with_id(ident)
+        return reply
 
     def on_tls_handshake_failed(self, error: BaseException) -> SmtpReply:
         """No common protocol or cipher, a client that gave up: its business, not our error."""
