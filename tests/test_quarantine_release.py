@@ -22,6 +22,7 @@ from quarantine_fixtures import (
     Sent,
     as_stored,
     run_cli,
+    run_mailgate,
     send,
     write_config,
 )
@@ -289,3 +290,23 @@ async def test_bulk_release_by_selection_with_a_dry_run_first(
     nothing = await asyncio.to_thread(qcli, "release")
     assert nothing.code == 2
     assert b"name entries by ID" in nothing.err
+
+
+async def test_the_release_command_logs_each_release_as_the_service_logs(
+    start_gateway: GatewayFactory, sink: RecordingSink, quarantine_all: Path, cli_config: Path
+) -> None:
+    """`mailgate quarantine release` as its own process: the log line goes where the gateway's
+    logging goes (stderr, at the configured level: warning here, so a failed release shows)."""
+    gw: RunningGateway = await start_gateway()
+    qid = (await send(gw, message(subject="logged"))).qid
+    sink.behaviour.data_reply = "554 5.7.1 Rejected\x1b[31m as spam"
+    args = ("--config", cli_config, "quarantine", "release", qid)
+    done = await asyncio.to_thread(run_mailgate, *args)
+    assert done.returncode == 1, done
+    expected = "the delivery server refused it: 554 5.7.1 Rejected\\x1b[31m as spam"
+    assert f"{qid}  failed: release failed, still in quarantine: {expected}" in done.stdout.decode()
+    err = done.stderr.decode()
+    assert f'WARNING mailgate.quarantine: qid={qid} release by="{releasing_user()}" ' in err, err
+    assert 'rcpt="bob@example.com" outcome=failed detail="release failed' in err
+    assert expected.replace("\\", "\\\\") in err and "\x1b" not in err  # quoted: \ is \\
+    assert sink.delivered == []
