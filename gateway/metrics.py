@@ -67,6 +67,12 @@ DNSBL_SUSPENDED = Counter(
     ["list"],
     registry=REGISTRY,
 )
+DNS_SERVER_DOWN = Counter(
+    "mailgate_dns_server_down",
+    "Times a nameserver was found not answering (gateway.dns_health), by server",
+    ["server"],
+    registry=REGISTRY,
+)
 
 enabled = False  # set by `serve_metrics`; `record` is a no-op until then
 
