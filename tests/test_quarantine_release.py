@@ -27,6 +27,7 @@ from quarantine_fixtures import (
     write_config,
 )
 
+from gateway.header_edit import mark_released
 from gateway.message import ParsedMessage
 from gateway.quarantine import SqliteStore
 from gateway.quarantine.release import release, releasing_user
@@ -310,3 +311,23 @@ async def test_the_release_command_logs_each_release_as_the_service_logs(
     assert 'rcpt="bob@example.com" outcome=failed detail="release failed' in err
     assert expected.replace("\\", "\\\\") in err and "\x1b" not in err  # quoted: \ is \\
     assert sink.delivered == []
+
+
+def test_release_marks_replace_our_verdict_field_in_place_and_nothing_else() -> None:
+    stored = (
+        b"Received: from x by mx.gateway.test\r\nX-Mailgate-ID: AAAA00000001\r\n"
+        b"X-Mailgate-Action: quarantine\r\nX-Mailgate-Score: 7\r\n"
+        b"Subject: hi\r\n\r\nX-Mailgate-Action: quarantine\r\n"  # in the body: not a field
+    )
+    marked = mark_released(stored, "Thu, 03 Dec 2026 12:00:00 GMT by alice")
+    assert marked == stored.replace(
+        b"X-Mailgate-Action: quarantine\r\nX-Mailgate-Score",
+        b"X-Mailgate-Action: release\r\n"
+        b"X-Mailgate-Released: Thu, 03 Dec 2026 12:00:00 GMT by alice; verdict=quarantine\r\n"
+        b"X-Mailgate-Score",
+    )
+    assert as_stored(marked) == stored
+    # Without a verdict field (an entry from an older version), the marks go on top.
+    bare = b"Subject: hi\r\n\r\nbody\r\n"
+    assert mark_released(bare, "now by bob").startswith(b"X-Mailgate-Action: release\r\n")
+    assert mark_released(bare, "now by bob").endswith(bare)
