@@ -5,7 +5,9 @@ share one cache and one set of limits, and nothing calls the blocking system res
 loop. It is a stub resolver on dnspython's asyncio resolver: it asks `[dns] nameservers` when
 they are set, else the system's (the nameserver lines of /etc/resolv.conf, read once at start-up
 by dnspython; none there means this machine, as the C library does). `probe` sends the one query
-`mailgate check` and start-up use to say plainly when those servers do not answer.
+`mailgate check` and start-up use to say plainly when those servers do not answer; while serving,
+gateway.dns_health logs a WARNING naming a server that stops answering (and an INFO when it
+answers again).
 `OfflineResolver` answers NXDOMAIN for every name without sending anything (`mailgate scan
 --dns-off`: measuring a folder of mail as if nothing were listed anywhere).
 
@@ -51,6 +53,7 @@ import dns.rrset
 from dns.rdtypes.ANY.SOA import SOA
 
 from gateway.cputime import CpuMeter, metered
+from gateway.dns_health import NameserverHealth
 
 if TYPE_CHECKING:
     from gateway.config import DnsSettings
@@ -216,6 +219,7 @@ class Resolver:
         self._cache: OrderedDict[tuple[str, str], tuple[DnsResult, float]] = OrderedDict()
         self._inflight: dict[tuple[str, str], asyncio.Task[DnsResult]] = {}
         self.cpu = CpuMeter()  # CPU of the lookups themselves (shared, so no plugin's)
+        self.health = NameserverHealth(self.nameservers, port, lambda: self.origin, timeout)
         self.reset_stats()
 
     @classmethod
@@ -320,6 +324,7 @@ class Resolver:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self.health.aclose()
 
     # -- cache --------------------------------------------------------------------------------
 
@@ -353,6 +358,7 @@ class Resolver:
             self._timeouts += 1
         elif result.status is DnsStatus.SERVFAIL:
             self._servfails += 1
+        self.health.noticed(result.is_temporary)
         self._cache_put(key, result)
         return result
 

@@ -190,3 +190,36 @@ def strip_received_spf(message: ParsedMessage | bytes, receiver: str) -> tuple[b
 
 def _parsed(message: ParsedMessage | bytes) -> ParsedMessage:
     return message if isinstance(message, ParsedMessage) else ParsedMessage(message)
+
+
+# -- release from quarantine ----------------------------------------------------------------------
+
+RELEASED_ACTION = "release"
+
+
+def mark_released(raw: bytes, released: str) -> bytes:
+    """The stored message as it leaves quarantine: `X-Mailgate-Action: release` in place of our
+    verdict field, and `X-Mailgate-Released: <released>; verdict=<what it was>` after it.
+
+    Sieve rules and filters that act on `X-Mailgate-Action: quarantine` must not file a message
+    an admin judged good; the original verdict stays readable beside the release. Fields from a
+    release before (--again) are replaced, not stacked. Everything else stays byte for byte."""
+    message = ParsedMessage(raw)
+    ours = [f for f in message.fields if f.name in ("x-mailgate-action", "x-mailgate-released")]
+    action = next((f for f in ours if f.name == "x-mailgate-action"), None)
+    verdict = "quarantine" if action is None else action.unfolded
+    if verdict == RELEASED_ACTION:  # unreachable for stored mail, kept honest anyway
+        verdict = "quarantine"
+    fields = (
+        f"X-Mailgate-Action: {RELEASED_ACTION}\r\n"
+        f"X-Mailgate-Released: {released}; verdict={verdict}\r\n"
+    ).encode("ascii", "replace")
+    out, pos = [], 0
+    for f in ours:
+        out.append(raw[pos : f.start])
+        if f is action:
+            out.append(fields)
+        pos = f.end
+    out.append(raw[pos:])
+    marked = b"".join(out)
+    return marked if action is not None else fields + marked

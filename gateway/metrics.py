@@ -88,6 +88,12 @@ DNSBL_SUSPENDED = Counter(
     ["list"],
     registry=REGISTRY,
 )
+DNS_SERVER_DOWN = Counter(
+    "mailgate_dns_server_down",
+    "Times a nameserver was found not answering (gateway.dns_health), by server",
+    ["server"],
+    registry=REGISTRY,
+)
 
 
 class Phase(enum.StrEnum):

@@ -36,6 +36,8 @@ _STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
 # MAIL parameters passed on only when the delivery server offers the extension behind them.
 _PASSED_IF_OFFERED = {"SIZE": "size", "BODY": "8bitmime"}
 _XTEXT_SAFE = {c for c in range(33, 127) if c not in (ord("+"), ord("="))}
+# How a reply the delivery server gave starts (all others are mailgate's own).
+DELIVERY_SERVER_SAID = "delivery server: "
 
 
 def xtext(value: str) -> str:
@@ -59,7 +61,7 @@ def reply_from_downstream(code: int, message: str) -> SmtpReply:
     # a retry-later, neither a "positive" (code < 400) nor a ValueError from SmtpReply.
     if code // 100 not in (2, 4, 5):
         return Replies.DOWNSTREAM_UNAVAILABLE
-    return SmtpReply(code, status, f"delivery server: {ascii_printable(text, 300)}")
+    return SmtpReply(code, status, f"{DELIVERY_SERVER_SAID}{ascii_printable(text, 300)}")
 
 
 class DownstreamFailure(Exception):

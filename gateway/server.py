@@ -103,7 +103,8 @@ class GatewayServer:
                     with contextlib.suppress(AttributeError, RuntimeError, OSError):
                         # aiosmtpd types `transport` as BaseTransport (no write): mypy needs this.
                         writer = cast(asyncio.WriteTransport, transport)
-                        writer.write(str(Replies.SHUTTING_DOWN).encode() + b"\r\n")
+                        closing = protocol.connection.stamp_refusal(str(Replies.SHUTTING_DOWN), "-")
+                        writer.write(closing.encode() + b"\r\n")
                     transport.close()
             await asyncio.sleep(0.05)
         for protocol in list(self.protocols):

@@ -12,6 +12,11 @@ REQUIRETLS it cannot honour) is a finding with a front symbol (gateway.front_sym
 policy (`RuleSet.forced_now`, over rules/actions.toml and tls.toml) turns findings into the
 refusal, exactly as for a plugin's. What is not policy stays here as a fixed reply: connection
 limits, shutdown, relay control, the recipient limit, and the order of SMTP commands.
+
+Every refusal names an id the admin can grep: the queue id inside a transaction (MAIL accepted
+until the reply to DATA), the session id before it. A refusal decided here is logged here with
+that id and its reason; any other 4xx/5xx (a syntax error from aiosmtpd, a limit of the adapter)
+gets the id and a log line in `stamp_refusal`, which the adapter calls for every reply it sends.
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ class Session:
         self.delivery = delivery
         # How to reach a delivery server a reload moved (None: `delivery` stays, as in tests).
         self._new_delivery = new_delivery
+        self.id = new_queue_id()  # names the session in replies and log lines before MAIL
+        self.last_queue_id = ""  # the latest transaction's: its DATA reply arrives after it ends
         self.client = ClientInfo(ip="", port=0)
         self.connect_findings: list[Finding] = []
         self.helo_findings: list[Finding] = []
@@ -162,7 +169,7 @@ class Session:
             self._log_refusal(ctx, Phase.CONNECT, verdict)
             # RFC 5321 3.1: a refusing greeting is 554 (permanent) or 421 (temporary).
             code = 554 if verdict.reply.code >= 500 else 421
-            return SmtpReply(code, verdict.reply.status, verdict.reply.text)
+            return SmtpReply(code, verdict.reply.status, verdict.reply.text).with_id(self.id)
         if ctx.rules.tls.required_for_client(self.client.ip):
             finding = Finding(TLS_REQUIRED_CLIENT, detail=self.client.ip)
             required = ctx.rules.forced_now([finding])
@@ -212,7 +219,7 @@ class Session:
         if verdict is None:
             return None
         self._log_refusal(ctx, Phase.HELO, verdict)
-        return verdict.reply
+        return verdict.reply.with_id(self.id)
 
     def ehlo_keywords(self, offered: Sequence[str]) -> list[str]:
         """The EHLO keywords we announce, from what aiosmtpd offers (SIZE, 8BITMIME, ...)."""
@@ -234,7 +241,7 @@ class Session:
             return Replies.SHUTTING_DOWN
         await self._take_current()
         ctx = self._context()
-        ctx.queue_id = new_queue_id()
+        ctx.queue_id = self.last_queue_id = new_queue_id()
         bind_qid(ctx.queue_id)  # every line until the transaction ends carries it (smtp.py)
         ctx.mail_from = address
         ctx.mail_options = list(options)
@@ -248,9 +255,13 @@ class Session:
         begin = self.delivery.begin(self.client, ctx.queue_id, address, options)
         reply = await metered(begin, ctx.meter("relay"))
         if not reply.is_positive:
+            # The delivery server's own refusal ("delivery server: ...") or ours when it could
+            # not be asked (451 4.4.x, 4.7.x): the reply text says which.
+            reply = reply.with_id(ctx.queue_id)
             log.info(
-                "qid=%s client=%s from=%s refused at MAIL by delivery server: %s",
+                "qid=%s session=%s client=%s from=%s phase=MAIL refused: reply=%s",
                 ctx.queue_id,
+                self.id,
                 ctx.client.ip,
                 quoted(address),
                 quoted(str(reply)),
@@ -301,15 +312,17 @@ class Session:
             return Replies.TOO_MANY_RECIPIENTS
         refusal = check_recipient(settings.relay, self.client.ip, address)
         if refusal is not None:
+            self.reason = metrics.relay_reason(refusal)  # before the id makes it our own text
+            refusal = refusal.with_id(ctx.queue_id)
             log.info(
-                "qid=%s client=%s from=%s rcpt=%s refused: %s",
+                "qid=%s session=%s client=%s from=%s rcpt=%s phase=RCPT refused: reply=%s",
                 ctx.queue_id,
+                self.id,
                 ctx.client.ip,
                 quoted(ctx.mail_from or ""),
                 quoted(address),
-                refusal.text,
+                quoted(str(refusal)),
             )
-            self.reason = metrics.relay_reason(refusal)
             return refusal
         before = len(ctx.findings)
         tls_findings: list[Finding] = []
@@ -328,9 +341,12 @@ class Session:
         reply = await metered(self.delivery.rcpt(address), ctx.meter("relay"))
         if not reply.is_positive:
             del ctx.findings[before:]
+            reply = reply.with_id(ctx.queue_id)
             log.info(
-                "qid=%s rcpt=%s refused by delivery server: %s",
+                "qid=%s session=%s client=%s rcpt=%s phase=RCPT refused: reply=%s",
                 ctx.queue_id,
+                self.id,
+                ctx.client.ip,
                 quoted(address),
                 quoted(str(reply)),
             )
@@ -377,9 +393,7 @@ class Session:
             log.exception("qid=%s failed while concluding; client told to retry", ctx.queue_id)
             self.reason = Reason.INTERNAL_ERROR
             self.delivery.abort()
-            return Replies.INTERNAL_ERROR.with_text(
-                f"Internal error, try again later (id={ctx.queue_id})"
-            )
+            return Replies.INTERNAL_ERROR.with_id(ctx.queue_id)
         finally:
             self.busy = False
 
@@ -402,8 +416,15 @@ class Session:
         self.errors += 1
         if self.errors < ERROR_LIMIT:
             return None
-        log.info("client=%s disconnected after %d errors", self.client.ip, self.errors)
-        return front_replies.TOO_MANY_ERRORS
+        reply = front_replies.TOO_MANY_ERRORS.with_id(self.id)
+        log.info(
+            "session=%s client=%s disconnected after %d errors: reply=%s",
+            self.id,
+            self.client.ip,
+            self.errors,
+            quoted(str(reply)),
+        )
+        return reply
 
     def on_junk_command(self) -> SmtpReply | None:
         """NOOP, RSET, VRFY, EXPN, HELP: past JUNK_LIMIT each one is an error too."""
@@ -412,22 +433,26 @@ class Session:
 
     def on_error(self, error: BaseException) -> SmtpReply:
         """Anything unexpected: log it whole, tell the client only to retry (451 4.3.0)."""
+        reply = Replies.INTERNAL_ERROR.with_id(self.reply_id)
         log.error(
-            "client=%s unexpected %s: %s",
+            "%s client=%s unexpected %s: %s; reply=%s",
+            self._id_fields(),
             self.client.ip,
             type(error).__name__,
             printable(str(error)),
+            quoted(str(reply)),
             exc_info=error,
         )
         self.delivery.abort()
         self.ctx = None
         self.reason = Reason.INTERNAL_ERROR
-        return Replies.INTERNAL_ERROR
+        return reply
 
     def on_tls_handshake_failed(self, error: BaseException) -> SmtpReply:
         """No common protocol or cipher, a client that gave up: its business, not our error."""
         log.info(
-            "client=%s TLS handshake failed: %s",
+            "session=%s client=%s TLS handshake failed: %s",
+            self.id,
             self.client.ip,
             printable(str(error.__cause__ or error)),
         )
@@ -435,6 +460,36 @@ class Session:
         self.delivery.abort()
         self.ctx = None
         return Replies.INTERNAL_ERROR
+
+    # -- ids ----------------------------------------------------------------------------------
+
+    @property
+    def reply_id(self) -> str:
+        """The id a reply names now: the open transaction's queue id, else the session's."""
+        return self.ctx.queue_id if self.ctx is not None else self.id
+
+    def _id_fields(self) -> str:
+        if self.ctx is None:
+            return f"session={self.id}"
+        return f"qid={self.ctx.queue_id} session={self.id}"
+
+    def stamp_refusal(self, reply: str, command: str) -> str:
+        """A 4xx/5xx line the adapter sends that names no id yet (aiosmtpd's own, a limit):
+        the line with the id, logged with it. Others pass unchanged."""
+        if reply[:1] not in ("4", "5") or reply[3:4] != " ":
+            return reply  # positive, or not the last line of a multi-line reply
+        if any(f"id={i})" in reply for i in (self.id, self.last_queue_id) if i):
+            return reply  # decided and logged where it was made
+        ident = self.reply_id
+        stamped = f"{reply} (id={ident})"
+        log.info(
+            "%s client=%s command=%s refused: reply=%s",
+            self._id_fields(),
+            self.client.ip or "-",
+            command,
+            quoted(stamped),
+        )
+        return stamped
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -469,14 +524,16 @@ class Session:
 
     def _refusal(self, ctx: MessageContext, phase: Phase, verdict: Verdict) -> SmtpReply:
         self._log_refusal(ctx, phase, verdict)
-        return verdict.reply.with_text(f"{verdict.reply.text} (id={ctx.queue_id})")
+        return verdict.reply.with_id(ctx.queue_id)
 
     def _log_refusal(self, ctx: MessageContext, phase: Phase, verdict: Verdict) -> None:
         self.reason = metrics.verdict_reason(verdict)
+        # Before MAIL there is no queue id: the line names the session, as the reply does.
+        ident = f"session={self.id}" if ctx.queue_id == "-" else f"qid={ctx.queue_id}"
         log.info(
-            "qid=%s client=%s helo=%s from=%s phase=%s action=%s score=%g reason=%s symbols=%s "
+            "%s client=%s helo=%s from=%s phase=%s action=%s score=%g reason=%s symbols=%s "
             "reply=%s",
-            ctx.queue_id,
+            ident,
             ctx.client.ip,
             quoted(ctx.client.helo or ""),
             quoted(ctx.mail_from or ""),

@@ -23,7 +23,9 @@ refusals answered at once, ending only on CRLF.CRLF (lines are read up to CRLF, 
 CR can never end it); 5xx for malformed arguments (gateway.smtp_syntax); Postfix's error and
 junk-command limits (gateway.session); connections counted before their PROXY header; every
 refusal, connection and TLS session counted for gateway.metrics (`push` counts each 4xx and 5xx
-once, with the reason the Session named or aiosmtpd's reply classified).
+once, with the reason the Session named or aiosmtpd's reply classified); and every
+4xx/5xx line sent, whoever composed it, naming the session's or transaction's id
+(`Session.stamp_refusal`).
 """
 
 from __future__ import annotations
@@ -249,7 +251,8 @@ class GatewaySMTP(SMTP):
             name: self._checked(name, method) for name, method in self._smtp_methods.items()
         }
         self._closing = False  # a 421 was sent: say nothing more
-        self._command: str | None = None  # the command being answered (gateway.metrics phases)
+        # The command the next reply answers: its log line and its gateway.metrics phase.
+        self._command = "CONNECT"
         self._in_data = False  # DATA streaming in or being concluded: a timeout refuses it
         self._closed_by: Closed | None = None  # why we closed (None at the end: the client did)
         self._open = False  # counted in gateway.metrics as accepted, not yet as closed
@@ -283,7 +286,7 @@ class GatewaySMTP(SMTP):
             metrics.refused(metrics.phase_of(self._command), Reason.ERROR_LIMIT, reply.code)
         if not self._closing:
             self._closing = True
-            await super().push(str(reply))
+            await super().push(self._stamped(str(reply)))
         if self.transport is not None:
             self.transport.close()
 
@@ -298,7 +301,7 @@ class GatewaySMTP(SMTP):
         if refusal is not None:
             self._greeted = True  # nothing more is said: the greeting is not sent
             self._closing = True
-            self._writer.write(str(refusal).encode("ascii") + b"\r\n")
+            self._writer.write(self._stamped(str(refusal)).encode("ascii") + b"\r\n")
             self._refused_at_connect(refusal)
             transport.close()
 
@@ -350,11 +353,20 @@ class GatewaySMTP(SMTP):
             status = str(self.connection.starttls_refusal)
         elif isinstance(status, str) and not self._in_helo:
             status = with_status(status)
+        answered = self._command
+        if isinstance(status, str):
+            status = self._stamped(status)
+            if status[3:4] == " " and not status.startswith("354"):
+                self._command = "-"  # answered: a line refused unread answers no command
         await super().push(status)
         if isinstance(status, str) and _counts_as_error(status):
             closing = self.connection.on_error_reply()
             if closing is not None:
+                self._command = answered  # the limit is reached at that command
                 await self._close_with(closing, Closed.ERROR_LIMIT)
+
+    def _stamped(self, status: str) -> str:
+        return self.connection.stamp_refusal(status, self._command)
 
     async def _connect(self) -> bool:
         """The CONNECT phase before the greeting; False: refused, the connection is closing."""
@@ -365,10 +377,9 @@ class GatewaySMTP(SMTP):
             # The greeting is sent before aiosmtpd's command loop, whose handler would catch
             # this: the client got no reply and hung until the idle timeout. Log it as
             # handle_exception does and refuse for now (RFC 5321 3.1: 421 at the greeting).
-            self.connection.on_error(error)
-            refusal = SmtpReply(421, "4.3.0", Replies.INTERNAL_ERROR.text)
+            refusal = SmtpReply(421, "4.3.0", self.connection.on_error(error).text)
         if refusal is not None:
-            self._writer.write(str(refusal).encode("ascii") + b"\r\n")
+            self._writer.write(self._stamped(str(refusal)).encode("ascii") + b"\r\n")
             self._refused_at_connect(refusal)
             if self.transport is not None:
                 self.transport.close()

@@ -83,8 +83,8 @@ async def _decide_and_act(
         answer = await metered(delivery.data(message), ctx.meter("relay"))
         if answer.is_positive:
             reply = SmtpReply(250, "2.0.0", f"OK id={ctx.queue_id} ({answer.text})")
-        else:
-            reply = answer
+        else:  # the delivery server's refusal (or ours when it could not be asked), with our id
+            reply = _with_id(answer, ctx.queue_id)
         return Outcome(verdict, reply, note, f"{answer.code // 100}xx")
     await metered(delivery.reset(), ctx.meter("relay"))
     if verdict.action is Action.QUARANTINE:
@@ -150,7 +150,7 @@ async def _quarantine(
 
 
 def _with_id(reply: SmtpReply, queue_id: str) -> SmtpReply:
-    return reply.with_text(f"{reply.text} (id={queue_id})")
+    return reply.with_id(queue_id)
 
 
 def metadata(ctx: MessageContext, verdict: Verdict) -> Mapping[str, Any]:

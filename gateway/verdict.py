@@ -69,6 +69,10 @@ class SmtpReply:
     def with_text(self, text: str) -> SmtpReply:
         return SmtpReply(self.code, self.status, text)
 
+    def with_id(self, ident: str) -> SmtpReply:
+        """The reply naming the session or transaction it concerns, as its log line does."""
+        return self.with_text(f"{self.text} (id={ident})")
+
 
 class Replies:
     """The replies the gateway gives of its own, named; RFC 3463 and RFC 7372 codes.

@@ -55,6 +55,18 @@ class CliResult:
 
 _CLI_LOCK = threading.Lock()  # sys.stdout is one per process
 
+# What a release puts in place of `X-Mailgate-Action: quarantine` (gateway.header_edit).
+RELEASED_FIELDS = re.compile(
+    rb"X-Mailgate-Action: release\r\nX-Mailgate-Released: (?P<date>[^;\r\n]+) by "
+    rb"(?P<user>[^;\r\n]+); verdict=quarantine\r\n"
+)
+
+
+def as_stored(released: bytes) -> bytes:
+    """A released message as the quarantine stored it: the release marks taken back out."""
+    assert RELEASED_FIELDS.search(released) is not None, released[:600]
+    return RELEASED_FIELDS.sub(b"X-Mailgate-Action: quarantine\r\n", released, count=1)
+
 
 def run_cli(*args: str | Path) -> CliResult:
     """`mailgate ARGS...` in this process; stdout and stderr captured as bytes."""

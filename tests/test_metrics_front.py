@@ -5,6 +5,7 @@ over HTTP on loopback, and every tracked counter that moved accounted for exactl
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import smtplib
 import socket
@@ -270,7 +271,10 @@ async def test_error_limit_disconnects(
         return text
 
     text = await asyncio.to_thread(errors)
-    assert text.rstrip().endswith(b"421 4.7.0 Error: too many errors, closing connection"), text
+    last = text.rstrip().rsplit(b"\r\n", 1)[-1]
+    assert re.fullmatch(
+        rb"421 4\.7\.0 Error: too many errors, closing connection \(id=[0-9A-F]{12}\)", last
+    ), text
     await moved(
         {
             _key("rcpt", "sequence", "5"): 20,

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from harness import GatewayFactory, RecordingSink, RunningGateway, message
-from quarantine_fixtures import FORBIDDEN_OUTPUT, CliResult, QuarantineCli, send
+from quarantine_fixtures import FORBIDDEN_OUTPUT, CliResult, QuarantineCli, as_stored, send
 from test_smuggling import Wire
 
 from gateway.plugin import ClientInfo, MessageContext
@@ -171,7 +171,7 @@ async def test_escape_sequences_and_invalid_utf8_cannot_reach_the_terminal(
     released = await asyncio.to_thread(qcli, "release", qid)
     assert_safe(released)
     [delivered] = await sink.arrived(1)
-    assert delivered.content == raw.out
+    assert as_stored(delivered.content) == raw.out
     assert delivered.rcpt_tos[1] == "b\u202eob@example.com"
 
 
@@ -254,7 +254,7 @@ async def test_a_large_message_is_listed_shown_and_released_intact(
     released = await asyncio.to_thread(qcli, "release", sent.qid)
     assert_safe(released)
     [delivered] = await sink.arrived(1)
-    assert delivered.content == raw.out
+    assert as_stored(delivered.content) == raw.out
 
 
 def test_mime_bombs_do_not_break_show(tmp_path: Path, qcli: QuarantineCli) -> None:

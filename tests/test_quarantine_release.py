@@ -9,15 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
 from harness import GatewayFactory, RecordingSink, RunningGateway, free_port, message
-from quarantine_fixtures import CliResult, QuarantineCli, Sent, run_cli, send, write_config
+from quarantine_fixtures import (
+    RELEASED_FIELDS,
+    CliResult,
+    QuarantineCli,
+    Sent,
+    as_stored,
+    run_cli,
+    run_mailgate,
+    send,
+    write_config,
+)
 
+from gateway.header_edit import mark_released
 from gateway.message import ParsedMessage
 from gateway.quarantine import SqliteStore
-from gateway.quarantine.release import release
+from gateway.quarantine.release import release, releasing_user
 
 # The fields the gateway puts on top of a message (Received, the verdict, authentication results).
 TRACE_FIELDS = {b"received", b"authentication-results", b"arc-seal", b"arc-message-signature"}
@@ -59,8 +72,14 @@ CASES = [
 
 
 def check_delivered(content: bytes, kept: bytes, qid: str, stored: bytes) -> None:
-    """Exactly the stored file; that is the trace fields on top of what the client sent."""
-    assert content == stored
+    """The stored file (the trace fields on top of what the client sent), marked released: our
+    verdict field says `release`, and when, by whom and what the verdict was follows it."""
+    marked = RELEASED_FIELDS.search(content)
+    assert marked is not None, content[:600]
+    assert marked.group("user").decode() == releasing_user()
+    assert parsedate_to_datetime(marked.group("date").decode()).tzinfo is not None
+    assert as_stored(content) == stored
+    assert b"X-Mailgate-Action: quarantine" not in content
     assert content.endswith(kept)
     trace = content[: len(content) - len(kept)]
     parsed = ParsedMessage(trace + b"\r\n")
@@ -71,7 +90,7 @@ def check_delivered(content: bytes, kept: bytes, qid: str, stored: bytes) -> Non
     assert names[0] == b"received"
     assert all(n in TRACE_FIELDS or n.startswith(b"x-mailgate-") for n in names), names
     assert f"X-Mailgate-ID: {qid}\r\n".encode() in fields
-    assert b"X-Mailgate-Action: quarantine\r\n" in fields
+    assert b"X-Mailgate-Action: release\r\n" in fields
 
 
 async def quarantine_cases(gw: RunningGateway) -> list[Sent]:
@@ -114,12 +133,22 @@ async def test_every_quarantined_message_is_released_byte_identical_with_its_env
 
 
 async def test_release_is_idempotent_and_again_sends_again(
-    start_gateway: GatewayFactory, sink: RecordingSink, quarantine_all: Path, qcli: QuarantineCli
+    start_gateway: GatewayFactory,
+    sink: RecordingSink,
+    quarantine_all: Path,
+    qcli: QuarantineCli,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="mailgate.quarantine")
     gw: RunningGateway = await start_gateway()
     qid = (await send(gw, message(subject="once"))).qid
     first = await asyncio.to_thread(qcli, "release", qid)
     assert first.code == 0
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"qid={qid} ")]
+    assert f'qid={qid} release by="{releasing_user()}" rcpt="bob@example.com" outcome=released' in (
+        line
+    )
+    assert "delivered to 1 of 1 recipients: 250 2.0.0 delivery server: " in line
     assert f"{qid}  released: delivered to 1 of 1 recipients: 250 " in first.text
     second = await asyncio.to_thread(qcli, "release", qid.lower())
     assert second.code == 0
@@ -128,7 +157,10 @@ async def test_release_is_idempotent_and_again_sends_again(
     again = await asyncio.to_thread(qcli, "release", qid, "--again")
     assert again.code == 0
     assert len(await sink.arrived(2)) == 2
-    assert sink.delivered[0].content == sink.delivered[1].content
+    # marked once each time (the stored copy is never changed), at the time of its release
+    first_copy, second_copy = (RELEASED_FIELDS.sub(b"", d.content) for d in sink.delivered)
+    assert first_copy == second_copy
+    assert all(d.content.count(b"X-Mailgate-Released:") == 1 for d in sink.delivered)
 
 
 async def test_concurrent_releases_of_one_entry_deliver_once(
@@ -146,9 +178,10 @@ async def test_concurrent_releases_of_one_entry_deliver_once(
 @pytest.mark.parametrize(
     ("fault", "expected"),
     [
-        ("data", "452 4.3.1 delivery server: Insufficient system storage"),
-        ("mail", "451 4.7.1 delivery server: greylisted"),
-        ("down", "451 4.4.1 Delivery server unavailable"),
+        ("data", "the delivery server refused it: 452 4.3.1 Insufficient system storage"),
+        ("data5xx", "the delivery server refused it: 554 5.7.1 Rejected as spam"),
+        ("mail", "the delivery server refused it: 451 4.7.1 greylisted"),
+        ("down", "mailgate could not hand it over: 451 4.4.1 Delivery server unavailable"),
     ],
 )
 async def test_a_failed_release_stays_in_quarantine_and_says_why(
@@ -159,12 +192,16 @@ async def test_a_failed_release_stays_in_quarantine_and_says_why(
     tmp_path: Path,
     fault: str,
     expected: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="mailgate.quarantine")
     gw: RunningGateway = await start_gateway()
     qid = (await send(gw, message(subject="retry me"))).qid
     command: QuarantineCli = qcli
     if fault == "data":
         sink.behaviour.data_reply = "452 4.3.1 Insufficient system storage"
+    elif fault == "data5xx":
+        sink.behaviour.data_reply = "554 5.7.1 Rejected as spam"
     elif fault == "mail":
         sink.behaviour.mail_reply = "451 4.7.1 greylisted"
     else:
@@ -190,6 +227,13 @@ async def test_a_failed_release_stays_in_quarantine_and_says_why(
     assert "  status      quarantined;" in shown.text
     assert expected in shown.text  # the last try is recorded with the entry
     assert sink.delivered == []
+    [line] = [r for r in caplog.records if r.getMessage().startswith(f"qid={qid} release ")]
+    assert line.levelno == logging.WARNING
+    assert f'by="{releasing_user()}"' in line.getMessage()
+    assert 'rcpt="bob@example.com" outcome=failed' in line.getMessage()
+    assert expected in line.getMessage()
+    # whose answer it was, said once: never our own 451 as the delivery server's
+    assert ("mailgate could not" in text) == (fault == "down")
 
     sink.behaviour = type(sink.behaviour)()
     retried = await asyncio.to_thread(qcli, "release", qid)
@@ -247,3 +291,43 @@ async def test_bulk_release_by_selection_with_a_dry_run_first(
     nothing = await asyncio.to_thread(qcli, "release")
     assert nothing.code == 2
     assert b"name entries by ID" in nothing.err
+
+
+async def test_the_release_command_logs_each_release_as_the_service_logs(
+    start_gateway: GatewayFactory, sink: RecordingSink, quarantine_all: Path, cli_config: Path
+) -> None:
+    """`mailgate quarantine release` as its own process: the log line goes where the gateway's
+    logging goes (stderr, at the configured level: warning here, so a failed release shows)."""
+    gw: RunningGateway = await start_gateway()
+    qid = (await send(gw, message(subject="logged"))).qid
+    sink.behaviour.data_reply = "554 5.7.1 Rejected\x1b[31m as spam"
+    args = ("--config", cli_config, "quarantine", "release", qid)
+    done = await asyncio.to_thread(run_mailgate, *args)
+    assert done.returncode == 1, done
+    expected = "the delivery server refused it: 554 5.7.1 Rejected\\x1b[31m as spam"
+    assert f"{qid}  failed: release failed, still in quarantine: {expected}" in done.stdout.decode()
+    err = done.stderr.decode()
+    assert f'WARNING mailgate.quarantine: qid={qid} release by="{releasing_user()}" ' in err, err
+    assert 'rcpt="bob@example.com" outcome=failed detail="release failed' in err
+    assert expected.replace("\\", "\\\\") in err and "\x1b" not in err  # quoted: \ is \\
+    assert sink.delivered == []
+
+
+def test_release_marks_replace_our_verdict_field_in_place_and_nothing_else() -> None:
+    stored = (
+        b"Received: from x by mx.gateway.test\r\nX-Mailgate-ID: AAAA00000001\r\n"
+        b"X-Mailgate-Action: quarantine\r\nX-Mailgate-Score: 7\r\n"
+        b"Subject: hi\r\n\r\nX-Mailgate-Action: quarantine\r\n"  # in the body: not a field
+    )
+    marked = mark_released(stored, "Thu, 03 Dec 2026 12:00:00 GMT by alice")
+    assert marked == stored.replace(
+        b"X-Mailgate-Action: quarantine\r\nX-Mailgate-Score",
+        b"X-Mailgate-Action: release\r\n"
+        b"X-Mailgate-Released: Thu, 03 Dec 2026 12:00:00 GMT by alice; verdict=quarantine\r\n"
+        b"X-Mailgate-Score",
+    )
+    assert as_stored(marked) == stored
+    # Without a verdict field (an entry from an older version), the marks go on top.
+    bare = b"Subject: hi\r\n\r\nbody\r\n"
+    assert mark_released(bare, "now by bob").startswith(b"X-Mailgate-Action: release\r\n")
+    assert mark_released(bare, "now by bob").endswith(bare)

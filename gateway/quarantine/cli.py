@@ -538,6 +538,11 @@ def cmd_release(args: argparse.Namespace, store: Store, settings: Settings, out:
         out(f"dry run: {_entries(len(entries))} selected, nothing sent")
         return 1 if missing else 0
 
+    # Each release is logged where the gateway logs (its [logging] settings), not only printed.
+    from gateway.cli import _setup_logging
+
+    _setup_logging(settings)
+
     async def release_all() -> list[ReleaseResult]:
         results = []
         for e in reversed(entries):  # oldest first, as they arrived
