@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import cast
 
+from gateway import service
 from gateway.app import Gateway
 from gateway.config import Settings
 from gateway.cputime import install_task_metering
@@ -139,10 +140,13 @@ def install_signals(
         if tls is not None:
             tls.reload()
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
-    loop.add_signal_handler(signal.SIGTERM, stop)
-    loop.add_signal_handler(signal.SIGINT, stop)
+    # systemd hears of each reload and of the stop (gateway.service; a no-op without it).
+    told_reload = service.around_reload(reload, lambda: f"serving; policy {gateway.rules.version}")
+    told_stop = service.around_stop(stop)
+    loop.add_signal_handler(signal.SIGHUP, told_reload)
+    loop.add_signal_handler(signal.SIGTERM, told_stop)
+    loop.add_signal_handler(signal.SIGINT, told_stop)
     global _early_reload
     if _early_reload:  # asked for while we were starting: the files may have changed since load
         _early_reload = False
-        loop.call_soon(reload)
+        loop.call_soon(told_reload)
