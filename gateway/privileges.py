@@ -19,6 +19,7 @@ import grp
 import logging
 import os
 import pwd
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,7 @@ def drop_privileges(listen: ListenSettings, writable: Sequence[Path], warn: bool
         if warn:
             log.warning(ROOT_WARNING)
         return
+    code = _code_folders()
     try:
         for folder in writable:
             _hand_over(folder, target)
@@ -98,6 +100,12 @@ def drop_privileges(listen: ListenSettings, writable: Sequence[Path], warn: bool
         os.setuid(target.uid)
     except OSError as exc:
         raise PrivilegeError(f"cannot become user {target.user}: {exc}") from None
+    unreadable = [folder for folder in code if not os.access(folder, os.R_OK | os.X_OK)]
+    if unreadable:  # modules and data files load on first use: per-message failures otherwise
+        raise PrivilegeError(
+            f"user {target.user} cannot read {', '.join(unreadable)}, where Python and "
+            "mailgate's code are installed: install them where it can (a venv in /opt/mailgate)"
+        )
     problems = [problem for folder in writable for problem in _unwritable(folder)]
     if problems:
         raise PrivilegeError(
@@ -111,6 +119,11 @@ def drop_privileges(listen: ListenSettings, writable: Sequence[Path], warn: bool
         target.group,
         target.gid,
     )
+
+
+def _code_folders() -> list[str]:
+    """The folders Python imports from (looked up while we can see them all)."""
+    return [entry for entry in dict.fromkeys(sys.path) if entry and os.path.isdir(entry)]
 
 
 def _hand_over(folder: Path, target: Account) -> None:

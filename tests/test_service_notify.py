@@ -53,7 +53,8 @@ class NotifyListener:
                 data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
             except TimeoutError:
                 if proc is not None and proc.poll() is not None:
-                    raise AssertionError(f"mailgate exited {proc.returncode} before {key}")
+                    exited = f"mailgate exited {proc.returncode} before {key}"
+                    raise AssertionError(exited) from None
                 continue
             pid = 0
             for level, kind, payload in ancillary:
