@@ -52,7 +52,12 @@ def notify(*fields: str) -> bool:
     return True
 
 
+_said_ready = False  # a reload before the first READY=1 must not announce readiness early
+
+
 def ready(status: str) -> bool:
+    global _said_ready
+    _said_ready = True
     return notify("READY=1", f"STATUS={status}")
 
 
@@ -72,20 +77,23 @@ def stopping() -> bool:
 
 def around_reload(reload: Callable[[], object], after: Callable[[], str]) -> Callable[[], None]:
     """`reload`, told to systemd: RELOADING=1 before, READY=1 with STATUS=`after()` once it is
-    done (a coroutine is awaited in a task first)."""
+    done (a coroutine is awaited in a task first). Before start-up said READY=1, just `reload`."""
 
     def done(_: object = None) -> None:
         ready(after())
 
     def run() -> None:
-        reloading()
+        told = _said_ready  # still starting: systemd waits for start-up's own READY=1
+        if told:
+            reloading()
         result = reload()
         if inspect.isawaitable(result):
             task = asyncio.ensure_future(result)
             _reloads.add(task)
             task.add_done_callback(_reloads.discard)
-            task.add_done_callback(done)
-        else:
+            if told:
+                task.add_done_callback(done)
+        elif told:
             done()
 
     return run

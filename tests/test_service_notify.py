@@ -5,7 +5,9 @@ STOPPING=1 on SIGTERM; without $NOTIFY_SOCKET nothing is sent."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -147,25 +149,64 @@ def test_supervisor_is_ready_once_every_worker_serves(
 
 
 def test_a_socket_path_works_and_no_socket_is_a_no_op(
-    monkeypatch: pytest.MonkeyPatch,
+    path_listener: NotifyListener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = Path(f"/tmp/mailgate-notify-{uuid.uuid4().hex[:12]}")  # short: sun_path is 108
+    assert service.status("hello")
+    got = path_listener.wait_for("STATUS")
+    assert got.fields == {"STATUS": "hello"} and got.pid == os.getpid()
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert not service.status("unheard")
+    monkeypatch.setenv("NOTIFY_SOCKET", "vsock:2:1234")
+    assert not service.status("unheard")
+    path_listener.close()
+    Path(path_listener.address).unlink()  # nobody listening: told, not raised
+    monkeypatch.setenv("NOTIFY_SOCKET", path_listener.address)
+    assert not service.stopping()
+
+
+@pytest.fixture
+def path_listener(monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifyListener]:
+    folder = Path(f"/tmp/mailgate-notify-{uuid.uuid4().hex[:12]}")
     folder.mkdir()
-    path = folder / "notify"
-    notify = NotifyListener(str(path))
+    notify = NotifyListener(str(folder / "notify"))
+    monkeypatch.setenv("NOTIFY_SOCKET", notify.address)
     try:
-        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
-        assert service.status("hello")
-        got = notify.wait_for("STATUS")
-        assert got.fields == {"STATUS": "hello"} and got.pid == os.getpid()
-        monkeypatch.delenv("NOTIFY_SOCKET")
-        assert not service.ready("unheard")
-        monkeypatch.setenv("NOTIFY_SOCKET", "vsock:2:1234")
-        assert not service.ready("unheard")
-        path.unlink()  # nobody listening: told, not raised
-        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
-        assert not service.stopping()
+        yield notify
     finally:
         notify.close()
-        path.unlink(missing_ok=True)
-        folder.rmdir()
+        shutil.rmtree(folder)
+
+
+async def test_a_reload_is_told_around_it_once_ready_and_not_before(
+    path_listener: NotifyListener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "_said_ready", False)
+    reloads: list[str] = []
+    sync = service.around_reload(lambda: reloads.append("sync"), lambda: "after sync")
+    sync()  # before start-up's READY=1: a READY=1 now would say "serving" too early
+    assert reloads == ["sync"]
+    service.ready("started")
+    sync()
+    done = asyncio.Event()
+
+    async def slow() -> None:
+        await asyncio.sleep(0)
+        reloads.append("async")
+        done.set()
+
+    service.around_reload(slow, lambda: "after async")()
+    await done.wait()
+    await asyncio.sleep(0)  # the task's done callbacks
+    while len(path_listener.received) < 5:
+        await asyncio.to_thread(path_listener.wait_for, "STATUS")
+    said = [d.fields for d in path_listener.received]
+    assert reloads == ["sync", "sync", "async"]
+    assert [f.get("STATUS") for f in said] == [
+        "started",
+        "reloading",
+        "after sync",
+        "reloading",
+        "after async",
+    ]
+    assert all("READY" in f for f in (said[0], said[2], said[4]))
+    assert all(f.get("RELOADING") == "1" and "MONOTONIC_USEC" in f for f in (said[1], said[3]))
