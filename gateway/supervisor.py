@@ -4,7 +4,9 @@ Each worker is a fresh interpreter (`python -m gateway --config ... serve --work
 of a running event loop; each binds the listening address with SO_REUSEPORT and the kernel spreads
 connections across them. The supervisor restarts a worker that dies (with backoff), forwards SIGHUP
 (reload rules and certificates) to every worker, and on SIGTERM/SIGINT asks them to drain and stop,
-waiting up to the shutdown grace before killing what is left.
+waiting up to the shutdown grace before killing what is left. Under systemd it alone notifies
+(READY=1 once every worker serves); with `[listen] user`, each worker gives root up after its
+bind while the supervisor stays root to restart them (gateway.privileges).
 """
 
 from __future__ import annotations
