@@ -171,6 +171,25 @@ def test_a_folder_the_user_cannot_write_is_refused_by_name(served_root: Path) ->
     assert "Traceback" not in text
 
 
+def test_an_installation_the_user_cannot_read_is_refused_by_name(
+    served_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Modules and data files load on first use: unreadable code would fail message by message."""
+    private = served_root / "private-site"
+    private.mkdir(mode=0o700)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([*sys.path, str(private)]))
+    config, _ = write_served_config(served_root)
+    _with_user(config, f'user = "{USER}"')
+    proc, log = spawn_serve(served_root, config)
+    try:
+        assert proc.wait(timeout=TIMEOUT) == 1
+    finally:
+        _stop(proc)
+    text = log.read_text(encoding="utf-8")
+    assert f"ERROR mailgate: user {USER} cannot read {private}, where Python and" in text
+    assert "Traceback" not in text
+
+
 def test_workers_drop_and_the_supervisor_stays_root(served_root: Path) -> None:
     nobody = pwd.getpwnam(USER)
     config, port = write_served_config(served_root, [("listen", "workers", "2")])
