@@ -285,7 +285,7 @@ async def _supervise(settings: Settings, dev: bool, demo: bool) -> int:
         world = DemoWorld().start()
         advertise(world)  # the workers, started below, point their resolvers at it
         dns = demo_dns_settings(dns, world.server.port)
-    announce_supervisor(settings.listen)
+    announce_supervisor(settings.listen, warn=not (dev or demo))
     supervisor = Supervisor(settings)
     probe: asyncio.Task[None] | None = None
     try:
@@ -342,8 +342,10 @@ async def _serve(
         if metrics is not None:
             await metrics.start()
         host, port = await server.start()
-        try:  # bound (metrics too): root is no longer needed
-            drop_privileges(settings.listen, folders_written(settings, dev), warn=worker is None)
+        try:  # bound (metrics too): root is no longer needed (a trial run is not warned)
+            sinks = dev or demo
+            warn = worker is None and not sinks
+            drop_privileges(settings.listen, folders_written(settings, sinks), warn=warn)
         except PrivilegeError as exc:
             logging.getLogger("mailgate").error("%s", exc)
             await server.stop(grace=0)

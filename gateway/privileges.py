@@ -63,12 +63,13 @@ def folders_written(settings: Settings, dev: bool) -> list[Path]:
     return [settings.quarantine_dir, *([settings.dev_maildir] if dev else [])]
 
 
-def announce_supervisor(listen: ListenSettings) -> None:
+def announce_supervisor(listen: ListenSettings, warn: bool = True) -> None:
     """In a supervisor: say once what its workers will do about root."""
     if os.geteuid() != 0:
         return
     if listen.user is None:
-        log.warning(ROOT_WARNING)
+        if warn:
+            log.warning(ROOT_WARNING)
     else:
         log.info(
             "workers become user %s once bound; this supervisor stays root to restart them",
@@ -80,7 +81,7 @@ def drop_privileges(listen: ListenSettings, writable: Sequence[Path], warn: bool
     """Become `[listen] user` if we are root (call it after binding); a no-op otherwise.
 
     `writable`: folders the process writes from now on. `warn`: log that we stay root when no
-    user is set (a supervisor's workers leave that to it).
+    user is set (a supervisor's workers leave that to it; --dev and --demo are trial runs).
     """
     if os.geteuid() != 0:
         if listen.user is not None and pwd.getpwuid(os.geteuid()).pw_name != listen.user:
