@@ -84,7 +84,7 @@ def drop_privileges(listen: ListenSettings, writable: Sequence[Path], warn: bool
     user is set (a supervisor's workers leave that to it; --dev and --demo are trial runs).
     """
     if os.geteuid() != 0:
-        if listen.user is not None and pwd.getpwuid(os.geteuid()).pw_name != listen.user:
+        if listen.user is not None and _name_of(os.geteuid()) != listen.user:
             log.info("not started as root: [listen] user %s left alone", listen.user)
         return
     target = account_of(listen)
@@ -120,6 +120,13 @@ def drop_privileges(listen: ListenSettings, writable: Sequence[Path], warn: bool
         target.group,
         target.gid,
     )
+
+
+def _name_of(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # a container's arbitrary uid
+        return None
 
 
 def _code_folders() -> list[str]:
