@@ -130,8 +130,18 @@ def _name_of(uid: int) -> str | None:
 
 
 def _code_folders() -> list[str]:
-    """The folders Python imports from (looked up while we can see them all)."""
-    return [entry for entry in dict.fromkeys(sys.path) if entry and os.path.isdir(entry)]
+    """The folders of the Python path our modules came from (looked up while we see them all);
+    others (the current directory under `python -m`) are only searched in vain if unreadable."""
+    entries = [os.path.join(entry, "") for entry in sys.path if os.path.isdir(entry)]
+    used: dict[str, None] = {}
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str):
+            # the longest entry holding it: "/" under `cd / && python -m` holds everything
+            found = max((e for e in entries if file.startswith(e)), key=len, default=None)
+            if found is not None:
+                used[found.rstrip("/") or "/"] = None
+    return list(used)
 
 
 def _hand_over(folder: Path, target: Account) -> None:

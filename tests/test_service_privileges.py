@@ -177,6 +177,7 @@ def test_an_installation_the_user_cannot_read_is_refused_by_name(
     """Modules and data files load on first use: unreadable code would fail message by message."""
     private = served_root / "private-site"
     private.mkdir(mode=0o700)
+    (private / "sitecustomize.py").write_text("")  # loaded at start-up: code lives there
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([*sys.path, str(private)]))
     config, _ = write_served_config(served_root)
     _with_user(config, f'user = "{USER}"')
