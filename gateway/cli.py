@@ -261,6 +261,7 @@ def _start_sink(settings: Settings) -> tuple[Any, Any]:
 async def _supervise(settings: Settings, dev: bool, demo: bool) -> int:
     """`workers = N`: the dev sink runs here, once; the workers serve."""
     from gateway.dns import Resolver
+    from gateway.privileges import announce_supervisor
     from gateway.supervisor import Supervisor, wait_listening
 
     sink_controller: Any = None
@@ -274,6 +275,7 @@ async def _supervise(settings: Settings, dev: bool, demo: bool) -> int:
         world = DemoWorld().start()
         advertise(world)  # the workers, started below, point their resolvers at it
         dns = demo_dns_settings(dns, world.server.port)
+    announce_supervisor(settings.listen, warn=not (dev or demo))
     supervisor = Supervisor(settings)
     probe: asyncio.Task[None] | None = None
     try:
@@ -300,6 +302,8 @@ async def _serve(
     worker: int | None = None,
     world: DemoWorld | None = None,
 ) -> int:
+    from gateway import service
+    from gateway.privileges import PrivilegeError, drop_privileges, folders_written
     from gateway.server import GatewayServer, install_signals
     from gateway.supervisor import tell_supervisor_ready, watch_parent
     from gateway.tls import ServerTls, delivery_tls
@@ -330,6 +334,14 @@ async def _serve(
         if metrics is not None:
             await metrics.start()
         host, port = await server.start()
+        try:  # bound (metrics too): root is no longer needed (a trial run is not warned)
+            sinks = dev or demo
+            warn = worker is None and not sinks
+            drop_privileges(settings.listen, folders_written(settings, sinks), warn=warn)
+        except PrivilegeError as exc:
+            logging.getLogger("mailgate").error("%s", exc)
+            await server.stop(grace=0)
+            return 1
         # What is loaded by now (modules, the model, the policy) lives as long as the process:
         # keep it out of the cyclic collector's full passes, each of which would otherwise walk
         # all of it again (10-20 ms with every plugin loaded: a pause in some message's reply).
@@ -337,8 +349,10 @@ async def _serve(
         if worker is not None:
             tell_supervisor_ready()
             watcher = asyncio.create_task(watch_parent(stop))
-        elif gateway.services is not None:  # a supervisor probes for its workers
-            probe = asyncio.create_task(_probe_and_log(gateway.services.resolver))
+        else:
+            service.ready(f"serving on {host}:{port}; policy {gateway.rules.version}")
+            if gateway.services is not None:  # a supervisor probes for its workers
+                probe = asyncio.create_task(_probe_and_log(gateway.services.resolver))
         if demo and world is not None:
             await _send_demo(settings, host, port, sink, world)
         await stop.wait()

@@ -10,7 +10,9 @@ lost.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
+import pwd
 import socket
 import ssl
 from collections.abc import Mapping
@@ -69,6 +71,22 @@ __all__ = [
 ]
 
 
+def _system_user(name: str) -> str:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise ValueError(f"no such user on this system: {name!r}") from None
+    return name
+
+
+def _system_group(name: str) -> str:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        raise ValueError(f"no such group on this system: {name!r}") from None
+    return name
+
+
 @dataclass(frozen=True)
 class ListenSettings:
     __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
@@ -79,6 +97,9 @@ class ListenSettings:
     proxy_protocol: Flag = False
     proxy_trusted: Array[NetworkEntry] = ()
     workers: Count = 1  # > 1: a supervisor runs this many processes sharing the port (SO_REUSEPORT)
+    # Started as root: become this user (and group: default, the user's own) once bound.
+    user: Annotated[Text, AfterValidator(_system_user)] | None = None
+    group: Annotated[Text, AfterValidator(_system_group)] | None = None
 
 
 class HostPort(NamedTuple):
@@ -399,6 +420,12 @@ def _proxy_needs_trusted(listen: ListenSettings) -> ListenSettings:
     return listen
 
 
+def _group_with_user(listen: ListenSettings) -> ListenSettings:
+    if listen.group is not None and listen.user is None:
+        raise KeyProblem("group", "is the group of [listen] user: set user too")
+    return listen
+
+
 def _serves_something(relay: RelaySettings) -> RelaySettings:
     if not relay.domains and not relay.relay_networks:
         raise KeyProblem("domains", "no domains served and no relay networks: nothing to do")
@@ -437,9 +464,9 @@ class GatewayFile:
 
     __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
 
-    listen: Annotated[ListenSettings, AfterValidator(_proxy_needs_trusted)] = field(
-        default_factory=ListenSettings
-    )
+    listen: Annotated[
+        ListenSettings, AfterValidator(_proxy_needs_trusted), AfterValidator(_group_with_user)
+    ] = field(default_factory=ListenSettings)
     relay: Annotated[
         RelaySettings, AfterValidator(_serves_something), Field(validate_default=True)
     ] = field(default_factory=RelaySettings)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import cast
 
+from gateway import service
 from gateway.app import Gateway
 from gateway.config import Settings
 from gateway.cputime import install_task_metering
@@ -140,23 +141,20 @@ def install_signals(
 ) -> None:
     """SIGHUP reloads (gateway.reload), SIGTERM and SIGINT stop; `adjust`: see Reloader."""
     reloader = Reloader(gateway, tls, adjust)
-    running: set[asyncio.Task[bool]] = set()
 
     async def reload() -> bool:
         """gateway.toml, rules/ and the TLS files again, all or nothing; False: refused."""
         reopen_logs()  # first: what the reload says goes to the new file
         return await reloader.reload()
 
-    def hangup() -> None:
-        task = loop.create_task(reload())
-        running.add(task)  # a task nobody holds may be collected before it ends
-        task.add_done_callback(running.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, hangup)
-    loop.add_signal_handler(signal.SIGTERM, stop)
-    loop.add_signal_handler(signal.SIGINT, stop)
+    # systemd hears of each reload and of the stop (gateway.service; a no-op without it).
+    told_reload = service.around_reload(reload, lambda: f"serving; policy {gateway.rules.version}")
+    told_stop = service.around_stop(stop)
+    loop.add_signal_handler(signal.SIGHUP, told_reload)
+    loop.add_signal_handler(signal.SIGTERM, told_stop)
+    loop.add_signal_handler(signal.SIGINT, told_stop)
     install_reopen_signal(loop)  # SIGUSR1: reopen the log file only (logrotate's postrotate)
     global _early_reload
     if _early_reload:  # asked for while we were starting: the files may have changed since load
         _early_reload = False
-        loop.call_soon(hangup)
+        loop.call_soon(told_reload)

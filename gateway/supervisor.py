@@ -5,7 +5,9 @@ of a running event loop; each binds the listening address with SO_REUSEPORT and 
 connections across them. The supervisor restarts a worker that dies (with backoff), forwards SIGHUP
 (reload rules and certificates) and SIGUSR1 (reopen the log file; each worker writes its own handle)
 to every worker, and on SIGTERM/SIGINT asks them to drain and stop, waiting up to the shutdown
-grace before killing what is left.
+grace before killing what is left. Under systemd it alone notifies (READY=1 once every worker
+serves); with `[listen] user`, each worker gives root up after its bind while the supervisor stays
+root to restart them (gateway.privileges).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from gateway import service
 from gateway.config import Settings
 from gateway.logsetup import install_reopen_signal, reopen_logs
 
@@ -63,6 +66,16 @@ class Supervisor:
         self.reopen_pending: set[int] = set()  # SIGUSR1 (reopen the log file) likewise
         self.all_ready = asyncio.Event()
 
+    @staticmethod
+    def _worker_environment() -> dict[str, str]:
+        # Only we speak to systemd (NotifyAccess=main): READY=1 once every worker is.
+        return {k: v for k, v in os.environ.items() if k != service.NOTIFY_SOCKET_ENV}
+
+    async def _notify_when_ready(self) -> None:
+        await self.all_ready.wait()
+        listen = self.settings.listen
+        service.ready(f"serving on {listen.host}:{listen.port} with {self.count} workers")
+
     async def _spawn(self, index: int) -> asyncio.subprocess.Process:
         read_end, write_end = os.pipe()
         try:
@@ -70,7 +83,7 @@ class Supervisor:
                 *worker_command(self.settings.source, index),
                 stdin=asyncio.subprocess.DEVNULL,
                 pass_fds=(write_end,),
-                env={**os.environ, READY_FD_ENV: str(write_end)},
+                env={**self._worker_environment(), READY_FD_ENV: str(write_end)},
             )
         finally:
             os.close(write_end)
@@ -140,6 +153,7 @@ class Supervisor:
                 backoff,
             )
             self.restarts += 1
+            service.status(f"worker {index} died (exit {code}); restarting it")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
@@ -158,13 +172,19 @@ class Supervisor:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self.reload_all)
-        loop.add_signal_handler(signal.SIGTERM, self.stop)
-        loop.add_signal_handler(signal.SIGINT, self.stop)
+        # systemd hears of a reload as forwarded: each worker then reloads on its own.
+        told_reload = service.around_reload(
+            self.reload_all, lambda: f"reload forwarded to {self.count} workers"
+        )
+        loop.add_signal_handler(signal.SIGHUP, told_reload)
+        loop.add_signal_handler(signal.SIGTERM, service.around_stop(self.stop))
+        loop.add_signal_handler(signal.SIGINT, service.around_stop(self.stop))
         install_reopen_signal(loop, self.reopen_all)
         log.info("supervisor pid %d: starting %d workers", os.getpid(), self.count)
         keepers = [asyncio.create_task(self._keep(i)) for i in range(self.count)]
+        notifier = asyncio.create_task(self._notify_when_ready())
         await self.stopping.wait()
+        notifier.cancel()
         grace = self.settings.limits.shutdown_grace + 5.0
         _, pending = await asyncio.wait(keepers, timeout=grace)
         if pending:
