@@ -757,6 +757,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_tls_commands(sub)
 
+    from gateway.initcli import add_commands as add_init_commands
+
+    add_init_commands(sub)
+
     from gateway.classifier.cli import add_commands as add_model_commands
 
     add_model_commands(sub)
@@ -780,6 +784,10 @@ def version_lines(config: str | None) -> list[str]:
     except (ConfigError, ConfigErrors):
         lines.append(f"policy: unknown ({settings.rules_dir} has errors: see mailgate check)")
     model = settings.classifier.model
+    own = settings.plugins.tables.get("classifier", {}).get("model")  # [plugins.classifier]
+    if isinstance(own, str) and own:
+        base = settings.source.parent if settings.source else Path.cwd()
+        model = (base / own).resolve()
     try:
         lines.append(f"model {read_card(model).get('version', '?')} ({model})")
     except ModelError as exc:

@@ -187,3 +187,27 @@ def test_serve_logs_the_file_it_serves_with(tmp_path: Path, clean_env: dict[str,
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_init_lays_out_a_system_folder_that_check_accepts(
+    tmp_path: Path, clean_env: dict[str, str]
+) -> None:
+    etc = tmp_path / "etc" / "mailgate"
+    done = run("init", etc, cwd=tmp_path, env=clean_env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (etc / "rules").iterdir()) == sorted(
+        p.name for p in (REPO / "rules").iterdir()
+    )
+    settings = load_settings(etc / "gateway.toml")
+    assert settings.rules_dir == etc / "rules"
+    assert settings.quarantine_dir == SYSTEM_QUARANTINE
+    assert settings.classifier.model == shipped("models") / "spam.npz"
+    check = run("check", "--no-dns-probe", cwd=Path("/"), env=clean_env)  # found as /etc's
+    assert check.returncode == 0, check.stderr
+    assert f"config OK: {etc / 'gateway.toml'} (the system configuration)" in check.stdout
+    assert f"rules OK: {etc / 'rules'} (policy " in check.stdout
+    edited = (etc / "gateway.toml").read_text() + "\n# mine\n"
+    (etc / "gateway.toml").write_text(edited)
+    again = run("init", etc, cwd=tmp_path, env=clean_env)
+    assert again.returncode == 1 and "use --force to replace it" in again.stderr
+    assert (etc / "gateway.toml").read_text() == edited
