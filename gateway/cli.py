@@ -267,8 +267,13 @@ def _bind_refusal(exc: OSError) -> str | None:
         return None
     # asyncio's create_server: "error while attempting to bind on address ('::1', 25): ..."
     where = re.search(r"address \('?([^',]*)'?, (\d+)", str(exc))
-    address = f"{where[1]}:{where[2]}" if where else "the configured address"
+    if where is None:
+        address = "the configured address"
+    else:
+        address = f"[{where[1]}]:{where[2]}" if ":" in where[1] else f"{where[1]}:{where[2]}"
     reason = os.strerror(exc.errno).lower()
+    if exc.errno == errno.EACCES:
+        reason += " (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"
     return f"cannot listen on {address}: {reason}"
 
 

@@ -161,3 +161,18 @@ def test_version_names_the_policy_and_the_model(tmp_path: Path) -> None:
     scores.write_text(scores.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
     other = version("--config", config)
     assert other[1].startswith("policy ") and other[1] != lines[1]
+
+
+def test_bind_refusals_name_the_address_and_other_errors_stay_errors() -> None:
+    import errno
+
+    from gateway.cli import _bind_refusal
+
+    text = "error while attempting to bind on address ('::1', 2525, 0, 0): address already in use"
+    assert _bind_refusal(OSError(errno.EADDRINUSE, text)) == (
+        "cannot listen on [::1]:2525: address already in use"
+    )
+    text = "error while attempting to bind on address ('0.0.0.0', 25): permission denied"
+    refusal = _bind_refusal(OSError(errno.EACCES, text))
+    assert refusal is not None and "0.0.0.0:25" in refusal and "CAP_NET_BIND_SERVICE" in refusal
+    assert _bind_refusal(OSError(errno.ENOENT, "no such file")) is None
