@@ -263,14 +263,11 @@ _BIND_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
 def _bind_refusal(exc: OSError) -> str | None:
     """One line for an address we cannot listen on (in use, not ours, a port below 1024 without
     the capability), naming it; None for any other OSError, which stays a bug report."""
-    if exc.errno not in _BIND_ERRORS:
-        return None
     # asyncio's create_server: "error while attempting to bind on address ('::1', 25): ..."
-    where = re.search(r"address \('?([^',]*)'?, (\d+)", str(exc))
-    if where is None:
-        address = "the configured address"
-    else:
-        address = f"[{where[1]}]:{where[2]}" if ":" in where[1] else f"{where[1]}:{where[2]}"
+    where = re.search(r"bind on address \('([^']*)', (\d+)", str(exc))
+    if exc.errno not in _BIND_ERRORS or where is None:
+        return None  # e.g. EACCES on a folder: not a listening problem
+    address = f"[{where[1]}]:{where[2]}" if ":" in where[1] else f"{where[1]}:{where[2]}"
     reason = os.strerror(exc.errno).lower()
     if exc.errno == errno.EACCES:
         reason += " (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"

@@ -176,3 +176,4 @@ def test_bind_refusals_name_the_address_and_other_errors_stay_errors() -> None:
     refusal = _bind_refusal(OSError(errno.EACCES, text))
     assert refusal is not None and "0.0.0.0:25" in refusal and "CAP_NET_BIND_SERVICE" in refusal
     assert _bind_refusal(OSError(errno.ENOENT, "no such file")) is None
+    assert _bind_refusal(PermissionError(errno.EACCES, "Permission denied", "/var/x")) is None
