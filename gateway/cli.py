@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from gateway import __version__
 from gateway.config import Settings, load_settings
+from gateway.config_search import ConfigChoice, find_config
 from gateway.logsetup import SafeFormatter as SafeFormatter  # tests import it from here
 from gateway.logsetup import configure_logging, hold_early_reopens
 from gateway.text import printable
@@ -31,16 +34,19 @@ if TYPE_CHECKING:  # imported where used: `serve` with workers must not load the
     from gateway.dns import DnsProbe, Resolver
     from gateway.scan import Envelope, Found, Scanned
 
-DEFAULT_CONFIG = Path("config/gateway.toml")
+
+def _config_path(arg: str | None, dev: bool = False) -> Path | None:
+    """The gateway.toml every command reads (gateway.config_search); None: embedded defaults."""
+    return find_config(arg, dev).path
 
 
-def _config_path(arg: str | None) -> Path | None:
-    if arg:
-        return Path(arg)
-    env = os.environ.get("MAILGATE_CONFIG")
-    if env:
-        return Path(env)
-    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+def _dev(args: argparse.Namespace) -> bool:
+    """`serve --dev` or `--demo`: the only commands that may read a checkout's config/."""
+    return bool(getattr(args, "dev", False) or getattr(args, "demo", False))
+
+
+def _config_choice(args: argparse.Namespace) -> ConfigChoice:
+    return find_config(args.config, _dev(args))
 
 
 def _setup_logging(settings: Settings, worker: int | None = None) -> None:
@@ -63,7 +69,7 @@ def _load(
     from gateway.app import Gateway, PolicyError
 
     try:
-        settings = load_settings(_config_path(args.config))
+        settings = load_settings(_config_path(args.config, _dev(args)))
         if demo_dns_port is not None:
             from gateway.demo import demo_dns_settings
 
@@ -151,8 +157,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"mailgate: {problem}", file=sys.stderr)
     if tls_problems:
         return 1
-    source = settings.source or "embedded defaults"
-    print(f"config OK: {source}")
+    print(f"config OK: {_config_choice(args).describe()}")
     print(
         f"rules OK: {settings.rules_dir} (policy {gateway.rules.version}, "
         f"{len(gateway.rules.scores)} scored symbols, tag at {gateway.rules.tag_threshold:g}, "
@@ -184,7 +189,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     hold_early_reopens()  # logrotate's SIGUSR1 while we load: noted, not fatal
     if worker is None:
         try:
-            settings = load_settings(_config_path(args.config))
+            settings = load_settings(_config_path(args.config, _dev(args)))
         except (ConfigError, ConfigErrors) as exc:
             print(f"mailgate: configuration error:\n{exc}", file=sys.stderr)
             return 1
@@ -192,9 +197,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # The supervisor only starts and watches workers: it never loads the model, the
             # plugins or the policy (about 70 MB it would hold for nothing). `mailgate check`
             # in a child process validates all of that first, with the same messages.
-            if not _checked_in_child(args):
+            if not _checked_in_child(settings.source):
                 return 1
             _setup_logging(settings, None)
+            _log_config(args)
             return asyncio.run(_supervise(settings, dev=args.dev, demo=args.demo))
     world: DemoWorld | None = None
     demo_port: int | None = None
@@ -220,22 +226,52 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if tls_problems:
             return 1
         _setup_logging(settings, worker)
-        return asyncio.run(
-            _serve(settings, gateway, dev=args.dev, demo=args.demo, worker=worker, world=world)
-        )
+        _log_config(args)
+        try:
+            return asyncio.run(
+                _serve(settings, gateway, dev=args.dev, demo=args.demo, worker=worker, world=world)
+            )
+        except OSError as exc:
+            refusal = _bind_refusal(exc)
+            if refusal is None:
+                raise
+            print(f"mailgate: {refusal}", file=sys.stderr)
+            return 1
     finally:
         if world is not None:
             world.stop()
 
 
-def _checked_in_child(args: argparse.Namespace) -> bool:
+def _log_config(args: argparse.Namespace) -> None:
+    """Start-up: which file this process serves with, or that there is none and where we looked."""
+    logging.getLogger("mailgate").info("config: %s", _config_choice(args).describe())
+
+
+_BIND_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
+
+
+def _bind_refusal(exc: OSError) -> str | None:
+    """One line for an address we cannot listen on (in use, not ours, a port below 1024 without
+    the capability), naming it; None for any other OSError, which stays a bug report."""
+    # asyncio's create_server: "error while attempting to bind on address ('::1', 25): ..."
+    where = re.search(r"bind on address \('([^']*)', (\d+)", str(exc))
+    if exc.errno not in _BIND_ERRORS or where is None:
+        return None  # e.g. EACCES on a folder: not a listening problem
+    address = f"[{where[1]}]:{where[2]}" if ":" in where[1] else f"{where[1]}:{where[2]}"
+    reason = os.strerror(exc.errno).lower()
+    if exc.errno == errno.EACCES:
+        reason += " (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"
+    return f"cannot listen on {address}: {reason}"
+
+
+def _checked_in_child(config: Path | None) -> bool:
     """`mailgate check` for this configuration, in a child process: its errors and warnings go
     to our stderr; True when it passed."""
     import subprocess
 
     argv = [sys.executable, "-m", "gateway"]
-    if args.config:
-        argv += ["--config", args.config]
+    if config is not None:
+        argv += ["--config", str(config)]
     # The supervisor probes DNS itself, once, and only warns: see _supervise.
     done = subprocess.run(
         [*argv, "check", "--no-dns-probe"], stdout=subprocess.DEVNULL, check=False
@@ -651,10 +687,16 @@ def _add_rules_commands(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailgate", description="Inline SMTP security gateway.")
-    parser.add_argument("--version", action="version", version=f"mailgate {__version__}")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="show the program's version, and the policy and model versions it would serve with",
+    )
     parser.add_argument(
         "--config",
-        help="path to gateway.toml (default: $MAILGATE_CONFIG, else config/gateway.toml)",
+        help="path to gateway.toml (default: $MAILGATE_CONFIG, else /etc/mailgate/gateway.toml, "
+        "else for serve --dev and --demo a checkout's config/gateway.toml, else built-in "
+        "defaults)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -735,10 +777,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_tls_commands(sub)
 
+    from gateway.initcli import add_commands as add_init_commands
+
+    add_init_commands(sub)
+
     from gateway.classifier.cli import add_commands as add_model_commands
 
     add_model_commands(sub)
     return parser
+
+
+def version_lines(config: str | None) -> list[str]:
+    """`mailgate --version`: the program, and the policy and model the configuration names
+    (the policy version as `check` and the log show it; the model's from its card)."""
+    from gateway.classifier.model import ModelError, read_card
+    from gateway.policy import load_rules
+
+    lines = [f"mailgate {__version__}"]
+    try:
+        settings = load_settings(_config_path(config))
+    except (ConfigError, ConfigErrors):
+        return [*lines, "policy: unknown (configuration error: see mailgate check)"]
+    try:
+        rules = load_rules(settings.rules_dir)
+        lines.append(f"policy {rules.version} ({settings.rules_dir})")
+    except (ConfigError, ConfigErrors):
+        lines.append(f"policy: unknown ({settings.rules_dir} has errors: see mailgate check)")
+    model = settings.classifier.model
+    own = settings.plugins.tables.get("classifier", {}).get("model")  # [plugins.classifier]
+    if isinstance(own, str) and own:
+        base = settings.source.parent if settings.source else Path.cwd()
+        model = (base / own).resolve()
+    try:
+        lines.append(f"model {read_card(model).get('version', '?')} ({model})")
+    except ModelError as exc:
+        lines.append(f"model: unknown ({exc})")
+    return lines
+
+
+class _VersionAction(argparse.Action):
+    """--version, computed when asked: it reads the rules and the model card of the config."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, *_: Any) -> None:
+        for line in version_lines(getattr(namespace, "config", None)):
+            print(line)
+        parser.exit()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -746,5 +832,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "rcpt", "unset") is None:
         args.rcpt = ["postmaster@example.com"]
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+        sys.stdout.flush()  # a reader gone (`| head`) shows here, not at interpreter exit
+    except BrokenPipeError:
+        return _reader_gone()
     return result
+
+
+def _reader_gone() -> int:
+    """The reader of our stdout went away (`mailgate quarantine list | head -1`): stop quietly,
+    as a Unix tool killed by SIGPIPE does, with its exit status (128 + 13)."""
+    # Python flushes stdout once more at exit: point it at /dev/null so that flush cannot fail.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import grp
 import ipaddress
+import os
 import pwd
 import socket
 import ssl
@@ -48,6 +49,7 @@ from gateway.schema import (
     Text,
     validate_table,
 )
+from gateway.shipped import is_checkout, shipped
 from gateway.tomlfile import ConfigError, ConfigErrors, TomlFile
 
 __all__ = [
@@ -325,7 +327,7 @@ class ClassifierSettings:
 
     __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
 
-    model: SettingPath = field(default_factory=lambda: Path.cwd() / "models" / "spam.npz")
+    model: SettingPath = field(default_factory=lambda: shipped("models") / "spam.npz")
 
 
 @dataclass(frozen=True)
@@ -356,7 +358,7 @@ class Settings:
 
 @dataclass(frozen=True)
 class PathsTable:
-    """[paths]; `load_settings` fills in what the file leaves out (`_FILE_DEFAULTS`)."""
+    """[paths]; `load_settings` fills in what the file leaves out (`default_layout`)."""
 
     __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
 
@@ -490,46 +492,70 @@ class GatewayFile:
     logging: LoggingTable = field(default_factory=LoggingTable)
 
 
-# Where a file that does not say puts things: relative to its folder, as in the source tree.
-_FILE_DEFAULTS = {
-    "paths": {
-        "rules": "../rules",
-        "quarantine": "../var/quarantine",
-        "dev_maildir": "../var/maildir",
-    },
-    "classifier": {"model": "../models/spam.npz"},
-}
-# No file at all: the source tree's layout, relative to the current directory.
-_EMBEDDED = {
-    "relay": {"domains": ["example.com"]},
-    "paths": {"rules": "rules", "quarantine": "var/quarantine", "dev_maildir": "var/maildir"},
-    "classifier": {"model": "models/spam.npz"},
-}
+# What neither a file nor its absence says: inside a source checkout, its own folders (rules/,
+# models/, var/), as config/gateway.toml has them; anywhere else the rules and model installed
+# with the package, the quarantine where the /etc/mailgate layout keeps it (README, "Install"),
+# and the --dev sink's Maildir in the user's own state folder (a demo run by anyone can write it).
+SYSTEM_QUARANTINE = Path("/var/lib/mailgate/quarantine")
 
 
-def _with_file_defaults(data: Mapping[str, Any]) -> dict[str, Any]:
+def _user_state() -> Path:
+    state = os.environ.get("XDG_STATE_HOME")
+    return Path(state) if state else Path.home() / ".local" / "state"
+
+
+def default_layout(checkout: Path | None) -> dict[str, dict[str, str]]:
+    """[paths] and [classifier] model for what a file leaves out, as absolute paths."""
+    if checkout is not None:
+        return {
+            "paths": {
+                "rules": str(checkout / "rules"),
+                "quarantine": str(checkout / "var" / "quarantine"),
+                "dev_maildir": str(checkout / "var" / "maildir"),
+            },
+            "classifier": {"model": str(checkout / "models" / "spam.npz")},
+        }
+    return {
+        "paths": {
+            "rules": str(shipped("rules")),
+            "quarantine": str(SYSTEM_QUARANTINE),
+            "dev_maildir": str(_user_state() / "mailgate" / "maildir"),
+        },
+        "classifier": {"model": str(shipped("models") / "spam.npz")},
+    }
+
+
+def _checkout_of(folder: Path) -> Path | None:
+    return folder if is_checkout(folder) else None
+
+
+def _with_defaults(data: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     filled = dict(data)
-    for table, defaults in _FILE_DEFAULTS.items():
+    for table, values in defaults.items():
         written = filled.get(table, {})
         if isinstance(written, dict):  # otherwise validation says "must be a table"
-            filled[table] = {**defaults, **written}
+            filled[table] = {**values, **written}
     return filled
 
 
 def load_settings(path: Path | None) -> Settings:
     """Read and validate config/gateway.toml; `None` gives the embedded defaults."""
     if path is None:
-        doc = TomlFile(Path.cwd() / "(embedded defaults)", _EMBEDDED, {})
+        cwd = Path.cwd()
+        embedded = {"relay": {"domains": ["example.com"]}, **default_layout(_checkout_of(cwd))}
+        doc = TomlFile(cwd / "(embedded defaults)", embedded, {})
         source = None
     else:
         source = path.resolve()
         doc = TomlFile.load(source)
-        doc = TomlFile(doc.path, _with_file_defaults(doc.data), doc.lines)
+        # config/gateway.toml of a checkout: the checkout's folders, as written in the shipped one
+        layout = default_layout(_checkout_of(source.parent.parent))
+        doc = TomlFile(doc.path, _with_defaults(doc.data, layout), doc.lines)
     errors: list[ConfigError] = []
     written = validate_table(doc, "", GatewayFile, doc.data, errors)
     if written is None:
         raise ConfigErrors(errors)
-    if written.paths is None:  # never: _FILE_DEFAULTS and _EMBEDDED give it
+    if written.paths is None:  # never: default_layout gives it
         raise ConfigErrors([doc.error("paths", "is required")])
     return Settings(
         source=source,

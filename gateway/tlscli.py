@@ -25,13 +25,18 @@ def add_commands(sub: Any) -> None:
         help="make a private key and a self-signed certificate for a first run",
         description=(
             "Write a new private key (mode 0600) and a self-signed certificate for the "
-            "[listen] hostname, to the [tls] cert_file/key_file of the configuration (or "
-            "tls/cert.pem and tls/key.pem next to it)."
+            "[listen] hostname, to the [tls] cert_file/key_file of the configuration, else "
+            "cert.pem and key.pem in --dir, else in tls/ next to the configuration in use "
+            "(/etc/mailgate/tls/ when there is none). Existing files are never replaced "
+            "without --force."
         ),
     )
     selfsigned.add_argument("--hostname", help="name in the certificate (default: [listen])")
     selfsigned.add_argument("--cert", help="certificate file to write (PEM)")
     selfsigned.add_argument("--key", help="private key file to write (PEM)")
+    selfsigned.add_argument(
+        "--dir", help="folder for cert.pem and key.pem (default: tls/ next to the config)"
+    )
     selfsigned.add_argument("--days", type=int, default=365, help="validity (default: 365)")
     selfsigned.add_argument("--ec", action="store_true", help="an ECDSA P-256 key (default RSA)")
     selfsigned.add_argument(
@@ -44,6 +49,7 @@ def cmd_selfsigned(args: argparse.Namespace) -> int:
     from gateway.certs import make_selfsigned
     from gateway.cli import _config_path
     from gateway.config import load_settings
+    from gateway.config_search import system_config
     from gateway.tomlfile import ConfigError, ConfigErrors
 
     try:
@@ -51,9 +57,16 @@ def cmd_selfsigned(args: argparse.Namespace) -> int:
     except (ConfigError, ConfigErrors) as exc:
         print(f"mailgate: configuration error:\n{exc}", file=sys.stderr)
         return 1
-    base = settings.source.parent if settings.source else Path.cwd()
-    cert = Path(args.cert) if args.cert else settings.tls.cert_file or base / "tls" / "cert.pem"
-    key = Path(args.key) if args.key else settings.tls.key_file or base / "tls" / "key.pem"
+    # Never the current folder: run in a checkout, that would put a private key in git's tree.
+    if args.dir:
+        folder = Path(args.dir)
+        cert_default, key_default = folder / "cert.pem", folder / "key.pem"
+    else:
+        folder = (settings.source or system_config()).parent / "tls"
+        cert_default = settings.tls.cert_file or folder / "cert.pem"
+        key_default = settings.tls.key_file or folder / "key.pem"
+    cert = Path(args.cert) if args.cert else cert_default
+    key = Path(args.key) if args.key else key_default
     if args.days <= 0:
         print("mailgate: --days must be at least 1", file=sys.stderr)
         return 2

@@ -15,6 +15,10 @@ import gateway.dns
 
 SYSTEM_RESOLV_CONF = Path("/etc/resolv.conf")
 
+# A machine that runs mailgate as a service has /etc/mailgate/gateway.toml: no test may read it
+# by accident (gateway.config_search); tests of that step point the variable at their own file.
+os.environ.setdefault("MAILGATE_SYSTEM_CONFIG", "/nonexistent/mailgate-tests/gateway.toml")
+
 
 def _postfix_unavailable(reason: str) -> None:
     """Skip on a developer machine without Postfix, but fail in CI, which installs it.

@@ -116,10 +116,13 @@ def test_check_names_the_dns_server_that_does_not_answer(
     assert "config OK" in result.stdout.decode()  # everything else was fine
 
 
-def test_check_finds_config_gateway_toml_in_the_current_directory() -> None:
+def test_check_in_a_checkout_reads_its_folders_but_not_its_config_file() -> None:
+    """config/gateway.toml of a checkout is for serve --dev only (gateway.config_search); the
+    embedded defaults there use the checkout's rules/."""
     result = mailgate("check", "--no-dns-probe", cwd=REPO)
     assert result.returncode == 0, result.stderr.decode()
-    assert b"config OK" in result.stdout
+    assert b"config OK: embedded defaults" in result.stdout
+    assert f"rules OK: {REPO / 'rules'} (policy ".encode() in result.stdout
 
 
 def _line_of(path: Path, text: str) -> int:

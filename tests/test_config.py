@@ -264,3 +264,20 @@ def test_every_number_and_flag_refuses_a_string(tmp_path: Path, table: str, key:
     text = f'[relay]\ndomains = ["example.com"]\n\n[{table}]\n{key} = "1"\n'
     errors = errors_of(write_config(tmp_path, text))
     assert [(e.key, e.line) for e in errors] == [(f"{table}.{key}", 5)], [str(e) for e in errors]
+
+
+def test_every_plugin_is_documented_in_the_shipped_config_and_the_readme() -> None:
+    """README and config/gateway.toml disagreed (issue 14 item 12): every plugin the registry
+    knows is named in the config's [plugins] text, every plugin with settings has its commented
+    [plugins.NAME] table there, and the README names each and each table."""
+    from gateway.plugins import builtin_registry
+
+    registry = builtin_registry()
+    config = SHIPPED.read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for name in registry.names():
+        assert f'"{name}"' in config, f"config/gateway.toml never names plugin {name!r}"
+        assert f"`{name}`" in readme, f"README never names plugin `{name}`"
+        if registry.declaration(name).config is not None:
+            assert f"# [plugins.{name}]\n" in config, f"no commented [plugins.{name}] table"
+            assert f"`[plugins.{name}]`" in readme, f"README never names [plugins.{name}]"

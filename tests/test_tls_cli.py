@@ -112,6 +112,42 @@ def test_selfsigned_makes_a_key_and_certificate_for_a_first_run(install: Path) -
     )
 
 
+def test_selfsigned_never_writes_into_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue item 11: run in a checkout, the key landed in its working tree. With no config
+    file the pair goes next to where the system's would be (/etc/mailgate/tls/), or to --dir."""
+    etc = tmp_path / "etc" / "mailgate"
+    monkeypatch.setenv("MAILGATE_SYSTEM_CONFIG", str(etc / "gateway.toml"))  # absent
+    before = sorted(p.name for p in REPO.iterdir())
+    result = mailgate("tls", "selfsigned", cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in REPO.iterdir()) == before
+    key = etc / "tls" / "key.pem"
+    assert (key.stat().st_mode & 0o777) == 0o600 and (etc / "tls" / "cert.pem").is_file()
+    assert f"key:         {key} (mode 0600)" in result.stdout
+    chosen = tmp_path / "chosen"
+    result = mailgate("tls", "selfsigned", "--dir", chosen, "--ec", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ((chosen / "key.pem").stat().st_mode & 0o777) == 0o600
+    kept = (chosen / "key.pem").read_bytes()
+    again = mailgate("tls", "selfsigned", "--dir", chosen, cwd=tmp_path)
+    assert again.returncode == 1 and "use --force to replace it" in again.stderr
+    assert (chosen / "key.pem").read_bytes() == kept
+    assert mailgate("tls", "selfsigned", "--dir", chosen, "--force", cwd=tmp_path).returncode == 0
+    assert (chosen / "key.pem").read_bytes() != kept
+
+
+def test_keys_left_in_the_checkout_are_ignored_by_git() -> None:
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("config/tls/key.pem", "var/quarantine/index.sqlite3", "dist/x.whl"):
+        done = subprocess.run(
+            ["git", "check-ignore", "-q", path], cwd=REPO, capture_output=True, check=False
+        )
+        assert done.returncode == 0, f"{path} is not in .gitignore"
+
+
 def test_selfsigned_pair_loads_as_a_server_certificate(tmp_path: Path) -> None:
     made = make_selfsigned("mx.example.org", tmp_path / "c.pem", tmp_path / "k.pem", days=30)
     ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(made.cert_file, made.key_file)

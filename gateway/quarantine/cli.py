@@ -330,13 +330,17 @@ Command = Callable[[argparse.Namespace, Store, Settings, Output], int]
 
 def run(args: argparse.Namespace) -> int:
     """Entry point from gateway.cli: load the settings, open the store, run the subcommand."""
-    from gateway.cli import _config_path
+    from gateway.config_search import find_config
 
+    choice = find_config(args.config)
     try:
-        settings = load_settings(_config_path(args.config))
+        settings = load_settings(choice.path)
     except (ConfigError, ConfigErrors) as exc:
         _err(f"configuration error:\n{exc}")
         return 1
+    if choice.path is None:
+        # `cd / && mailgate quarantine list` must not say "no entries" of a folder nobody uses
+        _err(f"{choice.describe()}; reading the quarantine in {settings.quarantine_dir}")
     command: Command = args.quarantine_func
     store = SqliteStore(settings.quarantine_dir, create=False)
     try:
