@@ -173,9 +173,36 @@ class SyslogHandler(logging.handlers.SysLogHandler):
             _say(f"cannot send to syslog {self.address}: {sys.exc_info()[1]}")
 
 
+LOG_QUEUE_LIMIT = 20_000  # records waiting for a stalled disk or syslog daemon, at most
+
+
 class _Enqueue(logging.handlers.QueueHandler):
     """Hands records to the writer thread with the message merged and the traceback as text,
-    so the writer's formatter still puts it where it belongs (a JSON `traceback` key)."""
+    so the writer's formatter still puts it where it belongs (a JSON `traceback` key).
+
+    The queue is bounded: a destination that stalls must not grow our memory without end.
+    Records that find it full are dropped and counted, and the count is logged once it drains.
+    """
+
+    dropped = 0
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            if self.dropped:
+                note = logging.LogRecord(
+                    "mailgate",
+                    logging.WARNING,
+                    __file__,
+                    0,
+                    "%d log lines dropped: the log destination did not keep up",
+                    (self.dropped,),
+                    None,
+                )
+                self.queue.put_nowait(self.prepare(note))
+                self.dropped = 0
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         ready = copy.copy(record)
@@ -297,7 +324,7 @@ def configure_logging(settings: Settings, worker: int | None = None) -> None:
             writer.setFormatter(body)
         else:
             writer = _syslog_handler(settings, body)
-        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        records: queue.Queue[logging.LogRecord] = queue.Queue(LOG_QUEUE_LIMIT)
         listener = logging.handlers.QueueListener(records, writer)
         listener.start()
         atexit.register(listener.stop)  # runs before logging's own shutdown: the queue drains

@@ -484,3 +484,21 @@ def test_a_log_file_that_cannot_be_reopened_keeps_the_old_one(
         assert (tmp_path / "m.log.1").read_text() == "one\ntwo\n"
     finally:
         handler.close()
+
+
+def test_a_stalled_destination_drops_and_counts_instead_of_growing() -> None:
+    """The writer thread's queue is bounded; what finds it full is counted, then said."""
+    import queue as queue_module
+
+    from gateway.logsetup import _Enqueue
+
+    records: queue_module.Queue[logging.LogRecord] = queue_module.Queue(2)
+    handler = _Enqueue(records)
+    log = logging.getLogger("mailgate.test.stalled")
+    for n in range(5):
+        handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "line %d", (n,), None))
+    assert records.qsize() == 2 and handler.dropped == 3
+    records.get_nowait(), records.get_nowait()  # the writer caught up
+    handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "after", (), None))
+    said = [records.get_nowait().getMessage(), records.get_nowait().getMessage()]
+    assert said == ["3 log lines dropped: the log destination did not keep up", "after"]
