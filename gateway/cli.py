@@ -236,7 +236,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if refusal is None:
                 raise
             print(f"mailgate: {refusal}", file=sys.stderr)
-            return 1
+            from gateway.supervisor import EXIT_CANNOT_START
+
+            return EXIT_CANNOT_START if worker is not None else 1
     finally:
         if world is not None:
             world.stop()
@@ -341,7 +343,7 @@ async def _serve(
     from gateway import service
     from gateway.privileges import PrivilegeError, drop_privileges, folders_written
     from gateway.server import GatewayServer, install_signals
-    from gateway.supervisor import tell_supervisor_ready, watch_parent
+    from gateway.supervisor import EXIT_CANNOT_START, tell_supervisor_ready, watch_parent
     from gateway.tls import ServerTls, delivery_tls
 
     sink_controller: Any = None
@@ -377,7 +379,7 @@ async def _serve(
         except PrivilegeError as exc:
             logging.getLogger("mailgate").error("%s", exc)
             await server.stop(grace=0)
-            return 1
+            return EXIT_CANNOT_START if worker is not None else 1
         # What is loaded by now (modules, the model, the policy) lives as long as the process:
         # keep it out of the cyclic collector's full passes, each of which would otherwise walk
         # all of it again (10-20 ms with every plugin loaded: a pause in some message's reply).

@@ -32,6 +32,11 @@ BACKOFF_MAX = 10.0
 STABLE_AFTER = 10.0  # a worker that lived this long resets the backoff
 
 
+# A worker that exits with this before it was ever ready cannot start for a reason a restart
+# does not change (its port taken, the user it must become unable to write the quarantine):
+# the supervisor stops instead of restarting it forever. sysexits.h's EX_CONFIG.
+EXIT_CANNOT_START = 78
+
 READY_FD_ENV = "MAILGATE_READY_FD"  # a worker writes one byte here once it serves
 
 
@@ -65,6 +70,7 @@ class Supervisor:
         self.reload_pending: set[int] = set()
         self.reopen_pending: set[int] = set()  # SIGUSR1 (reopen the log file) likewise
         self.all_ready = asyncio.Event()
+        self.failed = False  # a worker could not start: we stop, and exit 1
 
     @staticmethod
     def _worker_environment() -> dict[str, str]:
@@ -143,6 +149,16 @@ class Supervisor:
             if self.stopping.is_set():
                 log.info("worker %d (pid %d) stopped: exit %d", index, proc.pid, code)
                 return
+            if code == EXIT_CANNOT_START and index not in self.ready:
+                log.error(
+                    "worker %d (pid %d) cannot start (its error is above): stopping every worker",
+                    index,
+                    proc.pid,
+                )
+                service.status(f"worker {index} cannot start; stopping")
+                self.failed = True
+                self.stop()
+                return
             if time.monotonic() - started >= STABLE_AFTER:
                 backoff = BACKOFF_START
             log.error(
@@ -192,7 +208,7 @@ class Supervisor:
             self.signal_all(signal.SIGKILL)
             await asyncio.wait(pending, timeout=5.0)
         log.info("stopped")
-        return 0
+        return 1 if self.failed else 0
 
 
 async def wait_listening(host: str, port: int, within: float = 30.0) -> bool:
