@@ -4,12 +4,11 @@ between two scrapes, and `mailgate serve --dev` with [metrics], STARTTLS and con
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
-from test_signals import spawn_serve, write_served_config
+from test_signals import spawn_serve, stop_serving, write_served_config
 from test_workers import GRACE, Cluster
 
 # The families whose every change a test accounts for (timings and CPU vary run to run).
@@ -64,10 +63,4 @@ def serving(
         cluster.wait_log(r"mailgate: listening on", 1)
         yield cluster
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=GRACE + 10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_serving(proc, GRACE)

@@ -14,7 +14,6 @@ import dataclasses
 import re
 import signal
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from harness import LOOPBACK, REPO, RecordingSink, free_port, make_settings, mes
 from test_signals import (
     Served,
     _wait_for_banner,
-    mailgate_command,
     set_key,
     spawn_serve,
     write_served_config,
@@ -57,18 +55,8 @@ def recording_sink() -> Iterator[RecordingSink]:
 
 
 def start(tmp_path: Path, config: Path, port: int, dev: bool = True) -> Served:
-    if dev:
-        proc, log = spawn_serve(tmp_path, config)
-    else:  # the [dns] of the file, not the demo DNS server of --dev
-        log = tmp_path / "mailgate.log"
-        with open(log, "wb") as err:
-            proc = subprocess.Popen(
-                [*mailgate_command(), "--config", str(config), "serve"],
-                cwd=tmp_path,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
+    # dev=False: the [dns] of the file, not the demo DNS server of --dev
+    proc, log = spawn_serve(tmp_path, config, dev=dev)
     try:
         _wait_for_banner(proc, port, log)
     except BaseException:

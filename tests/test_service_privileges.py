@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from harness import LOOPBACK, free_port, message
 from quarantine_fixtures import run_cli
-from test_signals import mailgate_command, spawn_serve, wait_for_log, write_served_config
+from test_signals import spawn_serve, wait_for_log, write_served_config
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dropping root needs root")
 
@@ -220,15 +220,7 @@ def test_root_without_a_user_is_warned(tmp_path: Path) -> None:
     no packet leaves the machine."""
     dns = f'\n[dns]\nnameservers = ["{LOOPBACK}"]\nport = {free_port()}\ntimeout = 1\n'
     config, _ = write_served_config(tmp_path, extra=dns)
-    log = tmp_path / "mailgate.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [*mailgate_command(), "--config", str(config), "serve"],
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    proc, log = spawn_serve(tmp_path, config, dev=False)
     try:
         text = wait_for_log(proc, log, str.count, "running as root", timeout=TIMEOUT)
         assert 'WARNING mailgate: running as root: set [listen] user (e.g. "mailgate")' in text

@@ -143,13 +143,16 @@ def _wait_for_banner(proc: subprocess.Popen[bytes], port: int, log: Path) -> Non
     raise AssertionError(f"mailgate did not greet on port {port}:\n{log.read_text()}")
 
 
-def spawn_serve(tmp_path: Path, config: Path) -> tuple[subprocess.Popen[bytes], Path]:
-    """`mailgate --config CONFIG serve --dev` in `tmp_path`; its log is tmp_path/mailgate.log."""
+def spawn_serve(
+    tmp_path: Path, config: Path, dev: bool = True
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """`mailgate --config CONFIG serve --dev` in `tmp_path`; its log is tmp_path/mailgate.log.
+    `dev=False`: `serve` proper (the file's [dns], no dev sink)."""
     log = tmp_path / "mailgate.log"
     env = {k: v for k, v in os.environ.items() if k != "MAILGATE_CONFIG"}
     with open(log, "wb") as err, open(tmp_path / "stdout.log", "wb") as out:
         proc = subprocess.Popen(
-            [*mailgate_command(), "--config", str(config), "serve", "--dev"],
+            [*mailgate_command(), "--config", str(config), "serve", *(["--dev"] * dev)],
             cwd=tmp_path,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -157,6 +160,17 @@ def spawn_serve(tmp_path: Path, config: Path) -> tuple[subprocess.Popen[bytes], 
             stderr=err,
         )
     return proc, log
+
+
+def stop_serving(proc: subprocess.Popen[bytes], grace: float = GRACE) -> None:
+    """SIGTERM (drain and stop) a served process, SIGKILL if it outlives the grace."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace + 10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 @pytest.fixture

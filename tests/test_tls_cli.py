@@ -266,7 +266,8 @@ def test_check_warns_about_expired_soon_mismatched_certificates(
     assert "does not name [listen] hostname 'mailgate.localhost'" in result.stderr
 
     make_selfsigned("mailgate.localhost", cert, tmp_path / "unused-key.pem", days=90)
-    result = mailgate("--config", install, "check", "--no-dns-probe", cwd=tmp_path)  # key.pem is another key
+    # key.pem is another key
+    result = mailgate("--config", install, "check", "--no-dns-probe", cwd=tmp_path)
     assert result.returncode == 1  # the gateway could not start with it
     assert "private key does not match the certificate" in result.stderr
     assert "TLS certificate or key unusable" in result.stderr

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pytest
 from harness import LOOPBACK, message
-from test_signals import mailgate_command, spawn_serve, wait_for_log, write_served_config
+from test_signals import (
+    mailgate_command,
+    spawn_serve,
+    stop_serving,
+    wait_for_log,
+    write_served_config,
+)
 
 GRACE = 5.0
 # Waits bound a failure only: a loaded 2-core CI may take far longer than a quiet machine to
@@ -81,13 +87,7 @@ def running(tmp_path: Path, workers: int, extra: str = "") -> Iterator[Cluster]:
         yield cluster
     finally:
         pids = list(cluster.worker_pids().values())
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=GRACE + 10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_serving(proc, GRACE)
         for pid in pids:  # never leave a worker behind holding the port
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -158,12 +158,7 @@ def test_sighup_while_workers_start_kills_none_and_reaches_each(tmp_path: Path) 
         _wait_for_workers(cluster, 2)
     finally:
         pids = list(cluster.worker_pids().values())
-        proc.terminate()
-        try:
-            proc.wait(timeout=GRACE + 10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_serving(proc, GRACE)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
