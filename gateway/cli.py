@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from gateway import __version__
-from gateway.config import Settings, load_settings
+from gateway.config import Settings, classifier_model_path, load_settings
 from gateway.config_search import ConfigChoice, find_config
 from gateway.logsetup import SafeFormatter as SafeFormatter  # tests import it from here
 from gateway.logsetup import configure_logging, hold_early_reopens
@@ -805,11 +805,7 @@ def version_lines(config: str | None) -> list[str]:
         lines.append(f"policy {rules.version} ({settings.rules_dir})")
     except (ConfigError, ConfigErrors):
         lines.append(f"policy: unknown ({settings.rules_dir} has errors: see mailgate check)")
-    model = settings.classifier.model
-    own = settings.plugins.tables.get("classifier", {}).get("model")  # [plugins.classifier]
-    if isinstance(own, str) and own:
-        base = settings.source.parent if settings.source else Path.cwd()
-        model = (base / own).resolve()
+    model = classifier_model_path(settings)
     try:
         lines.append(f"model {read_card(model).get('version', '?')} ({model})")
     except ModelError as exc:

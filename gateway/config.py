@@ -538,6 +538,17 @@ def _with_defaults(data: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict
     return filled
 
 
+def classifier_model_path(settings: Settings) -> Path:
+    """The model the classifier plugin loads: `[plugins.classifier] model` (relative to the
+    file's folder), else the older `[classifier] model`, else the shipped one. One answer for
+    the plugin's table, `--version` and `mailgate model`."""
+    own = settings.plugins.tables.get("classifier", {}).get("model")
+    if isinstance(own, str) and own:
+        base = settings.source.parent if settings.source is not None else Path.cwd()
+        return (base / own).resolve()
+    return settings.classifier.model
+
+
 def load_settings(path: Path | None) -> Settings:
     """Read and validate config/gateway.toml; `None` gives the embedded defaults."""
     if path is None:

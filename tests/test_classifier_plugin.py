@@ -240,3 +240,27 @@ def test_model_info_escapes_a_hostile_card(
     assert main(["model", "info", "--model", str(npz)]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\\x1b[2J" in out and "odd: (1-ROCA)% n/a" in out
+
+
+def test_model_info_reads_the_model_plugins_classifier_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`mailgate model info` without --model reads the model the plugin would load: the
+    `[plugins.classifier] model` of the file, relative to its folder (not only `[classifier]`)."""
+    npz = tmp_path / "models" / "mine.npz"
+    npz.parent.mkdir()
+    npz.write_bytes(SHIPPED.read_bytes())
+    card = json.loads(card_path_for(SHIPPED).read_text())
+    card["version"] = "site-retrained-1"
+    card_path_for(npz).write_text(json.dumps(card))
+    config = tmp_path / "etc" / "gateway.toml"
+    config.parent.mkdir()
+    config.write_text('[plugins.classifier]\nmodel = "../models/mine.npz"\n')
+    assert main(["--config", str(config), "model", "info"]) == 1  # a file that serves nothing
+    err = capsys.readouterr().err
+    assert "relay.domains" in err and "nothing to do" in err and "Traceback" not in err
+    config.write_text(
+        '[relay]\ndomains = ["example.com"]\n[plugins.classifier]\nmodel = "../models/mine.npz"\n'
+    )
+    assert main(["--config", str(config), "model", "info"]) == 0
+    assert "site-retrained-1" in capsys.readouterr().out

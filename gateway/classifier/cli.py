@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.text import printable
+from gateway.tomlfile import ConfigError, ConfigErrors
 
 # Names of the SpamAssassin public corpus' collector (its hosts, the redacted recipient) and its
 # own relays: without them out of the features, a model learns "this came through jmason.org's
@@ -174,10 +175,12 @@ def _sources(args: argparse.Namespace) -> list[tuple[str, Path]]:
 def _model_path(args: argparse.Namespace) -> Path:
     if args.model:
         return Path(args.model)
+    """--model, else the model the configuration's classifier loads (a broken configuration
+    raises ConfigError/ConfigErrors, which the commands print like every other command)."""
     from gateway.cli import _config_path
-    from gateway.config import load_settings
+    from gateway.config import classifier_model_path, load_settings
 
-    return load_settings(_config_path(args.config)).classifier.model
+    return classifier_model_path(load_settings(_config_path(args.config)))
 
 
 # -- train ---------------------------------------------------------------------------------------
@@ -302,7 +305,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         path = _model_path(args)
         model = load(path)
         messages = corpus.load(sources, limit=args.limit)
-    except (ModelError, corpus.CorpusError, OSError) as exc:
+    except (ModelError, ConfigError, ConfigErrors, corpus.CorpusError, OSError) as exc:
         print(f"mailgate: {printable(str(exc), 500)}", file=sys.stderr)
         return 1
     if args.recipe:
@@ -378,7 +381,7 @@ def _eval_cross_source(args: argparse.Namespace) -> int:
     try:
         model = load(_model_path(args))
         messages = corpora.load(Path(args.corpora), limit=args.limit)
-    except (ModelError, CorpusError, OSError) as exc:
+    except (ModelError, ConfigError, ConfigErrors, CorpusError, OSError) as exc:
         print(f"mailgate: {printable(str(exc), 500)}", file=sys.stderr)
         return 1
     from threadpoolctl import threadpool_limits
@@ -471,7 +474,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     try:
         path = _model_path(args)
         model = load(path)
-    except (ModelError, OSError) as exc:
+    except (ModelError, ConfigError, ConfigErrors, OSError) as exc:
         print(f"mailgate: {printable(str(exc), 500)}", file=sys.stderr)
         return 1
     if args.json:
