@@ -143,6 +143,31 @@ async def _probe_and_log(resolver: Resolver) -> None:
 # -- check ---------------------------------------------------------------------------------------
 
 
+def _logs_line(settings: Settings) -> str:
+    """Where `serve` writes its log, as `check` says it."""
+    table = settings.logging
+    if table.destination == "file":
+        where = f"the file {table.file} (reopened on SIGHUP and SIGUSR1)"
+    elif table.destination == "syslog":
+        address = table.syslog_address
+        target = address.path or f"{address.host}:{address.port}"
+        where = f"syslog at {target}, facility {table.facility}"
+    else:
+        where = "stderr (under systemd: the journal)"
+    return f"logs: {table.format} lines at level {table.level} to {where}"
+
+
+def _runs_as_line(settings: Settings) -> str:
+    """Which user `serve` ends up as, when started by whoever runs `check` now."""
+    listen = settings.listen
+    if listen.user is not None:
+        group = f", group {listen.group}" if listen.group else ""
+        return f"runs as: user {listen.user}{group} once the port is bound (when started as root)"
+    if os.geteuid() == 0:
+        return 'runs as: root (started as root; set [listen] user = "mailgate" to give it up)'
+    return "runs as: the user that starts it"
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     loaded = _load(args, sys.stderr)
     if loaded is None:
@@ -166,6 +191,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"plugins: {', '.join(p.name for p in gateway.chain.plugins) or '(none)'}")
     for line in _plugins_off(gateway) + _rbl_lines(gateway):
         print(line)
+    print(_logs_line(settings))
+    print(_runs_as_line(settings))
     if args.no_dns_probe or gateway.services is None:
         return 0
     found = asyncio.run(_probe(gateway.services.resolver))

@@ -349,3 +349,24 @@ def test_corpus_is_there() -> None:
     if not CORPUS.is_dir():
         pytest.skip(f"{CORPUS} is not present")
     assert len(corpus_samples()) == 3
+
+
+def test_check_says_where_logs_go_and_which_user_serves(install: Path) -> None:
+    """What an admin asks before the first start: where is the log, and is it root?"""
+    result = mailgate("--config", install, "check", "--no-dns-probe", cwd=install.parent)
+    assert result.returncode == 0, result.stderr.decode()
+    out = result.stdout.decode()
+    assert "logs: text lines at level info to stderr (under systemd: the journal)" in out
+    expected = "runs as: root" if os.geteuid() == 0 else "runs as: the user that starts it"
+    assert expected in out
+    text = install.read_text(encoding="utf-8")
+    text = re.sub(
+        r"(?m)^\[logging\]\n",
+        '[logging]\nformat = "json"\ndestination = "syslog"\nsyslog_address = "127.0.0.1:514"\n',
+        text,
+    )
+    text = text.replace("workers = 1\n", 'workers = 1\nuser = "nobody"\n', 1)
+    install.write_text(text, encoding="utf-8")
+    out = mailgate("--config", install, "check", "--no-dns-probe", cwd=install.parent).stdout
+    assert b"logs: json lines at level info to syslog at 127.0.0.1:514, facility mail" in out
+    assert b"runs as: user nobody once the port is bound (when started as root)" in out
