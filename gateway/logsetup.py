@@ -142,7 +142,8 @@ class ReopeningFileHandler(logging.StreamHandler[TextIO]):
             return
         old = self.setStream(stream)
         if old is not None:
-            old.close()
+            with contextlib.suppress(OSError):  # its last lines could not be flushed (disk full)
+                old.close()
         self.failing = False  # a write failure on the new file is reported again
         # The first line of the new file: each process says it, so a rotation can be checked.
         logging.getLogger("mailgate").info("log file %s reopened", self.path)
@@ -156,7 +157,8 @@ class ReopeningFileHandler(logging.StreamHandler[TextIO]):
         self.acquire()
         try:
             if self.stream is not None and not self.stream.closed:
-                self.stream.close()
+                with contextlib.suppress(OSError):  # unflushed lines on a full disk: lost, said
+                    self.stream.close()
         finally:
             self.release()
         super().close()

@@ -502,3 +502,22 @@ def test_a_stalled_destination_drops_and_counts_instead_of_growing() -> None:
     handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "after", (), None))
     said = [records.get_nowait().getMessage(), records.get_nowait().getMessage()]
     assert said == ["3 log lines dropped: the log destination did not keep up", "after"]
+
+
+def test_a_full_disk_is_said_once_on_stderr_and_logging_goes_on(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """/dev/full answers every write with ENOSPC: one line says so, no traceback per record,
+    and the process (the mail path) is never stopped by its log."""
+    from gateway.logsetup import ReopeningFileHandler
+
+    handler = ReopeningFileHandler(Path("/dev/full"))
+    log = logging.getLogger("mailgate.test.full")
+    try:
+        for n in range(3):
+            handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "m %d", (n,), None))
+    finally:
+        handler.close()
+    err = capsys.readouterr().err
+    assert err.count("cannot write to log file /dev/full") == 1, err
+    assert "No space left on device" in err and "Traceback" not in err
