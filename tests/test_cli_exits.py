@@ -105,44 +105,18 @@ def _quoted(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-def test_a_port_in_use_is_one_line_naming_it(tmp_path: Path) -> None:
+def _serve_on_a_taken_port(
+    tmp_path: Path, workers: int
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """`mailgate serve` on a port another socket already listens on; its run and that port.
+    The start-up DNS probe asks loopback only (nothing answers there)."""
     with socket.socket() as taken:
         taken.bind((LOOPBACK, 0))
         taken.listen()
         port = taken.getsockname()[1]
         config, _ = write_served_config(
             tmp_path,
-            [("listen", "port", str(port))],
-            extra='\n[dns]\nnameservers = ["127.0.0.1"]\n',  # loopback only, come what may
-        )
-        done = subprocess.run(
-            [*mailgate_command(), "--config", str(config), "serve"],
-            capture_output=True,
-            text=True,
-            env=env_without_config(),
-            timeout=120,
-            check=False,
-        )
-    assert done.returncode == 1, done.stderr
-    assert "Traceback" not in done.stderr, done.stderr
-    assert f"mailgate: cannot listen on {LOOPBACK}:{port}: address already in use\n" in (
-        done.stderr
-    )
-
-
-def test_with_workers_a_port_in_use_stops_the_supervisor_not_a_restart_loop(
-    tmp_path: Path,
-) -> None:
-    """Each worker binds for itself: one that cannot (EX_CONFIG, before it was ever ready) is
-    not restarted forever; the supervisor stops them all and exits 1."""
-    with socket.socket() as taken:
-        taken.bind((LOOPBACK, 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        config, _ = write_served_config(
-            tmp_path,
-            [("listen", "port", str(port)), ("listen", "workers", "2")],
-            # the supervisor's start-up DNS probe stays on loopback (nothing answers there)
+            [("listen", "port", str(port)), ("listen", "workers", str(workers))],
             extra='\n[dns]\nnameservers = ["127.0.0.1"]\ntimeout = 1\n',
         )
         done = subprocess.run(
@@ -155,6 +129,22 @@ def test_with_workers_a_port_in_use_stops_the_supervisor_not_a_restart_loop(
         )
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+    return done, port
+
+
+def test_a_port_in_use_is_one_line_naming_it(tmp_path: Path) -> None:
+    done, port = _serve_on_a_taken_port(tmp_path, workers=1)
+    assert f"mailgate: cannot listen on {LOOPBACK}:{port}: address already in use\n" in (
+        done.stderr
+    )
+
+
+def test_with_workers_a_port_in_use_stops_the_supervisor_not_a_restart_loop(
+    tmp_path: Path,
+) -> None:
+    """Each worker binds for itself: one that cannot (EX_CONFIG, before it was ever ready) is
+    not restarted forever; the supervisor stops them all and exits 1."""
+    done, port = _serve_on_a_taken_port(tmp_path, workers=2)
     assert f"cannot listen on {LOOPBACK}:{port}: address already in use" in done.stderr
     assert "cannot start (its error is above): stopping every worker" in done.stderr
     assert "restarting in" not in done.stderr, done.stderr

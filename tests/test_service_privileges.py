@@ -154,19 +154,24 @@ def test_a_folder_root_made_is_handed_over(served_root: Path) -> None:
         _stop(proc)
 
 
+def _start_refused_as_user(root: Path, config: Path) -> str:
+    """`serve` with `[listen] user`, which must stop with exit 1; its log."""
+    _with_user(config, f'user = "{USER}"')
+    proc, log = spawn_serve(root, config)
+    try:
+        assert proc.wait(timeout=TIMEOUT) == 1
+    finally:
+        _stop(proc)
+    return log.read_text(encoding="utf-8")
+
+
 def test_a_folder_the_user_cannot_write_is_refused_by_name(served_root: Path) -> None:
     config, _ = write_served_config(served_root)
     quarantine = served_root / "quarantine"
     quarantine.mkdir()
     os.chown(quarantine, 1, 1)  # daemon's, say: someone else's folder is never taken
     quarantine.chmod(0o755)
-    _with_user(config, f'user = "{USER}"')
-    proc, log = spawn_serve(served_root, config)
-    try:
-        assert proc.wait(timeout=TIMEOUT) == 1
-    finally:
-        _stop(proc)
-    text = log.read_text(encoding="utf-8")
+    text = _start_refused_as_user(served_root, config)
     assert f"ERROR mailgate: user {USER} cannot write {quarantine}: chown -R {USER}:" in text
     assert "Traceback" not in text
 
@@ -180,13 +185,7 @@ def test_an_installation_the_user_cannot_read_is_refused_by_name(
     (private / "sitecustomize.py").write_text("")  # loaded at start-up: code lives there
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([*sys.path, str(private)]))
     config, _ = write_served_config(served_root)
-    _with_user(config, f'user = "{USER}"')
-    proc, log = spawn_serve(served_root, config)
-    try:
-        assert proc.wait(timeout=TIMEOUT) == 1
-    finally:
-        _stop(proc)
-    text = log.read_text(encoding="utf-8")
+    text = _start_refused_as_user(served_root, config)
     assert f"ERROR mailgate: user {USER} cannot read {private}, where Python and" in text
     assert "Traceback" not in text
 
