@@ -62,6 +62,33 @@ def test_every_source_is_named_and_the_phishing_folder_is_marked(built: Path) ->
         corpora.discover(built / "modern" / "ham")
 
 
+def test_spam_found_in_a_ham_list_is_labelled_spam_and_the_list_stays_ham(
+    built: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ham list's RELABELLED_SPAM messages are trained and judged as spam, counted in their
+    list, and the list is still held out as a ham list."""
+    nbd = "modern/ham/nbd.other.debian.org"
+    monkeypatch.setitem(corpora.RELABELLED_SPAM, nbd, frozenset({"000.eml", "003.eml"}))
+    messages = corpora.load(built)
+    of_list = {m.name: m.label for m in messages if m.source == nbd}
+    assert of_list["000.eml"] == 1 and of_list["003.eml"] == 1
+    assert sum(of_list.values()) == 2 and len(of_list) == 8
+    described = {d["source"]: d for d in corpora.describe(messages)}
+    assert described[nbd]["label"] == "ham" and described[nbd]["relabelled_spam"] == 2
+    found = {s.name: s for s in crosssource.splits(messages)}
+    held = found[f"ham list out: {nbd.rpartition('/')[2]}"]
+    assert {messages[i].name for i in held.test if messages[i].source == nbd} == set(of_list)
+
+
+def test_the_shipped_relabelling_names_files_of_the_list() -> None:
+    """Every relabelled name is a file of the shared corpus (when it is here)."""
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
+    for source, names in corpora.RELABELLED_SPAM.items():
+        folder = root / source
+        if folder.is_dir():
+            assert names <= {p.name for p in folder.iterdir()}, source
+
+
 def test_splits_keep_whole_sources_out_of_training(built: Path) -> None:
     messages = corpora.load(built)
     found = {s.name: s for s in crosssource.splits(messages)}

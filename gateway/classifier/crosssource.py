@@ -82,8 +82,10 @@ def splits(messages: Sequence[Message]) -> list[Split]:
         by_source.setdefault(m.source, []).append(i)
     modern = {s for s, idx in by_source.items() if messages[idx[0]].corpus == "modern"}
     sa = {s for s, idx in by_source.items() if messages[idx[0]].corpus == "spamassassin"}
-    ham_lists = sorted(s for s in modern if messages[by_source[s][0]].label == 0)
-    spam_sources = sorted(s for s in modern if messages[by_source[s][0]].label == 1)
+    # A source's label is that of most of its messages (a ham list holds some relabelled spam).
+    spammy = {s for s, ix in by_source.items() if 2 * sum(messages[i].label for i in ix) > len(ix)}
+    ham_lists = sorted(s for s in modern if s not in spammy)
+    spam_sources = sorted(s for s in modern if s in spammy)
     everything = set(range(len(messages)))
 
     def index(members: set[int]) -> Index:
