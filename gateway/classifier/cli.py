@@ -58,6 +58,12 @@ PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
     "modern": {"redact": (r"lfdr\.de",), "collector": (r"lfdr\.de",)},
     "none": {"redact": (), "collector": ()},
 }
+# With --corpora, SpamAssassin's hard_ham (2002 newsletters and commercial mail, the only such ham
+# either corpus has) weighs 4: among mailing-list ham it is too rare to stop the model reading
+# "commercial" as "spam". Half of hard_ham's senders held out (the other half trained) chose it:
+# spam recall at the highest held-out newsletter's score 0.86 -> 0.89 and 0.73 -> 0.75 (weight
+# 1 -> 4), the baseline 0.68 and 0.52.
+CORPORA_SOURCE_WEIGHTS: tuple[tuple[str, float], ...] = (("spamassassin/hard_ham", 4.0),)
 # `--corpora` trains on both corpora: both presets at once.
 CORPORA_PRESET = {
     key: PRESETS["spamassassin"][key] + PRESETS["modern"][key] for key in ("redact", "collector")
@@ -114,6 +120,15 @@ def add_commands(sub: Any) -> None:
         action="store_true",
         help="with --corpora: also judge the recipe on sources kept out of training, next to "
         "the baseline (about two fits per split: minutes), and keep the table in the card",
+    )
+    train.add_argument(
+        "--source-weight",
+        action="append",
+        default=[],
+        metavar="SOURCE=W",
+        help="weigh every message of a source W times (SOURCE as the card names it: the folder "
+        "given, or e.g. spamassassin/hard_ham); with --corpora the default is "
+        + ", ".join(f"{k}={v:g}" for k, v in CORPORA_SOURCE_WEIGHTS),
     )
     train.add_argument("--json", action="store_true", help="print the card as JSON")
     train.set_defaults(func=cmd_train)
@@ -208,7 +223,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     from gateway.classifier import corpus
     from gateway.classifier.features import FeatureSettings
-    from gateway.classifier.train import TrainSettings, build
+    from gateway.classifier.train import FitParams, TrainSettings, build
 
     sources = _sources(args)
     if not sources and not args.feedback and not args.corpora:
@@ -223,11 +238,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             key: tuple(dict.fromkeys(CORPORA_PRESET[key] + preset[key]))
             for key in ("redact", "collector")
         }
+    try:
+        weights = _source_weights(args.source_weight, bool(args.corpora))
+    except ValueError as exc:
+        print(f"mailgate: {printable(str(exc), 500)}", file=sys.stderr)
+        return 2
     settings = TrainSettings(
         features=FeatureSettings(
             redact=tuple(preset["redact"]) + tuple(args.redact),
             collector_received=tuple(preset["collector"]) + tuple(args.collector),
-        )
+        ),
+        fit=FitParams(source_weights=weights),
     )
     try:
         settings.features.from_json(settings.features.to_json())  # validates the patterns
@@ -338,13 +359,14 @@ def _eval_recipe(args: argparse.Namespace, model: Any, messages: list[Any]) -> i
     if not _training_available():
         return 2
     from gateway.classifier import corpus
-    from gateway.classifier.train import evaluate, featurize
+    from gateway.classifier.train import evaluate, featurize, sample_weights
 
     settings = _recipe_of(model)
     ordered = corpus.time_order(messages)
     labels = corpus.labels_of(ordered)
     counts = featurize(ordered, settings)
-    evaluation = evaluate(counts, labels, settings, args.folds, progress=_say)
+    weights = sample_weights(ordered, settings.fit)
+    evaluation = evaluate(counts, labels, settings, args.folds, progress=_say, weights=weights)
     result = evaluation.to_json()
     if args.json:
         print(json.dumps(result, indent=2))
@@ -396,6 +418,21 @@ def _eval_cross_source(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source_weights(given: list[str], corpora: bool) -> tuple[tuple[str, float], ...]:
+    """--source-weight SOURCE=W values over the --corpora defaults; ValueError names a bad one."""
+    weights = dict(CORPORA_SOURCE_WEIGHTS) if corpora else {}
+    for item in given:
+        source, eq, value = item.rpartition("=")
+        try:
+            weight = float(value) if eq and source else math.nan
+        except ValueError:
+            weight = math.nan
+        if not (math.isfinite(weight) and weight > 0):
+            raise ValueError(f"--source-weight {item!r}: expected SOURCE=W with W > 0")
+        weights[source] = weight
+    return tuple(weights.items())
+
+
 def _recipe_of(model: Any) -> Any:
     """The training settings a model was made with (its card)."""
     from gateway.classifier.train import FitParams, TrainSettings
@@ -404,7 +441,13 @@ def _recipe_of(model: Any) -> Any:
     return TrainSettings(
         features=model.features,
         vector=model.vector,
-        fit=FitParams(c=float(fit.get("c", FitParams.c)), class_weight=fit.get("class_weight")),
+        fit=FitParams(
+            c=float(fit.get("c", FitParams.c)),
+            class_weight=fit.get("class_weight"),
+            source_weights=tuple(
+                (str(k), float(v)) for k, v in (fit.get("source_weights") or {}).items()
+            ),
+        ),
     )
 
 

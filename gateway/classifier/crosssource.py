@@ -35,7 +35,7 @@ import scipy.sparse as sp
 from gateway.classifier import metrics
 from gateway.classifier.corpus import Message, labels_of
 from gateway.classifier.features import plain_reading
-from gateway.classifier.train import TrainSettings, featurize, scores_on
+from gateway.classifier.train import TrainSettings, featurize, sample_weights, scores_on
 from gateway.classifier.vectorize import FieldCounts
 
 Index = npt.NDArray[np.int64]
@@ -240,6 +240,7 @@ def run(
     if counts is None:
         say(f"features of {len(messages)} messages")
         counts = featurize(messages, settings)
+    weights = sample_weights(messages, settings.fit)  # the recipe's; the baseline has none
     say("baseline word 1-2-grams")
     x = baseline_matrix(messages)
     rows: list[Row] = []
@@ -248,7 +249,7 @@ def run(
             continue
         say(f"{split.name}: train {len(split.train)}, test {len(split.test)}")
         y = labels[split.test]
-        z = scores_on(counts, labels, split.train, split.test, settings)
+        z = scores_on(counts, labels, split.train, split.test, settings, weights)
         b = baseline_scores(x, labels, split.train, split.test)
         rows.append(
             Row(
