@@ -108,6 +108,18 @@ def test_splits_keep_whole_sources_out_of_training(built: Path) -> None:
     sa = found["SpamAssassin -> modern"]
     assert {messages[i].corpus for i in sa.train} == {"spamassassin"}
     assert {messages[i].corpus for i in sa.test} == {"modern"}
+    for half in (1, 2):
+        split = found[f"commercial ham out: hard_ham senders, half {half}"]
+
+        def senders(idx: np.ndarray) -> set[str]:
+            return {
+                crosssource.sender_domain(messages[i].raw)
+                for i in idx.tolist()
+                if messages[i].source == "spamassassin/hard_ham"
+            }
+
+        assert senders(split.test) and not senders(split.test) & senders(split.train)
+        assert {messages[i].label for i in split.test} == {0, 1}
     times = np.array([m.time for m in messages])
     later = found["time: older 70% -> newer 30%"]
     assert times[later.train].max() <= times[later.test].min()
