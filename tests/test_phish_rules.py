@@ -118,6 +118,35 @@ LURES = [
     ("CONTENT_GREETS_ADDRESS", "Dear bob@example.com,\nplease read."),
 ]
 
+
+@pytest.mark.parametrize(
+    ("part", "subject"),
+    [
+        ("CONTENT_LURE_SUBJECT_WIDE", "Your password has expired"),
+        ("CONTENT_LURE_SUBJECT_WIDE", "Unusual sign-in activity"),
+        ("CONTENT_LURE_SUBJECT_WIDE", "Mailbox deactivation scheduled"),
+        ("CONTENT_LURE_CJK_SUBJECT", "アカウントが停止されました"),
+        ("CONTENT_SUBJECT_ADDRESS", "Notice for bob@example.com"),
+    ],
+)
+async def test_each_lure_subject_hits_its_part(tmp_path: Path, part: str, subject: str) -> None:
+    _, parts, _ = await run(tmp_path, build("Hello." + LINK, subject=subject))
+    assert part in parts
+
+
+async def test_newsletter_search_form_is_no_evidence(tmp_path: Path) -> None:
+    """A newsletter's article on password expiry with a search form: a lure, no deceit."""
+    body = (
+        "<h2>Why your password expires every 90 days</h2>"
+        '<form action="https://news.service.example/search"><input name="q"></form>'
+        '<p><a href="https://news.service.example/a/1">Read on</a></p>'
+    )
+    scores, _, total = await run(tmp_path, build(body, subject="Weekly tips", html=True))
+    assert "HTML_FORM" in scores and "CONTENT_PHISH_LURE" in scores
+    assert "CONTENT_PHISH_EVIDENCE" not in scores
+    assert total < 4
+
+
 # ham that talks about the same things: no part of the lexicon may hit
 HAM = [
     "The f2fs transaction failed and the disk quota was exceeded on the test box.",
@@ -127,6 +156,7 @@ HAM = [
     "Confirm your subscription to the list by replying to this message.",
     "Users can delete their account from the settings page at any time.",
     "The password hashing code expires old sessions after a timeout.",
+    "If you have a document in markdown, pandoc converts it.",
 ]
 
 
@@ -232,3 +262,12 @@ async def test_genuine_notice_from_the_brand_without_evidence_is_not_tagged(
     scores, _, total = await run(tmp_path, raw)
     assert "CONTENT_PHISH_EVIDENCE" not in scores
     assert total < 4
+
+
+async def test_an_invoice_phrase_with_only_a_link_counts_for_nothing(tmp_path: Path) -> None:
+    """News speaks of outstanding balances: the invoice part needs a file host, a page attached
+    or a link showing another site before it is evidence."""
+    raw = build("Outstanding balances of the fund were reported." + LINK, subject="News")
+    scores, parts, _ = await run(tmp_path, raw)
+    assert "CONTENT_LURE_INVOICE" in parts
+    assert not set(COMBINATIONS) & set(scores)
