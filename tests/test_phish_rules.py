@@ -271,3 +271,35 @@ async def test_an_invoice_phrase_with_only_a_link_counts_for_nothing(tmp_path: P
     scores, parts, _ = await run(tmp_path, raw)
     assert "CONTENT_LURE_INVOICE" in parts
     assert not set(COMBINATIONS) & set(scores)
+
+
+async def test_urgent_subject_naming_the_reader_with_a_lure_tags(tmp_path: Path) -> None:
+    """The address is evidence with no score of its own: pretext, evidence and pressure tag
+    (5.0); a scored sign of deceit from another check on top would quarantine."""
+    raw = build(
+        "Your mailbox has been suspended." + LINK,
+        subject="URGENT: mailbox notice for bob@example.com",
+    )
+    scores, parts, total = await run(tmp_path, raw)
+    assert {"CONTENT_URGENT_SUBJECT", "CONTENT_SUBJECT_ADDRESS", "CONTENT_LURE_LOCKED"} <= parts
+    assert {"CONTENT_PHISH_PRETEXT", "CONTENT_PHISH_EVIDENCE", "CONTENT_PHISH_STRONG"} <= set(
+        scores
+    )
+    assert 4 <= total < 6
+
+
+async def test_a_japanese_card_brand_on_another_domain_is_evidence(tmp_path: Path) -> None:
+    body = "お客様のカードの利用を一時制限しました。" + LINK
+    raw = build(body, subject="ご利用確認", sender="【三井住友カード】 <info@card-notice.example>")
+    scores, parts, total = await run(tmp_path, raw)
+    assert {"CONTENT_LURE_CJK", "CONTENT_LURE_CJK_SUBJECT"} <= parts
+    assert {"IDENTITY_NAME_BRAND", "CONTENT_PHISH_PRETEXT", "CONTENT_PHISH_EVIDENCE"} <= set(scores)
+    assert total >= 4
+
+
+async def test_the_japanese_card_brand_from_its_own_domain_is_no_evidence(tmp_path: Path) -> None:
+    body = "お客様のカードの利用を一時制限しました。" + LINK
+    raw = build(body, subject="ご利用確認", sender="三井住友カード <info@smbc-card.com>")
+    scores, _, total = await run(tmp_path, raw)
+    assert "IDENTITY_NAME_BRAND" not in scores and "CONTENT_PHISH_EVIDENCE" not in scores
+    assert total < 4
