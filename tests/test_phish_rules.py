@@ -303,3 +303,22 @@ async def test_the_japanese_card_brand_from_its_own_domain_is_no_evidence(tmp_pa
     scores, _, total = await run(tmp_path, raw)
     assert "IDENTITY_NAME_BRAND" not in scores and "CONTENT_PHISH_EVIDENCE" not in scores
     assert total < 4
+
+
+async def test_a_brand_name_and_a_mismatched_link_are_a_pair_without_a_lure(
+    tmp_path: Path,
+) -> None:
+    body = (
+        "<p>Hello, see the details.</p>"
+        '<p><a href="https://collect.example/x">https://www.docusign.com/review</a></p>'
+    )
+    raw = build(body, subject="Details", sender='"DocuSign" <notice@service.example>', html=True)
+    scores, _, _ = await run(tmp_path, raw)
+    assert {"IDENTITY_NAME_BRAND", "HTML_LINK_MISMATCH", "CONTENT_DECEIT_PAIR"} <= set(scores)
+    assert "CONTENT_PHISH_EVIDENCE" not in scores  # no lure
+
+
+async def test_a_brand_name_alone_is_no_pair(tmp_path: Path) -> None:
+    raw = build("Hello." + LINK, subject="Hi", sender='"DocuSign" <notice@service.example>')
+    scores, _, _ = await run(tmp_path, raw)
+    assert "IDENTITY_NAME_BRAND" in scores and "CONTENT_DECEIT_PAIR" not in scores
