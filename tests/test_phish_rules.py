@@ -116,6 +116,16 @@ LURES = [
     ("CONTENT_LURE_CJK", "お客様のアカウントが一時停止されました。"),
     ("CONTENT_LURE_CJK", "您的邮箱已满。请立即升级。"),
     ("CONTENT_GREETS_ADDRESS", "Dear bob@example.com,\nplease read."),
+    ("CONTENT_ASK_SIGNIN", "Use the button to keep your current password."),
+    ("CONTENT_LURE_LOCKED", "Act now or you will be locked out of your account."),
+    ("CONTENT_LURE_LOCKED", "We received a request to deactivate your mailbox."),
+    ("CONTENT_LURE_LOCKED", "Your email account is due to expire."),
+    ("CONTENT_LURE_LOCKED", "This is the annual mailbox verification."),
+    ("CONTENT_LURE_STORAGE", "You are exceeding your free data volume."),
+    ("CONTENT_LURE_HELD_MAIL", "You have [7] pending messages."),
+    ("CONTENT_LURE_HELD_MAIL", "Release all held messages now."),
+    ("CONTENT_LURE_PASSWORD_EXPIRY", "The password for bob@example.com is due to expire."),
+    ("CONTENT_MIXED_SCRIPT", "Your p\u0430ssword needs attention."),
 ]
 
 
@@ -157,6 +167,8 @@ HAM = [
     "Users can delete their account from the settings page at any time.",
     "The password hashing code expires old sessions after a timeout.",
     "If you have a document in markdown, pandoc converts it.",
+    "The list server has scheduled maintenance on Sunday.",
+    "Спасибо, the patch works with Linux 6.1 here.",
 ]
 
 
@@ -169,7 +181,8 @@ async def test_each_lure_phrase_hits_its_part(tmp_path: Path, part: str, phrase:
 @pytest.mark.parametrize("text", HAM)
 async def test_ham_on_the_same_topics_hits_no_lure_part(tmp_path: Path, text: str) -> None:
     scores, parts, _ = await run(tmp_path, build(text + LINK, subject="Re: [PATCH] fix"))
-    assert not {p for p in parts if p.startswith(("CONTENT_LURE", "CONTENT_ASK", "CONTENT_URGENT"))}
+    lexicon = ("CONTENT_LURE", "CONTENT_ASK", "CONTENT_URGENT", "CONTENT_MIXED")
+    assert not {p for p in parts if p.startswith(lexicon)}
     assert not set(COMBINATIONS) & set(scores)
 
 
@@ -322,3 +335,10 @@ async def test_a_brand_name_alone_is_no_pair(tmp_path: Path) -> None:
     raw = build("Hello." + LINK, subject="Hi", sender='"DocuSign" <notice@service.example>')
     scores, _, _ = await run(tmp_path, raw)
     assert "IDENTITY_NAME_BRAND" in scores and "CONTENT_DECEIT_PAIR" not in scores
+
+
+async def test_a_lure_in_subject_and_text_counts_once_more(tmp_path: Path) -> None:
+    raw = build("Your password has expired." + LINK, subject="Password expiration notice")
+    scores, _, total = await run(tmp_path, raw)
+    assert {"CONTENT_PHISH_LURE", "CONTENT_PHISH_SUBJECT_AND_BODY"} <= set(scores)
+    assert 4 <= total < 6
