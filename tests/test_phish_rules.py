@@ -288,7 +288,7 @@ async def test_an_invoice_phrase_with_only_a_link_counts_for_nothing(tmp_path: P
 
 async def test_urgent_subject_naming_the_reader_with_a_lure_tags(tmp_path: Path) -> None:
     """The address is evidence with no score of its own: pretext, evidence and pressure tag
-    (5.0); a scored sign of deceit from another check on top would quarantine."""
+    (5.5); a scored sign of deceit from another check on top would quarantine."""
     raw = build(
         "Your mailbox has been suspended." + LINK,
         subject="URGENT: mailbox notice for bob@example.com",
