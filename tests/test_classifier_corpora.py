@@ -158,3 +158,36 @@ def test_train_on_corpora_and_eval_cross_source(
     assert [r["split"] for r in result["rows"]] == ["SpamAssassin -> modern"]
     assert main(["model", "eval", "--model", str(out), "--cross-source"]) == 2
     assert "needs --corpora" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["hard_ham", "=4", "x=0", "x=-1", "x=nan", "x=four"])
+def test_a_bad_source_weight_is_one_clear_error(
+    bad: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["model", "train", "--ham", str(tmp_path), "--spam", str(tmp_path)]
+    assert main([*argv, "--source-weight", bad, "--out", str(tmp_path / "m.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "--source-weight" in err and "SOURCE=W" in err and "Traceback" not in err
+
+
+def test_source_weights_reach_the_fit_and_the_card(built: Path, tmp_path: Path) -> None:
+    """--corpora weighs hard_ham by default; --source-weight adds to or overrides it."""
+    out = tmp_path / "m" / "spam.npz"
+    argv = ["model", "train", "--corpora", str(built), "--out", str(out), "--folds", "2"]
+    extra = ["--no-eval", "--source-weight", "modern/ham/cake.lists.bufferbloat.net=2"]
+    assert main([*argv, *extra]) == 0
+    card = json.loads(card_path_for(out).read_text())
+    assert card["fit"]["source_weights"] == {
+        "spamassassin/hard_ham": 4.0,
+        "modern/ham/cake.lists.bufferbloat.net": 2.0,
+    }
+
+
+def test_sample_weights_follow_the_message_source() -> None:
+    from gateway.classifier.corpus import Message
+    from gateway.classifier.train import FitParams, sample_weights
+
+    messages = [Message(b"", 0, s, "n", 0.0) for s in ("a", "b", "a")]
+    assert sample_weights(messages, FitParams()) is None
+    weights = sample_weights(messages, FitParams(source_weights=(("a", 4.0),)))
+    assert weights is not None and weights.tolist() == [4.0, 1.0, 4.0]
