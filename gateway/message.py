@@ -297,7 +297,7 @@ def message_urls(report: MimeReport, limit: int = MAX_URLS) -> tuple[Url, ...]:
     scanner, which gives each link with the text it shows. Bounded in bytes and in count.
     """
     from gateway.mime import html
-    from gateway.mime.content import extensions, family_of, is_html, name_family, true_type
+    from gateway.mime.content import extensions, family_of, is_html, leaf_type, name_family
 
     found: dict[tuple[str, str, str, bool], Url] = {}
     html_budget, text_budget = MAX_HTML_BYTES, MAX_TEXT_BYTES
@@ -311,7 +311,7 @@ def message_urls(report: MimeReport, limit: int = MAX_URLS) -> tuple[Url, ...]:
         exts = extensions(leaf.name) if leaf.name else []
         named = name_family(exts[-1] if exts else "")
         # without a "<" no reader calls it HTML, whatever its type or name: libmagic spared
-        family = family_of(true_type(leaf.data)) if b"<" in leaf.data else "text"
+        family = family_of(leaf_type(report, leaf.data)) if b"<" in leaf.data else "text"
         if is_html(family, leaf.content_type, named):
             if html_budget <= 0:
                 continue

@@ -219,6 +219,16 @@ def true_type(data: bytes) -> str:
         return "application/octet-stream"
 
 
+def leaf_type(report: MimeReport, data: bytes) -> str:
+    """`true_type` of a leaf's content, asked of libmagic once per message (see leaf_types)."""
+    known = report.leaf_types.get(id(data))
+    if known is not None and known[0] is data:
+        return known[1]
+    mime_type = true_type(data)
+    report.leaf_types[id(data)] = (data, mime_type)
+    return mime_type
+
+
 def family_of(mime_type: str) -> str:
     mime_type = mime_type.lower()
     family = _MIME_FAMILY.get(mime_type)
@@ -398,7 +408,7 @@ class _Scanner:
         label = f"{where} {name}" if name else where
         if data[:68] == EICAR and not data[68:128].strip(b" \t\r\n\x1a"):
             self.add("ATT_EICAR_TEST", label)
-        mime_type = true_type(data)
+        mime_type = leaf_type(self.report, data) if depth == 0 else true_type(data)
         family = family_of(mime_type)
         exts = extensions(_BIDI.sub("", name)) if name else []
         ext = exts[-1] if exts else ""
