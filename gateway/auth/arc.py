@@ -31,7 +31,7 @@ from gateway.auth.dkim import (
 )
 from gateway.auth.spf import valid_domain
 from gateway.cputime import offload
-from gateway.dns import Resolver
+from gateway.dns import DnsStatus, Resolver
 from gateway.message import header_end
 
 log = logging.getLogger("mailgate.arc")
@@ -65,6 +65,9 @@ class ArcResult:
     reason: str = ""
     sets: tuple[ArcSet, ...] = ()  # newest (highest instance) first
     bad_identities: tuple[str, ...] = ()
+    # key names that do not exist (NXDOMAIN or NODATA): the chain fails, but a key gone (rotated
+    # since, or DNS that answers "no such name", as offline) says nothing of the message
+    missing_keys: tuple[str, ...] = ()
 
     @property
     def newest(self) -> ArcSet | None:
@@ -125,19 +128,22 @@ class ArcVerifier:
                 await keys.fetch(names)
         except TimeoutError:
             return ArcResult(ArcVerdict.TEMPERROR, "key lookups took too long", sets, tuple(bad))
+        missing: list[str] = []
         for name in names:
             status = keys.status(name)
             if status is None or status.is_temporary:
                 return ArcResult(
                     ArcVerdict.TEMPERROR, f"key lookup failed: {name[:80]}", sets, tuple(bad)
                 )
+            if status.status in (DnsStatus.NXDOMAIN, DnsStatus.NODATA) and name not in missing:
+                missing.append(name)
             keys.checked(name)  # RFC 6376 3.6.1 (s= lists...): dkimpy gets the normalized key
         if len(message) > self.thread_threshold:
             cv, reason = await offload(_run, arc, keys)
         else:
             cv, reason = _run(arc, keys)
         verdict = {"pass": ArcVerdict.PASS, "none": ArcVerdict.NONE}.get(cv, ArcVerdict.FAIL)
-        return ArcResult(verdict, reason, sets, tuple(bad))
+        return ArcResult(verdict, reason, sets, tuple(bad), tuple(missing))
 
 
 def _run(arc: dkim.ARC, keys: KeyCache) -> tuple[str, str]:

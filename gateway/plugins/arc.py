@@ -22,6 +22,8 @@ class ArcCheck(PluginBase):
     symbols: ClassVar[Mapping[str, str]] = {
         "ARC_PASS": "the ARC chain validates",
         "ARC_FAIL": "the ARC chain is broken or invalid",
+        "ARC_NO_KEY": "the ARC chain fails because a sealer's or signer's key does not exist in "
+        "DNS (rotated since, or DNS answering 'no such name'): no evidence either way",
         "ARC_NONE": "no ARC sets",
         "ARC_TEMPERROR": "an ARC key could not be fetched (DNS timeout or SERVFAIL)",
         "ARC_BAD_IDENTITY": "an ARC d= or s= is not a valid DNS name: not looked up",
@@ -38,7 +40,10 @@ class ArcCheck(PluginBase):
         result = await self.verifier.verify(ctx.raw)
         ctx.results.put(result)
         detail = printable(result.reason, 200)
-        found = [Finding(f"ARC_{result.verdict.name}", detail=detail)]
+        symbol = f"ARC_{result.verdict.name}"
+        if result.verdict is ArcVerdict.FAIL and result.missing_keys:
+            symbol, detail = "ARC_NO_KEY", printable(f"no key {result.missing_keys[0]}", 200)
+        found = [Finding(symbol, detail=detail)]
         if result.bad_identities:
             found.append(Finding("ARC_BAD_IDENTITY", detail=printable(result.bad_identities[0])))
         newest = result.newest
