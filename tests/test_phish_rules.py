@@ -342,3 +342,64 @@ async def test_a_lure_in_subject_and_text_counts_once_more(tmp_path: Path) -> No
     scores, _, total = await run(tmp_path, raw)
     assert {"CONTENT_PHISH_LURE", "CONTENT_PHISH_SUBJECT_AND_BODY"} <= set(scores)
     assert 4 <= total < 6
+
+
+# -- callback phishing: no link, a number to call ------------------------------------------------
+
+CALLBACK = (
+    "Dear Customer,\nYour Norton 360 Total Protection subscription has been renewed and "
+    "$399.99 has been charged to your account.\nIf you did not authorize this charge, please "
+    "call our billing department at +1 (888) 555-0147 within 24 hours to cancel and get a "
+    "refund.\nInvoice: NT-4471-2291\n"
+)
+
+CALLBACK_PARTS = [
+    ("CONTENT_CALLBACK_NUMBER", "For help, call us toll free: 1-866-555-0199."),
+    ("CONTENT_CALLBACK_NUMBER", "Contact our helpline at (844) 555 0123 today."),
+    ("CONTENT_CALLBACK_NUMBER", "Please dial +44 20 7946 0958 to speak to an agent."),
+    ("CONTENT_LURE_CHARGE", "Your subscription has been successfully renewed."),
+    ("CONTENT_LURE_CHARGE", "An amount of USD 349.00 has been debited."),
+    ("CONTENT_LURE_CHARGE", "Your order has been confirmed and will ship today."),
+    ("CONTENT_LURE_CHARGE", "Your plan will be automatically charged tomorrow."),
+    ("CONTENT_DISPUTE_ASK", "If you did not make this purchase, let us know."),
+    ("CONTENT_DISPUTE_ASK", "To cancel this order, reply to this notice."),
+    ("CONTENT_DISPUTE_ASK", "If this wasn't you, we can help."),
+    ("CONTENT_DISPUTE_ASK", "This transaction was not authorized by you?"),
+]
+
+
+@pytest.mark.parametrize(("part", "phrase"), CALLBACK_PARTS)
+async def test_each_callback_phrase_hits_its_part(tmp_path: Path, part: str, phrase: str) -> None:
+    _, parts, _ = await run(tmp_path, build(phrase))
+    assert part in parts
+
+
+async def test_callback_phishing_from_freemail_is_tagged_without_any_link(tmp_path: Path) -> None:
+    raw = build(CALLBACK, subject="Your Invoice", sender='"Billing" <nortonbill.team@gmail.com>')
+    scores, parts, total = await run(tmp_path, raw)
+    assert "CONTENT_HAS_LINK" not in parts
+    assert {"CONTENT_PHISH_CALLBACK", "CONTENT_PHISH_CALLBACK_EVIDENCE"} <= set(scores)
+    assert total >= 4
+
+
+async def test_callback_script_from_an_unremarkable_sender_is_weak(tmp_path: Path) -> None:
+    scores, _, total = await run(tmp_path, build(CALLBACK))
+    assert "CONTENT_PHISH_CALLBACK" in scores
+    assert "CONTENT_PHISH_CALLBACK_EVIDENCE" not in scores
+    assert total < 4
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # a real order confirmation: a charge and a dispute offer, no number to call
+        "Your order has been confirmed. If you did not place this order, visit your account.",
+        # a support signature with a number, no charge
+        "Thanks for the patch. If you want to talk it through, call me on 617-555-0100.",
+        # a renewal reminder with a number, no dispute ask
+        "Your domain will be renewed automatically. Questions? Call 1-800-555-0100.",
+    ],
+)
+async def test_one_or_two_callback_signs_are_no_callback_phish(tmp_path: Path, text: str) -> None:
+    scores, _, _ = await run(tmp_path, build(text, sender='"Ann" <ann@gmail.com>'))
+    assert not {"CONTENT_PHISH_CALLBACK", "CONTENT_PHISH_CALLBACK_EVIDENCE"} & set(scores)
