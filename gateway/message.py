@@ -333,7 +333,9 @@ def visible_body_text(report: MimeReport, limit: int = 1 << 20) -> str:
     """The text of the message bodies (the text/plain and text/html parts a client shows, of
     every reading, as MimeReport.body_text picks them) as a reader sees it: plain text as
     written, HTML rendered by gateway.mime.html_text (no markup, comments, scripts or hidden
-    elements; entities decoded). At most `limit` characters, and MAX_HTML_BYTES of HTML read."""
+    elements; entities decoded). At most `limit` characters, and MAX_HTML_BYTES of HTML read.
+    HTML is decoded as gateway.mime.html reads it (UTF-8, or UTF-16 after a byte order mark)."""
+    from gateway.mime import html
     from gateway.mime.html_text import visible_text
 
     out: list[str] = []
@@ -346,7 +348,10 @@ def visible_body_text(report: MimeReport, limit: int = 1 << 20) -> str:
         if leaf.content_type == "text/html":
             data = leaf.data[:html_budget]
             html_budget -= len(data)
-            chunk = visible_text(data, limit - size) if data else ""
+            # rendered in the pass that found its links (the content scan's, usually), unless
+            # that text was too long to keep
+            shown = html.read(data).text if data else ""
+            chunk = shown[: limit - size] if shown is not None else visible_text(data, limit - size)
         else:
             chunk = leaf.data[: limit - size].decode("utf-8", "replace")
         out.append(chunk)

@@ -106,3 +106,42 @@ async def test_the_message_text_renders_html_parts_and_keeps_plain_ones() -> Non
     report = await message.mime()
     assert "<!-- gone -->" in report.body_text()  # rawbody still reads the markup
     assert visible_body_text(report, limit=8) == "plain <b"
+
+
+# -- one pass: the HTML scanner renders the text as it finds links -------------------------------
+
+
+def test_the_scanner_renders_the_same_text_in_its_one_pass() -> None:
+    from gateway.mime import html
+
+    page = (
+        b"<html><body><p>Dear <b>user</b>,</p><div style='display:none'>hidden</div>"
+        b"<table><tr><td>pass<i></i>word</td><td>&#112;lease</td></tr></table>"
+        b"<div/>after<br/>line<script>x=1</script><a href='https://example.org/'>link</a>"
+    )
+    reading = html.read(page)
+    assert reading.text == visible_text(page)
+    assert reading.links and "hidden" not in (reading.text or "")
+
+
+def test_text_too_long_to_keep_is_rendered_again_by_the_body_reader() -> None:
+    from gateway.mime import html
+    from gateway.mime.model import Leaf, MimeReport
+
+    page = b"<p>" + b"word " * (html.KEPT_TEXT // 4) + b"</p>"
+    assert html.read(page).text is None
+    leaf = Leaf("1", "part", "text/html", "", (), "", page)
+    report = MimeReport((), (leaf,), True, 1, 1, 1, 0.0)
+    assert visible_body_text(report) == visible_text(page)
+
+
+def test_a_renderer_that_fails_leaves_the_scan_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.mime import html, html_text
+
+    def broken(self: object, data: str) -> None:
+        raise RuntimeError("renderer bug")
+
+    monkeypatch.setattr(html_text.Renderer, "handle_data", broken)
+    reading = html.read(b"<form action='https://x.example/'><input type=password></form>text")
+    assert reading.text is None
+    assert "HTML_PASSWORD_FIELD" in reading.found

@@ -21,6 +21,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from html.parser import HTMLParser
+from typing import Protocol
 from urllib.parse import unquote_to_bytes
 
 from gateway.mime.model import BudgetExceeded, Deadline
@@ -93,16 +94,33 @@ class Link:
 
 @dataclass(frozen=True, slots=True)
 class HtmlReading:
-    """What one HTML file holds: the HTML_* symbols (with a detail each) and its links."""
+    """What one HTML file holds: the HTML_* symbols (with a detail each), its links, and the
+    text a reader sees (gateway.mime.html_text, rendered in the same pass of the parser), or
+    None when that text is not kept (longer than KEPT_TEXT: render it again when needed)."""
 
     found: dict[str, str]
     links: tuple[Link, ...]
+    text: str | None = None
+
+
+class TextRenderer(Protocol):
+    """What the scanner hands each parser event to, so the page is tokenized once for both."""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None: ...
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None: ...
+    def handle_endtag(self, tag: str) -> None: ...
+    def handle_data(self, data: str) -> None: ...
 
 
 class _Scanner(HTMLParser):
-    def __init__(self, deadline: Deadline | None = None) -> None:
+    def __init__(
+        self, deadline: Deadline | None = None, renderer: TextRenderer | None = None
+    ) -> None:
         super().__init__(convert_charrefs=True)
         self.deadline = deadline
+        # sees every event the scanner sees; detached (and its text not used) if it fails
+        self.renderer = renderer
+        self.render_failed = False
         self.events = 0  # callbacks so far: the deadline is checked every 256
         self.found: dict[str, str] = {}
         self.stack: list[tuple[str, bool]] = []
@@ -190,7 +208,47 @@ class _Scanner(HTMLParser):
             self._keep(self.link, "href", text)
             self.link = None
 
+    def _detach(self) -> None:
+        """The renderer failed: its text is rendered on its own later, as if never shared."""
+        self.renderer = None
+        self.render_failed = True
+
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._scan_start(tag, attrs)
+        if self.renderer is not None:
+            try:
+                self.renderer.handle_starttag(tag, attrs)
+            except Exception:
+                self._detach()
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        # as HTMLParser's default for the scanner (a start, then an end); the renderer has its
+        # own reading of "<div/>"
+        self._scan_start(tag, attrs)
+        self._scan_end(tag)
+        if self.renderer is not None:
+            try:
+                self.renderer.handle_startendtag(tag, attrs)
+            except Exception:
+                self._detach()
+
+    def handle_endtag(self, tag: str) -> None:
+        self._scan_end(tag)
+        if self.renderer is not None:
+            try:
+                self.renderer.handle_endtag(tag)
+            except Exception:
+                self._detach()
+
+    def handle_data(self, data: str) -> None:
+        self._scan_data(data)
+        if self.renderer is not None:
+            try:
+                self.renderer.handle_data(data)
+            except Exception:
+                self._detach()
+
+    def _scan_start(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self._tick()
         values = {k.lower(): (v or "") for k, v in attrs}
         if tag == "script":
@@ -257,7 +315,7 @@ class _Scanner(HTMLParser):
             if len(self.stack) > 512:
                 self._pop(0, 256)
 
-    def handle_endtag(self, tag: str) -> None:
+    def _scan_end(self, tag: str) -> None:
         self._tick()
         for index in range(len(self.stack) - 1, -1, -1):
             if self.stack[index][0] == tag:
@@ -268,7 +326,7 @@ class _Scanner(HTMLParser):
         elif tag == "form":
             self._end_form()
 
-    def handle_data(self, data: str) -> None:
+    def _scan_data(self, data: str) -> None:
         self._tick()
         if self.stack and self.stack[-1][0] in ("style", "script", "title"):
             if self.stack[-1][0] == "script":
@@ -320,10 +378,11 @@ def inspect(
     return dict(read(data, charset, deadline).found)
 
 
-# Readings of the last few HTML files, by content: the content scan and the message's URL list
-# read the same bodies, and the second asks for what the first already parsed. Shared by the
-# loop and the scan threads, hence the lock; only whole readings are kept.
+# Readings of the last few HTML files, by content: the content scan, the message's URL list and
+# its body text read the same bodies, and the later ones ask for what the first already parsed.
+# Shared by the loop and the scan threads, hence the lock; only whole readings are kept.
 _CACHE_SIZE = 32
+KEPT_TEXT = 64 * 1024  # characters of rendered text a cached reading keeps (32 of them at most)
 _cache: OrderedDict[tuple[bytes, str], HtmlReading] = OrderedDict()
 _cache_lock = threading.Lock()
 
@@ -331,10 +390,13 @@ _cache_lock = threading.Lock()
 def read(
     data: bytes, charset: str = "utf-8", deadline: Deadline | None = None, _depth: int = 0
 ) -> HtmlReading:
-    """The HTML reading of `data` (its first MAX_HTML bytes): symbols and links. Linear in the
-    input; with `deadline`, raises BudgetExceeded when it is over. Pages carried inside (a
-    data: address of HTML or SVG, an iframe's srcdoc) are read too, and what they hold counts
-    as the file's own: a browser renders them."""
+    """The HTML reading of `data` (its first MAX_HTML bytes): symbols, links and the text a
+    reader sees. Linear in the input; with `deadline`, raises BudgetExceeded when it is over.
+    Pages carried inside (a data: address of HTML or SVG, an iframe's srcdoc) are read too, and
+    what they hold counts as the file's own: a browser renders them (their text is not kept:
+    the body text never read them)."""
+    from gateway.mime import html_text  # it builds on this module
+
     key = (hashlib.sha256(data).digest(), charset)
     with _cache_lock:
         cached = _cache.get(key)
@@ -348,7 +410,8 @@ def read(
             text = data[:MAX_HTML].decode(charset or "utf-8", "replace")
     except LookupError:
         text = data[:MAX_HTML].decode("latin-1")
-    scanner = _Scanner(deadline)
+    renderer = html_text.Renderer(len(text) * 2 + 16) if _depth == 0 else None
+    scanner = _Scanner(deadline, renderer)
     try:
         feed_all(scanner, text)
         scanner._end_link()
@@ -356,7 +419,7 @@ def read(
     except BudgetExceeded:
         raise
     except Exception:  # HTMLParser is tolerant; an exception here is a bug, not a verdict
-        pass
+        renderer = None
     found = dict(scanner.found)
     links = list(scanner.links)
     if _depth < _MAX_PAGE_DEPTH:
@@ -365,7 +428,12 @@ def read(
             for symbol, detail in inner.found.items():
                 found.setdefault(symbol, f"inline page: {detail}"[:120])
             links.extend(inner.links[: max(0, MAX_LINKS - len(links))])
-    reading = HtmlReading(found, tuple(links))
+    shown: str | None = None
+    if renderer is not None and scanner.renderer is not None:
+        shown = html_text.tidy(renderer.out)
+        if len(shown) > KEPT_TEXT:
+            shown = None
+    reading = HtmlReading(found, tuple(links), shown)
     with _cache_lock:
         _cache[key] = reading
         while len(_cache) > _CACHE_SIZE:

@@ -23,7 +23,8 @@ MAX_HTML characters, closed in linear time (gateway.mime.html.feed_all); style a
 read by splitting, never by a regex; the element stack is bounded (the oldest entries dropped,
 each entry carries its inherited state so nothing above them changes), implied end tags are
 looked for among the innermost SCOPE_SCAN elements only, and the parse stops as soon as the
-text reaches its limit.
+text reaches its limit. The gateway's own reading hands a Renderer the events of the HTML scan
+(gateway.mime.html.read), so each page is tokenized once for its links, symbols and text.
 """
 
 from __future__ import annotations
@@ -167,7 +168,9 @@ def _style(value: str) -> tuple[bool, bool | None, bool | None]:
     return gone or (zero_height and clipped), invisible, zero_font
 
 
-class _Renderer(HTMLParser):
+class Renderer(HTMLParser):
+    """Fed on its own (visible_text) or handed the events of gateway.mime.html's scanner."""
+
     def __init__(self, limit: int) -> None:
         super().__init__(convert_charrefs=True)
         self.limit = limit
@@ -296,12 +299,17 @@ class _Renderer(HTMLParser):
                 self._space()
 
 
+def tidy(pieces: list[str]) -> str:
+    """The renderer's output as text: lines stripped of white space runs, blank lines dropped."""
+    lines = (" ".join(line.split()) for line in "".join(pieces).split("\n"))
+    return "\n".join(line for line in lines if line)
+
+
 def visible_text(data: bytes, limit: int = 1 << 20) -> str:
     """The text a reader sees in the HTML `data` (UTF-8, as the message's other text readers
     decode it), at most `limit` characters, lines stripped and blank runs removed."""
     text = data[:MAX_HTML].decode("utf-8", "replace")
-    renderer = _Renderer(limit)
+    renderer = Renderer(limit)
     with contextlib.suppress(_Full):  # the limit reached: the rest is not read
         feed_all(renderer, text)
-    lines = (" ".join(line.split()) for line in "".join(renderer.out).split("\n"))
-    return "\n".join(line for line in lines if line)[:limit]
+    return tidy(renderer.out)[:limit]
