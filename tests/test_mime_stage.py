@@ -399,7 +399,7 @@ def test_hidden_text_ends_with_its_element_and_the_count_stays_exact() -> None:
     words = "visible words, plenty of them, well over the hidden text threshold"
     shown = f'<div style="display:none">x</div><p>{words}</p>'.encode()
     assert "HTML_HIDDEN_TEXT" not in html_scan.inspect(shown)
-    assert "HTML_HIDDEN_TEXT" in html_scan.inspect(f"<div hidden><b>{words}</b>".encode())
+    assert "HTML_HIDDEN_TEXT" in html_scan.inspect(f"<p>Hi</p><div hidden><b>{words}</b>".encode())
     # the hidden count follows pushes, pops to a matching end tag and the deep-stack trim
     scanner = html_scan._Scanner()
     markup = "".join(
@@ -473,9 +473,9 @@ def test_hostile_html_is_linear(markup: str) -> None:
 def test_text_before_markup_left_open_is_still_read() -> None:
     from gateway.mime.html import inspect as inspect_html
 
-    found = inspect_html(b'<div style="display:none">' + b"buy now " * 10 + b"<a <a <a")
+    found = inspect_html(b'Hi <div style="display:none">' + b"buy now " * 10 + b"<a <a <a")
     assert "HTML_HIDDEN_TEXT" in found
-    assert "HTML_HIDDEN_TEXT" in inspect_html(b"<div hidden>" + b"x" * 40 + b" &amp")
+    assert "HTML_HIDDEN_TEXT" in inspect_html(b"Hi <div hidden>" + b"x" * 40 + b" &amp")
 
 
 def test_html_past_its_deadline_ends_the_scan_and_the_light_scan_hands_over(
@@ -492,3 +492,56 @@ def test_html_past_its_deadline_ends_the_scan_and_the_light_scan_hands_over(
     monkeypatch.setattr(content, "LIGHT_TIME_BUDGET", 0.001)
     assert content.scan_light(report) is None  # the thread's full scan decides
     assert content.scan(report).complete
+
+
+# -- a newsletter's preheader is no hidden text ---------------------------------------------------
+
+PREHEADER = (
+    '<div style="display:none;max-height:0;overflow:hidden;mso-hide:all">'
+    "Your October statement is ready: see what changed this month"
+    + "&zwnj;&nbsp;&#847;" * 120
+    + "</div>"
+)
+
+
+def test_a_preview_line_hidden_before_the_text_is_a_preheader() -> None:
+    from gateway.mime.html import inspect as inspect_html
+
+    body = "<p>Hello Ann, your statement for October is attached to your account.</p>"
+    found = inspect_html(f"<html><body>{PREHEADER}{body}</body></html>".encode())
+    assert "HTML_PREHEADER" in found
+    assert "HTML_HIDDEN_TEXT" not in found
+
+
+@pytest.mark.parametrize(
+    "markup",
+    [
+        # the same hidden line after shown text: text hidden among the text
+        "<p>Hello Ann, here is your statement.</p>" + PREHEADER,
+        # more than a line's worth of hidden letters, even at the top
+        '<div style="display:none">' + "cheap pills buy now " * 20 + "</div><p>Hello</p>",
+        # a hidden line and then more hidden pieces among the text
+        PREHEADER + "<p>Hi</p>" + '<span style="display:none">salted words here</span>' * 3,
+    ],
+)
+def test_hidden_text_that_is_more_than_a_preview_line_is_hidden_text(markup: str) -> None:
+    from gateway.mime.html import inspect as inspect_html
+
+    found = inspect_html(markup.encode())
+    assert "HTML_HIDDEN_TEXT" in found
+    assert "HTML_PREHEADER" not in found
+
+
+def test_a_preheader_scores_nothing_and_is_declared() -> None:
+    from harness import REPO
+
+    from gateway.app import load_checked_rules
+    from gateway.config import load_settings
+    from gateway.mime.symbols import ATTACHMENT_SYMBOLS
+    from gateway.plugins import builtin_registry
+
+    assert "HTML_PREHEADER" in ATTACHMENT_SYMBOLS
+    settings = load_settings(REPO / "config" / "gateway.toml")
+    rules = load_checked_rules(settings, builtin_registry())
+    assert rules.scores["HTML_PREHEADER"] == 0.0
+    assert rules.scores["HTML_HIDDEN_TEXT"] > 0

@@ -44,9 +44,21 @@ _FONT_SIZE = re.compile(r"(?:^|[;\s\"'])font-size\s*:\s*([0-9.]+)\s*([a-z%]*)" +
 _HIDDEN_MIN_CHARS = 30
 _ZERO_FONT_MIN_CHARS = 10
 _MANY_INVISIBLE = 12  # separate pieces of hidden text: salting, not a newsletter's preheader
+# A preheader: the preview line bulk senders hide at the top of nearly every newsletter and
+# notice (display:none, max-height:0...) for the inbox list to show. Hidden text that comes
+# before any shown text, in a few pieces and a line's worth of letters, is that and nothing
+# more (HTML_PREHEADER); salting is longer, comes among the text, or in many pieces.
+_PREHEADER_PIECES = 3
+_PREHEADER_LETTERS = 200
 # data: addresses that carry a page the browser renders (a second HTML file inside the first)
 _PAGE_TYPES = ("data:text/html", "data:image/svg+xml", "data:application/xhtml+xml")
 _MAX_PAGES = 4
+# white space and the invisible characters preheaders are padded with (zero-width joiners and
+# non-joiners, soft hyphens, the combining grapheme joiner): not letters a reader would read
+_NOT_LETTERS = re.compile(
+    "[\\s\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u2064\u3164\ufeff\uffa0]+"
+)
 _MAX_PAGE_DEPTH = 2
 # attributes whose value a browser may run as a javascript: address (SVG animations too)
 _SCRIPT_URI_KEYS = frozenset(
@@ -135,6 +147,9 @@ class _Scanner(HTMLParser):
         self.zero_font: list[bool] = []  # the font size in force is 0, per entry of `stack`
         self.zero_chars = 0
         self.hidden_pieces = 0
+        self.hidden_letters = 0  # hidden characters that are neither white space nor format
+        self.shown_text = False  # text shown to the reader has come
+        self.hidden_after_shown = False  # hidden text came after shown text
         self.pages: list[bytes] = []  # pages carried in data: addresses and srcdoc
 
     @property
@@ -341,11 +356,14 @@ class _Scanner(HTMLParser):
                     break
         zero = bool(self.zero_font) and self.zero_font[-1]
         if self.hidden or zero:
-            chars = len(data.strip())
+            stripped = data.strip()
+            chars = len(stripped)
             if not chars:
                 return
             self.hidden_chars += chars
             self.hidden_pieces += 1
+            self.hidden_letters += len(_NOT_LETTERS.sub("", stripped))
+            self.hidden_after_shown = self.hidden_after_shown or self.shown_text
             if self.hidden_chars >= _HIDDEN_MIN_CHARS:
                 self._add("HTML_HIDDEN_TEXT", f"{self.hidden_chars}+ hidden characters")
             if self.hidden_pieces >= _MANY_INVISIBLE:
@@ -354,6 +372,17 @@ class _Scanner(HTMLParser):
                 self.zero_chars += chars
                 if self.zero_chars >= _ZERO_FONT_MIN_CHARS:
                     self._add("HTML_ZERO_FONT", f"{self.zero_chars}+ characters in font-size 0")
+        elif not self.shown_text and _NOT_LETTERS.sub("", data[:200]):
+            self.shown_text = True
+
+    def preheader_only(self) -> bool:
+        """The hidden text is a newsletter's preview line (see _PREHEADER_LETTERS), no more."""
+        return (
+            not self.hidden_after_shown
+            and self.hidden_pieces <= _PREHEADER_PIECES
+            and self.hidden_letters <= _PREHEADER_LETTERS
+            and self.zero_chars == 0
+        )
 
 
 def feed_all(parser: HTMLParser, text: str) -> None:
@@ -421,6 +450,9 @@ def read(
     except Exception:  # HTMLParser is tolerant; an exception here is a bug, not a verdict
         renderer = None
     found = dict(scanner.found)
+    if "HTML_HIDDEN_TEXT" in found and scanner.preheader_only():
+        del found["HTML_HIDDEN_TEXT"]
+        found["HTML_PREHEADER"] = f"{scanner.hidden_chars} hidden characters before the text"
     links = list(scanner.links)
     if _depth < _MAX_PAGE_DEPTH:
         for page in scanner.pages:

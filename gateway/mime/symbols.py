@@ -80,6 +80,10 @@ ATTACHMENT_SYMBOLS: dict[str, str] = {
     "HTML_FORM": "HTML with a form (credential phishing)",
     "HTML_IFRAME": "HTML with an iframe, object or embed",
     "HTML_HIDDEN_TEXT": "HTML text hidden from the reader (display:none, zero size...)",
+    "HTML_PREHEADER": (
+        "HTML whose only hidden text is a preview line before the text (a newsletter's"
+        " preheader, for the inbox list): no evidence either way"
+    ),
     "HTML_PASSWORD_FIELD": "HTML with a password field (a credential phishing page)",
     "HTML_SCRIPT_DECODE": (
         "script that decodes a payload in the browser (atob, unescape, fromCharCode, a Blob"
