@@ -8,6 +8,8 @@ with the rest of the RuleSet):
     freemail.toml   domains = [...] anyone can get an address at ("yahoo.*": any suffix)
     identity.toml   protected_names = [...] (executives and other names worth impersonating),
                     reply_to_domains = [...] (services that legitimately answer for others),
+                    on_behalf_senders = [...] (services that write for a person, Reply-To
+                    that person: calendar invitations, document shares, e-signatures),
                     own_domains = [...] (the organisation's other domains: never lookalikes
                     of the served ones), served_tld_swaps = false (whether the served name
                     under another suffix counts as a lookalike)
@@ -95,6 +97,7 @@ class IdentityFile:
 
     protected_names: Array[Phrase] = ()
     reply_to_domains: Array[DomainName] = ()
+    on_behalf_senders: Array[DomainName] = ()
     own_domains: Array[DomainName] = ()
     served_tld_swaps: Flag = False
 
@@ -141,6 +144,8 @@ class IdentityPolicy:
     brand_phrases: Mapping[tuple[str, ...], str] = field(default_factory=dict)
     protected_names: Mapping[tuple[str, ...], str] = field(default_factory=dict)
     reply_to_domains: DomainSet = field(default_factory=DomainSet)
+    # authors whose mail is written for a person whose address is the Reply-To
+    on_behalf_senders: DomainSet = field(default_factory=DomainSet)
     # the organisation's own domains besides the served ones (sister domains, old names):
     # never lookalikes of the served domains
     own_domains: DomainSet = field(default_factory=DomainSet)
@@ -207,6 +212,7 @@ def load_identity_policy(docs: Mapping[str, TomlFile], errors: list[ConfigError]
         freemail = Freemail.parse(found.domains)
     protected: dict[tuple[str, ...], str] = {}
     reply_to = DomainSet()
+    on_behalf = DomainSet()
     own = DomainSet()
     served_tld_swaps = False
     if "identity.toml" in docs:
@@ -224,6 +230,7 @@ def load_identity_policy(docs: Mapping[str, TomlFile], errors: list[ConfigError]
                 if len(key) == 2:  # "Doe, Jane"
                     protected.setdefault((key[1], key[0]), name)
             reply_to = DomainSet.parse(written_identity.reply_to_domains)
+            on_behalf = DomainSet.parse(written_identity.on_behalf_senders)
             own = DomainSet.parse(written_identity.own_domains)
             served_tld_swaps = written_identity.served_tld_swaps
     return IdentityPolicy(
@@ -232,6 +239,7 @@ def load_identity_policy(docs: Mapping[str, TomlFile], errors: list[ConfigError]
         brand_phrases=phrases,
         protected_names=protected,
         reply_to_domains=reply_to,
+        on_behalf_senders=on_behalf,
         own_domains=own,
         served_tld_swaps=served_tld_swaps,
     )

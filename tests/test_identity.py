@@ -351,3 +351,39 @@ def test_own_domains_and_served_tld_swaps_are_validated(tmp_path: Path) -> None:
     text = str(caught.value)
     assert f"{rules / 'identity.toml'}:1: key 'own_domains'" in text
     assert f"{rules / 'identity.toml'}:2: key 'served_tld_swaps': must be true or false" in text
+
+
+# -- services that write for a person ------------------------------------------------------------
+
+_INVITATION = (
+    b'From: "Ann Lee (via Google Calendar)" <calendar-notification@google.com>\r\n'
+    b'Reply-To: "Ann Lee" <ann.lee@gmail.com>\r\nTo: bob@example.com\r\n'
+    b"Subject: Invitation: planning @ Tue 10:00\r\n\r\nAnn Lee has invited you.\r\n"
+)
+
+
+async def test_a_calendar_invitation_replying_to_its_organiser_is_no_reply_to_trick(
+    tmp_path: Path,
+) -> None:
+    """Google Calendar, Docs, Docusign, PayPal invoices... set Reply-To to the person they
+    write for; that read IDENTITY_REPLYTO_FREEMAIL (2.8) on everyday business mail."""
+    from gateway.auth.dmarc import DmarcResult, DmarcVerdict, DomainEvaluation
+    from gateway.rfc5322 import author_info
+
+    ctx = _context(tmp_path, _INVITATION)
+    plugin = IdentityCheck(Services(ctx.settings))
+    assert [f.symbol for f in await plugin.check(Phase.DATA, ctx)] == []
+    # the same From with DMARC failing for it is a forgery: no exemption
+    failed = DomainEvaluation("google.com", DmarcVerdict.FAIL)
+    ctx.results.put(DmarcResult(author_info(_INVITATION), (failed,)))
+    assert "IDENTITY_REPLYTO_FREEMAIL" in {f.symbol for f in await plugin.check(Phase.DATA, ctx)}
+    # another author, the same Reply-To: still counted
+    other = _context(tmp_path, _INVITATION.replace(b"@google.com", b"@calendar-notes.example"))
+    symbols = {f.symbol for f in await plugin.check(Phase.DATA, other)}
+    assert "IDENTITY_REPLYTO_FREEMAIL" in symbols
+
+
+def test_on_behalf_senders_are_validated(tmp_path: Path) -> None:
+    rules = _rules_copy(tmp_path / "rules", 'on_behalf_senders = ["not a domain"]\n')
+    with pytest.raises(ConfigErrors, match=r"identity\.toml.*on_behalf_senders"):
+        load_rules(rules)

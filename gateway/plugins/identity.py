@@ -55,6 +55,18 @@ _LOOKALIKE = {
 }
 
 
+def _dmarc_passed(ctx: MessageContext) -> bool | None:
+    """True when DMARC passed for every author domain, False when it failed for one, None when
+    nothing is known (no record, no answer, the dmarc plugin not run)."""
+    dmarc = ctx.results.get(DmarcResult)
+    if dmarc is None or not dmarc.evaluations:
+        return None
+    verdicts = {ev.verdict for ev in dmarc.evaluations}
+    if DmarcVerdict.FAIL in verdicts:
+        return False
+    return True if verdicts == {DmarcVerdict.PASS} else None
+
+
 def served_index(domains: Sequence[str]) -> LookalikeIndex:
     """The served domains as lookalike targets: each one's organisation owns its domain and
     everything below it (a served "mail.corp.example" protects corp.example)."""
@@ -146,7 +158,7 @@ class IdentityCheck(PluginBase):
         found: list[Finding] = []
         for box in authors:
             found += self._display_findings(policy, box, external)
-        found += self._reply_to_findings(policy, message, authors, lists)
+        found += self._reply_to_findings(policy, message, authors, lists, _dmarc_passed(ctx))
         hosts: list[tuple[str, str]] = [("from", b.domain) for b in authors]
         hosts += [("reply-to", b.domain) for b in _mailboxes(message, "reply-to")]
         if ctx.mail_from and "@" in ctx.mail_from:
@@ -233,13 +245,22 @@ class IdentityCheck(PluginBase):
         message: ParsedMessage,
         authors: Sequence[Mailbox],
         lists: set[str],
+        dmarc_passed: bool | None = None,
     ) -> list[Finding]:
+        """`dmarc_passed`: False when DMARC failed for the author's domain (a forged platform
+        address then earns no exemption), None when unknown."""
         replies = _mailboxes(message, "reply-to")
         if not replies or not authors:
             return []
         author_domains = [b.domain.rstrip(".").lower() for b in authors]
         if any(registrable_domain(d) in lists for d in author_domains):
             return []  # From rewritten to the list: Reply-To is the real author
+        if dmarc_passed is not False and all(
+            policy.on_behalf_senders.matches(d)
+            or policy.on_behalf_senders.matches(registrable_domain(d))
+            for d in author_domains
+        ):
+            return []  # a calendar, a document service... writes for the person it names
         for box in replies:
             domain = box.domain.rstrip(".").lower()
             if any(self._one_organisation(policy, domain, d) for d in author_domains):
