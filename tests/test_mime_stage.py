@@ -360,7 +360,10 @@ def test_html_bodies() -> None:
     html = (
         "<html><body><p>Dear customer</p>"
         '<a href="http://login.evil.example/x">https://www.paypal.com/signin</a>'
-        '<div style="display:none">lots of hidden words to fool the bayes filter here</div>'
+        '<div style="display:none">'
+        + "lots of hidden words to fool the bayes filter here "
+        * 5
+        + "</div>"
         '<form action="http://evil.example/p"><input type=password></form>'
         '<iframe src="http://evil.example"></iframe><script>alert(1)</script>'
         "</body></html>"
@@ -399,7 +402,8 @@ def test_hidden_text_ends_with_its_element_and_the_count_stays_exact() -> None:
     words = "visible words, plenty of them, well over the hidden text threshold"
     shown = f'<div style="display:none">x</div><p>{words}</p>'.encode()
     assert "HTML_HIDDEN_TEXT" not in html_scan.inspect(shown)
-    assert "HTML_HIDDEN_TEXT" in html_scan.inspect(f"<p>Hi</p><div hidden><b>{words}</b>".encode())
+    hidden = f"<div hidden><b>{words * 4}</b>".encode()  # more than a preview line
+    assert "HTML_HIDDEN_TEXT" in html_scan.inspect(hidden)
     # the hidden count follows pushes, pops to a matching end tag and the deep-stack trim
     scanner = html_scan._Scanner()
     markup = "".join(
@@ -473,9 +477,9 @@ def test_hostile_html_is_linear(markup: str) -> None:
 def test_text_before_markup_left_open_is_still_read() -> None:
     from gateway.mime.html import inspect as inspect_html
 
-    found = inspect_html(b'Hi <div style="display:none">' + b"buy now " * 10 + b"<a <a <a")
+    found = inspect_html(b'<div style="display:none">' + b"buy now " * 40 + b"<a <a <a")
     assert "HTML_HIDDEN_TEXT" in found
-    assert "HTML_HIDDEN_TEXT" in inspect_html(b"Hi <div hidden>" + b"x" * 40 + b" &amp")
+    assert "HTML_HIDDEN_TEXT" in inspect_html(b"<div hidden>" + b"x" * 250 + b" &amp")
 
 
 def test_html_past_its_deadline_ends_the_scan_and_the_light_scan_hands_over(
@@ -513,11 +517,21 @@ def test_a_preview_line_hidden_before_the_text_is_a_preheader() -> None:
     assert "HTML_HIDDEN_TEXT" not in found
 
 
+def test_a_hidden_line_of_markup_after_the_text_is_no_salting() -> None:
+    """Notifications (GitHub's among them) hide a line for mail clients' actions at the end."""
+    from gateway.mime.html import inspect as inspect_html
+
+    markup = (
+        "<p>Carla commented on the pull request.</p><div style='display:none'>"
+        "Reply to this email directly or view it on GitHub.</div>"
+    )
+    found = inspect_html(markup.encode())
+    assert "HTML_PREHEADER" in found and "HTML_HIDDEN_TEXT" not in found
+
+
 @pytest.mark.parametrize(
     "markup",
     [
-        # the same hidden line after shown text: text hidden among the text
-        "<p>Hello Ann, here is your statement.</p>" + PREHEADER,
         # more than a line's worth of hidden letters, even at the top
         '<div style="display:none">' + "cheap pills buy now " * 20 + "</div><p>Hello</p>",
         # a hidden line and then more hidden pieces among the text

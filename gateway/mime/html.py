@@ -45,9 +45,10 @@ _HIDDEN_MIN_CHARS = 30
 _ZERO_FONT_MIN_CHARS = 10
 _MANY_INVISIBLE = 12  # separate pieces of hidden text: salting, not a newsletter's preheader
 # A preheader: the preview line bulk senders hide at the top of nearly every newsletter and
-# notice (display:none, max-height:0...) for the inbox list to show. Hidden text that comes
-# before any shown text, in a few pieces and a line's worth of letters, is that and nothing
-# more (HTML_PREHEADER); salting is longer, comes among the text, or in many pieces.
+# notice (display:none, max-height:0...) for the inbox list to show; notifications also hide a
+# line of markup for mail clients' actions at the end. Hidden text of a few pieces and a line's
+# worth of letters is that and nothing more (HTML_PREHEADER); salting is longer or in many
+# pieces (HTML_HIDDEN_TEXT, HTML_MANY_INVISIBLE), or in a zero-size font (HTML_ZERO_FONT).
 _PREHEADER_PIECES = 3
 _PREHEADER_LETTERS = 200
 # data: addresses that carry a page the browser renders (a second HTML file inside the first)
@@ -148,8 +149,6 @@ class _Scanner(HTMLParser):
         self.zero_chars = 0
         self.hidden_pieces = 0
         self.hidden_letters = 0  # hidden characters that are neither white space nor format
-        self.shown_text = False  # text shown to the reader has come
-        self.hidden_after_shown = False  # hidden text came after shown text
         self.pages: list[bytes] = []  # pages carried in data: addresses and srcdoc
 
     @property
@@ -363,7 +362,6 @@ class _Scanner(HTMLParser):
             self.hidden_chars += chars
             self.hidden_pieces += 1
             self.hidden_letters += len(_NOT_LETTERS.sub("", stripped))
-            self.hidden_after_shown = self.hidden_after_shown or self.shown_text
             if self.hidden_chars >= _HIDDEN_MIN_CHARS:
                 self._add("HTML_HIDDEN_TEXT", f"{self.hidden_chars}+ hidden characters")
             if self.hidden_pieces >= _MANY_INVISIBLE:
@@ -372,14 +370,11 @@ class _Scanner(HTMLParser):
                 self.zero_chars += chars
                 if self.zero_chars >= _ZERO_FONT_MIN_CHARS:
                     self._add("HTML_ZERO_FONT", f"{self.zero_chars}+ characters in font-size 0")
-        elif not self.shown_text and _NOT_LETTERS.sub("", data[:200]):
-            self.shown_text = True
 
     def preheader_only(self) -> bool:
-        """The hidden text is a newsletter's preview line (see _PREHEADER_LETTERS), no more."""
+        """The hidden text is a preview line or two (see _PREHEADER_LETTERS), no more."""
         return (
-            not self.hidden_after_shown
-            and self.hidden_pieces <= _PREHEADER_PIECES
+            self.hidden_pieces <= _PREHEADER_PIECES
             and self.hidden_letters <= _PREHEADER_LETTERS
             and self.zero_chars == 0
         )
@@ -452,7 +447,7 @@ def read(
     found = dict(scanner.found)
     if "HTML_HIDDEN_TEXT" in found and scanner.preheader_only():
         del found["HTML_HIDDEN_TEXT"]
-        found["HTML_PREHEADER"] = f"{scanner.hidden_chars} hidden characters before the text"
+        found["HTML_PREHEADER"] = f"{scanner.hidden_letters} hidden letters in one or a few lines"
     links = list(scanner.links)
     if _depth < _MAX_PAGE_DEPTH:
         for page in scanner.pages:

@@ -81,8 +81,8 @@ ATTACHMENT_SYMBOLS: dict[str, str] = {
     "HTML_IFRAME": "HTML with an iframe, object or embed",
     "HTML_HIDDEN_TEXT": "HTML text hidden from the reader (display:none, zero size...)",
     "HTML_PREHEADER": (
-        "HTML whose only hidden text is a preview line before the text (a newsletter's"
-        " preheader, for the inbox list): no evidence either way"
+        "HTML whose only hidden text is a line or two (a newsletter's preheader for the inbox"
+        " list, a notification's markup for mail clients): no evidence either way"
     ),
     "HTML_PASSWORD_FIELD": "HTML with a password field (a credential phishing page)",
     "HTML_SCRIPT_DECODE": (
