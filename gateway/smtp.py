@@ -13,8 +13,9 @@ StreamReader DATA is read from, by gateway.data_reader), `_call_handler_hook("DA
 `_set_post_data_state` (a fresh envelope), `check_helo_needed`/`check_auth_needed`,
 `envelope.smtp_utf8`, `_tls_protocol` (STARTTLS only once), `connection_made` called again
 after STARTTLS, `handle_exception`, `session.ssl` (the TLS transport's extra info),
-`require_starttls` and its 530 text, handle_PROXY's `proxy_data`, and the `handle_*` hook
-signatures.
+`require_starttls` and its 530 text, handle_PROXY's `proxy_data`, `eof_received` (it cancels
+the handler but leaves the transport open while a PROXY header is awaited), and the `handle_*`
+hook signatures.
 
 What the adapter adds: enhanced status codes on aiosmtpd's own replies, no AUTH, a 451 (never
 aiosmtpd's "500 Error: (Exception) text") when anything unexpected happens, with aiosmtpd's
@@ -533,6 +534,16 @@ class GatewaySMTP(SMTP):
         self._reset_envelope()
         await self.push(status)
         return None
+
+    def eof_received(self) -> bool | None:
+        # aiosmtpd cancels its handler at the client's EOF. In the command loop that closes the
+        # transport; while it waits for a PROXY header it does not, and the connection stayed
+        # half-open, counted against its IP, until the idle timeout. The client is gone and no
+        # reply will be written: close now.
+        super().eof_received()
+        if self.transport is not None:
+            self.transport.close()
+        return False
 
     def connection_lost(self, error: Exception | None) -> None:
         self.connection.on_disconnect()

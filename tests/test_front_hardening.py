@@ -510,6 +510,32 @@ async def test_a_trusted_balancers_waiting_connections_count_in_the_total(
             w.close()
 
 
+async def test_a_client_gone_before_its_proxy_header_is_no_longer_counted(
+    start_gateway: GatewayFactory, sink: RecordingSink
+) -> None:
+    """aiosmtpd cancels its wait for the PROXY header at the client's EOF without closing the
+    transport: the connection stayed half-open, and counted against its IP, until the idle
+    timeout (300 s), so a client that connected and left twice locked its address out."""
+    gw = await start_gateway(
+        listen={"proxy_protocol": True, "proxy_trusted": (ip_network("127.0.0.0/8"),)},
+        limits={"max_connections": 2, "idle_timeout": 300},
+    )
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection(gw.host, gw.port)
+        writer.write_eof()  # gone before a PROXY header
+        try:
+            assert await asyncio.wait_for(reader.read(), WAIT) == b""  # and closed by us
+        finally:
+            writer.close()
+    assert gw.gateway.total_connections == 0
+    reader, writer = await asyncio.open_connection(gw.host, gw.port)
+    try:
+        writer.write(b"PROXY TCP4 198.51.100.9 192.0.2.1 40000 25\r\n")
+        assert (await asyncio.wait_for(reader.readline(), WAIT)).startswith(b"220 ")
+    finally:
+        writer.close()
+
+
 async def test_too_many_recipients_is_not_an_error_of_the_client(
     start_gateway: GatewayFactory, sink: RecordingSink
 ) -> None:
