@@ -71,13 +71,6 @@ _DEFAULT_STATUS = {
 }  # fmt: skip
 
 
-def _counts_as_error(reply: str) -> bool:
-    """A 4xx or 5xx counts towards the error limit; not the 421 we close with, and not "too
-    many recipients" (Postfix counts those only past smtpd_recipient_overshoot_limit: a sender
-    with more recipients than our limit sends the rest in the next transaction)."""
-    return reply[:1] in ("4", "5") and not reply.startswith(("421", "452 4.5.3"))
-
-
 def with_status(reply: str) -> str:
     """Add an enhanced status code (RFC 2034) to a reply that lacks one."""
     match = _REPLY.match(reply)
@@ -360,7 +353,7 @@ class GatewaySMTP(SMTP):
             if status[3:4] == " " and not status.startswith("354"):
                 self._command = "-"  # answered: a line refused unread answers no command
         await super().push(status)
-        if isinstance(status, str) and _counts_as_error(status):
+        if isinstance(status, str) and self.connection.counts_as_error(status):
             closing = self.connection.on_error_reply()
             if closing is not None:
                 self._command = answered  # the limit is reached at that command

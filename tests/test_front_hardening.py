@@ -556,6 +556,26 @@ async def test_too_many_recipients_is_not_an_error_of_the_client(
     assert delivered.rcpt_tos == ["r0@example.com", "r1@example.com"]
 
 
+async def test_recipients_past_the_overshoot_limit_count_as_errors(
+    start_gateway: GatewayFactory, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postfix's smtpd_recipient_overshoot_limit: 452 "too many recipients" was never an error,
+    so a client could go on sending refused RCPTs for ever; past the overshoot limit each counts."""
+    monkeypatch.setattr(gateway.session, "OVERSHOOT_LIMIT", 5, raising=False)
+    gw = await start_gateway(limits={"max_recipients": 1})
+    wire = await ehlo(gw)
+    try:
+        assert (await wire.command(f"MAIL FROM:<{SENDER}>")).startswith("250 ")
+        assert (await wire.command(f"RCPT TO:<{RECIPIENT}>")).startswith("250 ")
+        for _ in range(5 + ERROR_LIMIT - 1):
+            assert (await wire.command("RCPT TO:<r@example.com>")).startswith("452 4.5.3")
+        refused, last = await closed(await _sent(wire, "RCPT TO:<r@example.com>"))
+        assert refused.startswith("452 4.5.3")  # the twentieth error, then the close
+        assert without_id(last) == "421 4.7.0 Error: too many errors, closing connection"
+    finally:
+        await wire.close()
+
+
 async def test_help_still_knows_the_commands(gw: RunningGateway) -> None:
     """Every command is wrapped (syntax, junk counting); HELP reads what it wraps."""
     wire = await ehlo(gw)
