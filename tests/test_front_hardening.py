@@ -12,6 +12,7 @@ import asyncio
 import email
 import email.policy
 import logging
+import random
 import smtplib
 import ssl
 import time
@@ -260,6 +261,8 @@ async def test_an_address_literal_helo_is_kept(gw: RunningGateway, sink: Recordi
         (b"MAIL FROM:<alice@example.net", "501 5.1.7 "),
         (b"MAIL FROM:<alice@example.net>x", "501 5.1.7 "),
         (b"MAIL FROM:<\xff\xfe@example.net> SMTPUTF8", "501 5.6.7 "),
+        (b"MAIL FROM:<\xff\xfe@example.net>", "501 5.6.7 "),  # was taken and passed on
+        (b"EHLO a\xffb.example", "501 5.6.7 "),
         (b"MAIL FROM:<j\xc3\xb6rg@example.net>", "553 5.6.7 "),
         (b"MAIL FROM:<alice@example.net> BODY=8BIT\xc3\xb6", "501 5.5.4 "),
         (b'MAIL FROM:"', "553 5.1.3 "),  # the email package's parser raised IndexError
@@ -289,6 +292,43 @@ async def test_bad_command_syntax_gets_a_5xx_and_no_traceback(
     no_tracebacks(caplog)
     assert all(c.startswith(("MAIL alice", "RCPT bob", "RSET")) for c in sink.commands)
     assert sink.delivered == []
+
+
+_VERBS = (b"HELO", b"EHLO", b"MAIL FROM:", b"RCPT TO:", b"DATA", b"RSET", b"VRFY", b"EXPN")
+_VERBS += (b"HELP", b"NOOP", b"AUTH", b"BDAT", b"STARTTLS", b"XFORWARD")
+_ALPHABET = b'<>@"\\:;,.[]()= \t\x00\r\x7f\xff\xc3\xb6\xe2\x80\xaeaZ09-+%!/'
+
+
+async def test_random_commands_get_a_reply_of_the_client_never_an_internal_error(
+    gw: RunningGateway, sink: RecordingSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A seeded fuzz of command arguments (control characters, 8-bit, brackets, quotes): the
+    email package's address parser raised more than aiosmtpd caught (VRFY, MAIL FROM:"), each a
+    451 and a traceback. Every reply must be the client's own error or a success."""
+    caplog.set_level(logging.INFO)
+    rng = random.Random(13)
+    internal: list[tuple[bytes, str]] = []
+    for _ in range(60):
+        wire = await ehlo(gw)
+        try:
+            if rng.random() < 0.6:
+                assert (await wire.command(f"MAIL FROM:<{SENDER}>")).startswith("250 ")
+            for _ in range(rng.randint(1, 5)):
+                verb = rng.choice(_VERBS)
+                arg = bytes(rng.choice(_ALPHABET) for _ in range(rng.randint(0, 30)))
+                if verb.endswith(b":") and rng.random() < 0.5:
+                    arg = b"<" + arg[:12] + b"@example.com>" + arg[12:]
+                line = verb + (b"" if verb.endswith(b":") else b" ") + arg
+                if verb == b"STARTTLS" or b"\r" in line[-1:]:
+                    continue  # a handshake, or a CR the line end would swallow
+                reply = await wire.command(line)
+                if reply.startswith("451") or "Internal error" in reply:
+                    internal.append((line, reply))
+            assert (await wire.command("NOOP")).startswith("250 ")
+        finally:
+            await wire.close()
+    assert internal == []
+    no_tracebacks(caplog)
 
 
 async def test_an_smtputf8_address_is_taken(gw: RunningGateway, sink: RecordingSink) -> None:
