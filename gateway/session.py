@@ -53,6 +53,9 @@ ERROR_LIMIT = 20
 # Postfix's smtpd_junk_command_limit: past this many NOOP, RSET, VRFY, EXPN or HELP without
 # delivering mail, each one counts as an error too.
 JUNK_LIMIT = 100
+# Postfix's smtpd_recipient_overshoot_limit: "too many recipients" is no error of the client
+# (it sends the rest in the next transaction) until this many past the limit in one transaction.
+OVERSHOOT_LIMIT = 1000
 
 
 class Session:
@@ -85,6 +88,7 @@ class Session:
         self._counted_total = False  # counted in gateway.total_connections
         self.errors = 0  # 4xx/5xx replies since the last delivered message
         self.junk = 0  # NOOP, RSET, VRFY, EXPN, HELP since the last delivered message
+        self.overshoot = 0  # recipients refused as too many in this transaction
         # Why the refusal being returned refuses (gateway.metrics); the adapter counts it when
         # it sends the reply (take_reason), and classifies the replies no one named.
         self.reason: Reason | None = None
@@ -240,6 +244,7 @@ class Session:
             self.reason = Reason.SHUTTING_DOWN
             return Replies.SHUTTING_DOWN
         await self._take_current()
+        self.overshoot = 0
         ctx = self._context()
         ctx.queue_id = self.last_queue_id = new_queue_id()
         bind_qid(ctx.queue_id)  # every line until the transaction ends carries it (smtp.py)
@@ -308,6 +313,7 @@ class Session:
                 return front_replies.NO_POSTMASTER_DOMAIN
             address = f"postmaster@{domain}"
         if len(ctx.rcpt_tos) >= settings.limits.max_recipients:
+            self.overshoot += 1
             self.reason = Reason.TOO_MANY_RECIPIENTS
             return Replies.TOO_MANY_RECIPIENTS
         refusal = check_recipient(settings.relay, self.client.ip, address)
@@ -410,6 +416,14 @@ class Session:
         return Replies.SHUTTING_DOWN if self.gateway.shutting_down else None
 
     # -- failures -----------------------------------------------------------------------------
+
+    def counts_as_error(self, reply: str) -> bool:
+        """A 4xx or 5xx counts towards the error limit; not the 421 we close with, and not
+        "too many recipients" until OVERSHOOT_LIMIT of them in one transaction (without that
+        bound a client could send RCPT after refused RCPT for ever)."""
+        if reply.startswith("452 4.5.3"):
+            return self.overshoot > OVERSHOOT_LIMIT
+        return reply[:1] in ("4", "5") and not reply.startswith("421")
 
     def on_error_reply(self) -> SmtpReply | None:
         """A 4xx or 5xx was given; at ERROR_LIMIT the reply to close with (Postfix's 421)."""

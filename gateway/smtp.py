@@ -13,8 +13,9 @@ StreamReader DATA is read from, by gateway.data_reader), `_call_handler_hook("DA
 `_set_post_data_state` (a fresh envelope), `check_helo_needed`/`check_auth_needed`,
 `envelope.smtp_utf8`, `_tls_protocol` (STARTTLS only once), `connection_made` called again
 after STARTTLS, `handle_exception`, `session.ssl` (the TLS transport's extra info),
-`require_starttls` and its 530 text, handle_PROXY's `proxy_data`, and the `handle_*` hook
-signatures.
+`require_starttls` and its 530 text, handle_PROXY's `proxy_data`, `eof_received` (it cancels
+the handler but leaves the transport open while a PROXY header is awaited), and the `handle_*`
+hook signatures.
 
 What the adapter adds: enhanced status codes on aiosmtpd's own replies, no AUTH, a 451 (never
 aiosmtpd's "500 Error: (Exception) text") when anything unexpected happens, with aiosmtpd's
@@ -68,13 +69,6 @@ _DEFAULT_STATUS = {
     500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4",
     530: "5.7.0", 550: "5.0.0", 552: "5.3.4", 553: "5.1.3", 554: "5.7.0", 555: "5.5.4",
 }  # fmt: skip
-
-
-def _counts_as_error(reply: str) -> bool:
-    """A 4xx or 5xx counts towards the error limit; not the 421 we close with, and not "too
-    many recipients" (Postfix counts those only past smtpd_recipient_overshoot_limit: a sender
-    with more recipients than our limit sends the rest in the next transaction)."""
-    return reply[:1] in ("4", "5") and not reply.startswith(("421", "452 4.5.3"))
 
 
 def with_status(reply: str) -> str:
@@ -359,7 +353,7 @@ class GatewaySMTP(SMTP):
             if status[3:4] == " " and not status.startswith("354"):
                 self._command = "-"  # answered: a line refused unread answers no command
         await super().push(status)
-        if isinstance(status, str) and _counts_as_error(status):
+        if isinstance(status, str) and self.connection.counts_as_error(status):
             closing = self.connection.on_error_reply()
             if closing is not None:
                 self._command = answered  # the limit is reached at that command
@@ -533,6 +527,16 @@ class GatewaySMTP(SMTP):
         self._reset_envelope()
         await self.push(status)
         return None
+
+    def eof_received(self) -> bool | None:
+        # aiosmtpd cancels its handler at the client's EOF. In the command loop that closes the
+        # transport; while it waits for a PROXY header it does not, and the connection stayed
+        # half-open, counted against its IP, until the idle timeout. The client is gone and no
+        # reply will be written: close now.
+        super().eof_received()
+        if self.transport is not None:
+            self.transport.close()
+        return False
 
     def connection_lost(self, error: Exception | None) -> None:
         self.connection.on_disconnect()

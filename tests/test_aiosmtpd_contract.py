@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import importlib.metadata
 import inspect
 from collections.abc import AsyncIterator
@@ -274,3 +275,39 @@ def test_connection_made_runs_again_after_starttls() -> None:
     source = inspect.getsource(SMTP.connection_made)
     assert "seen_starttls" in source and "_buffer.clear()" in source
     assert inspect.signature(SMTP.handle_exception).parameters.keys() == {"self", "error"}
+
+
+async def test_eof_while_waiting_for_proxy_leaves_the_transport_open() -> None:
+    """Why the adapter's eof_received closes: plain aiosmtpd cancels its PROXY wait at the
+    client's EOF and keeps the half-open transport until the timeout (ours: until idle_timeout,
+    counted against the client's IP). If this starts failing, aiosmtpd closes it itself."""
+    loop = asyncio.get_running_loop()
+    made: list[SMTP] = []
+    started = asyncio.Event()
+
+    class Started(SMTP):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            made.append(self)
+            started.set()
+
+    server = await loop.create_server(
+        lambda: Started(Hooks(), hostname="probe.test", proxy_protocol_timeout=60), LOOPBACK, 0
+    )
+    port = server.sockets[0].getsockname()[1]
+    _, writer = await asyncio.open_connection(LOOPBACK, port)
+    try:
+        await asyncio.wait_for(started.wait(), WAIT)
+        handler = made[0]._handler_coroutine
+        assert handler is not None
+        writer.write_eof()
+        with contextlib.suppress(asyncio.CancelledError):  # aiosmtpd cancels it at the EOF
+            await asyncio.wait_for(asyncio.shield(handler), WAIT)
+        assert handler.cancelled()
+        assert made[0].transport is not None and not made[0].transport.is_closing()
+    finally:
+        writer.close()
+        if made and made[0].transport is not None:
+            made[0].transport.close()
+        server.close()
+        await server.wait_closed()

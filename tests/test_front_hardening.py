@@ -12,6 +12,7 @@ import asyncio
 import email
 import email.policy
 import logging
+import random
 import smtplib
 import ssl
 import time
@@ -260,6 +261,8 @@ async def test_an_address_literal_helo_is_kept(gw: RunningGateway, sink: Recordi
         (b"MAIL FROM:<alice@example.net", "501 5.1.7 "),
         (b"MAIL FROM:<alice@example.net>x", "501 5.1.7 "),
         (b"MAIL FROM:<\xff\xfe@example.net> SMTPUTF8", "501 5.6.7 "),
+        (b"MAIL FROM:<\xff\xfe@example.net>", "501 5.6.7 "),  # was taken and passed on
+        (b"EHLO a\xffb.example", "501 5.6.7 "),
         (b"MAIL FROM:<j\xc3\xb6rg@example.net>", "553 5.6.7 "),
         (b"MAIL FROM:<alice@example.net> BODY=8BIT\xc3\xb6", "501 5.5.4 "),
         (b'MAIL FROM:"', "553 5.1.3 "),  # the email package's parser raised IndexError
@@ -289,6 +292,43 @@ async def test_bad_command_syntax_gets_a_5xx_and_no_traceback(
     no_tracebacks(caplog)
     assert all(c.startswith(("MAIL alice", "RCPT bob", "RSET")) for c in sink.commands)
     assert sink.delivered == []
+
+
+_VERBS = (b"HELO", b"EHLO", b"MAIL FROM:", b"RCPT TO:", b"DATA", b"RSET", b"VRFY", b"EXPN")
+_VERBS += (b"HELP", b"NOOP", b"AUTH", b"BDAT", b"STARTTLS", b"XFORWARD")
+_ALPHABET = b'<>@"\\:;,.[]()= \t\x00\r\x7f\xff\xc3\xb6\xe2\x80\xaeaZ09-+%!/'
+
+
+async def test_random_commands_get_a_reply_of_the_client_never_an_internal_error(
+    gw: RunningGateway, sink: RecordingSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A seeded fuzz of command arguments (control characters, 8-bit, brackets, quotes): the
+    email package's address parser raised more than aiosmtpd caught (VRFY, MAIL FROM:"), each a
+    451 and a traceback. Every reply must be the client's own error or a success."""
+    caplog.set_level(logging.INFO)
+    rng = random.Random(13)
+    internal: list[tuple[bytes, str]] = []
+    for _ in range(60):
+        wire = await ehlo(gw)
+        try:
+            if rng.random() < 0.6:
+                assert (await wire.command(f"MAIL FROM:<{SENDER}>")).startswith("250 ")
+            for _ in range(rng.randint(1, 5)):
+                verb = rng.choice(_VERBS)
+                arg = bytes(rng.choice(_ALPHABET) for _ in range(rng.randint(0, 30)))
+                if verb.endswith(b":") and rng.random() < 0.5:
+                    arg = b"<" + arg[:12] + b"@example.com>" + arg[12:]
+                line = verb + (b"" if verb.endswith(b":") else b" ") + arg
+                if verb == b"STARTTLS" or b"\r" in line[-1:]:
+                    continue  # a handshake, or a CR the line end would swallow
+                reply = await wire.command(line)
+                if reply.startswith("451") or "Internal error" in reply:
+                    internal.append((line, reply))
+            assert (await wire.command("NOOP")).startswith("250 ")
+        finally:
+            await wire.close()
+    assert internal == []
+    no_tracebacks(caplog)
 
 
 async def test_an_smtputf8_address_is_taken(gw: RunningGateway, sink: RecordingSink) -> None:
@@ -510,6 +550,32 @@ async def test_a_trusted_balancers_waiting_connections_count_in_the_total(
             w.close()
 
 
+async def test_a_client_gone_before_its_proxy_header_is_no_longer_counted(
+    start_gateway: GatewayFactory, sink: RecordingSink
+) -> None:
+    """aiosmtpd cancels its wait for the PROXY header at the client's EOF without closing the
+    transport: the connection stayed half-open, and counted against its IP, until the idle
+    timeout (300 s), so a client that connected and left twice locked its address out."""
+    gw = await start_gateway(
+        listen={"proxy_protocol": True, "proxy_trusted": (ip_network("127.0.0.0/8"),)},
+        limits={"max_connections": 2, "idle_timeout": 300},
+    )
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection(gw.host, gw.port)
+        writer.write_eof()  # gone before a PROXY header
+        try:
+            assert await asyncio.wait_for(reader.read(), WAIT) == b""  # and closed by us
+        finally:
+            writer.close()
+    assert gw.gateway.total_connections == 0
+    reader, writer = await asyncio.open_connection(gw.host, gw.port)
+    try:
+        writer.write(b"PROXY TCP4 198.51.100.9 192.0.2.1 40000 25\r\n")
+        assert (await asyncio.wait_for(reader.readline(), WAIT)).startswith(b"220 ")
+    finally:
+        writer.close()
+
+
 async def test_too_many_recipients_is_not_an_error_of_the_client(
     start_gateway: GatewayFactory, sink: RecordingSink
 ) -> None:
@@ -528,6 +594,26 @@ async def test_too_many_recipients_is_not_an_error_of_the_client(
         await wire.close()
     [delivered] = await sink.arrived(1)
     assert delivered.rcpt_tos == ["r0@example.com", "r1@example.com"]
+
+
+async def test_recipients_past_the_overshoot_limit_count_as_errors(
+    start_gateway: GatewayFactory, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postfix's smtpd_recipient_overshoot_limit: 452 "too many recipients" was never an error,
+    so a client could go on sending refused RCPTs for ever; past the overshoot limit each counts."""
+    monkeypatch.setattr(gateway.session, "OVERSHOOT_LIMIT", 5, raising=False)
+    gw = await start_gateway(limits={"max_recipients": 1})
+    wire = await ehlo(gw)
+    try:
+        assert (await wire.command(f"MAIL FROM:<{SENDER}>")).startswith("250 ")
+        assert (await wire.command(f"RCPT TO:<{RECIPIENT}>")).startswith("250 ")
+        for _ in range(5 + ERROR_LIMIT - 1):
+            assert (await wire.command("RCPT TO:<r@example.com>")).startswith("452 4.5.3")
+        refused, last = await closed(await _sent(wire, "RCPT TO:<r@example.com>"))
+        assert refused.startswith("452 4.5.3")  # the twentieth error, then the close
+        assert without_id(last) == "421 4.7.0 Error: too many errors, closing connection"
+    finally:
+        await wire.close()
 
 
 async def test_help_still_knows_the_commands(gw: RunningGateway) -> None:
