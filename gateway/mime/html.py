@@ -366,7 +366,7 @@ class _Scanner(HTMLParser):
                 self._add("HTML_HIDDEN_TEXT", f"{self.hidden_chars}+ hidden characters")
             if self.hidden_pieces >= _MANY_INVISIBLE:
                 self._add("HTML_MANY_INVISIBLE", f"{self.hidden_pieces}+ hidden pieces of text")
-            if zero:
+            if zero and not self.hidden:  # text already hidden is hidden text, not salting
                 self.zero_chars += chars
                 if self.zero_chars >= _ZERO_FONT_MIN_CHARS:
                     self._add("HTML_ZERO_FONT", f"{self.zero_chars}+ characters in font-size 0")
