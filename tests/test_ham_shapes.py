@@ -31,15 +31,17 @@ def _files() -> list[Path]:
     return sorted(SHAPES.glob("*.eml"))
 
 
-def _crlf(path: Path) -> bytes:
-    return path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+# read once at collection: the coroutines below never touch the disk
+MESSAGES = {
+    p.name: p.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") for p in _files()
+}
 
 
 async def _verdict(path: Path) -> tuple[str, float, dict[str, float]]:
     settings = load_settings(REPO / "config" / "gateway.toml")
     gateway = Gateway.create(settings, resolver=OfflineResolver())
     try:
-        raw = _crlf(path)
+        raw = MESSAGES[path.name]
         envelope = Envelope("", ("bob@example.com",), "192.0.2.1", "mx.sender.example")
         scanned = await scan_message(gateway, path.name, raw, envelope)
         verdict = scanned.verdict
