@@ -358,3 +358,46 @@ def test_an_unknown_encoding_of_unpadded_base64_is_decoded_not_unscannable() -> 
     report = analyze(raw)
     assert report.complete and "MIME_UNSCANNABLE" not in report.symbols()
     assert any(leaf.data.startswith(b"ABCDEFGHIJ") for leaf in report.leaves)
+
+
+# -- neighbours found in the issue 13 audit --------------------------------------------------------
+
+HEADER_LINES_THAT_ARE_NO_FIELD = {
+    "a line without a colon": "X-Mailer-Note\r\n",
+    "an 8-bit field name": "X-Pr\u00fcfung: ok\r\n",
+}
+
+
+@pytest.mark.parametrize(
+    "line", HEADER_LINES_THAT_ARE_NO_FIELD.values(), ids=HEADER_LINES_THAT_ARE_NO_FIELD.keys()
+)
+async def test_fields_after_a_line_that_is_no_field_are_read(tmp_path: Path, line: str) -> None:
+    # CPython ends the header at the line (Content-Type and all after it become body text);
+    # a reader that skips the line sees the multipart and its EICAR part
+    raw = mixed(TEXT_PART, _eicar_part()).replace(
+        b"MIME-Version: 1.0\r\n", b"MIME-Version: 1.0\r\n" + line.encode()
+    )
+    action, symbols = await verdict(tmp_path, raw)
+    assert action is Action.REJECT and "ATT_EICAR_TEST" in symbols, symbols
+    assert "MIME_AMBIGUOUS" in symbols
+
+
+def test_a_body_right_after_the_header_is_no_second_reading() -> None:
+    raw = (HEAD + "Content-Type: text/plain\r\nHello Bob,\r\nsee you at ten.\r\n").encode()
+    report = analyze(raw)
+    assert "MIME_AMBIGUOUS" not in report.symbols() and report.readings == 1
+
+
+LOOSE_MULTIPART_TYPES = {
+    "white space around the slash": "multipart / mixed",
+    "quoted": '"multipart/mixed"',
+    "a comment before the slash": "multipart(parts)/mixed",
+    "no subtype": "multipart",
+}
+
+
+@pytest.mark.parametrize("kind", LOOSE_MULTIPART_TYPES.values(), ids=LOOSE_MULTIPART_TYPES.keys())
+async def test_a_multipart_type_written_loosely_is_read_as_one(tmp_path: Path, kind: str) -> None:
+    raw = mixed(TEXT_PART, _eicar_part(), ctype=f'Content-Type: {kind}; boundary="b1"')
+    action, symbols = await verdict(tmp_path, raw)
+    assert action is Action.REJECT and "ATT_EICAR_TEST" in symbols, symbols

@@ -437,6 +437,16 @@ def _names(msg: _Entity) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(names), tuple(variants)
 
 
+def _reads_as_multipart(msg: _Entity) -> bool:
+    """Whether the type reads as multipart once comments, quotes and white space are gone."""
+    value = msg.get("content-type")
+    if value is None:
+        return False
+    text = str(value)[:256].split(";", 1)[0]
+    kind = "".join(_strip_comments(text).replace('"', "").split()).lower()
+    return kind == "multipart" or kind.startswith("multipart/")
+
+
 def _payload_bytes(payload: str) -> bytes:
     try:
         return payload.encode("ascii", "surrogateescape")
@@ -599,7 +609,10 @@ class _Walker:
             self.found.add("MIME_UNSCANNABLE", f"part {path}: message/partial fragment")
         payload = msg.get_payload()
         own: tuple[str, ...] = ()
-        if msg.get_content_maintype() == "multipart":
+        # "multipart / mixed", a quoted or commented type: CPython reads text/plain, an RFC
+        # 5322-aware reader a multipart
+        loose_multipart = msg.get_content_maintype() != "multipart" and _reads_as_multipart(msg)
+        if msg.get_content_maintype() == "multipart" or loose_multipart:
             value = msg.get("content-type")
             for readings in _field_boundaries(str(value or ""), self.limits)[:1]:
                 own = readings
@@ -671,8 +684,39 @@ class _Walker:
             payload.startswith("begin ") or "\nbegin " in payload
         ):
             self._uuencoded(msg, path, data)
-        self._lenient(payload, boundaries, path, depth, head=False)
+        if loose_multipart:
+            guessed = _GUESSED_DELIMITER.search(payload[:65536])
+            candidates = own + ((guessed.group(1),) if guessed else ())
+            self._lenient(payload, (*boundaries, *candidates), path, depth, head=True)
+        else:
+            self._lenient(payload, boundaries, path, depth, head=False)
+        if any(isinstance(d, email.errors.MissingHeaderBodySeparatorDefect) for d in msg.defects):
+            self._past_a_bad_line(msg, payload, path, depth, boundaries)
         self._overflow(msg, path)
+
+    def _past_a_bad_line(
+        self, msg: _Entity, payload: str, path: str, depth: int, boundaries: tuple[str, ...]
+    ) -> None:
+        """CPython ends a header at a line that is no field (no colon, an 8-bit name); a
+        reader that skips such a line reads the fields after it: parse the entity that way."""
+        _bad, newline, rest = payload.partition("\n")
+        if not newline or not _HEADER_LINE.match(rest):
+            return
+        if depth + 1 > self.limits.max_depth:
+            raise BudgetExceeded("MIME_LIMIT_DEPTH", f"nesting deeper than {self.limits.max_depth}")
+        self.found.add("MIME_AMBIGUOUS", f"part {path}: fields after a line that is no field")
+        head = "".join(f"{key}: {value}\r\n" for key, value in msg.raw_items())
+        reading, self.reading = self.reading, max(self.reading, 1)
+        try:
+            tree, budget = _parse_tree(
+                _payload_bytes(head + rest), _Entity, self.limits, self.deadline, self.counter
+            )
+            if isinstance(tree, _Entity):
+                self.walk(tree, f"{path}~h", depth + 1, boundaries)
+            if budget is not None:
+                raise budget
+        finally:
+            self.reading = reading
 
     def _lenient(
         self, text: str, boundaries: tuple[str, ...], path: str, depth: int, head: bool
