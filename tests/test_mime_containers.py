@@ -686,3 +686,89 @@ def test_mangled_containers_give_findings_never_a_failed_scan() -> None:
             content = scan(analyze(with_attachment(bytes(mangled), name)))
             failed = [f.detail for f in content.findings if f.symbol == "ATT_UNSCANNABLE"]
             assert not any("scan failed" in d for d in failed), (name, failed)
+
+
+# -- neighbours found in the issue 13 audit --------------------------------------------------------
+
+
+def test_a_file_in_a_data_address_is_scanned() -> None:
+    """HTML smuggling without script: a download link whose data: address is the program."""
+    pe = base64.b64encode(tiny_pe()).decode()
+    page = f'<a download="invoice.exe" href="data:application/octet-stream;base64,{pe}">Get</a>'
+    action, symbols = verdict(html_message(page, "invoice.html"))
+    assert "ATT_EXECUTABLE" in symbols and action is Action.REJECT, sorted(symbols)
+    # without a download name, in an SVG, behind a #fragment: the content decides
+    svg = (
+        "<svg xmlns='http://www.w3.org/2000/svg'><a href='data:application/x-msdownload;base64,"
+        f"{pe}#x'><text>open</text></a></svg>"
+    )
+    action, symbols = verdict(html_message(svg, "map.svg", "image/svg+xml"))
+    assert "ATT_EXECUTABLE" in symbols and action is Action.REJECT, sorted(symbols)
+
+
+def test_inline_images_in_data_addresses_are_no_files() -> None:
+    gif = base64.b64encode(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;").decode()
+    body = (
+        b"From: a@example.net\r\nTo: b@example.com\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/html\r\n\r\n<p>Hi</p><img src='data:image/gif;base64,"
+        + gif.encode()
+        + b"'>\r\n"
+    )
+    _r, content, _s = inspect(body)
+    assert not [f for f in content.files if f.archive_depth > 0]
+    assert verdict(body)[0] is Action.RELAY
+
+
+@pytest.mark.parametrize(
+    ("html", "filename", "ctype"),
+    [
+        # an XML page names the script element with a prefix: it still runs
+        (
+            "<svg xmlns='http://www.w3.org/2000/svg' xmlns:h='http://www.w3.org/1999/xhtml'>"
+            "<foreignObject><h:script>location='https://x.example/'</h:script></foreignObject>"
+            "</svg>",
+            "chart.svg",
+            "image/svg+xml",
+        ),
+    ],
+)
+def test_more_active_html_attachments_are_quarantined(html: str, filename: str, ctype: str) -> None:
+    action, symbols = verdict(html_message(html, filename, ctype))
+    assert "ATT_HTML_ACTIVE" in symbols and action in STOPPED, sorted(symbols)
+
+
+def test_an_svg_part_without_a_name_is_a_file() -> None:
+    """An inline SVG part is no message text: a client lists it as a file to open."""
+    raw = (
+        b"From: a@example.net\r\nTo: b@example.com\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n--b1\r\n'
+        b"Content-Type: text/plain\r\n\r\nhi\r\n--b1\r\n"
+        b"Content-Type: image/svg+xml\r\nContent-Disposition: inline\r\n\r\n"
+        b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>\r\n--b1--\r\n"
+    )
+    action, symbols = verdict(raw)
+    assert "ATT_HTML_ACTIVE" in symbols and action in STOPPED, sorted(symbols)
+
+
+@pytest.mark.parametrize("kind", ["7z", "rar"])
+def test_a_7z_or_rar_behind_a_gif_is_opened(kind: str) -> None:
+    """7-Zip and WinRAR find their archive past other data (as after a self-extractor)."""
+    from mime_samples import rar5_member, rar5_of, sevenzip_of
+
+    archive = (
+        sevenzip_of({"invoice.exe": tiny_pe()})
+        if kind == "7z"
+        else rar5_of(rar5_member("invoice.exe", tiny_pe()))
+    )
+    gif = b"GIF89a\x01\x00\x01\x00" + b"\x00" * 40 + archive
+    action, symbols = verdict(with_attachment(gif, "photo.gif", ctype="image/gif"))
+    assert {"ATT_POLYGLOT", "ATT_EXECUTABLE"} <= symbols and action is Action.REJECT
+
+
+@pytest.mark.parametrize(
+    "ext",
+    ["one", "library-ms", "search-ms", "appref-ms", "appinstaller", "diagcab", "msu", "iqy", "rdp"],
+)
+def test_names_windows_runs_or_connects_with_are_refused(ext: str) -> None:
+    action, symbols = verdict(with_attachment(b"hello world\r\n", f"document.{ext}"))
+    assert action is Action.REJECT and "ATT_POLICY_REJECT" in symbols, sorted(symbols)

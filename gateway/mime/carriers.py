@@ -325,6 +325,27 @@ def embedded_zip(data: bytes) -> bytes | None:
     return data[: at + 22 + comment]
 
 
+# 7-Zip and WinRAR look for their archive past other data (a self-extractor's stub, a GIF)
+_ARCHIVE_MAGICS = (
+    ("7z", b"7z\xbc\xaf\x27\x1c"),
+    ("rar", b"Rar!\x1a\x07\x01\x00"),
+    ("rar", b"Rar!\x1a\x07\x00"),
+)
+_PREFIX_SEARCH = 1 << 20  # how far into a file the start of an archive is looked for
+
+
+def embedded_archive(data: bytes) -> tuple[str, bytes] | None:
+    """("7z" or "rar", the archive) when `data` starts as something else and holds one of
+    those archives further on, within the first MiB: what 7-Zip and WinRAR open."""
+    head = data[: _PREFIX_SEARCH + 8]
+    found = [(head.find(magic, 1), kind) for kind, magic in _ARCHIVE_MAGICS]
+    starts = sorted((at, kind) for at, kind in found if at > 0)
+    if not starts:
+        return None
+    at, kind = starts[0]
+    return kind, data[at:]
+
+
 # -- files encoded in text -------------------------------------------------------------------------
 
 _UU_BEGIN = re.compile(rb"^begin(-base64)? [0-7]{3,4} ([^\r\n]{1,255}?)\r?$", re.M)

@@ -462,14 +462,22 @@ class _Scanner:
         if carrier:
             self.open_carrier(carrier, data, declared, label, where, name, depth)
         if is_html(family, declared, name_family):
-            found = html.inspect(data, deadline=self.deadline)
+            reading = html.read(data, deadline=self.deadline)
+            found = reading.found
             for symbol, detail in found.items():
                 self.add(symbol, f"{label}: {detail}")
-            if is_file and found.keys() & _ACTIVE_HTML:
+            # an SVG part is never the message text: a client shows it as a file to open
+            svg = "svg" in mime_type or declared == "image/svg+xml" or ext in ("svg", "svgz")
+            if (is_file or svg) and found.keys() & _ACTIVE_HTML:
                 # a page opened from disk runs its script and posts its form from nowhere:
                 # credential phishing and HTML smuggling (SVG images included)
                 active = ", ".join(sorted(found.keys() & _ACTIVE_HTML))
                 self.add("ATT_HTML_ACTIVE", f"{label}: {active}")
+            if reading.files:
+                # files in data: addresses: a click saves or opens them (smuggling, no script)
+                inner = f"{where}/{name}" if name else where
+                carried = [carriers.Carried(n, d) for n, d in reading.files]
+                self.carried(carried, f"{label} (data: address)", inner, depth)
         if is_file or depth > 0:
             self.files.append(
                 FileFacts(
@@ -493,6 +501,8 @@ class _Scanner:
         if carriers.is_cms_signed(data, declared):
             return "smime"
         if family != "office" and carriers.embedded_zip(data) is not None:
+            return "polyglot"
+        if family not in ("office", "executable") and carriers.embedded_archive(data):
             return "polyglot"
         if family in ("text", "other", "html") or declared in _ENTITY_TYPES:
             if carriers.nested_entity(data, declared) is not None:
@@ -527,6 +537,14 @@ class _Scanner:
                 if archive is not None:
                     self.add("ATT_POLYGLOT", f"{label}: a zip archive at its end")
                     self.zip(archive, label, inner, depth)
+                found = carriers.embedded_archive(data)
+                if found is not None:
+                    kind, archive = found
+                    self.add("ATT_POLYGLOT", f"{label}: a {kind} archive inside")
+                    if kind == "7z":
+                        self.sevenzip(archive, label, inner, depth)
+                    else:
+                        self.rar(archive, label, inner, depth)
             elif kind == "text":
                 files = carriers.text_encoded_files(data[: self.limits.max_member_bytes], limit)
                 self.carried(files, label, inner, depth)

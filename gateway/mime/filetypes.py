@@ -36,6 +36,25 @@ EXECUTABLE_EXTENSIONS = frozenset(
         "xll",
         "xbap",
         "website",
+        # run or install something when opened, as abused in campaigns: Windows search and
+        # library descriptions that point at a remote share, ClickOnce and App Installer
+        # references, troubleshooter packs, update packages, sandbox configs, data links,
+        # Excel web queries and SYLK (DDE), OneNote notebooks with embedded files, RDP
+        # connections to an attacker's host
+        "appref-ms",
+        "library-ms",
+        "search-ms",
+        "searchconnector-ms",
+        "appinstaller",
+        "diagcab",
+        "msu",
+        "wsb",
+        "udl",
+        "iqy",
+        "slk",
+        "one",
+        "onepkg",
+        "rdp",
     ]
 )
 SCRIPT_EXTENSIONS = frozenset(

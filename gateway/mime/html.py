@@ -54,6 +54,7 @@ _PREHEADER_LETTERS = 200
 # data: addresses that carry a page the browser renders (a second HTML file inside the first)
 _PAGE_TYPES = ("data:text/html", "data:image/svg+xml", "data:application/xhtml+xml")
 _MAX_PAGES = 4
+_MAX_FILES = 8  # files carried in data: addresses kept per HTML file
 # white space and the invisible characters preheaders are padded with (zero-width joiners and
 # non-joiners, soft hyphens, the combining grapheme joiner): not letters a reader would read
 _NOT_LETTERS = re.compile(
@@ -114,6 +115,7 @@ class HtmlReading:
     found: dict[str, str]
     links: tuple[Link, ...]
     text: str | None = None
+    files: tuple[tuple[str | None, bytes], ...] = ()  # (download name, content) of data: files
 
 
 class TextRenderer(Protocol):
@@ -150,6 +152,7 @@ class _Scanner(HTMLParser):
         self.hidden_pieces = 0
         self.hidden_letters = 0  # hidden characters that are neither white space nor format
         self.pages: list[bytes] = []  # pages carried in data: addresses and srcdoc
+        self.files: list[tuple[str | None, bytes]] = []  # other files in data: addresses
 
     @property
     def hidden(self) -> bool:
@@ -165,18 +168,18 @@ class _Scanner(HTMLParser):
         """Keep a page carried in a data: address (decoded), bounded in count and size."""
         if len(self.pages) >= _MAX_PAGES:
             return
-        head, comma, payload = value.strip().partition(",")
-        if not comma:
+        page = data_uri_bytes(value)
+        if page is not None:
+            self.pages.append(page[:MAX_HTML])
+
+    def _file(self, value: str, name: str | None) -> None:
+        """Keep a file carried in a data: address (a download the page offers: HTML smuggling
+        without script), bounded in count and size; inline images are no files."""
+        if len(self.files) >= _MAX_FILES or value.strip()[5:11].lower() == "image/":
             return
-        try:
-            if head.lower().endswith(";base64"):
-                compact = "".join(payload[: MAX_HTML * 2].split())
-                page = base64.b64decode(compact + "=" * (-len(compact) % 4))
-            else:
-                page = unquote_to_bytes(payload[:MAX_HTML])
-        except (binascii.Error, ValueError):
-            return
-        self.pages.append(page[:MAX_HTML])
+        data = data_uri_bytes(value)
+        if data:
+            self.files.append(((name or "").strip()[:255] or None, data))
 
     def updatepos(self, i: int, j: int) -> int:
         # HTMLParser counts lines and columns of every piece for getpos(), which nothing here
@@ -264,6 +267,9 @@ class _Scanner(HTMLParser):
 
     def _scan_start(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self._tick()
+        # an XML page names elements with a prefix ("html:script", "svg:a"): the element is
+        # the same for the browser
+        tag = tag.rpartition(":")[2]
         values = {k.lower(): (v or "") for k, v in attrs}
         if tag == "script":
             self._add("HTML_SCRIPT", "<script>")
@@ -299,6 +305,8 @@ class _Scanner(HTMLParser):
                     self._script(value, f"{key}=javascript:")
                 elif lowered.startswith(_PAGE_TYPES):
                     self._page(value)
+                elif lowered.startswith("data:"):
+                    self._file(value, values.get("download"))
             elif key == "srcdoc" and value and len(self.pages) < _MAX_PAGES:
                 self.pages.append(value[:MAX_HTML].encode("utf-8", "replace"))
         href = values.get("href", values.get("xlink:href"))  # SVG 1.1 links are xlink:href
@@ -331,6 +339,7 @@ class _Scanner(HTMLParser):
 
     def _scan_end(self, tag: str) -> None:
         self._tick()
+        tag = tag.rpartition(":")[2]
         for index in range(len(self.stack) - 1, -1, -1):
             if self.stack[index][0] == tag:
                 self._pop(index)
@@ -378,6 +387,22 @@ class _Scanner(HTMLParser):
             and self.hidden_letters <= _PREHEADER_LETTERS
             and self.zero_chars == 0
         )
+
+
+def data_uri_bytes(value: str) -> bytes | None:
+    """The content of a data: address (base64 or percent-encoded), its #fragment left out as a
+    browser leaves it out; None when it cannot be decoded. Bounded to MAX_HTML bytes."""
+    head, comma, payload = value.strip().partition(",")
+    if not comma:
+        return None
+    payload = payload[: MAX_HTML * 2].partition("#")[0]
+    try:
+        if head.lower().endswith(";base64"):
+            compact = "".join(unquote_to_bytes(payload).decode("latin-1").split())
+            return base64.b64decode(compact + "=" * (-len(compact) % 4))[:MAX_HTML]
+        return unquote_to_bytes(payload)[:MAX_HTML]
+    except (binascii.Error, ValueError):
+        return None
 
 
 def feed_all(parser: HTMLParser, text: str) -> None:
@@ -449,18 +474,20 @@ def read(
         del found["HTML_HIDDEN_TEXT"]
         found["HTML_PREHEADER"] = f"{scanner.hidden_letters} hidden letters in one or a few lines"
     links = list(scanner.links)
+    files = list(scanner.files)
     if _depth < _MAX_PAGE_DEPTH:
         for page in scanner.pages:
             inner = read(page, "utf-8", deadline, _depth + 1)
             for symbol, detail in inner.found.items():
                 found.setdefault(symbol, f"inline page: {detail}"[:120])
             links.extend(inner.links[: max(0, MAX_LINKS - len(links))])
+            files.extend(inner.files[: max(0, _MAX_FILES - len(files))])
     shown: str | None = None
     if renderer is not None and scanner.renderer is not None:
         shown = html_text.tidy(renderer.out)
         if len(shown) > KEPT_TEXT:
             shown = None
-    reading = HtmlReading(found, tuple(links), shown)
+    reading = HtmlReading(found, tuple(links), shown, tuple(files))
     with _cache_lock:
         _cache[key] = reading
         while len(_cache) > _CACHE_SIZE:
