@@ -401,3 +401,49 @@ async def test_a_multipart_type_written_loosely_is_read_as_one(tmp_path: Path, k
     raw = mixed(TEXT_PART, _eicar_part(), ctype=f'Content-Type: {kind}; boundary="b1"')
     action, symbols = await verdict(tmp_path, raw)
     assert action is Action.REJECT and "ATT_EICAR_TEST" in symbols, symbols
+
+
+@pytest.mark.parametrize(
+    "location", ["run.js", "https://files.example/dl/run.js?session=1", "cid%2Frun%2Ejs"]
+)
+async def test_a_name_in_content_location_is_checked(tmp_path: Path, location: str) -> None:
+    part = attachment(SCRIPT, "text/plain", "", extra=f"Content-Location: {location}\r\n")
+    action, symbols = await verdict(tmp_path, mixed(TEXT_PART, part))
+    assert action in STOPPED and "ATT_SCRIPT" in symbols, symbols
+
+
+async def test_a_related_page_with_a_location_stays_a_body(tmp_path: Path) -> None:
+    html = "Content-Type: text/html\r\nContent-Location: https://www.example.com/news.html\r\n"
+    raw = mixed(
+        html + "\r\n<p>News</p>\r\n", ctype='Content-Type: multipart/related; boundary="b1"'
+    )
+    report = analyze(raw)
+    [page] = [leaf for leaf in report.leaves if leaf.content_type == "text/html"]
+    assert page.is_text_body and page.name_variants == ("news.html",)
+    assert (await verdict(tmp_path, raw))[0] is Action.RELAY
+
+
+@pytest.mark.parametrize(
+    ("ctype", "symbol"),
+    [
+        ("application/javascript", "ATT_SCRIPT"),
+        ("application/x-javascript", "ATT_SCRIPT"),
+        ("application/hta", "ATT_SCRIPT"),
+        ("application/x-msdownload", "ATT_EXECUTABLE"),
+    ],
+)
+async def test_an_unnamed_part_of_a_runnable_type_is_stopped(
+    tmp_path: Path, ctype: str, symbol: str
+) -> None:
+    # saved by a client as "Part 1.2" with the extension Windows maps the type to (.js, .exe)
+    part = attachment(SCRIPT, ctype, "attachment")
+    action, symbols = await verdict(tmp_path, mixed(TEXT_PART, part))
+    assert action in STOPPED and symbol in symbols, symbols
+
+
+async def test_a_named_part_of_a_runnable_type_goes_by_its_name(tmp_path: Path) -> None:
+    part = attachment(
+        b"plain notes\r\n", "application/x-javascript", 'attachment; filename="a.txt"'
+    )
+    action, symbols = await verdict(tmp_path, mixed(TEXT_PART, part))
+    assert "ATT_SCRIPT" not in symbols and action is Action.RELAY, symbols

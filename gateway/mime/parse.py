@@ -41,6 +41,7 @@ import hashlib
 import quopri
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -434,6 +435,16 @@ def _names(msg: _Entity) -> tuple[tuple[str, ...], tuple[str, ...]]:
             continue  # a description, not a name ("Scanned document")
         if text and text not in names and text not in variants:
             (names if key == "content-name" or not names else variants).append(text)
+    for key, value in raw:
+        if key != "content-location":
+            continue
+        # RFC 2557: some readers name a part after the last segment of its location (a
+        # reading of a name, never the one that makes a body part an attachment)
+        where = "".join(value[: limits.max_param_chars].split())
+        where = urllib.parse.unquote(where.split("?", 1)[0].split("#", 1)[0])
+        text = where.replace("\\", "/").rsplit("/", 1)[-1].strip()
+        if _FILE_NAME_LIKE.fullmatch(text) and text not in names and text not in variants:
+            variants.append(text)
     return tuple(names), tuple(variants)
 
 
