@@ -27,7 +27,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 from harness import REPO, GatewayFactory, RecordingSink, make_settings
-from mime_samples import eicar, inspect, tar_of, tiny_pe, with_attachment, zip_of
+from mime_samples import (
+    OLETOOLS,
+    eicar,
+    inspect,
+    oletools_sample,
+    tar_of,
+    tiny_pe,
+    with_attachment,
+    zip_of,
+)
 from pypdf import PdfWriter
 
 from gateway.config import PluginSettings
@@ -772,3 +781,65 @@ def test_a_7z_or_rar_behind_a_gif_is_opened(kind: str) -> None:
 def test_names_windows_runs_or_connects_with_are_refused(ext: str) -> None:
     action, symbols = verdict(with_attachment(b"hello world\r\n", f"document.{ext}"))
     assert action is Action.REJECT and "ATT_POLICY_REJECT" in symbols, sorted(symbols)
+
+
+def _zip_with_unicode_path(header_name: str, unicode_name: str, data: bytes) -> bytes:
+    """A zip whose member carries an Info-ZIP Unicode Path extra field (0x7075)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        info = zipfile.ZipInfo(header_name)
+        shown = unicode_name.encode()
+        crc = zlib.crc32(header_name.encode())
+        info.extra = struct.pack("<HHBI", 0x7075, 5 + len(shown), 1, crc) + shown
+        archive.writestr(info, data)
+    return out.getvalue()
+
+
+def test_a_zip_members_unicode_path_is_a_name_too() -> None:
+    """7-Zip and WinRAR show the Unicode Path; zipfile and Explorer the header's name."""
+    data = _zip_with_unicode_path("readme.txt", "readme.js", b"WScript.Echo('x');\n")
+    action, symbols = verdict(with_attachment(data, "docs.zip"))
+    assert {"ATT_SCRIPT", "ATT_NAME_AMBIGUOUS"} <= symbols and action is Action.REJECT
+    same = _zip_with_unicode_path("résumé.txt", "résumé.txt", b"hello\n")
+    action, symbols = verdict(with_attachment(same, "docs.zip"))
+    assert "ATT_NAME_AMBIGUOUS" not in symbols and action is Action.RELAY, sorted(symbols)
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<a href='java&#x09;script:location=1'>open</a>",  # a browser drops the tab
+        "<a href='java\nscript:location=1'>open</a>",
+        '<iframe src="https://login.x.example/" width=100% height=100%></iframe>',
+        "<object data='//login.x.example/'></object>",
+    ],
+)
+def test_script_addresses_and_remote_frames_make_an_attachment_active(html: str) -> None:
+    action, symbols = verdict(html_message(html, "invoice.html"))
+    assert "ATT_HTML_ACTIVE" in symbols and action in STOPPED, sorted(symbols)
+
+
+def test_a_frame_in_a_body_is_no_active_attachment() -> None:
+    body = (
+        b"From: a@example.net\r\nTo: b@example.com\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/html\r\n\r\n<iframe src='https://www.example.com/v'></iframe>\r\n"
+    )
+    action, symbols = verdict(body)
+    assert "ATT_HTML_ACTIVE" not in symbols and action is Action.RELAY, sorted(symbols)
+
+
+@pytest.mark.skipif(not OLETOOLS.is_dir(), reason="oletools test data not in ../shared")
+@pytest.mark.parametrize("sample", ["encrypted.docx", "encrypted.doc", "encrypted.xlsx"])
+def test_an_encrypted_document_that_cannot_be_opened_is_quarantined(sample: str) -> None:
+    raw = with_attachment(oletools_sample(f"encrypted/{sample}"), sample)
+    action, symbols = verdict(raw)
+    assert {"DOC_ENCRYPTED", "ATT_POLICY_QUARANTINE"} <= symbols, sorted(symbols)
+    assert action is Action.QUARANTINE
+
+
+@pytest.mark.skipif(not OLETOOLS.is_dir(), reason="oletools test data not in ../shared")
+def test_a_document_excels_default_password_opens_is_read_not_held_for_it() -> None:
+    sample = "dde-test-encrypt-standardpassword.xlsx"
+    _r, content, symbols = inspect(with_attachment(oletools_sample(f"encrypted/{sample}"), sample))
+    assert "DOC_DDE" in symbols  # read once decrypted
+    assert not any(f.encrypted for f in content.files)

@@ -20,6 +20,7 @@ import hashlib
 import io
 import lzma
 import re
+import struct
 import tarfile
 import time
 import zipfile
@@ -252,8 +253,38 @@ _ACTIVE_HTML = frozenset(
         "HTML_SCRIPT_DECODE",
         "HTML_SCRIPT_REDIRECT",
         "HTML_META_REFRESH",
+        "HTML_FRAME_REMOTE",
     }
 )
+# Declared types a client names an unnamed part after when it saves it (Windows maps each to
+# an extension that runs: application/javascript is .js): a script's text has no magic
+_DECLARED_RUNNABLE = {
+    **dict.fromkeys(
+        (
+            "application/javascript",
+            "application/x-javascript",
+            "application/ecmascript",
+            "text/javascript",
+            "text/jscript",
+            "text/vbscript",
+            "application/x-vbscript",
+            "application/hta",
+            "application/x-bat",
+            "application/x-powershell",
+        ),
+        "ATT_SCRIPT",
+    ),
+    **dict.fromkeys(
+        (
+            "application/x-msdownload",
+            "application/x-msdos-program",
+            "application/x-ms-shortcut",
+            "application/x-ms-application",
+            "application/x-msi",
+        ),
+        "ATT_EXECUTABLE",
+    ),
+}
 # Declared types whose content may be a whole MIME entity (base64 or not)
 _ENTITY_TYPES = frozenset(
     {
@@ -427,6 +458,9 @@ class _Scanner:
         ):
             self.add("ATT_NAME_MISMATCH", f"{label}: .{ext} is {mime_type}")
         declared_family = family_of(declared) if declared else ""
+        runnable = _DECLARED_RUNNABLE.get((declared or "").lower())
+        if runnable and not name and not aliases:
+            self.add(runnable, f"{where}: an unnamed part declared {declared}")
         if (
             declared_family in _BENIGN_DECLARED
             and family in _DANGEROUS_CONTENT
@@ -681,7 +715,10 @@ class _Scanner:
                     continue
                 if info.is_dir():
                     continue
-                self.check_names((info.filename,), label)
+                # 7-Zip and WinRAR show the Info-ZIP Unicode Path when there is one; zipfile
+                # and Windows Explorer the name in the header: both are the member's names
+                names = (info.filename, *_zip_unicode_path(info.extra))
+                self.check_names(tuple(dict.fromkeys(names)), label)
                 limit = self._read_limit(info.compress_size)
                 if info.file_size > limit:
                     self.add(
@@ -694,7 +731,8 @@ class _Scanner:
                     continue
                 if not self._expanded(len(content), limit, f"{label}: {info.filename[:60]}"):
                     continue
-                self.scan_file(content, info.filename, None, inner, depth + 1, True)
+                aliases = tuple(n for n in names[1:] if n != info.filename)
+                self.scan_file(content, info.filename, None, inner, depth + 1, True, aliases)
         return locked
 
     def _zip_read(
@@ -948,6 +986,18 @@ _COMPRESSED_SUFFIXES = (
     (".zst", ""),
 )
 _TRAILING_GROUP = re.compile(r"\s*[(\[][^()\[\]]{0,20}[)\]]\s*$")
+
+
+def _zip_unicode_path(extra: bytes) -> tuple[str, ...]:
+    """The Info-ZIP Unicode Path (extra field 0x7075) of a zip member, if it has one."""
+    at = 0
+    while at + 4 <= len(extra):
+        kind, size = struct.unpack_from("<HH", extra, at)
+        body = extra[at + 4 : at + 4 + size]
+        if kind == 0x7075 and len(body) > 5 and body[0] == 1:
+            return (body[5:].decode("utf-8", "replace")[:1024],)
+        at += 4 + size
+    return ()
 
 
 def _compressed_names(data: bytes, kind: str, name: str | None) -> tuple[str, ...]:

@@ -66,6 +66,8 @@ _MAX_PAGE_DEPTH = 2
 _SCRIPT_URI_KEYS = frozenset(
     {"href", "src", "action", "formaction", "xlink:href", "data", "values", "to", "from"}
 )
+_URL_DROPPED = str.maketrans("", "", "\t\n\r")
+_URL_LEADING = "".join(map(chr, range(0x21)))
 MAX_LINKS = 500  # links kept per HTML file (the message's URL list has its own bound)
 _MAX_LINK_TEXT = 300  # characters of an anchor's visible text kept
 _MAX_URL = 2000  # characters of an attribute kept as a link
@@ -280,6 +282,10 @@ class _Scanner(HTMLParser):
             self.form_inputs = set()
         elif tag in _FRAMES:
             self._add("HTML_IFRAME", f"<{tag}>")
+            address = values.get("src") or values.get("data") or ""
+            address = address.translate(_URL_DROPPED).lstrip(_URL_LEADING).lower()
+            if address.startswith(("http:", "https:", "//")):
+                self._add("HTML_FRAME_REMOTE", f"<{tag}> {address[:80]}")
         elif tag == "input":
             kind = values.get("type", "text").strip().lower()[:20] or "text"
             if kind == "password":
@@ -299,7 +305,10 @@ class _Scanner(HTMLParser):
                 self._add("HTML_SCRIPT", f"{key} handler")
                 self._script(value, f"{key} handler")
             if key in _SCRIPT_URI_KEYS:
-                lowered = value.strip().lower()
+                # a browser drops tabs and line breaks anywhere in an address, and control
+                # characters and spaces before it ("java&#9;script:" is javascript:)
+                value = value.translate(_URL_DROPPED).lstrip(_URL_LEADING)
+                lowered = value.lower()
                 if lowered.startswith(("javascript:", "vbscript:")):
                     self._add("HTML_SCRIPT", f"{key}=javascript:")
                     self._script(value, f"{key}=javascript:")

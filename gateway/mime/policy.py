@@ -98,7 +98,7 @@ class AttachmentPolicy:
     )
     block_action: str = "reject"
     encrypted_archives: str = "quarantine"
-    encrypted_documents: str = "score"
+    encrypted_documents: str = "quarantine"
     macros: str = "quarantine"
     max_attachment_bytes: int = 25 * 1024 * 1024
     size_action: str = "reject"
@@ -169,7 +169,7 @@ class EncryptedTable:
     __pydantic_config__: ClassVar[ConfigDict] = TABLE_CONFIG
 
     archives: PolicyAction = "quarantine"
-    documents: PolicyAction = "score"
+    documents: PolicyAction = "quarantine"
 
 
 @dataclass(frozen=True)

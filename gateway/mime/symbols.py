@@ -79,6 +79,10 @@ ATTACHMENT_SYMBOLS: dict[str, str] = {
     "HTML_SCRIPT": "HTML with script",
     "HTML_FORM": "HTML with a form (credential phishing)",
     "HTML_IFRAME": "HTML with an iframe, object or embed",
+    "HTML_FRAME_REMOTE": (
+        "HTML that shows a page from the web in a frame (iframe, frame, object, embed): an"
+        " attachment that is only a window on a credential page"
+    ),
     "HTML_HIDDEN_TEXT": "HTML text hidden from the reader (display:none, zero size...)",
     "HTML_PREHEADER": (
         "HTML whose only hidden text is a line or two (a newsletter's preheader for the inbox"
