@@ -843,3 +843,53 @@ def test_a_document_excels_default_password_opens_is_read_not_held_for_it() -> N
     _r, content, symbols = inspect(with_attachment(oletools_sample(f"encrypted/{sample}"), sample))
     assert "DOC_DDE" in symbols  # read once decrypted
     assert not any(f.encrypted for f in content.files)
+
+
+def _rtf_package(name: str, data: bytes) -> bytes:
+    """An RTF with an embedded OLE Package object (an OLE 1.0 object of class Package)."""
+    path = b"C:\\t\\" + name.encode() + b"\x00"
+    native = struct.pack("<H", 2) + name.encode() + b"\x00" + path
+    native += struct.pack("<II", 0x30000, len(path)) + path + struct.pack("<I", len(data)) + data
+    ole1 = struct.pack("<III", 0x501, 2, 8) + b"Package\x00" + struct.pack("<II", 0, 0)
+    ole1 += struct.pack("<I", len(native)) + native
+    return (
+        b"{\\rtf1{\\object\\objemb{\\*\\objclass Package}{\\*\\objdata "
+        + ole1.hex().encode()
+        + b"}}}"
+    )
+
+
+def test_files_embedded_in_documents_are_scanned() -> None:
+    """A Package object opens with a double click on its icon: it is a member of the document."""
+    action, symbols = verdict(with_attachment(_rtf_package("invoice.exe", tiny_pe()), "a.rtf"))
+    assert {"DOC_OLE_EMBEDDED", "ATT_EXECUTABLE"} <= symbols and action is Action.REJECT
+
+
+@pytest.mark.skipif(not OLETOOLS.is_dir(), reason="oletools test data not in ../shared")
+@pytest.mark.parametrize("sample", ["embedded-simple-2007.doc", "embedded-simple-2007.docx"])
+def test_an_embedded_package_is_read_with_its_name(sample: str) -> None:
+    data = oletools_sample(f"oleobj/{sample}")
+    _r, content, _s = inspect(with_attachment(data, sample))
+    assert [f.name for f in content.files if f.archive_depth == 1] == ["simple-text-file.txt"]
+    assert verdict(with_attachment(data, sample))[0] is Action.RELAY
+    if sample.endswith(".doc"):  # the same object, named as a script (the same length)
+        script = data.replace(b"simple-text-file.txt", b"simple-text-file.vbs")
+        action, symbols = verdict(with_attachment(script, sample))
+        assert "ATT_SCRIPT" in symbols and action is Action.REJECT
+
+
+def test_files_a_pdf_carries_are_scanned() -> None:
+    writer = PdfWriter()
+    writer.add_blank_page(72, 72)
+    writer.add_attachment("invoice.exe", tiny_pe())
+    out = io.BytesIO()
+    writer.write(out)
+    action, symbols = verdict(with_attachment(out.getvalue(), "doc.pdf", "application/pdf"))
+    assert {"PDF_EMBEDDED_FILE", "ATT_EXECUTABLE"} <= symbols and action is Action.REJECT
+    notes = PdfWriter()
+    notes.add_blank_page(72, 72)
+    notes.add_attachment("notes.txt", b"see page 2\n")
+    out = io.BytesIO()
+    notes.write(out)
+    action, symbols = verdict(with_attachment(out.getvalue(), "doc.pdf", "application/pdf"))
+    assert action is Action.RELAY, sorted(symbols)

@@ -490,9 +490,23 @@ class _Scanner:
             for symbol, detail in result.findings:
                 self.add(symbol, f"{label}: {detail}" if detail != name else label)
             encrypted, macros = result.encrypted, result.macros
+            if result.files:
+                inner = f"{where}/{name}" if name else where
+                carried = [carriers.Carried(n, d) for n, d in result.files]
+                self.carried(carried, f"{label} (embedded object)", inner, depth)
         elif family == "pdf":
-            for symbol in pdf.inspect(data):
+            symbols = pdf.inspect(data)
+            for symbol in symbols:
                 self.add(symbol, label)
+            if "PDF_EMBEDDED_FILE" in symbols and "PDF_ENCRYPTED" not in symbols:
+                # a reader opens the files a PDF carries from its attachments pane
+                attached = pdf.embedded_files(data)
+                if attached is None:
+                    self.add("ARCHIVE_CORRUPT", f"{label}: its embedded files cannot be read")
+                elif attached:
+                    inner = f"{where}/{name}" if name else where
+                    carried = [carriers.Carried(n, d) for n, d in attached]
+                    self.carried(carried, f"{label} (embedded file)", inner, depth)
         if carrier:
             self.open_carrier(carrier, data, declared, label, where, name, depth)
         if is_html(family, declared, name_family):

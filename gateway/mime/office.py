@@ -54,11 +54,18 @@ _RTF_DDE = re.compile(rb"(?<!\\)\\fldinst[^}]{0,200}?DDE(?:AUTO)?\b", re.I)
 _RTF_OBJECT = re.compile(rb"(?<!\\)\\obj(?:data|emb|link|autlink|ocx)\b", re.I)
 
 
+_MAX_PACKAGES = 16  # embedded files taken out of one document
+_MAX_PACKAGE_BYTES = 32 * 1024 * 1024  # of all of them together
+
+
 @dataclass
 class OfficeResult:
     findings: list[tuple[str, str]] = field(default_factory=list)
     encrypted: bool = False
     macros: bool = False
+    # files embedded as objects (OLE Package, a document in /embeddings/): (name, content),
+    # opened by a double click on their icon, so scanned like archive members
+    files: list[tuple[str | None, bytes]] = field(default_factory=list)
 
     def add(self, symbol: str, detail: str) -> None:
         if (symbol, detail) not in self.findings:
@@ -109,6 +116,54 @@ def _inspect(data: bytes, name: str, result: OfficeResult, depth: int) -> None:
     _macros(data, name, result)
     _dde(data, result)
     _embedded(data, name, result)
+    _packages(data, name, result)
+
+
+def _packages(data: bytes, name: str, result: OfficeResult) -> None:
+    """Files embedded in the document: OLE Package objects (a file with its name, as Word,
+    Excel, PowerPoint and RTF carry them) and whole documents under /embeddings/."""
+    budget = _MAX_PACKAGE_BYTES
+
+    def keep(file_name: str | None, content: bytes) -> bool:
+        nonlocal budget
+        if len(result.files) >= _MAX_PACKAGES or len(content) > budget:
+            return False
+        budget -= len(content)
+        result.files.append((file_name, content))
+        return True
+
+    with contextlib.suppress(Exception):
+        if data.startswith(b"{\\rt"):
+            if len(data) <= _MAX_RTF_PARSE:
+                parser = rtfobj.RtfObjParser(data)
+                parser.parse()
+                for obj in parser.objects:
+                    package = bytes(obj.olepkgdata or b"") if obj.is_package else b""
+                    if package and not keep(obj.filename or None, package):
+                        return
+            return
+        for ole in oleobj.find_ole(name or "doc", data):
+            if ole is None:
+                continue
+            for path in ole.listdir()[:1000]:
+                if path[-1] != "\x01Ole10Native":
+                    continue
+                native = oleobj.OleNativeStream(ole.openstream(path).read(), package=False)
+                content = native.data or b""
+                if content and not keep(native.filename or None, bytes(content)):
+                    return
+        if _is_ooxml(data):
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                for info in archive.infolist()[:10000]:
+                    lower = info.filename.lower()
+                    if "/embeddings/" not in lower or lower.endswith(".bin"):
+                        continue  # OLE objects (.bin) were read above
+                    if info.file_size > budget:
+                        return
+                    with archive.open(info) as member:
+                        content = member.read(budget + 1)
+                    if not keep(info.filename.rsplit("/", 1)[-1], content):
+                        return
 
 
 def _encryption(data: bytes, name: str, result: OfficeResult) -> bytes | None:

@@ -99,6 +99,35 @@ def _encrypted(data: bytes, found: set[str]) -> None:
         found.add("PDF_ENCRYPTED")
 
 
+MAX_ATTACHMENTS = 16  # files taken out of one PDF
+MAX_ATTACHMENT_BYTES = 32 * 1024 * 1024  # of all of them together
+
+
+def embedded_files(data: bytes) -> list[tuple[str | None, bytes]] | None:
+    """The files a PDF carries (its EmbeddedFiles name tree: a reader opens them from the
+    attachments pane), as (name, content); None when they cannot be read (pypdf refused the
+    file, or it is too large to read within bounds). Only asked of a PDF_EMBEDDED_FILE one."""
+    if len(data) > MAX_DECRYPT:
+        return None
+    import pypdf  # only PDFs that carry files need it
+
+    out: list[tuple[str | None, bytes]] = []
+    budget = MAX_ATTACHMENT_BYTES
+    try:
+        reader = pypdf.PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted and reader.decrypt("") == pypdf.PasswordType.NOT_DECRYPTED:
+            return None
+        for name, contents in reader.attachments.items():
+            for content in contents:
+                if len(out) >= MAX_ATTACHMENTS or len(content) > budget:
+                    return out
+                budget -= len(content)
+                out.append((str(name)[:255] or None, bytes(content)))
+    except Exception:  # a PDF pypdf cannot read: what it carries is unknown
+        return None
+    return out
+
+
 def _object_names(value: Any, found: set[str], depth: int) -> None:
     from pypdf.generic import ArrayObject, DictionaryObject, NameObject
 
