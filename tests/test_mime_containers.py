@@ -893,3 +893,20 @@ def test_files_a_pdf_carries_are_scanned() -> None:
     notes.write(out)
     action, symbols = verdict(with_attachment(out.getvalue(), "doc.pdf", "application/pdf"))
     assert action is Action.RELAY, sorted(symbols)
+
+
+@pytest.mark.parametrize("gap", [b"", b"\x00" * 10])
+def test_zips_one_after_another_are_all_read(gap: bytes) -> None:
+    """7-Zip reads the first of concatenated zips, zipfile and Explorer the last."""
+    data = zip_of({"invoice.exe": tiny_pe()}) + gap + zip_of({"readme.txt": b"hello"})
+    action, symbols = verdict(with_attachment(data, "docs.zip"))
+    assert {"ATT_POLYGLOT", "ATT_EXECUTABLE"} <= symbols and action is Action.REJECT
+
+
+def test_a_stored_zip_in_a_zip_is_no_second_archive() -> None:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("inner.zip", zip_of({"a.txt": b"x"}))
+        archive.writestr("b.txt", b"y")
+    action, symbols = verdict(with_attachment(out.getvalue(), "docs.zip"))
+    assert "ATT_POLYGLOT" not in symbols and action is Action.RELAY, sorted(symbols)

@@ -325,6 +325,26 @@ def embedded_zip(data: bytes) -> bytes | None:
     return data[: at + 22 + comment]
 
 
+_MAX_SECTIONS = 8
+
+
+def zip_ends(data: bytes) -> list[int]:
+    """Where each zip end record that points back at a central directory ends, in order (at
+    most 8): zips written one after another have one each, and zip readers disagree on which
+    one a file is (7-Zip reads the first, zipfile and Explorer the last). A stored zip member
+    has one too: the caller tells them apart by where the archives' members start."""
+    ends: list[int] = []
+    at = data.find(_EOCD)
+    while at >= 0 and len(ends) < _MAX_SECTIONS and len(data) - at >= 22:
+        directory_size, _directory_at, comment = struct.unpack_from("<IIH", data, at + 12)
+        start = at - directory_size
+        end = at + 22 + comment
+        if start >= 0 and data[start : start + 4] in (b"PK\x01\x02", _EOCD) and end <= len(data):
+            ends.append(end)
+        at = data.find(_EOCD, at + 4)
+    return ends
+
+
 # 7-Zip and WinRAR look for their archive past other data (a self-extractor's stub, a GIF)
 _ARCHIVE_MAGICS = (
     ("7z", b"7z\xbc\xaf\x27\x1c"),

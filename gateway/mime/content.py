@@ -717,9 +717,25 @@ class _Scanner:
             self.add("ARCHIVE_PATH_TRAVERSAL", f"{label}: {member[:80]}")
 
     def zip(self, data: bytes, label: str, inner: str, depth: int) -> bool:
+        locked, start = self._zip_members(data, label, inner, depth)
+        # zips one after another: 7-Zip reads the first, zipfile and Explorer the last. An
+        # end record before the start of the archive read last ends an earlier one (one
+        # inside a member, a stored zip, is no archive of its own)
+        for end in reversed(carriers.zip_ends(data)[:-1]):
+            if end > start:
+                continue
+            self.add("ATT_POLYGLOT", f"{label}: another zip archive before this one")
+            more, start = self._zip_members(data[:end], label, inner, depth)
+            locked = locked or more
+        return locked
+
+    def _zip_members(self, data: bytes, label: str, inner: str, depth: int) -> tuple[bool, int]:
+        """Scan one zip's members: whether some were locked, and where the archive starts."""
         locked = False
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            for info in archive.infolist():
+            infos = archive.infolist()
+            start = min((info.header_offset for info in infos), default=archive.start_dir)
+            for info in infos:
                 self.deadline.check()
                 self._member_budget(label)
                 self._path_checks(info.filename, label)
@@ -747,7 +763,7 @@ class _Scanner:
                     continue
                 aliases = tuple(n for n in names[1:] if n != info.filename)
                 self.scan_file(content, info.filename, None, inner, depth + 1, True, aliases)
-        return locked
+        return locked, start
 
     def _zip_read(
         self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, label: str, limit: int

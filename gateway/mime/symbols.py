@@ -96,7 +96,10 @@ ATTACHMENT_SYMBOLS: dict[str, str] = {
     "HTML_SCRIPT_REDIRECT": "script that sends the reader to another address (location = ...)",
     "HTML_META_REFRESH": "a meta refresh that sends the reader to a web address",
     # -- containers, active HTML, documents (issue 13, mimeb) ---------------------------------
-    "ATT_POLYGLOT": "a file that is also a zip archive (zip readers open it from its end)",
+    "ATT_POLYGLOT": (
+        "a file that is also an archive (zip readers open it from its end, 7-Zip and WinRAR"
+        " find theirs inside), or zips one after another that readers open differently"
+    ),
     "ATT_HTML_ACTIVE": (
         "an HTML or SVG attachment with script, a form or a redirect: a page opened from disk"
         " (credential phishing, HTML smuggling)"
