@@ -910,3 +910,29 @@ def test_a_stored_zip_in_a_zip_is_no_second_archive() -> None:
         archive.writestr("b.txt", b"y")
     action, symbols = verdict(with_attachment(out.getvalue(), "docs.zip"))
     assert "ATT_POLYGLOT" not in symbols and action is Action.RELAY, sorted(symbols)
+
+
+def test_an_lzma_file_is_opened_like_xz() -> None:
+    import lzma
+
+    data = lzma.compress(tiny_pe(), format=lzma.FORMAT_ALONE)
+    action, symbols = verdict(with_attachment(data, "update.lzma"))
+    assert "ATT_EXECUTABLE" in symbols and action is Action.REJECT, sorted(symbols)
+    text = lzma.compress(b"minutes\n", format=lzma.FORMAT_ALONE)
+    assert verdict(with_attachment(text, "notes.txt.lzma"))[0] is Action.RELAY
+
+
+@pytest.mark.parametrize(
+    ("head", "name"),
+    [
+        (b"\x00" * 7 + b"**ACE**\x14\x14\x02\x00", "old.ace"),
+        (b"070701" + b"0" * 104, "files.cpio"),
+        (b"xar!\x00\x1c\x00\x01", "setup.pkg"),
+        (b"MSWIM\x00\x00\x00", "install.wim"),
+        (b"\x1f\x9d\x90", "data.Z"),
+    ],
+)
+def test_archives_nothing_here_reads_are_quarantined_not_relayed(head: bytes, name: str) -> None:
+    """7-Zip or WinRAR open these; their members are unknown here."""
+    action, symbols = verdict(with_attachment(head + b"\x00" * 200, name))
+    assert "ARCHIVE_UNSUPPORTED" in symbols and action is Action.QUARANTINE, sorted(symbols)

@@ -138,6 +138,22 @@ _MIME_FAMILY: dict[str, str] = {
     "application/x-lzh-compressed": "archive",
     "application/x-arj": "archive",
     "application/zstd": "archive",
+    "application/x-lzma": "archive",  # .lzma (LZMA alone), decoded like xz
+    # archives 7-Zip or WinRAR open and nothing here reads: ARCHIVE_UNSUPPORTED (quarantined)
+    # rather than "other" (relayed unread)
+    "application/x-ace-compressed": "archive",
+    "application/x-lz4": "archive",
+    "application/x-lzip": "archive",
+    "application/x-compress": "archive",
+    "application/x-cpio": "archive",
+    "application/x-arc": "archive",
+    "application/x-zoo": "archive",
+    "application/x-xar": "archive",
+    "application/x-ms-wim": "archive",
+    "application/x-archive": "archive",
+    "application/vnd.debian.binary-package": "archive",
+    "application/x-rpm": "archive",
+    "application/x-stuffit": "archive",
     "application/vnd.ms-tnef": "archive",  # winmail.dat: Outlook unpacks its attachments
     "application/pdf": "pdf",
     "text/html": "html",
@@ -672,7 +688,7 @@ class _Scanner:
                 self.compressed(data, "gzip", name, inner, depth)
             elif mime_type == "application/x-bzip2":
                 self.compressed(data, "bzip2", name, inner, depth)
-            elif mime_type == "application/x-xz":
+            elif mime_type in ("application/x-xz", "application/x-lzma"):
                 self.compressed(data, "xz", name, inner, depth)
             elif mime_type == "application/zstd":
                 self.compressed(data, "zstd", name, inner, depth)
@@ -1013,6 +1029,7 @@ _COMPRESSED_SUFFIXES = (
     (".gz", ""),
     (".bz2", ""),
     (".xz", ""),
+    (".lzma", ""),
     (".zst", ""),
 )
 _TRAILING_GROUP = re.compile(r"\s*[(\[][^()\[\]]{0,20}[)\]]\s*$")
