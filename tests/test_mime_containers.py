@@ -936,3 +936,23 @@ def test_archives_nothing_here_reads_are_quarantined_not_relayed(head: bytes, na
     """7-Zip or WinRAR open these; their members are unknown here."""
     action, symbols = verdict(with_attachment(head + b"\x00" * 200, name))
     assert "ARCHIVE_UNSUPPORTED" in symbols and action is Action.QUARANTINE, sorted(symbols)
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<a href='search-ms:query=invoice&amp;crumb=location:\\\\198.51.100.7@80\\s'>Open</a>",
+        "<a href='ms-msdt:/id PCWDiagnostic /skip force'>Fix</a>",
+        "<a href='ms-appinstaller:?source=https://x.example/a.appinstaller'>Install</a>",
+        "<meta http-equiv=refresh content='0;url=search-ms:query=invoice'>",
+    ],
+)
+def test_a_link_to_a_windows_protocol_handler_makes_an_attachment_active(html: str) -> None:
+    action, symbols = verdict(html_message(html, "invoice.html"))
+    assert {"HTML_LAUNCH_URI", "ATT_HTML_ACTIVE"} <= symbols and action in STOPPED
+
+
+def test_office_open_in_app_links_are_no_launch_uri() -> None:
+    html = "<a href='ms-word:ofe|u|https://contoso.sharepoint.com/a.docx'>Open in Word</a>"
+    action, symbols = verdict(html_message(html, "links.html"))
+    assert "HTML_LAUNCH_URI" not in symbols and action is Action.RELAY, sorted(symbols)

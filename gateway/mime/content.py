@@ -270,6 +270,7 @@ _ACTIVE_HTML = frozenset(
         "HTML_SCRIPT_REDIRECT",
         "HTML_META_REFRESH",
         "HTML_FRAME_REMOTE",
+        "HTML_LAUNCH_URI",
     }
 )
 # Declared types a client names an unnamed part after when it saves it (Windows maps each to

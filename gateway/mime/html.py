@@ -66,6 +66,25 @@ _MAX_PAGE_DEPTH = 2
 _SCRIPT_URI_KEYS = frozenset(
     {"href", "src", "action", "formaction", "xlink:href", "data", "values", "to", "from"}
 )
+# Windows protocol handlers a link or redirect starts without a download: a search of an
+# attacker's share (search-ms:, Explorer lists its .lnk files), the support diagnostics tool
+# (ms-msdt:, Follina), an app install (ms-appinstaller:), Office's command handler, help files
+_LAUNCH_SCHEMES = (
+    "search-ms:",
+    "search:",
+    "ms-search:",
+    "ms-msdt:",
+    "ms-appinstaller:",
+    "ms-officecmd:",
+    "ms-cxh:",
+    "ms-cxh-full:",
+    "ms-its:",
+    "its:",
+    "mk:",
+    "hcp:",
+    "shell:",
+    "vbefile:",
+)
 _URL_DROPPED = str.maketrans("", "", "\t\n\r")
 _URL_LEADING = "".join(map(chr, range(0x21)))
 MAX_LINKS = 500  # links kept per HTML file (the message's URL list has its own bound)
@@ -297,6 +316,8 @@ class _Scanner(HTMLParser):
         elif tag == "meta" and values.get("http-equiv", "").strip().lower() == "refresh":
             match = _REFRESH_URL.match(values.get("content", ""))
             target = match.group(1) if match else ""
+            if target.lower().startswith(_LAUNCH_SCHEMES):
+                self._add("HTML_LAUNCH_URI", target[:100])
             if target.lower().startswith(("http:", "https:", "//", "data:", "javascript:")):
                 self._add("HTML_META_REFRESH", target[:100])
                 self._keep(target, "refresh")
@@ -312,6 +333,8 @@ class _Scanner(HTMLParser):
                 if lowered.startswith(("javascript:", "vbscript:")):
                     self._add("HTML_SCRIPT", f"{key}=javascript:")
                     self._script(value, f"{key}=javascript:")
+                elif lowered.startswith(_LAUNCH_SCHEMES):
+                    self._add("HTML_LAUNCH_URI", value[:100])
                 elif lowered.startswith(_PAGE_TYPES):
                     self._page(value)
                 elif lowered.startswith("data:"):

@@ -79,6 +79,10 @@ ATTACHMENT_SYMBOLS: dict[str, str] = {
     "HTML_SCRIPT": "HTML with script",
     "HTML_FORM": "HTML with a form (credential phishing)",
     "HTML_IFRAME": "HTML with an iframe, object or embed",
+    "HTML_LAUNCH_URI": (
+        "HTML that links or redirects to a Windows protocol handler that opens a program or a"
+        " remote share (search-ms:, ms-msdt:, ms-appinstaller:, ms-officecmd:...)"
+    ),
     "HTML_FRAME_REMOTE": (
         "HTML that shows a page from the web in a frame (iframe, frame, object, embed): an"
         " attachment that is only a window on a credential page"
