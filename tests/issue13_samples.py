@@ -29,7 +29,10 @@ from mime_samples import (
     with_attachment,
     zip_of,
 )
+from pypdf import PdfWriter
 from test_mime_containers import (
+    _rtf_package,
+    _zip_with_unicode_path,
     binhex_of,
     cab_of,
     docx_with_template,
@@ -456,6 +459,17 @@ CASES: list[Case] = [
 
 # -- neighbours the audit found (each got through before its fix on the audit-mime branch)
 _PE64 = base64.b64encode(tiny_pe()).decode()
+
+
+def _pdf_carrying(name: str, data: bytes) -> bytes:
+    writer = PdfWriter()
+    writer.add_blank_page(72, 72)
+    writer.add_attachment(name, data)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
 N = "audit neighbour"
 CASES += [
     Case(
@@ -547,6 +561,78 @@ CASES += [
             ctype="image/gif",
         ),
     ),
+    Case(
+        "neighbour-content-location-name",
+        N + ": a name in Content-Location only",
+        R + "test_a_name_in_content_location_is_checked",
+        lambda: _script("", extra="Content-Location: https://files.example/dl/run.js\r\n"),
+    ),
+    Case(
+        "neighbour-unnamed-javascript-part",
+        N + ": an unnamed part declared application/javascript",
+        R + "test_an_unnamed_part_of_a_runnable_type_is_stopped",
+        lambda: _script("attachment", "application/javascript"),
+    ),
+    Case(
+        "neighbour-zip-unicode-path",
+        N + ": a zip member named .js in its Unicode Path only",
+        C + "test_a_zip_members_unicode_path_is_a_name_too",
+        lambda: with_attachment(
+            _zip_with_unicode_path("readme.txt", "readme.js", SCRIPT), "docs.zip"
+        ),
+    ),
+    Case(
+        "neighbour-zips-one-after-another",
+        N + ": a program in the first of two zips",
+        C + "test_zips_one_after_another_are_all_read",
+        lambda: with_attachment(
+            zip_of({"invoice.exe": tiny_pe()}) + zip_of({"readme.txt": b"hello"}), "docs.zip"
+        ),
+    ),
+    Case(
+        "neighbour-javascript-address-with-a-tab",
+        N + ": java&#x09;script: in an HTML attachment",
+        C + "test_script_addresses_and_remote_frames_make_an_attachment_active",
+        lambda: html_message("<a href='java&#x09;script:location=1'>open</a>", "invoice.html"),
+    ),
+    Case(
+        "neighbour-html-remote-frame",
+        N + ": an HTML attachment that frames a web page",
+        C + "test_script_addresses_and_remote_frames_make_an_attachment_active",
+        lambda: html_message(
+            '<iframe src="https://login.x.example/" width=100% height=100%></iframe>',
+            "invoice.html",
+        ),
+    ),
+    Case(
+        "neighbour-html-search-ms-link",
+        N + ": a search-ms: link in an HTML attachment",
+        C + "test_a_link_to_a_windows_protocol_handler_makes_an_attachment_active",
+        lambda: html_message(
+            "<a href='search-ms:query=invoice&amp;crumb=location:\\\\198.51.100.7\\s'>Open</a>",
+            "invoice.html",
+        ),
+    ),
+    Case(
+        "neighbour-rtf-package-exe",
+        N + ": a program packaged in an RTF",
+        C + "test_files_embedded_in_documents_are_scanned",
+        lambda: with_attachment(_rtf_package("invoice.exe", tiny_pe()), "letter.rtf"),
+    ),
+    Case(
+        "neighbour-pdf-attachment-exe",
+        N + ": a program a PDF carries",
+        C + "test_files_a_pdf_carries_are_scanned",
+        lambda: with_attachment(
+            _pdf_carrying("invoice.exe", tiny_pe()), "doc.pdf", "application/pdf"
+        ),
+    ),
+    Case(
+        "neighbour-ace-archive",
+        N + ": an ACE archive",
+        C + "test_archives_nothing_here_reads_are_quarantined_not_relayed",
+        lambda: with_attachment(b"\x00" * 7 + b"**ACE**\x14\x14\x02\x00" + b"\x00" * 200, "a.ace"),
+    ),
     *[
         Case(
             f"neighbour-name-{ext}",
@@ -557,6 +643,17 @@ CASES += [
         for ext in ("one", "library-ms", "search-ms", "rdp")
     ],
 ]
+
+
+if OLETOOLS.is_dir():
+    CASES.append(
+        Case(
+            "neighbour-encrypted-docx",
+            N + ": an encrypted Office document",
+            C + "test_an_encrypted_document_that_cannot_be_opened_is_quarantined",
+            lambda: with_attachment(oletools_sample("encrypted/encrypted.docx"), "cv.docx"),
+        )
+    )
 
 
 def write(out: Path) -> list[tuple[Path, Case]]:
