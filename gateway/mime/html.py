@@ -421,6 +421,38 @@ class _Scanner(HTMLParser):
         )
 
 
+MAX_TAIL = 64 * 1024 * 1024  # bytes past MAX_HTML searched for what makes a page act
+# what makes a page act, as bytes of its lowered text (a tag's start, a handler, an address)
+_TAIL_MARKERS = re.compile(
+    rb"<(script|form|iframe|frame|object|embed)\b"
+    rb"|\s(on[a-z]{3,25})\s*=\s*[\"']"
+    rb"|(javascript|vbscript):"
+    rb"|type\s*=\s*[\"']?(password)\b"
+    rb"|http-equiv\s*=\s*[\"']?(refresh)\b"
+)
+_TAIL_SYMBOLS = {
+    b"script": "HTML_SCRIPT",
+    b"form": "HTML_FORM",
+    b"password": "HTML_PASSWORD_FIELD",
+    b"refresh": "HTML_META_REFRESH",
+    b"javascript": "HTML_SCRIPT",
+    b"vbscript": "HTML_SCRIPT",
+}
+
+
+def _past_the_parse(tail: bytes, found: dict[str, str]) -> None:
+    """What makes a page act, in the part of a large file the parse did not read: a browser
+    reads it all, so padding must not hide a script or a form. A literal pass, linear."""
+    text = tail.replace(b"\x00", b"").lower()  # UTF-16 text reads as ASCII without its NULs
+    for match in _TAIL_MARKERS.finditer(text):
+        word = next(group for group in match.groups() if group)
+        if word.startswith(b"on") and word not in _TAIL_SYMBOLS:
+            symbol = "HTML_SCRIPT"
+        else:
+            symbol = _TAIL_SYMBOLS.get(word, "HTML_IFRAME")
+        found.setdefault(symbol, f"past the first {MAX_HTML} bytes: {word.decode()}")
+
+
 def data_uri_bytes(value: str) -> bytes | None:
     """The content of a data: address (base64 or percent-encoded), its #fragment left out as a
     browser leaves it out; None when it cannot be decoded. Bounded to MAX_HTML bytes."""
@@ -505,6 +537,8 @@ def read(
     if "HTML_HIDDEN_TEXT" in found and scanner.preheader_only():
         del found["HTML_HIDDEN_TEXT"]
         found["HTML_PREHEADER"] = f"{scanner.hidden_letters} hidden letters in one or a few lines"
+    if len(data) > MAX_HTML:
+        _past_the_parse(data[MAX_HTML : MAX_HTML + MAX_TAIL], found)
     links = list(scanner.links)
     files = list(scanner.files)
     if _depth < _MAX_PAGE_DEPTH:

@@ -134,6 +134,9 @@ def _packages(data: bytes, name: str, result: OfficeResult) -> None:
 
     with contextlib.suppress(Exception):
         if data.startswith(b"{\\rt"):
+            if len(data) > _MAX_RTF_PARSE and _RTF_OBJECT.search(data):
+                # too large to parse for its objects: what they hold is unknown
+                result.add("ATT_UNSCANNABLE", f"{name}: RTF objects past {_MAX_RTF_PARSE} bytes")
             if len(data) <= _MAX_RTF_PARSE:
                 parser = rtfobj.RtfObjParser(data)
                 parser.parse()
@@ -315,7 +318,9 @@ def _embedded(data: bytes, name: str, result: OfficeResult) -> None:
                 result.add("DOC_OLE_EMBEDDED", "PowerPoint object")
             return
         if data.startswith(b"{\\rt"):
-            for match in _RTF_TEMPLATE.finditer(data[:_MAX_TEXT_SCAN]):
+            # the whole file (a literal test first): padding must not hide the template
+            templates = _RTF_TEMPLATE.finditer(data) if b"\\template" in data else iter(())
+            for match in templates:
                 target = match.group(1).decode("latin-1").strip()
                 if target and not _LOCAL_TARGET.match(target):
                     result.add("DOC_REMOTE_TEMPLATE", f"RTF template {target[:80]}")
