@@ -9,6 +9,7 @@ import tarfile
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import py7zr
 
@@ -195,3 +196,106 @@ def inspect(
     report = analyze(raw, limits)
     content = scan(report, limits)
     return report, content, report.symbols() | content.symbols()
+
+
+# -- Outlook messages: a minimal OLE compound file writer (no library here writes one) -------
+
+
+def compound_file(streams: dict[str, bytes]) -> bytes:
+    """A minimal OLE compound file (version 3) of storages and streams by path ("a/b"):
+    streams under 4096 bytes in the mini stream, larger ones in sectors, siblings chained."""
+    sector, mini = 512, 64
+    free, end, fatsect = 0xFFFFFFFF, 0xFFFFFFFE, 0xFFFFFFFD
+    entries: list[dict[str, Any]] = [{"name": "Root Entry", "type": 5, "kids": [], "data": b""}]
+    index = {"": 0}
+    for path, data in streams.items():
+        parts = path.split("/")
+        for depth in range(1, len(parts) + 1):
+            key = "/".join(parts[:depth])
+            if key not in index:
+                leaf = depth == len(parts)
+                entries.append(
+                    {
+                        "name": parts[depth - 1],
+                        "type": 2 if leaf else 1,
+                        "kids": [],
+                        "data": data if leaf else b"",
+                    }
+                )
+                index[key] = len(entries) - 1
+                entries[index["/".join(parts[: depth - 1])]]["kids"].append(index[key])
+    body = bytearray()
+    fat_chains: list[tuple[int, int]] = []
+    ministream = bytearray()
+    minifat: list[int] = []
+
+    def sectors(data: bytes) -> int:
+        start = len(body) // sector
+        count = -(-len(data) // sector)
+        body.extend(data + b"\x00" * (count * sector - len(data)))
+        fat_chains.append((start, count))
+        return start
+
+    for entry in entries[1:]:
+        data = entry["data"]
+        entry["start"] = end
+        if entry["type"] == 2 and data:
+            if len(data) >= 4096:
+                entry["start"] = sectors(data)
+            else:
+                start = len(ministream) // mini
+                count = -(-len(data) // mini)
+                ministream.extend(data + b"\x00" * (count * mini - len(data)))
+                minifat.extend(start + i + 1 if i < count - 1 else end for i in range(count))
+                entry["start"] = start
+    entries[0]["start"] = sectors(bytes(ministream)) if ministream else end
+    entries[0]["size"] = len(ministream)
+    minifat_bytes = struct.pack(f"<{len(minifat)}I", *minifat) if minifat else b""
+    minifat_start = (
+        sectors(minifat_bytes.ljust(-(-len(minifat_bytes) // sector) * sector, b"\xff"))
+        if minifat
+        else end
+    )
+    minifat_count = -(-len(minifat_bytes) // sector)
+    right = {
+        a: b for entry in entries for a, b in zip(entry["kids"], entry["kids"][1:], strict=False)
+    }
+    directory = bytearray()
+    for number, entry in enumerate(entries):
+        name = entry["name"].encode("utf-16-le") + b"\x00\x00"
+        directory += name.ljust(64, b"\x00") + struct.pack("<HBB", len(name), entry["type"], 1)
+        directory += struct.pack(
+            "<III", free, right.get(number, free), entry["kids"][0] if entry["kids"] else free
+        )
+        directory += b"\x00" * 36
+        directory += struct.pack("<II", entry["start"], entry.get("size", len(entry["data"])))
+        directory += b"\x00" * 4
+    dir_start = sectors(bytes(directory))
+    used = len(body) // sector
+    fat_count = 1
+    while used + fat_count > fat_count * 128:
+        fat_count += 1
+    fat = [free] * (fat_count * 128)
+    for start, count in fat_chains:
+        for i in range(count):
+            fat[start + i] = start + i + 1 if i < count - 1 else end
+    for i in range(fat_count):
+        fat[used + i] = fatsect
+    difat = [used + i for i in range(fat_count)] + [free] * (109 - fat_count)
+    header = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 16
+    header += struct.pack("<HHHHH", 0x3E, 3, 0xFFFE, 9, 6) + b"\x00" * 6
+    header += struct.pack(
+        "<IIIIIIIII", 0, fat_count, dir_start, 0, 4096, minifat_start, minifat_count, end, 0
+    )
+    header += struct.pack("<109I", *difat)
+    return header + bytes(body) + struct.pack(f"<{len(fat)}I", *fat)
+
+
+def outlook_message(files: dict[str, bytes]) -> bytes:
+    """An Outlook .msg with these attachments (PR_ATTACH_DATA_BIN, PR_ATTACH_LONG_FILENAME)."""
+    streams = {"__properties_version1.0": b"\x00" * 32}
+    for number, (name, data) in enumerate(files.items()):
+        storage = f"__attach_version1.0_#{number:08X}"
+        streams[f"{storage}/__substg1.0_37010102"] = data
+        streams[f"{storage}/__substg1.0_3707001F"] = name.encode("utf-16-le")
+    return compound_file(streams)

@@ -990,3 +990,17 @@ def test_padding_does_not_hide_an_rtf_template_or_objects() -> None:
     big = packaged.replace(b"{\\rtf1", b"{\\rtf1" + pad[: 2 * 1024 * 1024] + b"}", 1)
     action, symbols = verdict(with_attachment(big, "letter.rtf"))
     assert "ATT_UNSCANNABLE" in symbols and action in STOPPED, sorted(symbols)
+
+
+def test_an_outlook_message_is_opened_like_winmail_dat() -> None:
+    """A forwarded .msg: Outlook opens its attachments with a double click."""
+    from mime_samples import outlook_message
+
+    msg = outlook_message({"invoice.exe": tiny_pe(), "notes.txt": b"minutes " * 1000})
+    action, symbols = verdict(with_attachment(msg, "fwd.msg", "application/vnd.ms-outlook"))
+    assert "ATT_EXECUTABLE" in symbols and action is Action.REJECT, sorted(symbols)
+    benign = outlook_message({"agenda.txt": b"10:00 coffee\n"})
+    raw = with_attachment(benign, "fwd.msg", "application/vnd.ms-outlook")
+    _r, content, _s = inspect(raw)
+    assert any(f.name == "agenda.txt" and f.archive_depth == 1 for f in content.files)
+    assert verdict(raw)[0] is Action.RELAY

@@ -212,6 +212,52 @@ def _ber_signed_content(data: bytes) -> bytes | None:
 
 # -- cabinets --------------------------------------------------------------------------------------
 
+# -- Outlook messages (.msg): an OLE compound file, each attachment a storage ------------------
+
+OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_MSG_ATTACHMENT = "__attach_version1.0_#"
+_MSG_DATA = "__substg1.0_37010102"  # PR_ATTACH_DATA_BIN
+_MSG_NAMES = ("__substg1.0_3707001F", "__substg1.0_3704001F")  # long, then short file name
+_MSG_MAX_ATTACHMENTS = 256
+
+
+def is_outlook_message(data: bytes) -> bool:
+    """Whether `data` is an Outlook .msg (cheap: the OLE magic and the MAPI stream names)."""
+    return data.startswith(OLE_MAGIC) and b"_\x00_\x00p\x00r\x00o\x00p\x00e\x00r\x00" in data
+
+
+def msg_files(data: bytes, limit: int) -> list[Carried]:
+    """The files attached to an Outlook message: what Outlook opens with a double click."""
+    import olefile  # with oletools, already loaded by the Office scan
+
+    out: list[Carried] = []
+    total = 0
+    try:
+        ole = olefile.OleFileIO(data)
+    except Exception as exc:
+        raise CarrierError(f"msg: {exc}") from exc
+    with ole:
+        attachments = sorted(
+            {path[0] for path in ole.listdir() if path[0].startswith(_MSG_ATTACHMENT)}
+        )
+        for storage in attachments[:_MSG_MAX_ATTACHMENTS]:
+            if not ole.exists(f"{storage}/{_MSG_DATA}"):
+                continue  # an attached message (a storage of its own) or a link
+            size = ole.get_size(f"{storage}/{_MSG_DATA}")
+            total += size
+            if size > limit or total > limit:
+                raise CarrierTooLarge(f"msg attachments past {limit} bytes")
+            content = ole.openstream(f"{storage}/{_MSG_DATA}").read()
+            name = None
+            for stream in _MSG_NAMES:
+                if ole.exists(f"{storage}/{stream}"):
+                    raw = ole.openstream(f"{storage}/{stream}").read(2048)
+                    name = raw.decode("utf-16-le", "replace").rstrip("\x00") or None
+                    break
+            out.append(Carried(name, content))
+    return out
+
+
 CAB_MAGIC = b"MSCF\x00\x00\x00\x00"
 _CAB_BLOCK = 32768  # MS-CAB: a CFDATA block holds at most 32 KiB uncompressed
 

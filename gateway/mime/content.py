@@ -496,7 +496,10 @@ class _Scanner:
             or (family in ("text", "other") and office.is_office_text(data, ext))
         )
         # a web archive (.mht) is a MIME message a browser renders: opened like an .eml too
-        opened = not is_archive and (not is_office or ext in ("mht", "mhtml"))
+        # so is an Outlook message (.msg): an OLE file whose attachments Outlook opens
+        opened = not is_archive and (
+            not is_office or ext in ("mht", "mhtml") or carriers.is_outlook_message(data)
+        )
         carrier = self.carrier_of(data, declared, family) if opened else None
         if self.light_only and (is_archive or is_office or family == "pdf" or carrier):
             raise _HeavyContent  # archives and documents can take long: not on the event loop
@@ -565,6 +568,8 @@ class _Scanner:
         """Which carrier (gateway.mime.carriers) `data` is, if any: cheap tests only."""
         if carriers.is_cms_signed(data, declared):
             return "smime"
+        if carriers.is_outlook_message(data):
+            return "msg"
         if family != "office" and carriers.embedded_zip(data) is not None:
             return "polyglot"
         if family not in ("office", "executable") and carriers.embedded_archive(data):
@@ -613,6 +618,8 @@ class _Scanner:
             elif kind == "text":
                 files = carriers.text_encoded_files(data[: self.limits.max_member_bytes], limit)
                 self.carried(files, label, inner, depth)
+            elif kind == "msg":
+                self.carried(carriers.msg_files(data, limit), label, inner, depth)
             else:
                 entity = carriers.nested_entity(data, declared)
                 if entity is not None:
