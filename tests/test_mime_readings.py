@@ -447,3 +447,18 @@ async def test_a_named_part_of_a_runnable_type_goes_by_its_name(tmp_path: Path) 
     )
     action, symbols = await verdict(tmp_path, mixed(TEXT_PART, part))
     assert "ATT_SCRIPT" not in symbols and action is Action.RELAY, symbols
+
+
+async def test_rfc_2231_pieces_of_both_kinds_are_read_not_a_parser_failure(
+    tmp_path: Path,
+) -> None:
+    # `filename*=` beside `filename*0=`: CPython's decode_params raised, the message was
+    # unscannable (held, its names never checked); each piece is a name a client may take
+    disposition = (
+        "attachment; filename=\"a.txt\"; filename*=utf-8''a.js; filename*0=b; filename*1=.vbs"
+    )
+    action, symbols = await verdict(
+        tmp_path, mixed(TEXT_PART, attachment(SCRIPT, "text/plain", disposition))
+    )
+    assert "MIME_UNSCANNABLE" not in symbols and "ATT_SCRIPT" in symbols, symbols
+    assert action is Action.REJECT

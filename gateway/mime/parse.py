@@ -150,7 +150,15 @@ def _bounded_params(
         if index == 0 and typeless and sep:
             params.append(("", ""))
         params.append((name.strip(), val.strip()) if sep else (piece.strip(), ""))
-    return list(email.utils.decode_params(params)), overflow
+    try:
+        return list(email.utils.decode_params(params)), overflow
+    except (TypeError, ValueError):
+        # `name*=` beside `name*0=` (CPython cannot sort the two kinds of piece): each piece
+        # decoded on its own, every one a reading a client may take
+        decoded = list(email.utils.decode_params(params[:1]))
+        for param in params[1:]:
+            decoded += list(email.utils.decode_params([("", ""), param]))[1:]
+        return decoded, overflow
 
 
 def _strip_comments(text: str) -> str:
