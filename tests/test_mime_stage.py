@@ -243,6 +243,20 @@ def test_names_from_rfc2231_continuations_and_encoded_words() -> None:
     assert "ATT_SCRIPT" in symbols
 
 
+def test_a_name_the_other_field_only_lengthens_is_no_ambiguity() -> None:
+    """Thunderbird signs with name="OpenPGP_signature.asc" and filename="OpenPGP_signature":
+    every signed message of its users scored 3.0 as an ambiguous name."""
+    raw = with_attachment(
+        b"-----BEGIN PGP SIGNATURE-----\r\n\r\niQ==\r\n-----END PGP SIGNATURE-----\r\n",
+        "OpenPGP_signature",
+        ctype='application/pgp-signature; name="OpenPGP_signature.asc"',
+    )
+    assert "ATT_NAME_AMBIGUOUS" not in inspect(raw)[2]
+    # the longer name is checked like any other: what it adds is still found
+    raw = with_attachment(b"MZ" + b"\x00" * 64, "invoice.pdf", ctype='a/b; name="invoice.pdf.exe"')
+    assert {"ATT_EXECUTABLE", "ATT_DOUBLE_EXTENSION"} <= inspect(raw)[2]
+
+
 def test_filename_and_name_that_disagree() -> None:
     raw = with_attachment(b"hello", "report.txt", ctype='text/plain; name="report.scr"')
     report, _content, symbols = inspect(raw)

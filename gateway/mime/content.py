@@ -406,7 +406,7 @@ class _Scanner:
                 self.add("ATT_DOUBLE_EXTENSION", f"{where}: {name[:80]}")
             if "\x00" in name:
                 self.add("ATT_NAME_AMBIGUOUS", f"{where}: NUL in name")
-        distinct = {n.replace("\\", "/").rsplit("/", 1)[-1].strip().lower() for n in names}
+        distinct = _distinct_names(names)
         if len(distinct) > 1:
             self.add("ATT_NAME_AMBIGUOUS", f"{where}: {' | '.join(sorted(distinct))[:100]}")
 
@@ -1053,6 +1053,16 @@ def _zip_unicode_path(extra: bytes) -> tuple[str, ...]:
             return (body[5:].decode("utf-8", "replace")[:1024],)
         at += 4 + size
     return ()
+
+
+def _distinct_names(names: tuple[str, ...]) -> set[str]:
+    """The names that say different things: base names, case and white space runs aside, and
+    not a name another one only lengthens. Thunderbird names its OpenPGP signature
+    "OpenPGP_signature" in one field and "OpenPGP_signature.asc" in the other, and a reading
+    that cut a long name is the front of it; the longer name is checked like every other, so
+    "invoice.pdf" beside "invoice.pdf.exe" is still the executable it is."""
+    bases = {" ".join(n.replace("\\", "/").rsplit("/", 1)[-1].split()).lower() for n in names}
+    return {b for b in bases if not any(o != b and o.startswith(b) for o in bases)}
 
 
 def _compressed_names(data: bytes, kind: str, name: str | None) -> tuple[str, ...]:
