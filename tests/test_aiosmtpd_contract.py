@@ -311,3 +311,35 @@ async def test_eof_while_waiting_for_proxy_leaves_the_transport_open() -> None:
             made[0].transport.close()
         server.close()
         await server.wait_closed()
+
+
+def test_the_plain_path_fast_reading_is_the_email_parsers_reading() -> None:
+    """gateway.smtp.plain_path skips the email package's parser for `<local@domain> ...`; where
+    it answers at all, it must answer exactly as get_angle_addr (aiosmtpd's _getaddr) does."""
+    import random
+    from email._header_value_parser import get_angle_addr
+    from email.errors import HeaderParseError
+
+    from gateway.smtp import plain_path
+
+    rng = random.Random(20261203)
+    pieces = ["a", "a.b", "x+y", "A_B", "o'n", "-", ".", "@", "<", ">", " ", "\t", "(c)", '"', "9"]
+    tails = ["", "x", " SIZE=1", "  BODY=8BITMIME ", "\tA", " (c) S", "(", " \u00e9"]
+    answered = 0
+    for _ in range(20000):
+        local = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 4)))
+        host = "".join(rng.choice(["b", "b.c", "x-y", "-x", "x-", ".", "9", "[1.2.3.4]"]))
+        arg = f"<{local}@{host}>{rng.choice(tails)}"
+        fast = plain_path(arg)
+        if fast is None:
+            continue
+        answered += 1
+        try:
+            address, rest = get_angle_addr(arg)
+            assert (address.addr_spec, rest) == fast, arg
+        except (HeaderParseError, IndexError):
+            raise AssertionError(f"the full parser refuses {arg!r}") from None
+    assert answered > 1000
+    assert plain_path("<alice@example.net> SIZE=12") == ("alice@example.net", "SIZE=12")
+    assert plain_path("<alice@example.net> (comment) SIZE=12") is None
+    assert plain_path('<"quoted"@example.net>') is None
