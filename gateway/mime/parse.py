@@ -725,17 +725,7 @@ class _Walker:
             raise BudgetExceeded("MIME_LIMIT_DEPTH", f"nesting deeper than {self.limits.max_depth}")
         self.found.add("MIME_AMBIGUOUS", f"part {path}: fields after a line that is no field")
         head = "".join(f"{key}: {value}\r\n" for key, value in msg.raw_items())
-        reading, self.reading = self.reading, max(self.reading, 1)
-        try:
-            tree, budget = _parse_tree(
-                _payload_bytes(head + rest), _Entity, self.limits, self.deadline, self.counter
-            )
-            if isinstance(tree, _Entity):
-                self.walk(tree, f"{path}~h", depth + 1, boundaries)
-            if budget is not None:
-                raise budget
-        finally:
-            self.reading = reading
+        self._walk_other_reading([(head + rest, f"{path}~h")], depth, boundaries)
 
     def _lenient(
         self, text: str, boundaries: tuple[str, ...], path: str, depth: int, head: bool
@@ -769,14 +759,23 @@ class _Walker:
         self.found.add("MIME_AMBIGUOUS", f"part {path}: parts a loose reader finds")
         if depth + 1 > self.limits.max_depth:
             raise BudgetExceeded("MIME_LIMIT_DEPTH", f"nesting deeper than {self.limits.max_depth}")
+        pieces = [(chunk, f"{path}~{index}") for index, chunk in enumerate(chunks, 1)]
+        self._walk_other_reading(pieces, depth, boundaries)
+
+    def _walk_other_reading(
+        self, pieces: list[tuple[str, str]], depth: int, boundaries: tuple[str, ...]
+    ) -> None:
+        """Parse each (text, path) as an entity and walk it one level down, as a reading other
+        than CPython's (a lenient client's); a budget that trips in a parse is raised after
+        what it parsed was walked."""
         reading, self.reading = self.reading, max(self.reading, 1)
         try:
-            for index, chunk in enumerate(chunks, 1):
+            for text, piece_path in pieces:
                 tree, budget = _parse_tree(
-                    _payload_bytes(chunk), _Entity, self.limits, self.deadline, self.counter
+                    _payload_bytes(text), _Entity, self.limits, self.deadline, self.counter
                 )
                 if isinstance(tree, _Entity):
-                    self.walk(tree, f"{path}~{index}", depth + 1, boundaries)
+                    self.walk(tree, piece_path, depth + 1, boundaries)
                 if budget is not None:
                     raise budget
         finally:
