@@ -543,6 +543,57 @@ def test_a_hidden_line_of_markup_after_the_text_is_no_salting() -> None:
     assert "HTML_PREHEADER" in found and "HTML_HIDDEN_TEXT" not in found
 
 
+def test_one_hidden_line_styled_in_many_spans_is_one_piece() -> None:
+    """GitHub hides its Message-ID line at the end in five spans of one hidden element."""
+    from gateway.mime.html import inspect as inspect_html
+
+    footer = (
+        '<span style="color:transparent;font-size:0;display:none;overflow:hidden">'
+        "Message ID: <span>&lt;acme/</span><span>.</span><span>widgets/pull/2/19961892227</span>"
+        "<span>@</span><span>github.com&gt;</span></span>"
+    )
+    found = inspect_html(f"{PREHEADER}<p>Carla asked for your review.</p>{footer}".encode())
+    assert "HTML_PREHEADER" in found
+    assert "HTML_HIDDEN_TEXT" not in found and "HTML_ZERO_FONT" not in found
+
+
+def test_hidden_pieces_in_separate_elements_are_still_counted_apart() -> None:
+    from gateway.mime.html import inspect as inspect_html
+
+    salted = "<p>Hi</p>" + "<p>ok</p>".join(
+        f'<span style="display:none">w{i}rd</span>' for i in range(4)
+    )
+    found = inspect_html(salted.encode())
+    assert "HTML_PREHEADER" not in found and "HTML_HIDDEN_TEXT" not in found  # 16 characters
+    found = inspect_html((salted * 3).encode())
+    assert "HTML_HIDDEN_TEXT" in found and "HTML_PREHEADER" not in found
+
+
+@pytest.mark.parametrize("kind", ["application/ld+json", "Application/JSON; charset=utf-8"])
+def test_a_data_block_is_no_script(kind: str) -> None:
+    """Schema.org markup for mail clients' actions (GitHub, airlines) is never run."""
+    from gateway.mime.html import inspect as inspect_html
+
+    block = (
+        f'<script type="{kind}">{{"@context": "http://schema.org", "@type": "EmailMessage",'
+        ' "potentialAction": {"@type": "ViewAction", "url": "https://github.com/acme/w/pull/2"},'
+        ' "x": "atob(location.href = 1)"}</script><p>Review requested</p>'
+    )
+    found = inspect_html(block.encode())
+    assert not {"HTML_SCRIPT", "HTML_SCRIPT_DECODE", "HTML_SCRIPT_REDIRECT"} & set(found)
+
+
+@pytest.mark.parametrize(
+    "kind", ["", "text/javascript", "module", "text/x-template", "application/ld+json2"]
+)
+def test_any_other_script_type_is_script(kind: str) -> None:
+    from gateway.mime.html import inspect as inspect_html
+
+    markup = f'<script type="{kind}">location.href = "https://evil.example/"</script>'
+    found = inspect_html(markup.encode())
+    assert "HTML_SCRIPT" in found and "HTML_SCRIPT_REDIRECT" in found
+
+
 @pytest.mark.parametrize(
     "markup",
     [

@@ -166,11 +166,16 @@ class _Scanner(HTMLParser):
         self.link_text: list[str] = []
         self.links: list[Link] = []
         self.script_chars = 0
+        self.data_block = False  # the script element open now is a data block (see _scan_start)
         self.form: str | None = None  # the action of the form open now
         self.form_inputs: set[str] = set()
         self.zero_font: list[bool] = []  # the font size in force is 0, per entry of `stack`
         self.zero_chars = 0
         self.hidden_pieces = 0
+        # hidden elements (outermost) holding text: a preheader is one, however many inline
+        # elements style its pieces (GitHub's hidden Message-ID line is five spans)
+        self.hidden_regions = 0
+        self.region_counted = False  # the hidden element open now is counted in hidden_regions
         self.hidden_letters = 0  # hidden characters that are neither white space nor format
         self.pages: list[bytes] = []  # pages carried in data: addresses and srcdoc
         self.files: list[tuple[str | None, bytes]] = []  # other files in data: addresses
@@ -293,7 +298,11 @@ class _Scanner(HTMLParser):
         tag = tag.rpartition(":")[2]
         values = {k.lower(): (v or "") for k, v in attrs}
         if tag == "script":
-            self._add("HTML_SCRIPT", "<script>")
+            # a data block (schema.org markup for mail clients' actions, as GitHub and airlines
+            # send) is never run, by a browser or a mail client: not script
+            self.data_block = _is_data_block(values.get("type", ""))
+            if not self.data_block:
+                self._add("HTML_SCRIPT", "<script>")
         elif tag == "form":
             self._add("HTML_FORM", values.get("action", "")[:100])
             self._end_form()
@@ -365,6 +374,8 @@ class _Scanner(HTMLParser):
                 zero = True
             self.stack.append((tag, hidden))
             self.zero_font.append(zero)
+            if hidden and not self.hidden_open:
+                self.region_counted = False  # a new hidden element, not inside another
             self.hidden_open += hidden
             if len(self.stack) > 512:
                 self._pop(0, 256)
@@ -384,7 +395,7 @@ class _Scanner(HTMLParser):
     def _scan_data(self, data: str) -> None:
         self._tick()
         if self.stack and self.stack[-1][0] in ("style", "script", "title"):
-            if self.stack[-1][0] == "script":
+            if self.stack[-1][0] == "script" and not self.data_block:
                 self._script(data, "<script>")
             return
         if self.link is not None and len(self.link_text) < 50:
@@ -402,6 +413,9 @@ class _Scanner(HTMLParser):
                 return
             self.hidden_chars += chars
             self.hidden_pieces += 1
+            if not self.hidden or not self.region_counted:
+                self.hidden_regions += 1
+                self.region_counted = self.hidden
             self.hidden_letters += len(_NOT_LETTERS.sub("", stripped))
             if self.hidden_chars >= _HIDDEN_MIN_CHARS:
                 self._add("HTML_HIDDEN_TEXT", f"{self.hidden_chars}+ hidden characters")
@@ -415,10 +429,18 @@ class _Scanner(HTMLParser):
     def preheader_only(self) -> bool:
         """The hidden text is a preview line or two (see _PREHEADER_LETTERS), no more."""
         return (
-            self.hidden_pieces <= _PREHEADER_PIECES
+            self.hidden_regions <= _PREHEADER_PIECES
             and self.hidden_letters <= _PREHEADER_LETTERS
             and self.zero_chars == 0
         )
+
+
+def _is_data_block(script_type: str) -> bool:
+    """A script element of this type holds data that is never run (JSON, JSON-LD); any other
+    type, or none, counts as script (the HTML standard runs only JavaScript and modules, but a
+    type it would not run is rare enough in mail to stay suspicious)."""
+    essence = script_type.partition(";")[0].strip().lower()
+    return essence in ("application/ld+json", "application/json")
 
 
 MAX_TAIL = 64 * 1024 * 1024  # bytes past MAX_HTML searched for what makes a page act
