@@ -4,6 +4,7 @@ on a small built corpora folder (tests/classifier_data.build_corpora), never ../
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,7 @@ def test_train_on_corpora_and_eval_cross_source(
         rows["spam source out: sf-lists-heuristic"]["model"]["phish_recall_at_fpr_1pct"] is not None
     )
     assert r"lfdr\.de" in card["features"]["settings"]["redact"]
+    assert card["features"]["settings"]["layout_traits"] is False  # list ham has no layout
     assert set(card["held_out_bands"]["ham"]) == {
         f"ML_BAND_{b}" for b in ("00", "05", "20", "40", "50", "60", "80", "95", "99", "999")
     }
@@ -191,3 +193,66 @@ def test_sample_weights_follow_the_message_source() -> None:
     assert sample_weights(messages, FitParams()) is None
     weights = sample_weights(messages, FitParams(source_weights=(("a", 4.0),)))
     assert weights is not None and weights.tolist() == [4.0, 1.0, 4.0]
+
+
+def test_published_commercial_ham_is_an_optional_source_split_by_sender(
+    built: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    root = tmp_path / "corpora"
+    shutil.copytree(built, root)
+    folder = root / "commercial" / "ham" / "published"
+    folder.mkdir(parents=True)
+    for i in range(8):
+        (folder / f"shop{i}__receipt.eml").write_bytes(
+            f"From: Shop {i} <orders@shop{i % 4}.example>\nTo: ann@example.org\n"
+            f"Subject: Your receipt #{1000 + i}\nDate: Mon, {1 + i:02d} Sep 2025 10:00:00 +0000\n"
+            f"Message-ID: <r{i}@shop{i % 4}.example>\n\nThank you for your order {i}.\n".encode()
+        )
+    messages = corpora.load(root)
+    published = [m for m in messages if m.source == "commercial/ham/published"]
+    assert len(published) == 8 and {m.corpus for m in published} == {"commercial"}
+    assert {m.label for m in published} == {0}
+    found = {s.name: s for s in crosssource.splits(messages)}
+    for half in (1, 2):
+        split = found[f"commercial ham out: published senders, half {half}"]
+
+        def senders(idx: np.ndarray) -> set[str]:
+            return {
+                crosssource.sender_domain(messages[i].raw)
+                for i in idx.tolist()
+                if messages[i].source == "commercial/ham/published"
+            }
+
+        assert senders(split.test) and not senders(split.test) & senders(split.train)
+    # the corpus-to-corpus splits stay between the two shared corpora
+    sa = found["SpamAssassin -> modern"]
+    assert {messages[i].corpus for i in (*sa.train, *sa.test)} == {"spamassassin", "modern"}
+    # in every other split it trains: no ham list is judged with commercial ham held out
+    held = found["ham list out: nbd.other.debian.org"]
+    assert {messages[i].source for i in held.train} >= {"commercial/ham/published"}
+
+
+def test_rendered_templates_teach_their_text_and_not_the_renderers_header(
+    built: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    root = tmp_path / "corpora"
+    shutil.copytree(built, root)
+    folder = root / "commercial" / "ham" / "templates"
+    folder.mkdir(parents=True)
+    raw = (
+        b"From: Zerops <noreply@zerops.io>\r\nTo: Ann <ann@made-up.test>\r\n"
+        b"Subject: Verify your email\r\nDate: Mon, 01 Sep 2025 10:00:00 +0000\r\n"
+        b"Message-ID: <1@zerops.io>\r\n\r\nPlease verify your email address.\r\n"
+    )
+    (folder / "zerops__verify.eml").write_bytes(raw)
+    (m,) = [m for m in corpora.load(root) if m.source == "commercial/ham/templates"]
+    assert m.label == 0 and m.corpus == "commercial"
+    assert {"from", "to", "message-id"} <= m.blind
+    assert math.isnan(m.time)  # the renderer's Date: undated, never the newer mail of a split
+    traits = extract(m.raw, FeatureSettings(), blind=m.blind)["header"]
+    assert not [t for t in traits if t.startswith(("from:", "msgid:", "rcpt:", "to:"))]
+    assert "verify" in extract(m.raw, FeatureSettings(), blind=m.blind)["subject"]

@@ -304,3 +304,33 @@ def test_blind_fields_give_no_traits() -> None:
     assert "from:missing" in seen and "msgid:missing" in seen
     blind = extract(raw, FeatureSettings(), blind=frozenset({"from", "to", "message-id"}))
     assert not any(t.startswith(("from:", "msgid:", "rcpt:", "to:")) for t in blind["header"])
+
+
+def test_without_layout_traits_the_model_reads_what_a_message_says_not_its_layout() -> None:
+    """Public ham is plain-text list mail: its layout must not teach "laid out = spam"."""
+    html = (
+        "<html><head><style>@media (max-width:600px){.x{display:none}}</style></head><body>"
+        '<table><tr><td><img src="https://cdn.shop.example/logo.png"><a href="https://shop.'
+        'example/o/1">View your order</a></td></tr></table><form action="https://f.example/">'
+        '<input type="password"></form><font color="#ffffff">pills</font></body></html>'
+    )
+    raw = msg(
+        "From: Shop <orders@shop.example>\nSubject: Your order\nMIME-Version: 1.0\n"
+        'Content-Type: multipart/alternative; boundary="B"\n',
+        "--B\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 7bit\r\n"
+        "\r\nView your order\r\n--B\r\nContent-Type: text/html; charset=iso-8859-1\r\n"
+        f"Content-Transfer-Encoding: quoted-printable\r\n\r\n{html}\r\n--B--\r\n",
+    )
+    layout = ("cte:", "charset:", "parts:", "mime:alternative", "html:only", "html:hidden")
+    tags = ("html:img:", "html:table:", "html:a:", "html:font:")
+    full = extract(raw, FeatureSettings())
+    assert any(t.startswith(layout + tags) for t in full["header"])
+    plain = extract(raw, FeatureSettings(layout_traits=False))
+    assert not [t for t in plain["header"] if t.startswith(layout + tags)]
+    # what a page does or hides from the reader is still read, and so are the words and links
+    assert {"html:form:1", "html:white_text"} <= set(plain["header"])
+    assert plain["body"] == full["body"] and plain["url"] == full["url"]
+    settings = FeatureSettings(layout_traits=False)
+    assert FeatureSettings.from_json(settings.to_json()) == settings
+    with pytest.raises(ValueError, match="layout_traits"):
+        FeatureSettings.from_json({"layout_traits": "no"})

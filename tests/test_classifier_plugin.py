@@ -199,6 +199,7 @@ def test_model_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "verified" in printed and "time hold-out" in printed
     card = json.loads(card_path_for(out).read_text())
     assert card["features"]["settings"]["redact"]  # the preset left collector names out
+    assert card["features"]["settings"]["layout_traits"] is True  # an admin's ham has layout
     assert card["metrics"]["time_holdout"]["test_messages"] == 21
 
     assert main(["model", "info", "--model", str(out)]) == 0

@@ -53,6 +53,8 @@ class Artefacts:
 
     spam_tags: bool = False  # "[SPAM]" / "***SPAM***" in Subject
     redaction_token: bytes = b""  # removed from the text; fields holding it are blind
+    # fields that give no traits in any message of the source: the header a renderer wrote
+    blind_fields: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,16 @@ class Source:
     folder: str  # relative to the corpora root
     artefacts: Artefacts = Artefacts()
     phish: bool = False  # its spam is phishing (reported on its own too)
+    # False: its Date fields were written by whoever made the messages (rendered templates),
+    # so they count as undated: always trained on, never the "newer" mail of a time split
+    dated: bool = True
 
 
 _SA = "spamassassin"
 _MODERN = "modern"
+_COMMERCIAL = "commercial"
 _SF_SPAM = Artefacts(spam_tags=True)
+_RENDERED_FIELDS = frozenset({"from", "to", "reply-to", "return-path", "message-id"})
 
 SOURCES: tuple[Source, ...] = (
     *(
@@ -112,6 +119,22 @@ SOURCES: tuple[Source, ...] = (
         "spam",
         f"{_MODERN}/spam/glitchyzorua-spam-archive",
         Artefacts(redaction_token=REMOVED),
+    ),
+    # Optional: modern receipts, notices and newsletters that companies really sent, as their
+    # recipients published them (models/commercial-ham.tsv lists each one's repository and
+    # path); the shared corpora have no such ham. Used when present under the corpora root.
+    Source(f"{_COMMERCIAL}/ham/published", _COMMERCIAL, "ham", f"{_COMMERCIAL}/ham/published"),
+    # Optional: the e-mail templates organisations and open-source products publish (account,
+    # billing, order and notification mail), rendered into messages. The text and links are
+    # theirs, the header fields the renderer's: those give no traits (the addresses, the
+    # Message-ID), so the model learns their register and not the renderer.
+    Source(
+        f"{_COMMERCIAL}/ham/templates",
+        _COMMERCIAL,
+        "ham",
+        f"{_COMMERCIAL}/ham/templates",
+        Artefacts(blind_fields=_RENDERED_FIELDS),
+        dated=False,
     ),
     Source(
         f"{_MODERN}/phish/sf-lists-heuristic",
@@ -199,7 +222,7 @@ def neutralise(raw: bytes, artefacts: Artefacts) -> tuple[bytes, frozenset[str]]
     out = b"\n".join(kept)
     if token:
         body = body.replace(token, b"")
-    return out + body, frozenset(blind)
+    return out + body, frozenset(blind | artefacts.blind_fields)
 
 
 def load(
@@ -223,7 +246,7 @@ def load(
                     LABELS["spam"] if name in relabelled else label,
                     source.name,
                     name,
-                    sort_time(clean),
+                    sort_time(clean) if source.dated else math.nan,
                     blind=blind,
                     phish=source.phish,
                     corpus=source.corpus,

@@ -64,6 +64,15 @@ class FeatureSettings:
     # Received lines matching any of these are the collector's own hops and are not counted.
     collector_received: tuple[str, ...] = ()
     body_bigrams: bool = False
+    # Traits of how a message is laid out rather than what it says: counts of HTML tags (img,
+    # table, a, font, center), HTML without a plain part, transfer encodings, charsets, the
+    # number of parts, multipart/alternative, and "display:none somewhere" (every responsive
+    # template hides blocks in its style sheet and has a preheader; the MIME stage tells a
+    # preheader from salting, HTML_PREHEADER against HTML_HIDDEN_TEXT). The public ham is
+    # mailing-list mail, plain text because list software and list etiquette make it so; modern
+    # receipts, notices and newsletters are laid out like the spam. False: the model cannot
+    # learn that artefact.
+    layout_traits: bool = True
     max_bytes: int = 512 * 1024  # of the raw message parsed
     max_parts: int = 64  # MIME parts walked
     max_part_chars: int = 64 * 1024  # characters kept from one text part
@@ -75,6 +84,7 @@ class FeatureSettings:
             "redact": list(self.redact),
             "collector_received": list(self.collector_received),
             "body_bigrams": self.body_bigrams,
+            "layout_traits": self.layout_traits,
             "max_bytes": self.max_bytes,
             "max_parts": self.max_parts,
             "max_part_chars": self.max_part_chars,
@@ -102,10 +112,11 @@ class FeatureSettings:
                 except re.error as exc:
                     raise ValueError(f"bad pattern {pattern!r} in {key}: {exc}") from None
             kwargs[key] = tuple(value)
-        if "body_bigrams" in data:
-            if not isinstance(data["body_bigrams"], bool):
-                raise ValueError("features.settings.body_bigrams must be true or false")
-            kwargs["body_bigrams"] = data["body_bigrams"]
+        for key in ("body_bigrams", "layout_traits"):
+            if key in data:
+                if not isinstance(data[key], bool):
+                    raise ValueError(f"features.settings.{key} must be true or false")
+                kwargs[key] = data[key]
         for key in ("max_bytes", "max_parts", "max_part_chars", "max_text_chars", "max_tokens"):
             if key in data:
                 value = data[key]
@@ -748,6 +759,7 @@ def _extract(
                 traits.append("date:past_day")
 
     # -- body: the leaves of the gateway's one MIME parse ----------------------------------------
+    layout = settings.layout_traits
     texts: list[str] = []
     markup: list[str] = []
     visible: list[str] = []  # the text of each markup chunk
@@ -791,9 +803,9 @@ def _extract(
                 continue  # an empty part, or a list's footer on its own: no content, no part
             if not leaf.is_attachment:
                 parts += 1
-            if leaf.cte:
+            if leaf.cte and layout:
                 traits.append(f"cte:{ctype}:{leaf.cte[:20]}")
-            if leaf.charset:
+            if leaf.charset and layout:
                 traits.append(f"charset:{leaf.charset[:20]}")
             parent = leaf.path.rpartition(".")[0]
             text_parents.setdefault(parent, set()).add(ctype)
@@ -809,11 +821,12 @@ def _extract(
         else:
             plain_parts += 1
             texts.append(text)
-    traits.append(f"parts:{_bucket(parts, (2, 3, 4, 6, 10))}")
-    if any({"text/plain", "text/html"} <= types for types in text_parents.values()):
-        traits.append("mime:alternative")
-    if html_parts and not plain_parts:
-        traits.append("html:only")
+    if layout:
+        traits.append(f"parts:{_bucket(parts, (2, 3, 4, 6, 10))}")
+        if any({"text/plain", "text/html"} <= types for types in text_parents.values()):
+            traits.append("mime:alternative")
+        if html_parts and not plain_parts:
+            traits.append("html:only")
 
     body = "\n".join(texts)[: settings.max_text_chars]
     _body_traits(body, traits)
@@ -827,7 +840,7 @@ def _extract(
         _url_tokens(url, url_tokens, hosts)
     for chunk, shown in zip(markup, visible, strict=True):
         lowered_chunk = chunk.lower() if _lowers_like_ignorecase(chunk) else None
-        _html_traits(chunk, lowered_chunk, shown, traits)
+        _html_traits(chunk, lowered_chunk, shown, traits, layout)
         if lowered_chunk is not None:
             attr_urls = _LOWER_TWIN[_HTML_ATTR_URL].findall(lowered_chunk)[:200]
         else:
@@ -970,13 +983,21 @@ def _subject_traits(subject: str, traits: list[str]) -> None:
         traits.append("subj:non_ascii")
 
 
-def _html_traits(markup: str, lowered: str | None, shown: str, traits: list[str]) -> None:
-    """Traits of one HTML chunk; `lowered` is markup.lower() if _lowers_like_ignorecase(markup)."""
+# Tags every laid-out message has, legitimate or not, and tags a message rarely needs.
+_LAYOUT_TAGS = ("img", "font", "table", "a", "center")
+_ACTIVE_TAGS = ("form", "script", "iframe", "map")
+
+
+def _html_traits(
+    markup: str, lowered: str | None, shown: str, traits: list[str], layout: bool = True
+) -> None:
+    """Traits of one HTML chunk; `lowered` is markup.lower() if _lowers_like_ignorecase(markup);
+    `layout`: also the layout traits (see FeatureSettings.layout_traits)."""
     if lowered is not None and markup.isascii():  # lower-casing ASCII moves no match
         tags = Counter(_HTML_TAG_NAME.findall(lowered[:200_000]))
     else:
         tags = Counter(map(str.lower, _HTML_TAG_NAME.findall(markup[:200_000])))
-    for name in ("img", "font", "table", "form", "script", "iframe", "a", "center", "map"):
+    for name in _LAYOUT_TAGS + _ACTIVE_TAGS if layout else _ACTIVE_TAGS:
         n = tags.get(name, 0)
         if n:
             traits.append(f"html:{name}:{_bucket(n, (2, 5, 20))}")
@@ -989,7 +1010,7 @@ def _html_traits(markup: str, lowered: str | None, shown: str, traits: list[str]
             return False
         return _LOWER_TWIN[pattern].search(lowered) is not None
 
-    if search(_HIDDEN, ("display", "visibility", "font-size")):
+    if layout and search(_HIDDEN, ("display", "visibility", "font-size")):
         traits.append("html:hidden")
     if search(_COMMENT_IN_WORD, ("<!--",)):
         traits.append("html:comment_in_word")
