@@ -300,9 +300,14 @@ def _shown_host(text: str) -> str | None:
 class LinkChecker:
     """Findings for a message's URLs under one LinkPolicy and one sender domain."""
 
-    def __init__(self, policy: LinkPolicy, sender_domain: str) -> None:
+    def __init__(
+        self, policy: LinkPolicy, sender_domain: str, reply_domains: frozenset[str] = frozenset()
+    ) -> None:
         self.policy = policy
         self.sender_domain = sender_domain
+        # registrable domains of Reply-To: the business a mailing service writes for (its
+        # From is the service's shared domain, its links go through the service's tracker)
+        self.reply_domains = reply_domains
         self.details: dict[str, list[str]] = {}
         self.hidden = False
 
@@ -408,9 +413,9 @@ class LinkChecker:
         first_domain = registrable_domain(first.host)
         if self.sender_domain and self.sender_domain in (first_domain, goes_to):
             return  # the sender's own redirect (its click tracking), or its own site
-        if shown_domain == self.sender_domain and self.policy.trackers.matches(
-            first.host, first.path
-        ):
+        if (
+            shown_domain == self.sender_domain or shown_domain in self.reply_domains
+        ) and self.policy.trackers.matches(first.host, first.path):
             return  # the sender's site, through its mailing service's click tracker
         self._add("HTML_LINK_MISMATCH", f"shows {shown[:40]}, goes to {final.host[:40]}")
 
@@ -438,9 +443,14 @@ _PLAIN = frozenset(
 )
 
 
-def check_links(urls: Iterable[Url], policy: LinkPolicy, sender_domain: str) -> list[Finding]:
+def check_links(
+    urls: Iterable[Url],
+    policy: LinkPolicy,
+    sender_domain: str,
+    reply_domains: frozenset[str] = frozenset(),
+) -> list[Finding]:
     """The link findings for `urls` (see the module docstring)."""
-    return LinkChecker(policy, sender_domain).check(urls)
+    return LinkChecker(policy, sender_domain, reply_domains).check(urls)
 
 
 __all__ = [

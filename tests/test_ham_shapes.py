@@ -4,9 +4,8 @@ resets, security notices from the real service) through the shipped chain, offli
 answering NXDOMAIN, as `mailgate scan --dns-off` and a held-out evaluation read mail).
 
 No rule may weigh on them: the symbols of every plugin but the classifier stay under 2 points.
-The whole chain relays them, except where the classifier, trained without any such mail (its
-ham is mailing-list discussion and 2002 mail), is sure of spam: those are strict xfails, so a
-model that learns better shows here."""
+The whole chain relays them; a shape the classifier is sure of would be a strict xfail
+(CLASSIFIER_SURE), so a model that learns better shows here."""
 
 from __future__ import annotations
 
@@ -21,10 +20,9 @@ from gateway.dns import OfflineResolver
 from gateway.scan import Envelope, scan_message
 
 SHAPES = REPO / "tests" / "ham_shapes"
-CLASSIFIER_SURE = {
-    "bank_statement.eml": "HTML-only notice asking to sign in: the model reads it as phishing",
-    "invoice_stripe.eml": "a platform's receipt with Reply-To the merchant: read as spam",
-}
+# Shapes the classifier is sure are spam (strict xfails, so a model that learns better shows
+# here); none since it learns from organisations' rendered templates (README: Spam classifier).
+CLASSIFIER_SURE: dict[str, str] = {}
 
 
 def _files() -> list[Path]:

@@ -387,3 +387,42 @@ def test_on_behalf_senders_are_validated(tmp_path: Path) -> None:
     rules = _rules_copy(tmp_path / "rules", 'on_behalf_senders = ["not a domain"]\n')
     with pytest.raises(ConfigErrors, match=r"identity\.toml.*on_behalf_senders"):
         load_rules(rules)
+
+
+async def test_a_reply_to_on_the_same_name_under_another_suffix_is_one_company(
+    tmp_path: Path,
+) -> None:
+    """Trusted Shops writes from email.trustedshops.de and takes replies at trustedshops.com."""
+    from gateway.auth.dmarc import DmarcResult, DmarcVerdict, DomainEvaluation
+    from gateway.rfc5322 import author_info
+
+    raw = (
+        b'From: "Trusted Shops" <willkommen@email.trustedshops.de>\r\n'
+        b"Reply-To: info@trustedshops.com\r\nTo: bob@example.com\r\n"
+        b"Subject: Bewertungen\r\n\r\nHallo Bob, danke.\r\n"
+    )
+    ctx = _context(tmp_path, raw)
+    plugin = IdentityCheck(Services(ctx.settings))
+    assert "IDENTITY_REPLYTO_UNRELATED" not in {
+        f.symbol for f in await plugin.check(Phase.DATA, ctx)
+    }
+    failed = DomainEvaluation("email.trustedshops.de", DmarcVerdict.FAIL)
+    ctx.results.put(DmarcResult(author_info(raw), (failed,)))
+    assert "IDENTITY_REPLYTO_UNRELATED" in {f.symbol for f in await plugin.check(Phase.DATA, ctx)}
+    # a name of three letters says nothing: abc.de and abc.com may be strangers
+    short = raw.replace(b"trustedshops", b"abc")
+    assert "IDENTITY_REPLYTO_UNRELATED" in await _symbols(tmp_path, short)
+    # another name altogether is still another organisation
+    other = raw.replace(b"info@trustedshops.com", b"info@trustedshopz.com")
+    assert "IDENTITY_REPLYTO_UNRELATED" in await _symbols(tmp_path, other)
+
+
+async def test_constant_contacts_shared_from_replies_to_the_business(tmp_path: Path) -> None:
+    raw = (
+        b"From: Lyn Warren <lyn-tonka.example@shared1.ccsend.com>\r\n"
+        b"Reply-To: lyn@tonka.example\r\nTo: bob@example.com\r\n"
+        b"Subject: 2007 KW T800\r\n\r\nFor sale.\r\n"
+    )
+    ctx = _context(tmp_path, raw)  # the shipped rules/
+    found = {f.symbol for f in await IdentityCheck(Services(ctx.settings)).check(Phase.DATA, ctx)}
+    assert not found & {"IDENTITY_REPLYTO_UNRELATED", "IDENTITY_REPLYTO_FREEMAIL"}

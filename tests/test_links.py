@@ -197,3 +197,18 @@ def test_a_redirector_format_is_validated(tmp_path: Path) -> None:
         load_rules(rules)
     text = str(caught.value)
     assert "links.toml:" in text and "redirectors.safe[0].format" in text and "rot13" in text
+
+
+def test_a_tracked_link_to_the_business_a_mailing_service_writes_for_is_no_mismatch() -> None:
+    """Constant Contact sends From its shared domain, replies go to the business, links through
+    its tracker: the link shows the business's site."""
+    rules = load_rules(RULES)
+    url = make_url("https://m7l94usab.cc.rs6.net/tn.jsp?f=001", "href", "www.tonka.example")
+    business = frozenset({"tonka.example"})
+    assert check_links([url], rules.links, "ccsend.com", business) == []
+    # no Reply-To naming it: the tracker hides where it goes and the text shows another site
+    assert "HTML_LINK_MISMATCH" in {f.symbol for f in check_links([url], rules.links, "ccsend.com")}
+    # a Reply-To does not vouch for a link that goes elsewhere than a tracker
+    direct = make_url("https://evil.example/login", "href", "www.tonka.example")
+    found = check_links([direct], rules.links, "ccsend.com", business)
+    assert "HTML_LINK_MISMATCH" in {f.symbol for f in found}

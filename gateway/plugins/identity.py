@@ -265,6 +265,15 @@ class IdentityCheck(PluginBase):
             domain = box.domain.rstrip(".").lower()
             if any(self._one_organisation(policy, domain, d) for d in author_domains):
                 continue
+            # a company's national domains (email.trustedshops.de, trustedshops.com); the
+            # served domains' sisters are the site's to declare (own_domains)
+            sister = any(
+                _sister_domains(domain, d)
+                and not (self._ours(policy, domain) or self._ours(policy, d))
+                for d in author_domains
+            )
+            if sister and dmarc_passed is not False:
+                continue
             if registrable_domain(domain) in lists or policy.reply_to_domains.matches(domain):
                 continue
             address = f"{box.local}@{domain}".lower()
@@ -312,3 +321,12 @@ def _once(found: list[Finding]) -> list[Finding]:
             seen.add(finding.symbol)
             out.append(finding)
     return out
+
+
+def _sister_domains(a: str, b: str) -> bool:
+    """The same name registered under two public suffixes (shop.de and shop.com): one company's
+    national domains, however far apart a lookalike check would put the two. A name of three
+    letters or fewer is too short to say so."""
+    first, second = registrable_domain(a), registrable_domain(b)
+    name = first.partition(".")[0]
+    return len(name) > 3 and first != second and name == second.partition(".")[0]

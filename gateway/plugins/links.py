@@ -15,6 +15,7 @@ from gateway.domains import registrable_domain
 from gateway.linkcheck import LINK_SYMBOLS, check_links
 from gateway.mime.qr import QrScan
 from gateway.plugin import MessageContext, Phase, PluginBase
+from gateway.rfc5322 import parse_address_list, unfold
 from gateway.verdict import Finding
 
 
@@ -31,4 +32,14 @@ class LinkInspection(PluginBase):
             return []
         domains = ctx.message.authors.domains
         sender = registrable_domain(domains[0]) if domains else ""
-        return check_links(urls, ctx.rules.links, sender)
+        return check_links(urls, ctx.rules.links, sender, _reply_domains(ctx))
+
+
+def _reply_domains(ctx: MessageContext) -> frozenset[str]:
+    """The registrable domains Reply-To names (bounded, as every header read is)."""
+    found: set[str] = set()
+    for value in ctx.message.values("reply-to")[:4]:
+        for box in parse_address_list(unfold(value[:2000])).mailboxes[:8]:
+            if box.domain:
+                found.add(registrable_domain(box.domain.rstrip(".").lower()))
+    return frozenset(found)
