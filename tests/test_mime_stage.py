@@ -569,6 +569,37 @@ def test_hidden_pieces_in_separate_elements_are_still_counted_apart() -> None:
     assert "HTML_HIDDEN_TEXT" in found and "HTML_PREHEADER" not in found
 
 
+def test_a_preview_line_in_a_zero_size_font_is_a_preheader() -> None:
+    """Australia Post writes its preview line in font-size 0, coloured like the background."""
+    from gateway.mime.html import inspect as inspect_html
+
+    markup = (
+        '<table><tr><td style="font-size:0px;line-height:0;color:#f3f4f5">Delivered to 2101'
+        "</td></tr></table><p>Your shipment has been delivered.</p>"
+    )
+    found = inspect_html(markup.encode())
+    assert "HTML_PREHEADER" in found and "HTML_ZERO_FONT" not in found
+    # words salted in a zero-size font between the letters of others are still salting
+    salted = "".join(f'Pay<span style="font-size:0">zq{i}xw</span>Pal ' for i in range(6))
+    assert "HTML_ZERO_FONT" in inspect_html(f"<p>{salted}</p>".encode())
+
+
+def test_hidden_padding_without_a_letter_is_no_piece_of_text() -> None:
+    """Preheaders are padded with zero-width joiners; tables put soft hyphens in a zero-size
+    font between cells: no word there for a filter to read."""
+    from gateway.mime.html import inspect as inspect_html
+
+    cells = '<td style="font-size:0">&shy;</td>' * 40
+    markup = (
+        f'<div style="display:none">Mit gro\u00dfem Herz und klugem Kopf</div>'
+        f'<div style="display:none">{"&zwnj;&nbsp;" * 90}</div><table><tr>{cells}</tr></table>'
+        "<p>Liebe Leserinnen und Leser, willkommen im neuen Jahr.</p>"
+    )
+    found = inspect_html(markup.encode())
+    assert "HTML_PREHEADER" in found
+    assert not {"HTML_HIDDEN_TEXT", "HTML_MANY_INVISIBLE", "HTML_ZERO_FONT"} & set(found)
+
+
 @pytest.mark.parametrize("kind", ["application/ld+json", "Application/JSON; charset=utf-8"])
 def test_a_data_block_is_no_script(kind: str) -> None:
     """Schema.org markup for mail clients' actions (GitHub, airlines) is never run."""

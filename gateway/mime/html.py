@@ -47,8 +47,9 @@ _MANY_INVISIBLE = 12  # separate pieces of hidden text: salting, not a newslette
 # A preheader: the preview line bulk senders hide at the top of nearly every newsletter and
 # notice (display:none, max-height:0...) for the inbox list to show; notifications also hide a
 # line of markup for mail clients' actions at the end. Hidden text of a few pieces and a line's
-# worth of letters is that and nothing more (HTML_PREHEADER); salting is longer or in many
-# pieces (HTML_HIDDEN_TEXT, HTML_MANY_INVISIBLE), or in a zero-size font (HTML_ZERO_FONT).
+# worth of letters is that and nothing more (HTML_PREHEADER), whether hidden or written in a
+# zero-size font (Australia Post's); salting is longer or in many pieces (HTML_HIDDEN_TEXT,
+# HTML_MANY_INVISIBLE, HTML_ZERO_FONT).
 _PREHEADER_PIECES = 3
 _PREHEADER_LETTERS = 200
 # data: addresses that carry a page the browser renders (a second HTML file inside the first)
@@ -408,15 +409,18 @@ class _Scanner(HTMLParser):
         zero = bool(self.zero_font) and self.zero_font[-1]
         if self.hidden or zero:
             stripped = data.strip()
-            chars = len(stripped)
-            if not chars:
+            letters = len(_NOT_LETTERS.sub("", stripped))
+            if not letters:
+                # only padding (a preheader's zero-width joiners, soft hyphens in a zero-size
+                # font between table cells): no word for a filter to read, no salting
                 return
+            chars = len(stripped)
             self.hidden_chars += chars
             self.hidden_pieces += 1
             if not self.hidden or not self.region_counted:
                 self.hidden_regions += 1
                 self.region_counted = self.hidden
-            self.hidden_letters += len(_NOT_LETTERS.sub("", stripped))
+            self.hidden_letters += letters
             if self.hidden_chars >= _HIDDEN_MIN_CHARS:
                 self._add("HTML_HIDDEN_TEXT", f"{self.hidden_chars}+ hidden characters")
             if self.hidden_pieces >= _MANY_INVISIBLE:
@@ -429,9 +433,7 @@ class _Scanner(HTMLParser):
     def preheader_only(self) -> bool:
         """The hidden text is a preview line or two (see _PREHEADER_LETTERS), no more."""
         return (
-            self.hidden_regions <= _PREHEADER_PIECES
-            and self.hidden_letters <= _PREHEADER_LETTERS
-            and self.zero_chars == 0
+            self.hidden_regions <= _PREHEADER_PIECES and self.hidden_letters <= _PREHEADER_LETTERS
         )
 
 
@@ -556,8 +558,10 @@ def read(
     except Exception:  # HTMLParser is tolerant; an exception here is a bug, not a verdict
         renderer = None
     found = dict(scanner.found)
-    if "HTML_HIDDEN_TEXT" in found and scanner.preheader_only():
-        del found["HTML_HIDDEN_TEXT"]
+    hidden = {"HTML_HIDDEN_TEXT", "HTML_ZERO_FONT"}.intersection(found)
+    if hidden and scanner.preheader_only():  # a preview line, hidden or in a zero-size font
+        for symbol in hidden:
+            del found[symbol]
         found["HTML_PREHEADER"] = f"{scanner.hidden_letters} hidden letters in one or a few lines"
     if len(data) > MAX_HTML:
         _past_the_parse(data[MAX_HTML : MAX_HTML + MAX_TAIL], found)
