@@ -173,7 +173,8 @@ def test_a_bad_source_weight_is_one_clear_error(
 
 
 def test_source_weights_reach_the_fit_and_the_card(built: Path, tmp_path: Path) -> None:
-    """--corpora weighs hard_ham by default; --source-weight adds to or overrides it."""
+    """--corpora weighs hard_ham and the rendered templates by default; --source-weight adds
+    to or overrides them."""
     out = tmp_path / "m" / "spam.npz"
     argv = ["model", "train", "--corpora", str(built), "--out", str(out), "--folds", "2"]
     extra = ["--no-eval", "--source-weight", "modern/ham/cake.lists.bufferbloat.net=2"]
@@ -181,6 +182,7 @@ def test_source_weights_reach_the_fit_and_the_card(built: Path, tmp_path: Path) 
     card = json.loads(card_path_for(out).read_text())
     assert card["fit"]["source_weights"] == {
         "spamassassin/hard_ham": 4.0,
+        "commercial/ham/templates": 4.0,
         "modern/ham/cake.lists.bufferbloat.net": 2.0,
     }
 
