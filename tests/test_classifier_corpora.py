@@ -12,7 +12,7 @@ import pytest
 from classifier_data import build_corpora
 
 from gateway.classifier import corpora, crosssource
-from gateway.classifier.corpus import CorpusError
+from gateway.classifier.corpus import CorpusError, Message
 from gateway.classifier.features import FeatureSettings, extract
 from gateway.classifier.model import card_path_for, load
 from gateway.cli import main
@@ -90,6 +90,24 @@ def test_the_shipped_relabelling_names_files_of_the_list() -> None:
             assert names <= {p.name for p in folder.iterdir()}, source
 
 
+def _assert_sender_halves(
+    messages: list[Message], found: dict[str, crosssource.Split], source: str
+) -> None:
+    """Each commercial half is tested on sender domains the training never saw."""
+    for half in (1, 2):
+        split = found[f"commercial ham out: {source.rpartition('/')[2]} senders, half {half}"]
+
+        def senders(idx: np.ndarray) -> set[str]:
+            return {
+                crosssource.sender_domain(messages[i].raw)
+                for i in idx.tolist()
+                if messages[i].source == source
+            }
+
+        assert senders(split.test) and not senders(split.test) & senders(split.train)
+        assert {messages[i].label for i in split.test} == {0, 1}
+
+
 def test_splits_keep_whole_sources_out_of_training(built: Path) -> None:
     messages = corpora.load(built)
     found = {s.name: s for s in crosssource.splits(messages)}
@@ -109,18 +127,7 @@ def test_splits_keep_whole_sources_out_of_training(built: Path) -> None:
     sa = found["SpamAssassin -> modern"]
     assert {messages[i].corpus for i in sa.train} == {"spamassassin"}
     assert {messages[i].corpus for i in sa.test} == {"modern"}
-    for half in (1, 2):
-        split = found[f"commercial ham out: hard_ham senders, half {half}"]
-
-        def senders(idx: np.ndarray) -> set[str]:
-            return {
-                crosssource.sender_domain(messages[i].raw)
-                for i in idx.tolist()
-                if messages[i].source == "spamassassin/hard_ham"
-            }
-
-        assert senders(split.test) and not senders(split.test) & senders(split.train)
-        assert {messages[i].label for i in split.test} == {0, 1}
+    _assert_sender_halves(messages, found, "spamassassin/hard_ham")
     times = np.array([m.time for m in messages])
     later = found["time: older 70% -> newer 30%"]
     assert times[later.train].max() <= times[later.test].min()
@@ -217,17 +224,7 @@ def test_published_commercial_ham_is_an_optional_source_split_by_sender(
     assert len(published) == 8 and {m.corpus for m in published} == {"commercial"}
     assert {m.label for m in published} == {0}
     found = {s.name: s for s in crosssource.splits(messages)}
-    for half in (1, 2):
-        split = found[f"commercial ham out: published senders, half {half}"]
-
-        def senders(idx: np.ndarray) -> set[str]:
-            return {
-                crosssource.sender_domain(messages[i].raw)
-                for i in idx.tolist()
-                if messages[i].source == "commercial/ham/published"
-            }
-
-        assert senders(split.test) and not senders(split.test) & senders(split.train)
+    _assert_sender_halves(messages, found, "commercial/ham/published")
     # the corpus-to-corpus splits stay between the two shared corpora
     sa = found["SpamAssassin -> modern"]
     assert {messages[i].corpus for i in (*sa.train, *sa.test)} == {"spamassassin", "modern"}
