@@ -492,6 +492,7 @@ def build(
     corpora_used = sorted({m.corpus for m in ordered if m.corpus})
     card["trained_on"] = trained_on(ordered)
     if corpora_used:
-        card["description"] += f"; trained on the {' and '.join(corpora_used)} corpora"
+        names = ", ".join(corpora_used[:-1]) + " and " if len(corpora_used) > 1 else ""
+        card["description"] += f"; trained on the {names}{corpora_used[-1]} corpora"
     written = save(out, linear.coef, linear.idf, linear.intercept, calibration.platt, card)
     return Built(written, evaluation)
