@@ -204,15 +204,21 @@ def test_sample_weights_follow_the_message_source() -> None:
     assert weights is not None and weights.tolist() == [4.0, 1.0, 4.0]
 
 
-def test_published_commercial_ham_is_an_optional_source_split_by_sender(
-    built: Path, tmp_path: Path
-) -> None:
+def _with_commercial(built: Path, tmp_path: Path, kind: str) -> tuple[Path, Path]:
+    """A copy of the built corpora with an empty commercial/ham/KIND folder to fill."""
     import shutil
 
     root = tmp_path / "corpora"
     shutil.copytree(built, root)
-    folder = root / "commercial" / "ham" / "published"
+    folder = root / "commercial" / "ham" / kind
     folder.mkdir(parents=True)
+    return root, folder
+
+
+def test_published_commercial_ham_is_an_optional_source_split_by_sender(
+    built: Path, tmp_path: Path
+) -> None:
+    root, folder = _with_commercial(built, tmp_path, "published")
     for i in range(8):
         (folder / f"shop{i}__receipt.eml").write_bytes(
             f"From: Shop {i} <orders@shop{i % 4}.example>\nTo: ann@example.org\n"
@@ -236,12 +242,7 @@ def test_published_commercial_ham_is_an_optional_source_split_by_sender(
 def test_rendered_templates_teach_their_text_and_not_the_renderers_header(
     built: Path, tmp_path: Path
 ) -> None:
-    import shutil
-
-    root = tmp_path / "corpora"
-    shutil.copytree(built, root)
-    folder = root / "commercial" / "ham" / "templates"
-    folder.mkdir(parents=True)
+    root, folder = _with_commercial(built, tmp_path, "templates")
     raw = (
         b"From: Zerops <noreply@zerops.io>\r\nTo: Ann <ann@made-up.test>\r\n"
         b"Subject: Verify your email\r\nDate: Mon, 01 Sep 2025 10:00:00 +0000\r\n"
