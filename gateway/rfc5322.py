@@ -222,6 +222,15 @@ def parse_address_list(value: str) -> ParsedAddresses:
     return out
 
 
+def mailboxes_of(values: Sequence[str], limit: int = 5) -> list[Mailbox]:
+    """The mailboxes with a domain in the values of one address field (From, Reply-To), at
+    most `limit` fields and mailboxes read: one is normal, more is already a finding."""
+    boxes: list[Mailbox] = []
+    for value in values[:limit]:
+        boxes.extend(parse_address_list(unfold(value[:2000])).mailboxes)
+    return [b for b in boxes if b.domain][:limit]
+
+
 def loose_domains(text: str) -> list[str]:
     """Every domain some reader might see after an "@" in `text` (raw and decoded), in order."""
     found: list[str] = []

@@ -212,3 +212,39 @@ def test_a_tracked_link_to_the_business_a_mailing_service_writes_for_is_no_misma
     direct = make_url("https://evil.example/login", "href", "www.tonka.example")
     found = check_links([direct], rules.links, "ccsend.com", business)
     assert "HTML_LINK_MISMATCH" in {f.symbol for f in found}
+
+
+async def _link_symbols(raw: bytes) -> set[str]:
+    from harness import REPO
+
+    from gateway.app import Gateway
+    from gateway.config import load_settings
+    from gateway.dns import OfflineResolver
+    from gateway.scan import Envelope, scan_message
+
+    gateway = Gateway.create(
+        load_settings(REPO / "config" / "gateway.toml"), resolver=OfflineResolver()
+    )
+    try:
+        envelope = Envelope("", ("bob@example.com",), "192.0.2.1", "mx.sender.example")
+        scanned = await scan_message(gateway, "m.eml", raw, envelope)
+        return {f.symbol for f in scanned.verdict.findings}
+    finally:
+        await gateway.aclose()
+
+
+_TRACKED = (
+    b"From: Lyn <lyn-tonka.example@shared1.ccsend.com>\r\nReply-To: lyn@tonka.example\r\n"
+    b"To: bob@example.com\r\nSubject: trucks\r\nMessage-ID: <1@shared1.ccsend.com>\r\n"
+    b"Date: Mon, 01 Dec 2025 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+    b"Content-Type: text/html\r\n\r\n"
+    b'<p>See <a href="https://m7l94usab.cc.rs6.net/tn.jsp?f=001">www.tonka.example</a></p>\r\n'
+)
+
+
+async def test_only_a_mailing_services_shared_from_lets_reply_to_vouch_for_its_links() -> None:
+    """Through the plugin: Constant Contact's From writes for the Reply-To's business; any
+    other From with a Reply-To naming the site a link shows earns nothing."""
+    assert "HTML_LINK_MISMATCH" not in await _link_symbols(_TRACKED)
+    forged = _TRACKED.replace(b"lyn-tonka.example@shared1.ccsend.com", b"lyn@mailer.example")
+    assert "HTML_LINK_MISMATCH" in await _link_symbols(forged)

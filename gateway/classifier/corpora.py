@@ -121,10 +121,11 @@ SOURCES: tuple[Source, ...] = (
         Artefacts(redaction_token=REMOVED),
     ),
     # Optional: modern receipts, notices and newsletters that companies really sent, as their
-    # recipients published them (models/commercial-ham.tsv lists each one's repository and
-    # path); the shared corpora have no such ham. Used when present under the corpora root.
+    # recipients published them; the shared corpora have no such ham. Used when present under
+    # the corpora root (the shipped model keeps such mail out, to check itself on).
     Source(f"{_COMMERCIAL}/ham/published", _COMMERCIAL, "ham", f"{_COMMERCIAL}/ham/published"),
-    # Optional: the e-mail templates organisations and open-source products publish (account,
+    # Optional: the e-mail templates organisations and open-source products publish
+    # (models/commercial-ham.tsv names each one's repository, path and commit: account,
     # billing, order and notification mail), rendered into messages. The text and links are
     # theirs, the header fields the renderer's: those give no traits (the addresses, the
     # Message-ID), so the model learns their register and not the renderer.

@@ -51,7 +51,7 @@ from gateway.message import decode_encoded_words
 Index = npt.NDArray[np.int64]
 Scores = npt.NDArray[np.float64]
 
-# split by sender domain (commercial_halves); the second is optional (corpora.SOURCES)
+# split by sender domain (commercial_halves); the commercial/ ones are optional (corpora.SOURCES)
 COMMERCIAL_HAM = ("spamassassin/hard_ham", "commercial/ham/published", "commercial/ham/templates")
 HOLD_SHARE = 0.3  # the newer share of a source kept out when the split holds other sources out
 BASELINE_BITS = 20

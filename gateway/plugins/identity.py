@@ -39,7 +39,7 @@ from gateway.identity import IdentityPolicy, domains_shown, same_organisation
 from gateway.lookalike import Imitation, LookalikeIndex, Target, warm_up
 from gateway.message import ParsedMessage
 from gateway.plugin import MessageContext, Phase, PluginBase, Services
-from gateway.rfc5322 import Mailbox, parse_address_list, unfold
+from gateway.rfc5322 import Mailbox, mailboxes_of
 from gateway.text import printable
 from gateway.verdict import Finding
 
@@ -112,10 +112,7 @@ def list_domains(message: ParsedMessage) -> set[str]:
 
 
 def _mailboxes(message: ParsedMessage, name: str) -> list[Mailbox]:
-    boxes: list[Mailbox] = []
-    for value in message.values(name)[:MAX_MAILBOXES]:
-        boxes.extend(parse_address_list(unfold(value[:2000])).mailboxes)
-    return [b for b in boxes if b.domain][:MAX_MAILBOXES]
+    return mailboxes_of(message.values(name), MAX_MAILBOXES)
 
 
 class IdentityCheck(PluginBase):

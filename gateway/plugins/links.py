@@ -15,7 +15,7 @@ from gateway.domains import registrable_domain
 from gateway.linkcheck import LINK_SYMBOLS, check_links
 from gateway.mime.qr import QrScan
 from gateway.plugin import MessageContext, Phase, PluginBase
-from gateway.rfc5322 import parse_address_list, unfold
+from gateway.rfc5322 import mailboxes_of
 from gateway.verdict import Finding
 
 
@@ -36,10 +36,14 @@ class LinkInspection(PluginBase):
 
 
 def _reply_domains(ctx: MessageContext) -> frozenset[str]:
-    """The registrable domains Reply-To names (bounded, as every header read is)."""
-    found: set[str] = set()
-    for value in ctx.message.values("reply-to")[:4]:
-        for box in parse_address_list(unfold(value[:2000])).mailboxes[:8]:
-            if box.domain:
-                found.add(registrable_domain(box.domain.rstrip(".").lower()))
-    return frozenset(found)
+    """The registrable domains of Reply-To when a mailing service writes for a business (its
+    shared From is one of identity.toml's on_behalf_senders): that business's site is the
+    sender's own. Anyone else's Reply-To vouches for no link."""
+    behalf = ctx.rules.identity.on_behalf_senders
+    authors = ctx.message.authors.domains
+    if not authors or not all(
+        behalf.matches(d) or behalf.matches(registrable_domain(d)) for d in authors
+    ):
+        return frozenset()
+    boxes = mailboxes_of(ctx.message.values("reply-to"))
+    return frozenset(registrable_domain(b.domain.rstrip(".").lower()) for b in boxes)
