@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-count", type=int, default=5, help="as rules fit --min-count")
     parser.add_argument("--keep", action="append", default=[], help="as rules fit --keep")
     parser.add_argument(
-        "--keep-bands", action="store_true", help="keep every ML_BAND_* (the shipped recipe)"
+        "--keep-bands",
+        action="store_true",
+        help="keep every ML_* symbol, bands and ML_CERTAINTY (the shipped recipe)",
     )
     args = parser.parse_args(argv)
     folds: dict[str, tuple[Path, Path]] = {}
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     policy = _policy(Path(args.rules))
     keep = set(args.keep)
     if args.keep_bands:
-        keep |= {symbol for symbol in policy.scores if symbol.startswith("ML_BAND_")}
+        keep |= {symbol for symbol in policy.scores if symbol.startswith("ML_")}
     settings = FitSettings(min_count=args.min_count, keep=frozenset(keep))
     samples = {name: load_samples(vectors) for name, (_, vectors) in folds.items()}
     print(f"thresholds: tag {policy.tag}, quarantine {policy.quarantine}, reject {policy.reject}")

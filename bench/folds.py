@@ -13,8 +13,8 @@
 3. vectors: each fold's mail through the chain offline with the OTHER fold's model
             (`mailgate --config WORK/config-X rules fit --save-vectors WORK/vectors-X.jsonl`).
 4. fit:     `rules fit --vectors` of both folds' vectors at once, --min-count 20, every
-            ML_BAND_* and the scored CONTENT_* rules kept: WORK/fitted.toml (copy it to
-            rules/fitted.toml).
+            ML_* (the bands, ML_CERTAINTY) and the scored CONTENT_* rules kept:
+            WORK/fitted.toml (copy it to rules/fitted.toml).
 5. figures: `python3 -m bench.detection` on both folds (WORK/detection.txt).
 
 So no classifier output a score is fitted on, and no figure, comes from a model that saw the
@@ -177,7 +177,7 @@ def _kept() -> list[str]:
     from gateway.policy import load_rules
 
     rules = load_rules(REPO / "rules")
-    kept = [s for s in rules.scores if s.startswith("ML_BAND_")]
+    kept = [s for s in rules.scores if s.startswith("ML_")]  # the bands and ML_CERTAINTY
     kept += [s for s, v in rules.scores.items() if s.startswith("CONTENT_") and v != 0.0]
     return sorted(set(kept) | set(HAND_SET))
 
@@ -200,7 +200,7 @@ def figures(work: Path) -> None:
         args += ["--fold", f"{name_of_fold}={work / f'train-{name_of_fold}'}:"]
         args[-1] += str(work / f"vectors-{name_of_fold}.jsonl")
     for symbol in _kept():
-        if not symbol.startswith("ML_BAND_"):
+        if not symbol.startswith("ML_"):
             args += ["--keep", symbol]
     print("+", " ".join(args), file=sys.stderr, flush=True)
     done = subprocess.run(args, check=True, cwd=REPO, capture_output=True, text=True)

@@ -24,7 +24,7 @@ from gateway.cli import main
 from gateway.config import ClassifierSettings, PluginSettings, Settings
 from gateway.line_endings import normalize_line_endings
 from gateway.plugin import ClientInfo, MessageContext
-from gateway.plugins.classifier import BANDS, band_of
+from gateway.plugins.classifier import BANDS, CERTAIN_AT, band_of, certainty
 from gateway.transaction import inspect
 from gateway.verdict import Action, Verdict
 
@@ -83,6 +83,27 @@ def test_bands_cover_the_whole_probability_range_once() -> None:
     assert floors == sorted(floors) and floors[0] == 0.0
 
 
+def test_certainty_rises_with_log_odds_from_the_top_band_to_one() -> None:
+    assert certainty(0.5) == certainty(0.999) == certainty(float("nan")) == 0.0
+    assert certainty(CERTAIN_AT) == certainty(1.0) == 1.0
+    # halfway in log-odds between 0.999 (odds 999) and 1 - 1e-6 (odds 999999): odds 31607
+    halfway = 31607.0 / 31608.0
+    assert abs(certainty(halfway) - 0.5) < 1e-3
+    samples = [0.9991, 0.9999, 0.99999, 0.999999]
+    assert [certainty(p) for p in samples] == sorted(certainty(p) for p in samples)
+
+
+def test_the_model_alone_ranks_by_certainty_but_never_quarantines() -> None:
+    from gateway.policy import load_rules
+
+    rules = load_rules(REPO / "rules")
+    scores = rules.scores
+    # continuous where the top band starts, and below quarantine however sure the model is
+    assert scores["ML_BAND_999"] >= scores["ML_BAND_99"]
+    assert scores["ML_CERTAINTY"] > 0
+    assert scores["ML_BAND_999"] + scores["ML_CERTAINTY"] < rules.quarantine_at
+
+
 def test_every_band_is_scored_hammy_negative_spammy_positive() -> None:
     from gateway.policy import load_rules
 
@@ -99,8 +120,13 @@ async def test_shipped_model_in_the_chain(tmp_path: Path) -> None:
     for path in corpus_files("spam_2", 1200, 6):
         ctx, _ = await run(gateway, path.read_bytes())
         spam_symbols += [f.symbol for f in ctx.findings]
-        [band] = ctx.findings  # exactly one band per message
+        band, *rest = ctx.findings  # exactly one band per message, then its certainty
         assert band.symbol.startswith("ML_BAND_") and "p=" in band.detail and band.weight == 1
+        if band.symbol == "ML_BAND_999":
+            [sure] = rest
+            assert sure.symbol == "ML_CERTAINTY" and 0 < sure.weight <= 1
+        else:
+            assert rest == []
     assert sum(s in ("ML_BAND_95", "ML_BAND_99", "ML_BAND_999") for s in spam_symbols) >= 5
     ham_symbols = []
     for path in corpus_files("easy_ham_2", 1200, 6):
@@ -127,7 +153,8 @@ async def test_the_classifier_alone_quarantines_only_where_its_band_scores_that_
         ).probability
         quarantined = verdict.action is Action.QUARANTINE
         rules = gateway.rules
-        assert quarantined == (rules.scores[band_of(p)] >= rules.quarantine_at)
+        alone = rules.scores[band_of(p)] + rules.scores["ML_CERTAINTY"] * certainty(p)
+        assert quarantined == (alone >= rules.quarantine_at)
 
 
 def test_classifier_failure_is_advisory() -> None:

@@ -305,5 +305,7 @@ def test_a_pass_for_a_domain_anyone_can_register_is_worth_nothing() -> None:
     assert rules.scores["SPF_FAIL"] > 0 and rules.scores["DKIM_INVALID"] > 0
     assert not rules.auth.known_sender("gmail.com") and not rules.auth.known_sender("outlook.com")
     # spam the model is certain of, from a self-registered domain passing everything: not relayed
-    spammy = [Finding(s) for s in ("SPF_PASS", "DKIM_VALID", "DMARC_PASS", "ML_BAND_999")]
+    spammy = [
+        Finding(s) for s in ("SPF_PASS", "DKIM_VALID", "DMARC_PASS", "ML_BAND_999", "ML_CERTAINTY")
+    ]
     assert rules.decide(spammy).action.severity >= Action.TAG.severity

@@ -11,10 +11,17 @@ so the model speaks over its whole range (the hammy bands carry negative scores,
 positive) and rules/scores.toml, fitted to data (gateway.scorefit), says what each band is worth.
 The cut points are fixed probabilities, not the card's thresholds: a retrained model moves its
 thresholds, and the scores fitted to the bands are refitted with it (`mailgate rules fit`).
+
+Above p = 0.999 one band would make every confident message score the same, and most spam sits
+there: a receipt the model half-trusts would tie with spam it is sure of, and no threshold could
+tell them apart. So ML_CERTAINTY comes with the top band, its weight rising from 0 at p = 0.999 to
+1 at p = 1 - 1e-6, linear in log-odds (Rspamd scales its BAYES_SPAM by the probability the same
+way): the total then ranks by how sure the model is, and rules/ say what full certainty adds.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +52,25 @@ BANDS: tuple[tuple[str, float], ...] = (
     ("ML_BAND_99", 0.99),
     ("ML_BAND_999", 0.999),
 )
+
+
+# ML_CERTAINTY's weight runs from 0 at the top band's floor to 1 at this probability.
+CERTAIN_AT = 1.0 - 1e-6
+
+
+def _log_odds(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def certainty(p: float) -> float:
+    """ML_CERTAINTY's weight for probability p: 0 up to the top band's floor, 1 from CERTAIN_AT,
+    linear in log-odds between (a NaN is no certainty)."""
+    floor = BANDS[-1][1]
+    if not p > floor:  # also NaN
+        return 0.0
+    if p >= CERTAIN_AT:
+        return 1.0
+    return (_log_odds(p) - _log_odds(floor)) / (_log_odds(CERTAIN_AT) - _log_odds(floor))
 
 
 def band_of(p: float) -> str:
@@ -101,7 +127,13 @@ def _loaded(path: Path) -> SpamModel:
 class SpamClassifier(PluginBase):
     name: ClassVar[str] = "classifier"
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.DATA})
-    symbols: ClassVar[Mapping[str, str]] = {name: _describe(i) for i, (name, _) in enumerate(BANDS)}
+    symbols: ClassVar[Mapping[str, str]] = {
+        **{name: _describe(i) for i, (name, _) in enumerate(BANDS)},
+        "ML_CERTAINTY": (
+            f"spam classifier beyond p = {BANDS[-1][1]:g}: weight 0 there, rising linearly in"
+            f" log-odds to 1 at p = 1 - {1 - CERTAIN_AT:.0e}"
+        ),
+    }
     config: ClassVar[type[Table] | None] = ClassifierConfig
     replaces_tables: ClassVar[tuple[str, ...]] = ("classifier",)
     on_error: ClassVar[Action | None] = None  # advisory: a failure has no effect on the verdict
@@ -135,5 +167,9 @@ class SpamClassifier(PluginBase):
                 ctx.raw, envelope_from=sender, arrival=arrival, message=ctx.message, mime=mime
             )
         p = score.probability
-        detail = f"p={p:.4f} model {model.version}"
-        return [Finding(band_of(p), detail=detail)]
+        detail = f"p={p:.6f} model {model.version}"
+        found = [Finding(band_of(p), detail=detail)]
+        weight = certainty(p)
+        if weight > 0.0:
+            found.append(Finding("ML_CERTAINTY", weight=round(weight, 4), detail=detail))
+        return found
