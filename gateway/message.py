@@ -28,6 +28,7 @@ from gateway.cputime import offload
 from gateway.domains import registrable_domain
 from gateway.encoded_words import decode_header_linear
 from gateway.mime.budgets import DEFAULT_LIMITS, MimeSettings
+from gateway.mime.charsets import decode_text
 
 if TYPE_CHECKING:
     from gateway.mime.model import MimeReport
@@ -317,14 +318,14 @@ def message_urls(report: MimeReport, limit: int = MAX_URLS) -> tuple[Url, ...]:
                 continue
             data = leaf.data[:html_budget]
             html_budget -= len(data)
-            for link in html.read(data).links:
+            for link in html.read(data, leaf.charset).links:
                 url = html_url(link.url, link.source, link.text, leaf.is_attachment)
                 if url is not None:
                     found.setdefault((url.url, url.source, url.text, url.attachment), url)
         elif leaf.is_text_body and text_budget > 0:
             data = leaf.data[:text_budget]
             text_budget -= len(data)
-            for url in urls_in(data.decode("utf-8", "replace"), limit):
+            for url in urls_in(decode_text(data, leaf.charset), limit):
                 found.setdefault((url.url, url.source, url.text, url.attachment), url)
     return tuple(found.values())[:limit]
 
@@ -334,7 +335,7 @@ def visible_body_text(report: MimeReport, limit: int = 1 << 20) -> str:
     every reading, as MimeReport.body_text picks them) as a reader sees it: plain text as
     written, HTML rendered by gateway.mime.html_text (no markup, comments, scripts or hidden
     elements; entities decoded). At most `limit` characters, and MAX_HTML_BYTES of HTML read.
-    HTML is decoded as gateway.mime.html reads it (UTF-8, or UTF-16 after a byte order mark)."""
+    Every part is decoded by its declared charset, as a reader does (gateway.mime.charsets)."""
     from gateway.mime import html
     from gateway.mime.html_text import visible_text
 
@@ -350,10 +351,13 @@ def visible_body_text(report: MimeReport, limit: int = 1 << 20) -> str:
             html_budget -= len(data)
             # rendered in the pass that found its links (the content scan's, usually), unless
             # that text was too long to keep
-            shown = html.read(data).text if data else ""
-            chunk = shown[: limit - size] if shown is not None else visible_text(data, limit - size)
+            shown = html.read(data, leaf.charset).text if data else ""
+            if shown is None:
+                shown = visible_text(data, limit - size, leaf.charset)
+            chunk = shown[: limit - size]
         else:
-            chunk = leaf.data[: limit - size].decode("utf-8", "replace")
+            # bytes enough for the characters wanted, in any charset (UTF-32: four a character)
+            chunk = decode_text(leaf.data[: (limit - size) * 4], leaf.charset)[: limit - size]
         out.append(chunk)
         size += len(chunk) + 1
     return "\n".join(out)[:limit]

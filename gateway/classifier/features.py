@@ -44,6 +44,7 @@ from typing import Any
 from gateway.domains import registrable_domain
 from gateway.line_endings import has_bare_line_endings, normalize_line_endings
 from gateway.message import HeaderField, ParsedMessage, decode_encoded_words
+from gateway.mime.charsets import decode_text
 from gateway.mime.model import Leaf, MimeReport
 from gateway.mime.parse import analyze
 
@@ -563,17 +564,8 @@ def _written_by_list(msgid: str, from_dom: str, list_addresses: set[str]) -> boo
 
 
 def _leaf_text(leaf: Leaf, limit: int) -> str:
-    """A text leaf's decoded bytes as text (its declared charset, else UTF-8, else Latin-1)."""
-    data = leaf.data[: limit * 4]
-    if leaf.charset:
-        try:
-            return data.decode(leaf.charset, errors="replace")[:limit]
-        except (LookupError, ValueError, TypeError):
-            return data.decode("latin-1")[:limit]
-    try:
-        return data.decode("utf-8")[:limit]
-    except UnicodeDecodeError:
-        return data.decode("latin-1")[:limit]
+    """A text leaf's decoded bytes as text, decoded as every body reader decodes them."""
+    return decode_text(leaf.data[: limit * 4], leaf.charset)[:limit]
 
 
 def _extract(

@@ -420,7 +420,9 @@ class _Scanner:
             return  # the unparsed message: nothing a client shows as a file (clamd scans it)
         declared = leaf.content_type if leaf.kind in ("part", "body") else None
         aliases = leaf.names[1:] + leaf.name_variants  # every name the policy must see
-        self.scan_file(leaf.data, leaf.name, declared, where, 0, leaf.is_attachment, aliases)
+        self.scan_file(
+            leaf.data, leaf.name, declared, where, 0, leaf.is_attachment, aliases, leaf.charset
+        )
 
     def name_checks(self, name: str, label: str) -> str:
         """Symbols a name alone deserves; returns its last extension as Windows reads it."""
@@ -444,7 +446,9 @@ class _Scanner:
         depth: int,
         is_file: bool,
         aliases: tuple[str, ...] = (),
+        charset: str = "",
     ) -> None:
+        """Checks one file or part; `charset`: a part's declared one (files in files have none)."""
         self.deadline.check()
         content_digest = hashlib.sha256(data).digest()
         # the same content under other names (or other readings of its name) is checked again
@@ -530,7 +534,7 @@ class _Scanner:
         if carrier:
             self.open_carrier(carrier, data, declared, label, where, name, depth)
         if is_html(family, declared, name_family):
-            reading = html.read(data, deadline=self.deadline)
+            reading = html.read(data, charset, deadline=self.deadline)
             found = reading.found
             for symbol, detail in found.items():
                 self.add(symbol, f"{label}: {detail}")

@@ -24,6 +24,7 @@ from html.parser import HTMLParser
 from typing import Protocol
 from urllib.parse import unquote_to_bytes
 
+from gateway.mime.charsets import decode_text
 from gateway.mime.model import BudgetExceeded, Deadline
 
 MAX_HTML = 2 * 1024 * 1024
@@ -507,9 +508,7 @@ def feed_all(parser: HTMLParser, text: str) -> None:
     parser.close()
 
 
-def inspect(
-    data: bytes, charset: str = "utf-8", deadline: Deadline | None = None
-) -> dict[str, str]:
+def inspect(data: bytes, charset: str = "", deadline: Deadline | None = None) -> dict[str, str]:
     """HTML_* symbols with a detail each. With `deadline`, the parse checks it as it goes and
     raises BudgetExceeded when it is over (the caller's scan is then incomplete)."""
     return dict(read(data, charset, deadline).found)
@@ -525,10 +524,11 @@ _cache_lock = threading.Lock()
 
 
 def read(
-    data: bytes, charset: str = "utf-8", deadline: Deadline | None = None, _depth: int = 0
+    data: bytes, charset: str = "", deadline: Deadline | None = None, _depth: int = 0
 ) -> HtmlReading:
     """The HTML reading of `data` (its first MAX_HTML bytes): symbols, links and the text a
     reader sees. Linear in the input; with `deadline`, raises BudgetExceeded when it is over.
+    `charset` is the part's declared one, decoded as every body reader does (gateway.mime.charsets).
     Pages carried inside (a data: address of HTML or SVG, an iframe's srcdoc) are read too, and
     what they hold counts as the file's own: a browser renders them (their text is not kept:
     the body text never read them)."""
@@ -540,13 +540,7 @@ def read(
         if cached is not None:
             _cache.move_to_end(key)
             return cached
-    try:
-        if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a browser follows the byte order mark
-            text = data[:MAX_HTML].decode("utf-16", "replace")
-        else:
-            text = data[:MAX_HTML].decode(charset or "utf-8", "replace")
-    except LookupError:
-        text = data[:MAX_HTML].decode("latin-1")
+    text = decode_text(data[:MAX_HTML], charset)
     renderer = html_text.Renderer(len(text) * 2 + 16) if _depth == 0 else None
     scanner = _Scanner(deadline, renderer)
     try:

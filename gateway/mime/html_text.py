@@ -33,6 +33,7 @@ import contextlib
 from html.parser import HTMLParser
 from typing import NamedTuple
 
+from gateway.mime.charsets import decode_text
 from gateway.mime.html import MAX_HTML, feed_all
 
 MAX_STACK = 512  # open elements kept; past it the oldest half is dropped
@@ -305,10 +306,11 @@ def tidy(pieces: list[str]) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def visible_text(data: bytes, limit: int = 1 << 20) -> str:
-    """The text a reader sees in the HTML `data` (UTF-8, as the message's other text readers
-    decode it), at most `limit` characters, lines stripped and blank runs removed."""
-    text = data[:MAX_HTML].decode("utf-8", "replace")
+def visible_text(data: bytes, limit: int = 1 << 20, charset: str = "") -> str:
+    """The text a reader sees in the HTML `data` (of the declared `charset`, decoded as the
+    message's other text readers decode it), at most `limit` characters, lines stripped and
+    blank runs removed."""
+    text = decode_text(data[:MAX_HTML], charset)
     renderer = Renderer(limit)
     with contextlib.suppress(_Full):  # the limit reached: the rest is not read
         feed_all(renderer, text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from gateway.mime.charsets import decode_text
 from gateway.verdict import Finding
 
 
@@ -121,7 +122,7 @@ class MimeReport:
         size = 0
         for leaf in self.leaves:
             if leaf.is_text_body and size < limit:
-                chunk = leaf.data[: limit - size].decode("utf-8", "replace")
+                chunk = decode_text(leaf.data[: (limit - size) * 4], leaf.charset)[: limit - size]
                 out.append(chunk)
                 size += len(chunk)
         return "\n".join(out)

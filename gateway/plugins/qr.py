@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from gateway.message import Url, qr_code_urls
+from gateway.mime.charsets import decode_text
 from gateway.mime.model import MimeReport
 from gateway.mime.qr import QrCode, QrScan
 from gateway.plugin import MessageContext, Phase, PluginBase
@@ -71,7 +72,7 @@ def few_words(report: MimeReport) -> bool:
     """Every text body of the first reading holds fewer than FEW_WORDS visible words."""
     bodies = [leaf for leaf in report.leaves if leaf.is_text_body and leaf.reading == 0]
     return all(
-        visible_words(leaf.data[: _TEXT_CHARS * 4].decode("utf-8", "replace")) < FEW_WORDS
+        visible_words(decode_text(leaf.data[: _TEXT_CHARS * 4], leaf.charset)) < FEW_WORDS
         for leaf in bodies
     )
 
