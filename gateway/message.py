@@ -28,7 +28,7 @@ from gateway.cputime import offload
 from gateway.domains import registrable_domain
 from gateway.encoded_words import decode_header_linear
 from gateway.mime.budgets import DEFAULT_LIMITS, MimeSettings
-from gateway.mime.charsets import decode_text
+from gateway.mime.charsets import decode_declared, decode_text
 
 if TYPE_CHECKING:
     from gateway.mime.model import MimeReport
@@ -152,11 +152,8 @@ def decode_encoded_words(text: str, limit: int | None = None) -> str:
         elif charset is None or charset == "unknown-8bit":
             # decode_header turned the text around the encoded-words into raw-unicode-escape.
             out.append(chunk.decode("raw-unicode-escape", errors="replace"))
-        else:
-            try:
-                out.append(chunk.decode(charset, errors="replace"))
-            except (LookupError, ValueError):  # unknown or refused charset name
-                out.append(chunk.decode("utf-8", errors="replace"))
+        else:  # an unknown charset name, or one that is no charset, reads as UTF-8
+            out.append(decode_declared(chunk, charset))
     decoded = "".join(out)
     return decoded if limit is None else decoded[:limit]
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from gateway.encoded_words import decode_header_linear
 from gateway.message import HeaderField, decode_encoded_words, scan_fields
+from gateway.mime.charsets import decode_declared
 
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
 # What any reader might take as an address's domain: "@" then a run of domain characters.
@@ -458,17 +459,10 @@ def _encoded_text(value: str) -> str:
     except ValueError:
         return " ".join(decode_encoded_words(w) for w in _ENCODED_WORD.findall(value))
     return "".join(
-        _decode_chunk(chunk, charset)
+        decode_declared(chunk, charset)
         for chunk, charset in chunks
         if charset is not None and isinstance(chunk, bytes)
     )
-
-
-def _decode_chunk(chunk: bytes, charset: str) -> str:
-    try:
-        return chunk.decode(charset, errors="replace")
-    except (LookupError, ValueError):
-        return chunk.decode("utf-8", errors="replace")
 
 
 def _add(domains: list[str], address: str) -> None:

@@ -81,3 +81,13 @@ async def test_body_and_uri_rules_read_the_declared_charset(
 def test_the_classifier_reads_the_same_text() -> None:
     fields = extract(part(GERMAN.replace("€", "EUR"), "utf-16le"), FeatureSettings())
     assert "überweisung" in fields["body"] and "bestätigen" in fields["body"]
+
+
+def test_encoded_words_read_their_charset_and_no_codec_that_is_no_charset() -> None:
+    from gateway.message import decode_encoded_words
+
+    assert decode_encoded_words("=?iso-8859-1?Q?Gr=FC=DFe?=") == "Grüße"
+    assert decode_encoded_words("=?utf-16le?B?SABpAA==?=") == "Hi"
+    # a reader knows no "unicode_escape" or "punycode" charset: the bytes read as UTF-8
+    assert decode_encoded_words("=?unicode_escape?Q?=5Cu0041?=") == "\\u0041"
+    assert decode_encoded_words("=?punycode?Q?caf=C3=A9?=") == "café"

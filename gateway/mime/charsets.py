@@ -54,3 +54,9 @@ def decode_text(data: bytes, charset: str = "") -> str:
         if error.start >= len(data) - 3 and error.reason == "unexpected end of data":
             return data[: error.start].decode("utf-8")  # a character cut by a caller's limit
         return data.decode("latin-1")
+
+
+def decode_declared(data: bytes, charset: str) -> str:
+    """Bytes a header's encoded-word declares `charset` for, bad bytes replaced; a name that is
+    no charset (as codec_of reads it) reads as UTF-8."""
+    return data.decode(codec_of(charset) or "utf-8", "replace")
