@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 
 from gateway.message import DISPLAY_CHARS, ParsedMessage, decode_encoded_words
+from gateway.mime.charsets import codec_of
 from gateway.mime.html import feed_all
 
 MAX_PARTS = 500
@@ -147,12 +148,13 @@ def _decoded_text(part: email.message.Message, limit: int) -> str:
     if not isinstance(payload, bytes):
         return ""
     payload = payload[:limit]
-    charset = _charset(part) or "utf-8"
-    # surrogateescape: undecodable bytes reach gateway.text.printable, which shows them as \xNN.
+    # the charset as the gateway's checks read it (gateway.mime.charsets: no punycode, no escape
+    # codecs); surrogateescape: undecodable bytes reach gateway.text.printable, shown as \xNN.
+    codec = codec_of(_charset(part) or "") or "utf-8"
     try:
-        return payload.decode(charset, errors="surrogateescape")
-    except (LookupError, ValueError):
-        return payload.decode("utf-8", errors="surrogateescape")
+        return payload.decode(codec, errors="surrogateescape")
+    except UnicodeError:  # a multibyte codec that refuses surrogateescape
+        return payload.decode(codec, errors="replace")
 
 
 def _preview(message: email.message.Message, limit: int) -> tuple[str | None, str]:
