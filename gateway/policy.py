@@ -429,8 +429,10 @@ def _overlay_fitted(
     return True
 
 
-def load_rules(directory: Path) -> RuleSet:
-    """Load and validate rules/; raises ConfigErrors listing every problem found."""
+def load_rules(directory: Path, *, fitted: bool = True) -> RuleSet:
+    """Load and validate rules/; raises ConfigErrors listing every problem found. `fitted`
+    False: without rules/fitted.toml, the hand-set scores a refit starts from (gateway.scorefit),
+    so that no fit or held-out figure reads scores an earlier fit made on the same mail."""
     errors: list[ConfigError] = []
     docs: dict[str, TomlFile] = {}
     digest = hashlib.sha256()
@@ -477,7 +479,7 @@ def load_rules(directory: Path) -> RuleSet:
     _score_content_rules(content, directory, scored, where, errors)
     # last: fitted.toml overrides any score, a content rule's own included (rules fit fits those)
     fitted_path = directory / FITTED_SCORES
-    if fitted_path.exists():
+    if fitted and fitted_path.exists():
         scores_valid = _overlay_fitted(fitted_path, scored, where, errors, digest) and scores_valid
     actions = validate_table(actions_doc, "", ActionsFile, actions_doc.data, errors)
     scored_names = set(where)

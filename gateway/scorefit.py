@@ -591,7 +591,15 @@ def render(report: FitReport, policy: Policy, settings: FitSettings) -> str:
 
 
 def policy_of(gateway: Gateway) -> Policy:
-    return policy_of_rules(gateway.rules)
+    """The gateway's policy with rules/fitted.toml left out: the fit starts from the hand-set
+    scores (their signs, the scores of what it keeps or cannot fit), never from an earlier fit's,
+    which may have seen the very mail it now validates on."""
+    from gateway.policy import load_rules
+
+    policy = policy_of_rules(gateway.rules)
+    hand = load_rules(gateway.settings.rules_dir, fitted=False).scores
+    scores = {symbol: hand.get(symbol, score) for symbol, score in policy.scores.items()}
+    return Policy(scores, policy.forced, policy.tag, policy.quarantine, policy.reject)
 
 
 def policy_of_rules(rules: RuleSet) -> Policy:

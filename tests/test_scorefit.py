@@ -152,13 +152,16 @@ def test_rules_fit_writes_a_file_rules_load(
     symbol, score = next(iter(fitted.items()))
     assert rules.scores[symbol] == score
     assert rules.where(symbol).startswith(str(settings.rules_dir / "fitted.toml"))
-    # the saved vectors refit without the chain, to the same scores
-    (settings.rules_dir / "fitted.toml").unlink()
+    # the saved vectors refit without the chain, to the same file: a refit starts from the
+    # hand-set scores, never from the fitted.toml it replaces (the one just written, here)
     again = tmp_path / "again.toml"
     base = ["--config", str(config), "rules", "fit", "--vectors", str(vectors)]
     assert main([*base, "--out", str(again)]) == 0
-    # (the "# was" comments differ: the first fit ran over the shipped fitted.toml)
-    assert tomllib.loads(again.read_text(encoding="utf-8"))["scores"] == fitted
+
+    def undated(text: str) -> list[str]:
+        return [line for line in text.splitlines() if not line.startswith("# date:")]
+
+    assert undated(again.read_text(encoding="utf-8")) == undated(text)
 
 
 def test_rules_fit_refuses_one_label(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
