@@ -67,8 +67,31 @@ def test_sender_traits_disagreement_and_date_anomalies() -> None:
     assert "mailer:microsoft" in h and "mailer:outlook" in h
     u = set(fields["url"])
     assert {"host_ip", "port", "userinfo", "dom:spam.co.uk", "tld:uk", "path:prize"} <= u
-    assert "click" in fields["body"] and "hidden" in fields["body"]
+    # rendered as a reader sees it (gateway.mime.html): inline elements join their words
+    assert "hiddenclick" in fields["body"] and "here" in fields["body"]
     assert "font" not in fields["body"]  # tags are not words
+
+
+def test_html_reads_as_the_mime_stage_reads_it() -> None:
+    """One reading: the classifier's words are the text the content rules see, and a JSON-LD
+    block (every GitHub notification has one) is no script, as HTML_SCRIPT says."""
+    from gateway.message import visible_body_text
+    from gateway.mime.parse import analyze
+
+    html = (
+        '<script type="application/ld+json">{"@type": "EmailMessage"}</script>'
+        "<p>Your build passed</p><div style='display:none'>cheap pills casino</div>"
+        "<p>V<b></b>iagra</p>"
+    )
+    raw = msg("From: ci@example.org\nSubject: build\nContent-Type: text/html\n", html)
+    fields = extract(raw, FeatureSettings())
+    assert not any(t.startswith("html:script") for t in fields["header"])
+    assert "viagra" in fields["body"]  # split by markup, read whole, as a reader does
+    assert not {"cheap", "pills", "casino", "emailmessage"} & set(fields["body"])
+    shown = visible_body_text(analyze(raw))
+    assert "Viagra" in shown and "casino" not in shown
+    script = msg("From: a@example.org\nContent-Type: text/html\n", "<script>x()</script><p>hi")
+    assert "html:script:1" in extract(script, FeatureSettings())["header"]
 
 
 def test_null_envelope_sender() -> None:

@@ -43,7 +43,7 @@ from typing import Any
 
 from gateway.domains import registrable_domain
 from gateway.line_endings import has_bare_line_endings, normalize_line_endings
-from gateway.message import HeaderField, ParsedMessage, decode_encoded_words
+from gateway.message import MAX_HTML_BYTES, HeaderField, ParsedMessage, decode_encoded_words
 from gateway.mime.charsets import decode_text
 from gateway.mime.model import Leaf, MimeReport
 from gateway.mime.parse import analyze
@@ -563,6 +563,20 @@ def _written_by_list(msgid: str, from_dom: str, list_addresses: set[str]) -> boo
     return any(registrable_domain(a.rpartition("@")[2]) == reg for a in list_addresses)
 
 
+def _rendered(leaf: Leaf, limit: int, is_list: bool) -> str:
+    """An HTML leaf's text as gateway.mime.html renders it (its reading is cached: the content
+    scan has usually made it), a list's footer cut as from any part."""
+    from gateway.mime import html
+    from gateway.mime.html_text import visible_text
+
+    data = leaf.data[:MAX_HTML_BYTES]
+    shown = html.read(data, leaf.charset).text
+    if shown is None:  # longer than a cached reading keeps
+        shown = visible_text(data, limit, leaf.charset)
+    shown = shown[:limit]
+    return _cut_footer(shown) if is_list else shown
+
+
 def _leaf_text(leaf: Leaf, limit: int) -> str:
     """A text leaf's decoded bytes as text, decoded as every body reader decodes them."""
     return decode_text(leaf.data[: limit * 4], leaf.charset)[:limit]
@@ -808,7 +822,12 @@ def _extract(
             if ctype != "text/html":
                 traits.append("html:in_plain")
             markup.append(text)
-            visible.append(html_to_text(text))
+            if ctype == "text/html" and leaf.kind != "raw":
+                # the text a reader sees, as the MIME stage and the content rules render it
+                # (hidden elements, scripts and comments out): one reading of the message
+                visible.append(_rendered(leaf, settings.max_part_chars, is_list))
+            else:  # markup shown as plain text: rendered here only to find its words
+                visible.append(html_to_text(text))
             texts.append(visible[-1])
         else:
             plain_parts += 1
@@ -978,6 +997,11 @@ def _subject_traits(subject: str, traits: list[str]) -> None:
 # Tags every laid-out message has, legitimate or not, and tags a message rarely needs.
 _LAYOUT_TAGS = ("img", "font", "table", "a", "center")
 _ACTIVE_TAGS = ("form", "script", "iframe", "map")
+# A script element that only holds data (JSON-LD, JSON): never run, so no script, as the MIME
+# stage reads it (gateway.mime.html: HTML_SCRIPT).
+_DATA_SCRIPT = re.compile(
+    r"<script\b[^<>]{0,2000}?\btype\s*=\s*[\"']?\s*application/(?:ld\+)?json\b", re.IGNORECASE
+)
 
 
 def _html_traits(
@@ -989,6 +1013,8 @@ def _html_traits(
         tags = Counter(_HTML_TAG_NAME.findall(lowered[:200_000]))
     else:
         tags = Counter(map(str.lower, _HTML_TAG_NAME.findall(markup[:200_000])))
+    if tags.get("script"):  # each counted twice, as <script> and </script>
+        tags["script"] -= 2 * len(_DATA_SCRIPT.findall(markup, 0, 200_000))
     for name in _LAYOUT_TAGS + _ACTIVE_TAGS if layout else _ACTIVE_TAGS:
         n = tags.get(name, 0)
         if n:
