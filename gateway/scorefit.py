@@ -11,7 +11,9 @@ Hand-set scores drift from what the evidence is worth, and a symbol that looks l
    sign bounds: a symbol scored above 0 (or at 0) in rules/ never gets a negative score, one
    scored below 0 never a positive one. The fit never invents credit: that stays an admin's
    decision, and evidence of spam can only be spam evidence.
-4. Symbols are left out of the fit, keeping their rules/ scores: those a forced action decides
+4. The fit starts from the hand-set scores of rules/ (an existing fitted.toml is not read: it may
+   have been fitted on the very mail the fit validates on). Symbols are left out of the fit,
+   keeping their hand-set scores: those a forced action decides
    anyway; those whose reading offline is an artefact (SPF_, DKIM_, DMARC_, ARC_ results without
    DNS); those seen in fewer than `min_count` training messages; any the admin names. Messages
    a forced action decides are left out of the fit too, and counted with that action.
