@@ -189,6 +189,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"quarantine at {gateway.rules.quarantine_at:g}, reject at {gateway.rules.reject_at:g})"
     )
     print(f"plugins: {', '.join(p.name for p in gateway.chain.plugins) or '(none)'}")
+    from gateway.plugins.classifier import SpamClassifier
+
+    for plugin in gateway.chain.plugins:
+        stale = plugin.model.stale_reading() if isinstance(plugin, SpamClassifier) else None
+        if stale is not None:
+            print(f"mailgate: warning: {stale}", file=sys.stderr)
     for line in _plugins_off(gateway) + _rbl_lines(gateway):
         print(line)
     print(_logs_line(settings))

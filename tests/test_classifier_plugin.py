@@ -19,7 +19,7 @@ from classifier_data import CORPUS, REPO, SHIPPED, corpus_files, slice_dir
 from harness import make_settings
 
 from gateway.app import Gateway
-from gateway.classifier.model import ModelError, card_path_for
+from gateway.classifier.model import ModelError, card_path_for, load
 from gateway.cli import main
 from gateway.config import ClassifierSettings, PluginSettings, Settings
 from gateway.line_endings import normalize_line_endings
@@ -211,6 +211,40 @@ def test_mailgate_check_reports_a_corrupt_model(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "configuration error" in err and str(npz) in err and "sha256" in err
     assert "Traceback" not in err
+
+
+def test_a_model_of_an_older_reading_loads_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+
+    assert load(SHIPPED).stale_reading() is None  # the shipped model reads as the gateway does
+    folder = tmp_path / "models"
+    folder.mkdir()
+    npz = folder / "spam.npz"
+    npz.write_bytes(SHIPPED.read_bytes())
+    card = json.loads(card_path_for(SHIPPED).read_text())
+    del card["features"]["reading"]  # as a card written before READING 2
+    card_path_for(npz).write_text(json.dumps(card))
+    with caplog.at_level("WARNING", logger="mailgate.classifier"):
+        Gateway.create(settings_with(tmp_path, npz))
+    assert "trained on reading 1" in caplog.text and "retrain it" in caplog.text
+    config = tmp_path / "config" / "gateway.toml"
+    config.parent.mkdir()
+    text = (REPO / "config" / "gateway.toml").read_text()
+    text = re.sub(r"(?m)^order = \[.*\]$", 'order = ["classifier"]', text)
+    config.write_text(text + f'\n[plugins.classifier]\nmodel = "{npz}"\n')
+    if not (tmp_path / "rules").exists():  # settings_with may have made it
+        (tmp_path / "rules").symlink_to(REPO / "rules")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(config), "check", "--no-dns-probe"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "mailgate: warning: model" in result.stderr.decode()
 
 
 # -- mailgate model train | eval | info ----------------------------------------------------------

@@ -54,6 +54,12 @@ Fields = dict[str, list[str]]
 FIELDS = ("subject", "body", "url", "header")
 
 
+# How a message is read into features; the card says which reading a model was trained on.
+# 1 (a card without the key): HTML read by the classifier's own tag-stripper, hidden text kept.
+# 2 (2026-12-04): HTML as gateway.mime.html renders it, as every other check reads it.
+READING = 2
+
+
 @dataclass(frozen=True)
 class FeatureSettings:
     """How tokens are made; stored in the model card so training and inference agree."""

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.classifier.features import FeatureSettings, extract
+from gateway.classifier.features import READING, FeatureSettings, extract
 from gateway.classifier.vectorize import FloatArray, LinearScorer, VectorSpec
 from gateway.message import ParsedMessage
 from gateway.mime.model import MimeReport
@@ -127,6 +127,18 @@ class SpamModel:
     @property
     def version(self) -> str:
         return str(self.card.get("version", "?"))
+
+    def stale_reading(self) -> str | None:
+        """What to tell the admin when the model was trained on an older reading of messages
+        (features.READING): it still loads and scores, but on text it never learnt from."""
+        reading = self.card.get("features", {}).get("reading", 1)
+        if reading == READING:
+            return None
+        return (
+            f"model {self.source} was trained on reading {reading} of messages, this gateway"
+            f" reads them as {READING} (HTML as the MIME stage renders it): its probabilities"
+            " may be off; retrain it (mailgate model train)"
+        )
 
     def z_of_fields(self, fields: dict[str, list[str]]) -> float:
         return self.scorer.z(fields)

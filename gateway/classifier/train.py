@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from gateway.classifier import metrics
 from gateway.classifier.corpus import Message, labels_of, time_order
-from gateway.classifier.features import FeatureSettings, extract
+from gateway.classifier.features import READING, FeatureSettings, extract
 from gateway.classifier.model import Thresholds, save
 from gateway.classifier.vectorize import (
     FieldCounts,
@@ -466,6 +466,7 @@ def build(
         "created": created.isoformat(timespec="seconds"),
         "description": "mailgate spam classifier: hashed tf-idf features, logistic regression",
         "features": {
+            "reading": READING,
             "settings": settings.features.to_json(),
             "vector": settings.vector.to_json(),
         },

@@ -21,6 +21,7 @@ way): the total then ranks by how sure the model is, and rules/ say what full ce
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -34,6 +35,8 @@ from gateway.cputime import offload
 from gateway.plugin import MessageContext, Phase, PluginBase, Services
 from gateway.schema import Table
 from gateway.verdict import Action, Finding
+
+log = logging.getLogger("mailgate.classifier")
 
 # Messages above this size are scored in a worker thread (the same cut-off the MIME stage uses).
 OFF_LOOP_BYTES = 32 * 1024
@@ -144,6 +147,9 @@ class SpamClassifier(PluginBase):
         path = own.model if own is not None and own.model is not None else None
         # without [plugins.classifier] model: the older [classifier] table, or the default
         self.model: SpamModel = _loaded(path or services.settings.classifier.model)
+        stale = self.model.stale_reading()
+        if stale is not None:
+            log.warning("classifier: %s", stale)
 
     async def check(self, phase: Phase, ctx: MessageContext) -> Sequence[Finding]:
         model = self.model
