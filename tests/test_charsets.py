@@ -48,7 +48,16 @@ def test_no_charset_reads_utf8_else_latin1_and_a_byte_order_mark_wins() -> None:
 
 @pytest.mark.parametrize(
     "charset",
-    ["punycode", "idna", "unicode_escape", "raw-unicode-escape", "base64", "rot13", "x-no"],
+    [
+        "punycode",
+        "idna",
+        "unicode_escape",
+        "raw-unicode-escape",
+        "base64",
+        "rot13",
+        "x-no",
+        "utf8" * 20,
+    ],
 )
 def test_codecs_that_are_no_mail_charset_read_as_undeclared(charset: str) -> None:
     # punycode's decoder is quadratic (2.5 s for 240 KB): never run on a body

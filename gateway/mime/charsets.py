@@ -23,7 +23,7 @@ _NOT_CHARSETS = frozenset({"punycode", "idna", "unicode-escape", "raw-unicode-es
 @functools.lru_cache(maxsize=256)
 def codec_of(charset: str) -> str | None:
     """The Python codec a declared charset names, or None when it names no text charset."""
-    if not charset:
+    if not charset or len(charset) > 64:  # no charset name is longer (an encoded-word's may be)
         return None
     try:
         info = codecs.lookup(charset)
