@@ -246,6 +246,8 @@ async def measure(
     self_before, machine_before = procs.self_cpu_seconds(), procs.machine_cpu_seconds()
     tls = client_tls() if scenario.tls else None
     result = await run_load(port, messages, options.connections, options.per_connection, limit, tls)
+    for child in (children.sink, children.dns, *([gateway] if gateway else [])):
+        procs.ensure_alive(child)
     gw_after = gateway.cpu() if gateway else 0.0
     stages_after = await procs.plugin_cpu(gateway) if gateway else {}
     stages = {name: value - stages_before.get(name, 0.0) for name, value in stages_after.items()}
@@ -339,6 +341,8 @@ async def warm_up(
         result = await run_load(
             port, messages, options.connections, options.per_connection, limit, tls
         )
+        if gateway:
+            procs.ensure_alive(gateway)
         bad = result.outcomes.get(DEFERRED, 0) + result.outcomes.get(FAILED, 0)
         if bad or result.truncated:
             detail = "\n".join(result.errors[:3])

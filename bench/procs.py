@@ -13,6 +13,7 @@ import ctypes
 import dataclasses
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -38,6 +39,39 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port_run(count: int) -> int:
+    """The first of `count` consecutive free ports, for what a gateway binds as base + i (the
+    metrics endpoint of worker i). Taken below the kernel's ephemeral range: a port picked there
+    by binding port 0 is free now, but its neighbour can be any outgoing connection's source
+    port by the time worker i binds it (a 2-worker bench died on "address already in use")."""
+    low, _ = _ephemeral_range()
+    top = min(low, 65536) - count
+    chooser = random.Random()
+    for _ in range(200):
+        base = chooser.randrange(10000, max(top, 10001))
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind((LOOPBACK, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise ProcessError(f"no run of {count} free loopback ports below {low}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -273,9 +307,6 @@ rules = "../rules"
 quarantine = "../quarantine"
 dev_maildir = "../maildir"
 
-[classifier]
-model = "{REPO / "models" / "spam.npz"}"
-
 [logging]
 level = "info"
 """
@@ -297,7 +328,7 @@ def start_gateway(
     """`python3 -m gateway --config <tmp> serve` in its own process, optionally under cProfile
     or py-spy (which samples every thread and writes collapsed stacks)."""
     port = free_port()
-    metrics_port = free_port()  # worker i serves port + i
+    metrics_port = free_port_run(workers)  # worker i serves port + i
     config = write_gateway_config(
         workdir, name, port, sink_port, dns_port, order, workers, tls, metrics_port
     )
@@ -323,6 +354,15 @@ def start_gateway(
     return child
 
 
+def ensure_alive(child: Child) -> None:
+    """Raise with the child's log if it has exited: a gateway that stopped mid-run (a worker
+    that could not start stops every worker) leaves numbers that measure nothing."""
+    if child.popen.poll() is not None:
+        raise ProcessError(
+            f"{child.name} exited with status {child.popen.returncode}:\n{child.log_tail()}"
+        )
+
+
 async def wait_ready(child: Child, limit: float = 120.0, smtp: bool = True) -> None:
     """Poll until the child accepts a connection (and greets with 220, for SMTP servers);
     raise with its log if it dies or is not ready in time. The limit is generous: a gateway
@@ -331,10 +371,7 @@ async def wait_ready(child: Child, limit: float = 120.0, smtp: bool = True) -> N
     deadline = time.monotonic() + limit
     last: BaseException | None = None
     while time.monotonic() < deadline:
-        if child.popen.poll() is not None:
-            raise ProcessError(
-                f"{child.name} exited with status {child.popen.returncode}:\n{child.log_tail()}"
-            )
+        ensure_alive(child)
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(LOOPBACK, child.port), 2

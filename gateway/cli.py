@@ -296,7 +296,8 @@ def _bind_refusal(exc: OSError) -> str | None:
     reason = os.strerror(exc.errno).lower()
     if exc.errno == errno.EACCES:
         reason += " (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"
-    return f"cannot listen on {address}: {reason}"
+    purpose = "".join(f" for {note}" for note in getattr(exc, "__notes__", ()))
+    return f"cannot listen on {address}{purpose}: {reason}"
 
 
 def _checked_in_child(config: Path | None) -> bool:
@@ -403,7 +404,12 @@ async def _serve(
             asyncio.get_running_loop(), gateway, stop.set, server.tls, _demo_dns(world, worker)
         )
         if metrics is not None:
-            await metrics.start()
+            try:
+                await metrics.start()
+            except OSError as exc:
+                port_of = f", port + {worker} for worker {worker}" if worker else ""
+                exc.add_note(f"the metrics endpoint ([metrics] address{port_of})")
+                raise
         host, port = await server.start()
         try:  # bound (metrics too): root is no longer needed (a trial run is not warned)
             sinks = dev or demo

@@ -31,7 +31,11 @@ def test_quick_bench_run_fills_every_table(tmp_path: Path) -> None:
         text=True,
         timeout=240,
     )
-    report = f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
+    # The bench's own lines ("bench: full, 2 workers: ..."), then the end of what it printed: a
+    # failure's reason comes first and the gateway log tail after it.
+    own = "\n".join(line for line in done.stderr.splitlines() if line.startswith("bench:"))
+    report = f"stdout:\n{done.stdout[-4000:]}\nbench said:\n{own[:3000]}"
+    report += f"\nstderr:\n{done.stderr[-3000:]}"
     assert done.returncode in (0, 1), report  # 1: warnings (a small run always has some)
     assert "plugin CPU ms/msg" in done.stdout, report
     document = json.loads(out.read_text())

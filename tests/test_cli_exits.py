@@ -150,6 +150,35 @@ def test_with_workers_a_port_in_use_stops_the_supervisor_not_a_restart_loop(
     assert "restarting in" not in done.stderr, done.stderr
 
 
+def test_a_worker_metrics_port_in_use_is_named_as_that_worker_metrics(tmp_path: Path) -> None:
+    """Worker i serves metrics on [metrics] address port + i: when that one is taken, the line
+    says so, not just a port the config never names."""
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        metrics = f'\n[metrics]\naddress = "{LOOPBACK}:{port - 1}"\n'
+        config, _ = write_served_config(
+            tmp_path,
+            [("listen", "workers", "2")],
+            extra='\n[dns]\nnameservers = ["127.0.0.1"]\ntimeout = 1\n' + metrics,
+        )
+        done = subprocess.run(
+            [*mailgate_command(), "--config", str(config), "serve"],
+            capture_output=True,
+            text=True,
+            env=env_without_config(),
+            timeout=300,
+            check=False,
+        )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert (
+        f"cannot listen on {LOOPBACK}:{port} for the metrics endpoint ([metrics] address, "
+        "port + 1 for worker 1): address already in use"
+    ) in done.stderr, done.stderr
+
+
 def test_version_names_the_policy_and_the_model(tmp_path: Path) -> None:
     def version(*args: str | Path) -> list[str]:
         done = subprocess.run(
